@@ -1,0 +1,206 @@
+"""The lab's Debian image: built from Debian packages with mmdebstrap, cached by its inputs.
+
+One image serves all three VMs (each boots a copy-on-write overlay of it). The cache lives
+outside the checkout, in a folder named by a hash of everything that decides the image's
+content (package list, provisioning scripts, suite), so a second run reuses it and a change
+to any input builds a new one. The key pair the tests log in with is made with the image,
+and the image's SSH host key is recorded so the lab pins it.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import LabError
+from .topology import VAGRANT_DIR
+
+# Bump when the build steps in this module change in a way the input files do not show.
+IMAGE_FORMAT = 1
+ROOT_SIZE = "6G"
+PROVISION = VAGRANT_DIR / "provision"
+INPUT_FILES = (
+    PROVISION / "packages.txt",
+    PROVISION / "common.sh",
+    VAGRANT_DIR / "lab" / "image-customize.sh",
+)
+BUILD_TIMEOUT_S = 1800
+BUILD_TOOLS = ("mmdebstrap", "mke2fs", "ssh-keygen", "dpkg-query")
+APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
+
+
+def cache_root() -> Path:
+    """$SHADOWLUN_LAB_CACHE, else $XDG_CACHE_HOME/shadowlun-lab, else ~/.cache/shadowlun-lab."""
+    if os.environ.get("SHADOWLUN_LAB_CACHE"):
+        return Path(os.environ["SHADOWLUN_LAB_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "shadowlun-lab"
+
+
+def packages(path: Path = PROVISION / "packages.txt") -> list[str]:
+    return [
+        line.strip()
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def input_key(suite: str, files: tuple[Path, ...] = INPUT_FILES) -> str:
+    """A short hash of everything that decides the image's content."""
+    h = hashlib.sha256(f"format={IMAGE_FORMAT}\nsuite={suite}\n".encode())
+    for f in files:
+        h.update(f"{f.relative_to(VAGRANT_DIR)}\n".encode())
+        h.update(f.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Image:
+    path: Path
+
+    @property
+    def kernel(self) -> Path:
+        return self.path / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.path / "initrd.img"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.path / "root.raw"
+
+    @property
+    def ssh_key(self) -> Path:
+        return self.path / "id_ed25519"
+
+    @property
+    def host_key(self) -> str:
+        """The image's SSH host public key ('ssh-ed25519 AAAA...'), pinned by the lab."""
+        return " ".join((self.path / "ssh_host_ed25519_key.pub").read_text().split()[:2])
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.path / "manifest.json").read_text())
+
+    def is_complete(self) -> bool:
+        return (self.path / "manifest.json").is_file()
+
+
+def host_apt_sources() -> list[str]:
+    """Where the image's packages come from: $SHADOWLUN_LAB_MIRROR, else this host's own apt
+    sources (mmdebstrap takes a sources file as a mirror argument)."""
+    if os.environ.get("SHADOWLUN_LAB_MIRROR"):
+        return [os.environ["SHADOWLUN_LAB_MIRROR"]]
+    found: list[str] = []
+    for src in APT_SOURCES:
+        files = sorted(src.iterdir()) if src.is_dir() else [src]
+        for f in files:
+            if f.suffix in (".list", ".sources") and f.is_file() and "debian" in f.read_text():
+                found.append(str(f))
+    if not found:
+        raise LabError(
+            "no Debian apt sources found on this host to build the lab image from; "
+            "set SHADOWLUN_LAB_MIRROR to a Debian mirror URL or a sources file"
+        )
+    return found
+
+
+def ensure_image(suite: str, log: Callable[[str], None] = print) -> tuple[Image, bool]:
+    """The cached image for these inputs, built first if missing. Returns (image, built)."""
+    root = cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    key = input_key(suite)
+    image = Image(root / f"image-{key}")
+    if image.is_complete():
+        return image, False
+    # Two test runs at once must not build twice or see half an image.
+    with open(root / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if image.is_complete():
+            return image, False
+        partial = root / f"image-{key}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        build(partial, suite, key, log)
+        partial.rename(image.path)
+    return image, True
+
+
+def _run(argv: list[str], log_file: Path, timeout: float, what: str) -> None:
+    with open(log_file, "a") as out:
+        out.write(f"\n$ {' '.join(argv)}\n")
+        out.flush()
+        try:
+            proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
+                                  stdin=subprocess.DEVNULL, env=dict(os.environ, LC_ALL="C"))
+        except subprocess.TimeoutExpired:
+            raise LabError(f"{what} did not finish within {timeout:.0f} s; see {log_file}") from None
+    if proc.returncode != 0:
+        tail = "".join(log_file.read_text().splitlines(keepends=True)[-40:])
+        raise LabError(f"{what} failed (exit {proc.returncode}); last lines of {log_file}:\n{tail}")
+
+
+def build(dest: Path, suite: str, key: str, log: Callable[[str], None]) -> None:
+    missing = [t for t in BUILD_TOOLS if shutil.which(t) is None]
+    if missing:
+        raise LabError(f"cannot build the lab image: missing {', '.join(missing)} (run `make setup`)")
+    started = time.monotonic()
+    build_log = dest / "build.log"
+    staging = dest / "staging"
+    staging.mkdir()
+    for f in INPUT_FILES:
+        shutil.copy(f, staging / f.name)
+    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "shadowlun-lab",
+          "-f", str(dest / "id_ed25519")], build_log, 60, "ssh-keygen")
+    shutil.copy(dest / "id_ed25519.pub", staging / "authorized_keys")
+
+    rootfs = dest / "rootfs"
+    inside = "/tmp/shadowlun-build"
+    log(f"lab image {key}: mmdebstrap {suite} ({len(packages())} packages)...")
+    _run(
+        [
+            "mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory",
+            "--include=" + ",".join(packages()),
+            "--aptopt=Acquire::Retries \"3\"",
+            f"--customize-hook=mkdir -p \"$1\"{inside}",
+            f"--customize-hook=copy-in {' '.join(str(p) for p in sorted(staging.iterdir()))} {inside}",
+            f"--customize-hook=chroot \"$1\" sh {inside}/common.sh {inside}/packages.txt",
+            f"--customize-hook=chroot \"$1\" sh {inside}/image-customize.sh {inside}/authorized_keys",
+            f"--customize-hook=rm -rf \"$1\"{inside}",
+            suite, str(rootfs), *host_apt_sources(),
+        ],
+        build_log, BUILD_TIMEOUT_S, "mmdebstrap",
+    )
+    kernel = os.readlink(rootfs / "vmlinuz")  # boot/vmlinuz-<release>
+    shutil.copy(rootfs / kernel, dest / "vmlinuz")
+    shutil.copy(rootfs / os.readlink(rootfs / "initrd.img"), dest / "initrd.img")
+    shutil.copy(rootfs / "etc/ssh/ssh_host_ed25519_key.pub", dest / "ssh_host_ed25519_key.pub")
+    versions = subprocess.run(
+        ["dpkg-query", f"--admindir={rootfs}/var/lib/dpkg", "-W", "-f", "${Package} ${Version}\n"],
+        check=True, text=True, capture_output=True,
+    ).stdout.splitlines()
+    log(f"lab image {key}: mke2fs {ROOT_SIZE} root filesystem...")
+    _run(["mke2fs", "-q", "-t", "ext4", "-L", "shadowlun-root", "-d", str(rootfs),
+          str(dest / "root.raw"), ROOT_SIZE], build_log, 600, "mke2fs")
+    shutil.rmtree(rootfs)
+    shutil.rmtree(staging)
+    manifest = {
+        "key": key,
+        "format": IMAGE_FORMAT,
+        "suite": suite,
+        "inputs": [str(f.relative_to(VAGRANT_DIR)) for f in INPUT_FILES],
+        "kernel": kernel.removeprefix("boot/vmlinuz-"),
+        "build_seconds": round(time.monotonic() - started, 1),
+        "packages": versions,
+    }
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    log(f"lab image {key}: built in {manifest['build_seconds']} s")

@@ -1,0 +1,194 @@
+#!/usr/bin/python3
+"""Per-machine provisioning of a lab VM: the part that depends on which machine it is.
+
+Shared by the QEMU lab (run over SSH after first boot) and the Vagrantfile (a shell
+provisioner), so both build the same machines from vagrant/machines.json:
+
+  machine.py setup NAME [--machines FILE]   once: hostname, initiator name, networks, pool
+  machine.py network                        every boot (systemd unit): SAN and mgmt addresses
+
+Addresses are set with pyroute2 on the interfaces found by MAC address, as the product finds
+its own SAN addresses; the links are renamed san0/mgmt0 so logs and portals read plainly.
+Everything is create-or-lookup, so running it again changes nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CONFIG = Path("/etc/shadowlun/machine.json")
+INSTALLED = Path("/usr/local/sbin/shadowlun-machine")
+UNIT = Path("/etc/systemd/system/shadowlun-lab-net.service")
+IQN_PREFIX = "iqn.2026-11.lab.shadowlun"
+LINK_WAIT_S = 20.0
+VG, POOL = "shadowlun", "pool"
+
+UNIT_TEXT = f"""[Unit]
+Description=shadowlun lab: SAN and management addresses (pyroute2)
+DefaultDependencies=no
+After=systemd-udevd.service
+Before=network.target iscsid.service ssh.service
+Wants=network.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart={INSTALLED} network
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def log(msg: str) -> None:
+    print(f"provision: {msg}", flush=True)
+
+
+def run(*argv: str) -> str:
+    env = dict(os.environ, LC_ALL="C")
+    return subprocess.run(argv, check=True, text=True, capture_output=True, env=env).stdout
+
+
+def machine_entry(machines_file: Path, name: str) -> dict:
+    topology = json.loads(machines_file.read_text())
+    for m in topology["machines"]:
+        if m["name"] == name:
+            nets = {
+                net: {
+                    "mac": m["macs"][net],
+                    "address": m["addresses"][net],
+                    "prefixlen": ipaddress.ip_network(spec["cidr"]).prefixlen,
+                }
+                for net, spec in topology["networks"].items()
+            }
+            return {"name": name, "role": m["role"], "networks": nets, "disks": m["disks"]}
+    raise SystemExit(f"provision: no machine {name!r} in {machines_file}")
+
+
+def setup_hostname(name: str) -> None:
+    Path("/etc/hostname").write_text(name + "\n")
+    hosts = Path("/etc/hosts")
+    old = hosts.read_text().splitlines() if hosts.exists() else ["127.0.0.1\tlocalhost"]
+    lines = [ln for ln in old if not ln.startswith("127.0.1.1")]
+    hosts.write_text("\n".join(lines + [f"127.0.1.1\t{name}"]) + "\n")
+    subprocess.run(["hostname", name], check=False)
+
+
+def setup_initiator(name: str) -> None:
+    path = Path("/etc/iscsi/initiatorname.iscsi")
+    wanted = f"InitiatorName={IQN_PREFIX}:{name}\n"
+    if path.exists() and path.read_text() == wanted:
+        return
+    path.write_text(wanted)
+    subprocess.run(["systemctl", "try-restart", "iscsid.service"], check=False)
+    log(f"initiator name {wanted.strip()}")
+
+
+def wait_for_link(ipr, mac: str) -> int:
+    """Interfaces appear as udev probes the virtio devices; bounded wait, then a clear error."""
+    deadline = time.monotonic() + LINK_WAIT_S
+    while True:
+        found = ipr.link_lookup(address=mac)
+        if found:
+            return found[0]
+        if time.monotonic() > deadline:
+            raise SystemExit(f"provision: no interface with MAC {mac} after {LINK_WAIT_S:.0f} s")
+        time.sleep(0.2)
+
+
+def configure_networks(networks: dict) -> None:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for net, spec in networks.items():
+            idx = wait_for_link(ipr, spec["mac"])
+            link = ipr.get_links(idx)[0]
+            wanted_name = f"{net}0"
+            if link.get_attr("IFLA_IFNAME") != wanted_name:
+                ipr.link("set", index=idx, state="down")
+                ipr.link("set", index=idx, ifname=wanted_name)
+            ipr.link("set", index=idx, state="up")
+            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=idx)}
+            if (spec["address"], spec["prefixlen"]) not in have:
+                ipr.addr("add", index=idx, address=spec["address"], prefixlen=spec["prefixlen"])
+            log(f"{wanted_name} {spec['address']}/{spec['prefixlen']} up")
+
+
+def install_network_unit() -> None:
+    if Path(__file__).resolve() != INSTALLED:
+        shutil.copyfile(__file__, INSTALLED)
+        INSTALLED.chmod(0o755)
+    UNIT.write_text(UNIT_TEXT)
+    run("systemctl", "daemon-reload")
+    run("systemctl", "enable", UNIT.name)
+
+
+def find_disk(serial: str) -> Path:
+    """By serial (QEMU virtio and libvirt name it), never by probe order."""
+    by_id = Path("/dev/disk/by-id")
+    for link in sorted(by_id.glob(f"*{serial}*")):
+        if "-part" not in link.name:
+            return link.resolve()
+    raise SystemExit(f"provision: no disk with serial {serial!r} under {by_id}")
+
+
+def setup_pool(disks: list[dict]) -> None:
+    """The array's storage: one VG on the pool disk and one thin pool, as an admin would make."""
+    pool_disk = next(d for d in disks if d["name"] == "pool")
+    vgs = json.loads(run("vgs", "--reportformat", "json", "-o", "vg_name"))["report"][0]["vg"]
+    if not any(v["vg_name"] == VG for v in vgs):
+        dev = find_disk(pool_disk["serial"])
+        run("pvcreate", "-q", str(dev))
+        run("vgcreate", "-q", VG, str(dev))
+        log(f"volume group {VG} on {dev}")
+    lvs = json.loads(run("lvs", "--reportformat", "json", "-o", "lv_name", VG))["report"][0]["lv"]
+    if not any(lv["lv_name"] == POOL for lv in lvs):
+        run("lvcreate", "-q", "--type", "thin-pool", "-l", "90%VG", "-n", POOL, VG)
+        log(f"thin pool {VG}/{POOL}")
+
+
+def cmd_setup(args: argparse.Namespace) -> None:
+    entry = machine_entry(args.machines, args.name)
+    CONFIG.parent.mkdir(parents=True, exist_ok=True)
+    CONFIG.write_text(json.dumps(entry, indent=2) + "\n")
+    setup_hostname(entry["name"])
+    setup_initiator(entry["name"])
+    install_network_unit()
+    configure_networks(entry["networks"])
+    if entry["role"] == "array":
+        setup_pool(entry["disks"])
+    log(f"{entry['name']} ({entry['role']}) ready")
+
+
+def cmd_network(_: argparse.Namespace) -> None:
+    configure_networks(json.loads(CONFIG.read_text())["networks"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    setup = sub.add_parser("setup", help="provision this machine as NAME")
+    setup.add_argument("name")
+    setup.add_argument(
+        "--machines",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "machines.json",
+        help="the lab topology (default: vagrant/machines.json of this checkout)",
+    )
+    setup.set_defaults(func=cmd_setup)
+    sub.add_parser("network", help="bring up this machine's lab addresses").set_defaults(
+        func=cmd_network
+    )
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
