@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,9 +126,11 @@ class Lab:
             for vm in self.vms.values():
                 secs = vm.wait_ready()
                 log(f"lab: {vm.name} up after {secs:.0f} s")
-        with self.timings.measure("provision"):
-            for vm in self.vms.values():
-                self.provision(vm)
+        with self.timings.measure("provision (all VMs)"):
+            with ThreadPoolExecutor(len(self.vms)) as pool:
+                for vm, fut in [(vm, pool.submit(self.provision, vm)) for vm in self.vms.values()]:
+                    fut.result()
+                    log(f"lab: {vm.name} provisioned")
         self._state_file().write_text(json.dumps({"image": self.image.path.name, "accel": self.accel}))
 
     def provision(self, vm: VM) -> None:

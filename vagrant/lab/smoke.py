@@ -50,6 +50,20 @@ class SmokeResult:
     host_a_disk_present: bool
     seconds: dict[str, float] = field(default_factory=dict)
 
+    def problems(self) -> list[str]:
+        """What the demo reports as failed expectations (the tests assert each one themselves)."""
+        checks = [
+            (self.host_b_sha256 == self.origin_sha256_at_snapshot,
+             "host-b's data differs from the origin at snapshot time"),
+            (self.origin_sha256_after != self.origin_sha256_at_snapshot, "the origin did not change"),
+            (self.host_b_disk.get("wwid") == self.wwid, "host-b's disk has another WWID"),
+            (self.host_b_disk.get("serial") == self.serial, "host-b's disk has another serial"),
+            (self.host_b_wrong_chap_refused, "a wrong CHAP secret was accepted"),
+            (self.host_a_login_refused and not self.host_a_sessions, "host-a logged in"),
+            (not self.host_a_disk_present, "host-a sees the LUN"),
+        ]
+        return [msg for ok, msg in checks if not ok]
+
 
 class Node:
     """One open-iscsi node record on a host VM (target + portal), made and removed by us."""
