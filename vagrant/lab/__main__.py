@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "demo":
         return demo()
-    lab = Lab.prepare()
+    lab = Lab.prepare(build=args.command in ("build", "up"))
     if args.command == "build":
         print(lab.image.path)
     elif args.command == "up":
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "status":
         running = lab.is_running()
         print(f"lab in {lab.run_dir}: {'running' if running else 'not running'} "
-              f"(image {lab.image.path.name}, {lab.accel})")
+              f"(image {lab.image.path.name})")
         for vm in lab.vms.values():
             pid = vm.pid()
             print(f"  {vm.name:<8} {'pid ' + str(pid) if pid else 'stopped':<12} "

@@ -95,6 +95,12 @@ class Image:
         return (self.path / "manifest.json").is_file()
 
 
+def _names_debian(sources: Path) -> bool:
+    """A sources file with an active (uncommented) Debian archive entry."""
+    return any("debian" in line and not line.lstrip().startswith("#")
+               for line in sources.read_text().splitlines())
+
+
 def host_apt_sources() -> list[str]:
     """Where the image's packages come from: $SHADOWLUN_LAB_MIRROR, else this host's own apt
     sources (mmdebstrap takes a sources file as a mirror argument)."""
@@ -104,7 +110,7 @@ def host_apt_sources() -> list[str]:
     for src in APT_SOURCES:
         files = sorted(src.iterdir()) if src.is_dir() else [src]
         for f in files:
-            if f.suffix in (".list", ".sources") and f.is_file() and "debian" in f.read_text():
+            if f.suffix in (".list", ".sources") and f.is_file() and _names_debian(f):
                 found.append(str(f))
     if not found:
         raise LabError(
@@ -131,6 +137,7 @@ def ensure_image(suite: str, log: Callable[[str], None] = print) -> tuple[Image,
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
         build(partial, suite, key, log)
+        shutil.rmtree(image.path, ignore_errors=True)  # an incomplete leftover, never a good image
         partial.rename(image.path)
     return image, True
 

@@ -78,17 +78,24 @@ class Lab:
     # -- lifecycle ------------------------------------------------------------------------------
 
     @classmethod
-    def prepare(cls, run_dir: Path | None = None, log: Callable[[str], None] = print) -> "Lab":
-        """Image (built or from cache) and accelerator; no VM started yet."""
+    def prepare(cls, run_dir: Path | None = None, log: Callable[[str], None] = print,
+                build: bool = True) -> "Lab":
+        """Image (built or from cache) and accelerator; no VM started yet. Without `build`,
+        only enough to look at or stop a lab that is already running."""
         run_dir = run_dir or default_run_dir()
         topo = topology.load()
         timings = Timings()
-        started = time.monotonic()
-        image, built = image_mod.ensure_image(topo.suite, log)
-        timings.add("image", time.monotonic() - started,
-                    f"{'built' if built else 'cache hit'} {image.path.name}")
-        with timings.measure("accelerator probe"):
-            accel = accel_mod.choose(image.kernel, image_mod.cache_root(), log)
+        if build:
+            started = time.monotonic()
+            image, built = image_mod.ensure_image(topo.suite, log)
+            timings.add("image", time.monotonic() - started,
+                        f"{'built' if built else 'cache hit'} {image.path.name}")
+            with timings.measure("accelerator probe"):
+                accel = accel_mod.choose(image.kernel, image_mod.cache_root(), log)
+        else:
+            image = image_mod.Image(image_mod.cache_root() / f"image-{image_mod.input_key(topo.suite)}")
+            state = run_dir / "lab.json"
+            accel = json.loads(state.read_text())["accel"] if state.exists() else "tcg"
         switches = {net: Switch(net, run_dir / f"switch-{net}") for net in topo.networks}
         vms = {m.name: VM(m, run_dir, image, accel, switches) for m in topo.machines}
         return cls(run_dir, topo, image, accel, vms, switches, timings)

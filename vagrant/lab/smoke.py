@@ -30,8 +30,10 @@ LIO_COMPANY_ID = "6001405"  # NAA type 6 + IEEE company id 001405, as LIO builds
 
 
 def wwid_for_serial(serial: str) -> str:
-    """The WWID Linux reports for a LIO LUN: NAA-6 from company id + first 25 hex of the serial."""
-    return f"naa.{LIO_COMPANY_ID}{serial.replace('-', '')[:25]}"
+    """The WWID Linux reports for a LIO LUN: NAA-6 from company id + the first 25 hex digits of
+    the serial (LIO skips every other character), in lower case."""
+    digits = "".join(c for c in serial.lower() if c in "0123456789abcdef")
+    return f"naa.{LIO_COMPANY_ID}{digits[:25]}"
 
 
 @dataclass

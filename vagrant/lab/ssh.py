@@ -75,4 +75,4 @@ class SSH:
 
     def interactive(self, command: list[str] | None = None) -> int:
         """An interactive shell (or command) for a developer: `python -m lab ssh host-b`."""
-        return subprocess.call([*self.argv("-t"), *([shlex.join(command)] if command else [])])
+        return subprocess.call([*self.argv("-t"), *([" ".join(command)] if command else [])])

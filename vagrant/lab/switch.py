@@ -31,7 +31,7 @@ class Switch:
             pid = int(self.pidfile.read_text())
             os.kill(pid, 0)
             return pid
-        except (FileNotFoundError, ValueError, ProcessLookupError):
+        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
             return None
 
     def start(self) -> None:

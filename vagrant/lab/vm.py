@@ -114,7 +114,7 @@ class VM:
             pid = int(self.pidfile.read_text())
             os.kill(pid, 0)
             return pid
-        except (FileNotFoundError, ValueError, ProcessLookupError):
+        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
             return None
 
     def start(self) -> None:
