@@ -8,6 +8,7 @@ running), which keeps the edit-test loop short; tests always get provisioned VMs
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,7 +30,12 @@ PROVISION_TIMEOUT_S = 300
 
 
 def default_run_dir() -> Path:
-    return Path(os.environ.get("SHADOWLUN_LAB_RUN", "/tmp/shadowlun-lab"))
+    """$SHADOWLUN_LAB_RUN, else one folder per checkout: the VMs mount that checkout, so a lab
+    of another clone (a CI run beside a developer's lab) is never attached to or clobbered."""
+    if os.environ.get("SHADOWLUN_LAB_RUN"):
+        return Path(os.environ["SHADOWLUN_LAB_RUN"])
+    tag = hashlib.sha256(str(topology.CHECKOUT).encode()).hexdigest()[:8]
+    return Path(f"/tmp/shadowlun-lab-{tag}")
 
 
 @dataclass
