@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 
+from pathlib import Path
+
 import pytest
 
 from lab import accel as accel_mod
@@ -98,7 +100,13 @@ def test_prepare_default_run_dir_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv("SHADOWLUN_LAB_RUN", str(tmp_path / "elsewhere"))
     assert lab_mod.default_run_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv("SHADOWLUN_LAB_RUN")
-    assert str(lab_mod.default_run_dir()) == "/tmp/shadowlun-lab"
+    mine = lab_mod.default_run_dir()
+    assert mine.parent == Path("/tmp") and mine.name.startswith("shadowlun-lab-")
+    # Another checkout gets another folder; the same checkout always the same one.
+    monkeypatch.setattr(lab_mod.topology, "CHECKOUT", tmp_path / "other-clone")
+    assert lab_mod.default_run_dir() != mine
+    monkeypatch.undo()
+    assert lab_mod.default_run_dir() == mine
 
 
 def test_vm_lookup(prepared):
