@@ -23,10 +23,12 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def lab(request):
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.getplugin("terminalreporter"), plugins.getplugin("capturemanager")
 
     def log(msg: str) -> None:
-        if reporter:
+        """Live progress of a multi-minute boot, past pytest's output capture."""
+        with capture.global_and_fixture_disabled():
             reporter.write_line(msg)
 
     with Lab.up(log=log) as running:

@@ -164,6 +164,9 @@ class Lab:
         for s in self.switches.values():
             s.stop()
         self._state_file().unlink(missing_ok=True)
+        # A stopped lab is never resumed (boot starts afresh); keep the console logs only.
+        for disk in self.run_dir.glob("*/*.qcow2"):
+            disk.unlink()
         if errors and not quiet:
             raise LabError("lab teardown: " + "; ".join(errors))
 
