@@ -27,6 +27,8 @@ from .switch import Switch
 from .vm import VM
 
 PROVISION_TIMEOUT_S = 300
+AGENT_TIMEOUT_S = 90
+ARRAY_ACCESS = "/etc/shadowlun/array-access.json"
 
 
 def default_run_dir() -> Path:
@@ -144,6 +146,8 @@ class Lab:
                 for vm, fut in [(vm, pool.submit(self.provision, vm)) for vm in self.vms.values()]:
                     fut.result()
                     log(f"lab: {vm.name} provisioned")
+        with self.timings.measure("array agent to hosts"):
+            self.share_array_access()
         self._state_file().write_text(json.dumps({"image": self.image.path.name, "accel": self.accel}))
 
     def provision(self, vm: VM) -> None:
@@ -152,6 +156,22 @@ class Lab:
                "{ echo 'checkout not mounted at /shadowlun (virtio-9p)' >&2; exit 1; }")
         vm.run(["python3", "/shadowlun/vagrant/provision/machine.py", "setup", vm.name],
                timeout=PROVISION_TIMEOUT_S)
+
+    def share_array_access(self) -> None:
+        """Give each host the array agent's URL, token and certificate (as an admin would),
+        then wait, bounded, until every host gets an answer from the agent."""
+        access = self.array.run(f"cat {ARRAY_ACCESS}").stdout
+        for host in self.hosts:
+            host.put(ARRAY_ACCESS, access, mode="0600")
+        deadline = time.monotonic() + AGENT_TIMEOUT_S
+        for host in self.hosts:
+            while not host.run("python3 -m targets.client GET /v1/pool", check=False).ok:
+                if time.monotonic() > deadline:
+                    journal = self.array.run("journalctl -u shadowlun-array-agent --no-pager -n 40",
+                                             check=False).stdout
+                    raise LabError(f"{host.name}: no answer from the array agent after {AGENT_TIMEOUT_S} s;"
+                                   f" agent journal:\n{journal}")
+                time.sleep(1)
 
     def down(self, quiet: bool = False) -> None:
         """Stop every VM and switch; errors are collected so one stuck VM does not keep the rest up."""

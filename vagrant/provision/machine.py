@@ -154,6 +154,41 @@ def setup_pool(disks: list[dict]) -> None:
         log(f"thin pool {VG}/{POOL}")
 
 
+def setup_agent(entry: dict, topology: dict) -> None:
+    """The array agent: config, bearer token, TLS certificate for the mgmt address, unit.
+    array-access.json (url, token, certificate) is what hosts need; the lab copies it to them."""
+    etc = Path("/etc/shadowlun")
+    mgmt = entry["networks"]["mgmt"]["address"]
+    port = 8443
+    config = {
+        "target_iqn": f"{IQN_PREFIX}:{entry['name']}.target",
+        "san_cidr": topology["networks"]["san"]["cidr"],
+        "vg": VG, "pool": POOL, "listen": mgmt, "port": port,
+    }
+    (etc / "array.json").write_text(json.dumps(config, indent=2) + "\n")
+    token, key, cert = etc / "agent.token", etc / "agent.key", etc / "agent.crt"
+    if not token.exists():
+        import secrets
+
+        token.touch(mode=0o600)
+        token.write_text(secrets.token_urlsafe(32) + "\n")
+    if not cert.exists():
+        run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "3650",
+            "-subj", f"/CN={entry['name']}", "-addext", f"subjectAltName=IP:{mgmt}")
+        key.chmod(0o600)
+    access = etc / "array-access.json"
+    access.touch(mode=0o600)
+    access.write_text(json.dumps({"url": f"https://{mgmt}:{port}", "token": token.read_text().strip(),
+                                  "certificate": cert.read_text()}, indent=2) + "\n")
+    unit = Path("/shadowlun/targets/shadowlun-array-agent.service")
+    shutil.copyfile(unit, Path("/etc/systemd/system") / unit.name)
+    run("systemctl", "daemon-reload")
+    run("systemctl", "enable", unit.name)
+    run("systemctl", "restart", unit.name)
+    log(f"array agent on https://{mgmt}:{port}")
+
+
 def cmd_setup(args: argparse.Namespace) -> None:
     entry = machine_entry(args.machines, args.name)
     CONFIG.parent.mkdir(parents=True, exist_ok=True)
@@ -164,6 +199,7 @@ def cmd_setup(args: argparse.Namespace) -> None:
     configure_networks(entry["networks"])
     if entry["role"] == "array":
         setup_pool(entry["disks"])
+        setup_agent(entry, json.loads(args.machines.read_text()))
     log(f"{entry['name']} ({entry['role']}) ready")
 
 

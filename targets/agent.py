@@ -1,0 +1,186 @@
+"""The array agent: the array's management API over HTTPS with a bearer token.
+
+The "provider-specific mechanism" of the VSS seeds: hosts reach the array only here and over
+iSCSI. FastAPI serves it (on uvicorn, both Debian packages on the array) and describes it at
+/openapi.json. Errors are JSON {hresult, vss, message} with an HTTP status per VSS code.
+
+    python3 -m targets.agent [--config /etc/shadowlun/array.json]
+"""
+from __future__ import annotations
+
+import argparse
+import hmac
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from provider.hresult import HResult, VssError, http_status, vss_error
+
+from .array import Array, ArrayConfig, LunView, san_portals
+from .lio import Lio
+from .lvm import Lvm
+from .store import Job, Store
+
+log = logging.getLogger("shadowlun.agent")
+API_VERSION = "1"
+
+
+class VolumeIn(BaseModel):
+    name: str = Field(..., description="1-48 of a-z, 0-9, '-'")
+    size_bytes: int = Field(..., description="virtual size; at least 1 MiB, a multiple of 512")
+
+
+class MaskIn(BaseModel):
+    initiator: str = Field(..., description="the host's iSCSI initiator name (IQN)")
+    chap_user: str
+    chap_secret: str = Field(..., description="12 to 16 characters")
+    read_only: bool = False
+
+
+class SnapshotIn(BaseModel):
+    snapshot_id: str
+    lun: str
+
+
+class SetIn(BaseModel):
+    set_id: str
+    snapshots: list[SnapshotIn]
+
+
+class CopyIn(BaseModel):
+    target: str = Field(..., description="name of the new volume holding the full copy")
+
+
+class ResyncIn(BaseModel):
+    snapshot: str = Field(..., description="the snapshot LUN whose bytes the target gets back")
+
+
+def job_dict(job: Job) -> dict:
+    return {**asdict(job), "percent": round(job.percent, 1)}
+
+
+def lun_dict(view: LunView) -> dict:
+    return asdict(view)
+
+
+def create_app(array: Array, token: str) -> FastAPI:
+    app = FastAPI(title="shadowlun array agent", version=API_VERSION,
+                  description="LVM thin volumes and snapshots served as iSCSI LUNs by LIO.")
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorized(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if cred is None or not hmac.compare_digest(cred.credentials.encode(), token.encode()):
+            raise vss_error(HResult.E_ACCESSDENIED, "missing or wrong bearer token")
+
+    @app.exception_handler(VssError)
+    async def vss_failed(_: Request, e: VssError) -> JSONResponse:
+        if e.hresult == HResult.E_ACCESSDENIED:
+            return JSONResponse(e.to_dict(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        (log.info if http_status(e.hresult) < 500 else log.error)("%s", e)
+        return JSONResponse(e.to_dict(), status_code=http_status(e.hresult))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, e: RequestValidationError) -> JSONResponse:
+        err = vss_error(HResult.E_INVALIDARG, f"malformed request: {e.errors()}")
+        return JSONResponse(err.to_dict(), status_code=400)
+
+    guard = [Depends(authorized)]
+
+    @app.get("/v1/pool", dependencies=guard, summary="thin pool data and metadata use")
+    def pool() -> dict:
+        return array.pool()
+
+    @app.get("/v1/luns", dependencies=guard, summary="every LUN with the identity hosts will read")
+    def luns() -> list[dict]:
+        return [lun_dict(v) for v in array.inventory()]
+
+    @app.post("/v1/luns", dependencies=guard, status_code=201, summary="create a thin volume LUN")
+    def create_lun(body: VolumeIn) -> dict:
+        return lun_dict(array.create_volume(body.name, body.size_bytes))
+
+    @app.get("/v1/luns/{name}", dependencies=guard)
+    def get_lun(name: str) -> dict:
+        return lun_dict(array.lun(name))
+
+    @app.delete("/v1/luns/{name}", dependencies=guard, status_code=204, response_class=Response,
+                summary="unmask everywhere, unexport, remove the LV")
+    def delete_lun(name: str) -> Response:
+        array.delete(name)
+        return Response(status_code=204)
+
+    @app.put("/v1/luns/{name}/masks", dependencies=guard, summary="mask (show) the LUN to an initiator")
+    def mask(name: str, body: MaskIn) -> dict:
+        return lun_dict(array.mask(name, body.initiator, body.chap_user, body.chap_secret, body.read_only))
+
+    @app.delete("/v1/luns/{name}/masks/{initiator}", dependencies=guard, summary="hide the LUN from an initiator")
+    def unmask(name: str, initiator: str) -> dict:
+        return lun_dict(array.unmask(name, initiator))
+
+    @app.post("/v1/snapshot-sets", dependencies=guard, status_code=201,
+              summary="prepare a set: check, choose names and serials (no snapshot yet)")
+    def prepare(body: SetIn) -> dict:
+        return array.prepare_set(body.set_id, [s.dict() for s in body.snapshots])
+
+    @app.get("/v1/snapshot-sets/{set_id}", dependencies=guard)
+    def get_set(set_id: str) -> dict:
+        return array.set_view(set_id)
+
+    @app.post("/v1/snapshot-sets/{set_id}/commit", dependencies=guard,
+              summary="create every snapshot of the set in one short window, then export them")
+    def commit(set_id: str) -> dict:
+        return array.commit_set(set_id)
+
+    @app.post("/v1/snapshot-sets/{set_id}/abort", dependencies=guard, summary="undo the set")
+    def abort(set_id: str) -> dict:
+        return array.abort_set(set_id)
+
+    @app.post("/v1/luns/{name}/copy", dependencies=guard, status_code=202,
+              summary="full copy (plex) into a new volume, as a job")
+    def copy(name: str, body: CopyIn) -> dict:
+        return job_dict(array.start_copy(name, body.target))
+
+    @app.post("/v1/luns/{name}/resync", dependencies=guard, status_code=202,
+              summary="revert this LUN to a snapshot's bytes, as a job")
+    def resync(name: str, body: ResyncIn) -> dict:
+        return job_dict(array.start_resync(body.snapshot, name))
+
+    @app.get("/v1/jobs/{job_id}", dependencies=guard, summary="progress of a copy or resync")
+    def job(job_id: str) -> dict:
+        return job_dict(array.job(job_id))
+
+    return app
+
+
+def build_array(config: ArrayConfig) -> Array:
+    portals = san_portals(config.san_cidr)
+    if not portals:
+        raise SystemExit(f"no address of this machine in the SAN network {config.san_cidr}")
+    return Array(config, Store(Path(config.state_dir) / "array.db"), Lvm(config.vg, config.pool),
+                 Lio(config.target_iqn, portals))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="shadowlun array agent")
+    parser.add_argument("--config", type=Path, default=Path("/etc/shadowlun/array.json"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
+    import uvicorn
+
+    config = ArrayConfig.load(args.config)
+    array = build_array(config)
+    array.reconcile()
+    token = Path(config.token_file).read_text().strip()
+    uvicorn.run(create_app(array, token), host=config.listen, port=config.port,
+                ssl_certfile=config.cert_file, ssl_keyfile=config.key_file, log_config=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,496 @@
+"""The array's operations: what the agent's API does, over the store, LVM and LIO.
+
+Rules kept everywhere:
+- validate everything first (names, sizes, ids, pool space) and raise a VSS-coded user error
+  before any object is made, so bad input changes nothing;
+- write the intent to the store before touching the kernel, mark it done after, so the
+  reconcile at start can finish or undo an interrupted operation;
+- idempotent where a retry can happen (same request again = same answer, nothing new made).
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import re
+import signal
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from provider.hresult import HResult, VssError, vss_error
+
+from .lio import LIO_BLOCK_PRODUCT, LIO_VENDOR, Lio, naa_wwid
+from .lvm import Lvm, LvmError, copy_blocks
+from .store import Job, Lun, Mask, SetMember, Store
+
+log = logging.getLogger("shadowlun.array")
+
+CONFIG_FILE = Path("/etc/shadowlun/array.json")
+MAX_LUNS_PER_SET = 64
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
+IQN_RE = re.compile(r"^iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[^\s]+)?$")
+CHAP_RE = re.compile(r"^[A-Za-z0-9._@:+-]{1,255}$")
+VOLUME_PREFIX, SNAPSHOT_PREFIX = "lun-", "snap-"
+CRASH_ENV = "SHADOWLUN_ARRAY_CRASH_AT"
+
+
+def crash_point(name: str) -> None:
+    """Fault injection for the system tests: die here (SIGKILL, no cleanup) when asked."""
+    if os.environ.get(CRASH_ENV) == name:
+        log.warning("crash point %s reached: killing the agent as asked by %s", name, CRASH_ENV)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass
+class ArrayConfig:
+    target_iqn: str
+    san_cidr: str
+    vg: str = "shadowlun"
+    pool: str = "pool"
+    listen: str = "127.0.0.1"
+    port: int = 8443
+    state_dir: str = "/var/lib/shadowlun"
+    pool_full_percent: float = 90.0
+    token_file: str = "/etc/shadowlun/agent.token"
+    cert_file: str = "/etc/shadowlun/agent.crt"
+    key_file: str = "/etc/shadowlun/agent.key"
+
+    @classmethod
+    def load(cls, path: Path = CONFIG_FILE) -> "ArrayConfig":
+        return cls(**json.loads(path.read_text()))
+
+
+def san_portals(cidr: str) -> list[str]:
+    """This machine's addresses inside the SAN network (pyroute2): portals bind only there."""
+    from pyroute2 import IPRoute
+
+    net = ipaddress.ip_network(cidr)
+    with IPRoute() as ipr:
+        addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()]
+    return sorted(a for a in addrs if a and ipaddress.ip_address(a) in net)
+
+
+def user_error(code: HResult, message: str) -> VssError:
+    return vss_error(code, message)
+
+
+def _require_name(name: str, what: str = "LUN name") -> None:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise user_error(HResult.E_INVALIDARG,
+                         f"{what} {name!r}: use 1-48 of a-z, 0-9 and '-', starting with a letter or digit")
+
+
+def _require_uuid(value: str, what: str) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise user_error(HResult.E_INVALIDARG, f"{what} {value!r} is not a GUID") from None
+
+
+@dataclass(frozen=True)
+class LunView:
+    """A LUN as the API shows it: identity a host will read, and who may see it."""
+
+    name: str
+    kind: str
+    size_bytes: int
+    serial: str
+    wwid: str
+    vendor: str
+    product: str
+    origin: str | None
+    set_id: str | None
+    snapshot_id: str | None
+    state: str
+    lun_id: int | None
+    masks: list[dict] = field(default_factory=list)
+
+
+class Array:
+    def __init__(self, config: ArrayConfig, store: Store, lvm: Lvm, lio: Lio) -> None:
+        self.config, self.store, self.lvm, self.lio = config, store, lvm, lio
+        self._op_lock = threading.RLock()  # one changing operation at a time; reads are free
+        self._jobs: dict[str, threading.Thread] = {}
+
+    # -- views ---------------------------------------------------------------------------
+
+    def _view(self, lun: Lun, exports: dict | None = None) -> LunView:
+        exports = self.lio.exports() if exports is None else exports
+        export = exports.get(lun.name)
+        return LunView(
+            name=lun.name.removeprefix(VOLUME_PREFIX), kind=lun.kind, size_bytes=lun.size_bytes,
+            serial=lun.serial, wwid=naa_wwid(lun.serial), vendor=LIO_VENDOR, product=LIO_BLOCK_PRODUCT,
+            origin=lun.origin.removeprefix(VOLUME_PREFIX) if lun.origin else None,
+            set_id=lun.set_id, snapshot_id=lun.snapshot_id, state=lun.state,
+            lun_id=export.lun if export else None,
+            masks=[{"initiator": m.initiator, "read_only": m.read_only} for m in self.store.masks(lun.name)],
+        )
+
+    def inventory(self) -> list[LunView]:
+        exports = self.lio.exports()
+        return [self._view(lun, exports) for lun in self.store.luns()]
+
+    def _lun(self, name: str) -> Lun:
+        """A LUN by its API name: a volume name, or a snapshot's name (snap-<snapshot id>)."""
+        lun = self.store.lun(name if name.startswith(SNAPSHOT_PREFIX) else VOLUME_PREFIX + name)
+        if lun is None or lun.state != "ready":
+            raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no LUN named {name!r} on this array")
+        return lun
+
+    def lun(self, name: str) -> LunView:
+        return self._view(self._lun(name))
+
+    def pool(self) -> dict:
+        p = self.lvm.pool_status()
+        return {"vg": p.vg, "pool": p.name, "size_bytes": p.size_bytes, "used_bytes": p.used_bytes,
+                "free_bytes": p.free_bytes, "data_percent": p.data_percent,
+                "metadata_percent": p.metadata_percent, "full_percent": self.config.pool_full_percent}
+
+    def _check_pool(self, need_bytes: int = 0) -> None:
+        """Refuse new work on a nearly full pool (data or metadata), before anything is made."""
+        p = self.lvm.pool_status()
+        limit = self.config.pool_full_percent
+        after = 100.0 * (p.used_bytes + need_bytes) / p.size_bytes if p.size_bytes else 100.0
+        if p.data_percent >= limit or p.metadata_percent >= limit or after >= limit:
+            raise user_error(HResult.VSS_E_INSUFFICIENT_STORAGE,
+                             f"thin pool {p.vg}/{p.name} is too full: data {p.data_percent:.1f}%, "
+                             f"metadata {p.metadata_percent:.1f}%, {need_bytes} bytes needed, "
+                             f"limit {limit:.0f}%")
+
+    def _new_serial(self) -> str:
+        """32 hex digits, unique in its first 25 (LIO's NAA id uses only those)."""
+        taken = {naa_wwid(lun.serial) for lun in self.store.luns()}
+        while True:
+            serial = uuid.uuid4().hex
+            if naa_wwid(serial) not in taken and not self.store.serial_in_use(serial):
+                return serial
+
+    # -- volumes -------------------------------------------------------------------------
+
+    def create_volume(self, name: str, size_bytes: int) -> LunView:
+        _require_name(name)
+        if not isinstance(size_bytes, int) or size_bytes < (1 << 20) or size_bytes % 512:
+            raise user_error(HResult.E_INVALIDARG, f"size {size_bytes!r}: at least 1 MiB, a multiple of 512")
+        lv = VOLUME_PREFIX + name
+        with self._op_lock:
+            existing = self.store.lun(lv)
+            if existing is not None:
+                if existing.state == "ready" and existing.size_bytes == size_bytes and existing.kind == "volume":
+                    return self._view(existing)  # a retry
+                raise user_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"a LUN named {name!r} exists")
+            self._check_pool()
+            lun = self.store.add_lun(lv, "volume", size_bytes, self._new_serial())
+            self._make(lun, lambda: self.lvm.create_volume(lv, size_bytes, {"shadowlun.kind": "volume"}))
+            return self._view(self.store.lun(lv))
+
+    def _make(self, lun: Lun, create_lv) -> None:
+        """LV, then export; on failure undo both and drop the intent (errors collected)."""
+        try:
+            create_lv()
+            crash_point("volume-lv-created")
+            self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial)
+            self.store.set_lun_state(lun.name, "ready")
+        except Exception as e:
+            self._destroy(lun.name)
+            raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"could not create {lun.name}: {e}") from e
+
+    def _destroy(self, lv: str) -> list[str]:
+        """Remove export, LV and store rows of one LUN, collecting errors rather than stopping."""
+        errors = []
+        for what, fn in (("LIO export", lambda: self.lio.unexport(lv)),
+                         ("LV", lambda: self.lvm.get(lv) and self.lvm.remove(lv)),
+                         ("store", lambda: self.store.remove_lun(lv))):
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - collected and reported
+                errors.append(f"{lv}: {what}: {e}")
+        for err in errors:
+            log.error("cleanup: %s", err)
+        return errors
+
+    def delete(self, name: str) -> None:
+        lun = self._lun(name)
+        with self._op_lock:
+            if any(j.state == "running" and lun.name in (j.source, j.target) for j in self.store.jobs()):
+                raise user_error(HResult.VSS_E_VOLUME_IN_USE, f"{name} is in a running copy or resync")
+            self.store.set_lun_state(lun.name, "deleting")
+            errors = self._destroy(lun.name)
+            if errors:
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, "; ".join(errors))
+
+    # -- masking -------------------------------------------------------------------------
+
+    def mask(self, name: str, initiator: str, chap_user: str, chap_secret: str,
+             read_only: bool = False) -> LunView:
+        if not IQN_RE.match(initiator or ""):
+            raise user_error(HResult.E_INVALIDARG, f"initiator {initiator!r} is not an iSCSI qualified name")
+        if not CHAP_RE.match(chap_user or ""):
+            raise user_error(HResult.E_INVALIDARG, "CHAP user: 1-255 printable characters without spaces")
+        if not (12 <= len(chap_secret or "") <= 16) or not CHAP_RE.match(chap_secret):
+            raise user_error(HResult.E_INVALIDARG, "CHAP secret: 12 to 16 characters without spaces")
+        lun = self._lun(name)
+        with self._op_lock:
+            self.store.put_mask(Mask(lun.name, initiator, chap_user, chap_secret, read_only))
+            self.lio.mask(lun.name, initiator, chap_user, chap_secret, read_only)
+            return self._view(lun)
+
+    def unmask(self, name: str, initiator: str) -> LunView:
+        lun = self._lun(name)
+        with self._op_lock:
+            self.lio.unmask(lun.name, initiator)
+            self.store.remove_mask(lun.name, initiator)
+            return self._view(lun)
+
+    # -- snapshot sets -------------------------------------------------------------------
+
+    def prepare_set(self, set_id: str, snapshots: list[dict]) -> dict:
+        """Check and record the set; choose every snapshot's name and serial now, so the
+        commit only commits and the target identities are known before any host sees them."""
+        set_id = _require_uuid(set_id, "snapshot set id")
+        if not snapshots:
+            raise user_error(HResult.E_INVALIDARG, "a snapshot set needs at least one LUN")
+        if len(snapshots) > MAX_LUNS_PER_SET:
+            raise user_error(HResult.VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED,
+                             f"{len(snapshots)} LUNs in one set; at most {MAX_LUNS_PER_SET}")
+        wanted: list[tuple[str, str]] = []
+        for s in snapshots:
+            if not isinstance(s, dict) or set(s) != {"snapshot_id", "lun"}:
+                raise user_error(HResult.E_INVALIDARG, "each snapshot is {snapshot_id, lun}")
+            wanted.append((_require_uuid(s["snapshot_id"], "snapshot id"), self._lun(s["lun"]).name))
+        if len({sid for sid, _ in wanted}) != len(wanted):
+            raise user_error(HResult.E_INVALIDARG, "snapshot ids repeat within the set")
+        if len({lv for _, lv in wanted}) != len(wanted):
+            raise user_error(HResult.E_INVALIDARG, "a LUN appears twice in the set")
+        with self._op_lock:
+            existing = self.store.snapshot_set(set_id)
+            if existing is not None:
+                if [(m.snapshot_id, m.origin) for m in existing.members] == wanted:
+                    return self.set_view(set_id)  # a retry
+                raise user_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"snapshot set {set_id} exists")
+            for sid, _ in wanted:
+                if self.store.lun(SNAPSHOT_PREFIX + sid) is not None:
+                    raise user_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"snapshot {sid} exists")
+            self._check_pool()
+            members, serials = [], set()
+            for sid, origin in wanted:
+                serial = self._new_serial()
+                while serial in serials:
+                    serial = self._new_serial()
+                serials.add(serial)
+                members.append(SetMember(set_id, sid, origin, SNAPSHOT_PREFIX + sid, serial))
+            self.store.add_set(set_id, members)
+            return self.set_view(set_id)
+
+    def set_view(self, set_id: str) -> dict:
+        s = self.store.snapshot_set(set_id)
+        if s is None:
+            raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no snapshot set {set_id}")
+        return {
+            "set_id": s.set_id, "state": s.state, "commit_window_s": s.commit_window_s,
+            "snapshots": [{"snapshot_id": m.snapshot_id, "lun": m.origin.removeprefix(VOLUME_PREFIX),
+                           "target": m.name, "serial": m.serial, "wwid": naa_wwid(m.serial),
+                           "vendor": LIO_VENDOR, "product": LIO_BLOCK_PRODUCT} for m in s.members],
+        }
+
+    def commit_set(self, set_id: str) -> dict:
+        """All snapshots of the set in one batch (the window writes are held on the hosts),
+        then, outside the window, activation and export of each (masked to nobody)."""
+        set_id = _require_uuid(set_id, "snapshot set id")
+        with self._op_lock:
+            s = self.store.snapshot_set(set_id)
+            if s is None:
+                raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no snapshot set {set_id}")
+            if s.state == "committed":
+                return self.set_view(set_id)  # a retry
+            if s.state != "prepared":
+                raise user_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is {s.state}")
+            with self.store.tx():
+                self.store.set_state(set_id, "committing")
+                for m in s.members:
+                    origin = self.store.lun(m.origin)
+                    self.store.add_lun(m.name, "snapshot", origin.size_bytes, m.serial, origin=m.origin,
+                                       set_id=set_id, snapshot_id=m.snapshot_id)
+            crash_point("commit-before-snapshots")
+            try:
+                window = self.lvm.create_snapshots([
+                    (m.origin, m.name, {"shadowlun.kind": "snapshot", "shadowlun.set": set_id,
+                                        "shadowlun.snapshot": m.snapshot_id}) for m in s.members])
+                crash_point("commit-after-snapshots")
+                for m in s.members:
+                    self.lvm.activate(m.name)
+                    self.lio.export(m.name, self.lvm.device(m.name), m.serial)
+                    crash_point("commit-after-first-export")
+                    self.store.set_lun_state(m.name, "ready")
+            except Exception as e:
+                self._undo_set(s.set_id)
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"commit of set {set_id} failed: {e}") from e
+            self.store.set_state(set_id, "committed", commit_window_s=window)
+            log.info("set %s committed: %d snapshots in %.3f s", set_id, len(s.members), window)
+            return self.set_view(set_id)
+
+    def _undo_set(self, set_id: str) -> list[str]:
+        errors = []
+        s = self.store.snapshot_set(set_id)
+        for m in s.members if s else ():
+            for mask in self.store.masks(m.name):
+                self.store.remove_mask(m.name, mask.initiator)
+            errors += self._destroy(m.name)
+        self.store.set_state(set_id, "aborted")
+        return errors
+
+    def abort_set(self, set_id: str) -> dict:
+        """Undo whatever the set made, whatever its state (abort after commit deletes)."""
+        set_id = _require_uuid(set_id, "snapshot set id")
+        with self._op_lock:
+            if self.store.snapshot_set(set_id) is None:
+                raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no snapshot set {set_id}")
+            errors = self._undo_set(set_id)
+            if errors:
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, "; ".join(errors))
+            return self.set_view(set_id)
+
+    # -- long-running jobs: full copy (plex) and resync ---------------------------------
+
+    def start_copy(self, source: str, target: str) -> Job:
+        """A full copy of `source` into a new volume `target`, made on the array."""
+        _require_name(target, "copy name")
+        src = self._lun(source)
+        lv = VOLUME_PREFIX + target
+        with self._op_lock:
+            if self.store.lun(lv) is not None:
+                raise user_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"a LUN named {target!r} exists")
+            self._check_pool(need_bytes=self._mapped_bytes(src))
+            lun = self.store.add_lun(lv, "copy", src.size_bytes, self._new_serial(), origin=src.name)
+            job = self.store.add_job(uuid.uuid4().hex, "copy", src.name, lv, src.size_bytes)
+            self.lvm.create_volume(lv, src.size_bytes, {"shadowlun.kind": "copy"})
+            self._run_job(job, lambda progress: self._copy_then_export(src, lun, progress))
+            return job
+
+    def _mapped_bytes(self, lun: Lun) -> int:
+        lv = self.lvm.get(lun.name)
+        return int(lun.size_bytes * (lv.data_percent or 0.0) / 100) if lv else lun.size_bytes
+
+    def _copy_then_export(self, src: Lun, lun: Lun, progress) -> None:
+        if self.lvm.get(src.name) and not self.lvm.get(src.name).active:
+            self.lvm.activate(src.name)
+        copy_blocks(self.lvm.device(src.name), self.lvm.device(lun.name), src.size_bytes, progress)
+        crash_point("copy-before-export")
+        self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial)
+        self.store.set_lun_state(lun.name, "ready")
+
+    def start_resync(self, snapshot: str, target: str) -> Job:
+        """Revert `target` (usually the snapshot's origin) to the snapshot's bytes, on the array;
+        only differing chunks are written. Hosts must have the target unmounted (the
+        coordinator's job); the array refuses a target already in a running job."""
+        snap, dst = self._lun(snapshot), self._lun(target)
+        if snap.size_bytes > dst.size_bytes:
+            raise user_error(HResult.E_INVALIDARG, f"{target} is smaller than {snapshot}")
+        with self._op_lock:
+            if any(j.state == "running" and dst.name in (j.source, j.target) for j in self.store.jobs()):
+                raise user_error(HResult.VSS_E_RESYNC_IN_PROGRESS, f"{target} is already being resynced")
+            job = self.store.add_job(uuid.uuid4().hex, "resync", snap.name, dst.name, snap.size_bytes)
+            self._run_job(job, lambda progress: copy_blocks(
+                self.lvm.device(snap.name), self.lvm.device(dst.name), snap.size_bytes, progress,
+                only_changed=True))
+            return job
+
+    def _run_job(self, job: Job, work) -> None:
+        def progress(done: int, last=[0.0]) -> None:
+            now = time.monotonic()
+            if now - last[0] > 0.5 or done == job.total_bytes:
+                last[0] = now
+                self.store.update_job(job.job_id, done_bytes=done)
+
+        def body() -> None:
+            try:
+                work(progress)
+                self.store.update_job(job.job_id, done_bytes=job.total_bytes, state="done")
+            except Exception as e:  # noqa: BLE001 - recorded on the job, shown by the API
+                log.exception("job %s failed", job.job_id)
+                if job.kind == "copy":
+                    self._destroy(job.target)
+                self.store.update_job(job.job_id, state="failed", error=str(e))
+
+        t = threading.Thread(target=body, name=f"job-{job.job_id[:8]}", daemon=True)
+        self._jobs[job.job_id] = t
+        t.start()
+
+    def job(self, job_id: str) -> Job:
+        job = self.store.job(job_id)
+        if job is None:
+            raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no job {job_id!r}")
+        return job
+
+    # -- reconcile at start --------------------------------------------------------------
+
+    def reconcile(self) -> dict:
+        """Repair LVM and LIO toward the store; remove what interrupted operations left."""
+        done: dict[str, list[str]] = {"removed": [], "rebuilt": [], "failed_jobs": [], "aborted_sets": [],
+                                      "errors": []}
+        with self._op_lock:
+            for job in self.store.jobs("running"):
+                self.store.update_job(job.job_id, state="failed", error="interrupted: the agent restarted")
+                done["failed_jobs"].append(job.job_id)
+                if job.kind == "copy":
+                    done["errors"] += self._destroy(job.target)
+                    done["removed"].append(job.target)
+            for s in self.store.sets("committing"):
+                done["errors"] += self._undo_set(s.set_id)
+                done["aborted_sets"].append(s.set_id)
+            for lun in self.store.luns():
+                if lun.state in ("creating", "deleting"):
+                    done["errors"] += self._destroy(lun.name)
+                    done["removed"].append(lun.name)
+            known = {lun.name for lun in self.store.luns()}
+            for lv in self.lvm.volumes():
+                if lv.owned and lv.name not in known:
+                    try:
+                        self.lio.unexport(lv.name)
+                        self.lvm.remove(lv.name)
+                        done["removed"].append(lv.name)
+                    except (LvmError, OSError) as e:
+                        done["errors"].append(f"{lv.name}: {e}")
+            exports = self.lio.exports()
+            for name, export in exports.items():
+                if name.startswith((VOLUME_PREFIX, SNAPSHOT_PREFIX)) and name not in known:
+                    self.lio.unexport(name)
+                    done["removed"].append(f"LIO {name}")
+            for name in self.lio.orphan_backstores():
+                if name.startswith((VOLUME_PREFIX, SNAPSHOT_PREFIX)):
+                    self.lio.unexport(name)
+                    done["removed"].append(f"LIO backstore {name}")
+            exports = self.lio.exports()
+            for lun in self.store.luns("ready"):
+                lv = self.lvm.get(lun.name)
+                if lv is None:
+                    done["errors"].append(f"{lun.name}: its LV is gone; left in the store for an operator")
+                    continue
+                if not lv.active:
+                    self.lvm.activate(lun.name)
+                export = exports.get(lun.name)
+                if export is None or export.serial != lun.serial:
+                    if export is not None:
+                        self.lio.unexport(lun.name)
+                    self.lio.export(lun.name, lv.device, lun.serial)
+                    done["rebuilt"].append(lun.name)
+                have = {m.initiator: m for m in (export.mappings if export else ())}
+                for mask in self.store.masks(lun.name):
+                    m = have.pop(mask.initiator, None)
+                    if m is None or m.read_only != mask.read_only or export is None:
+                        self.lio.mask(lun.name, mask.initiator, mask.chap_user, mask.chap_secret, mask.read_only)
+                        done["rebuilt"].append(f"{lun.name} -> {mask.initiator}")
+                for initiator in have:
+                    self.lio.unmask(lun.name, initiator)
+                    done["removed"].append(f"{lun.name} -> {initiator}")
+        for err in done["errors"]:
+            log.error("reconcile: %s", err)
+        log.info("reconcile: %s", json.dumps({k: v for k, v in done.items() if v}))
+        return done
+
+
+def view_dict(view: LunView) -> dict:
+    return asdict(view)

@@ -1,0 +1,138 @@
+"""A client of the array agent, for hosts (the provider) and tests.
+
+HTTPS with the array's certificate pinned (the only trusted one), the bearer token in every
+request, every call bounded by a timeout, and agent errors raised again as the VssError they
+carry. Access comes from /etc/shadowlun/array-access.json (url, token, certificate), which
+provisioning copies from the array to each host.
+"""
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from provider.hresult import HResult, VssError, vss_error
+
+ACCESS_FILE = Path("/etc/shadowlun/array-access.json")
+TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class ArrayAccess:
+    url: str
+    token: str
+    certificate: str  # PEM
+
+    @classmethod
+    def load(cls, path: Path = ACCESS_FILE) -> "ArrayAccess":
+        d = json.loads(path.read_text())
+        return cls(d["url"], d["token"], d["certificate"])
+
+
+class ArrayClient:
+    def __init__(self, access: ArrayAccess, timeout: float = TIMEOUT_S) -> None:
+        self.access, self.timeout = access, timeout
+        self._ssl = ssl.create_default_context(cadata=access.certificate)
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict | list | None:
+        req = urllib.request.Request(
+            self.access.url.rstrip("/") + path, method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {self.access.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:
+                raw = resp.read()
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                raise VssError.from_dict(json.loads(raw)) from None
+            except json.JSONDecodeError:
+                raise vss_error(HResult.VSS_E_UNEXPECTED, f"array answered {e.code}: {raw[:200]!r}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise vss_error(HResult.VSS_E_PROVIDER_VETO,
+                            f"array agent at {self.access.url} unreachable: {e}") from None
+        return json.loads(raw) if raw else None
+
+    # -- operations (one per API route) --------------------------------------------------
+
+    def pool(self) -> dict:
+        return self.call("GET", "/v1/pool")
+
+    def luns(self) -> list[dict]:
+        return self.call("GET", "/v1/luns")
+
+    def lun(self, name: str) -> dict:
+        return self.call("GET", f"/v1/luns/{quote(name)}")
+
+    def create_volume(self, name: str, size_bytes: int) -> dict:
+        return self.call("POST", "/v1/luns", {"name": name, "size_bytes": size_bytes})
+
+    def delete(self, name: str) -> None:
+        self.call("DELETE", f"/v1/luns/{quote(name)}")
+
+    def mask(self, name: str, initiator: str, chap_user: str, chap_secret: str,
+             read_only: bool = False) -> dict:
+        return self.call("PUT", f"/v1/luns/{quote(name)}/masks", {
+            "initiator": initiator, "chap_user": chap_user, "chap_secret": chap_secret,
+            "read_only": read_only})
+
+    def unmask(self, name: str, initiator: str) -> dict:
+        return self.call("DELETE", f"/v1/luns/{quote(name)}/masks/{quote(initiator, safe='')}")
+
+    def prepare_set(self, set_id: str, snapshots: list[dict]) -> dict:
+        return self.call("POST", "/v1/snapshot-sets", {"set_id": set_id, "snapshots": snapshots})
+
+    def snapshot_set(self, set_id: str) -> dict:
+        return self.call("GET", f"/v1/snapshot-sets/{quote(set_id)}")
+
+    def commit_set(self, set_id: str) -> dict:
+        return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/commit")
+
+    def abort_set(self, set_id: str) -> dict:
+        return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/abort")
+
+    def start_copy(self, name: str, target: str) -> dict:
+        return self.call("POST", f"/v1/luns/{quote(name)}/copy", {"target": target})
+
+    def start_resync(self, name: str, snapshot: str) -> dict:
+        return self.call("POST", f"/v1/luns/{quote(name)}/resync", {"snapshot": snapshot})
+
+    def job(self, job_id: str) -> dict:
+        return self.call("GET", f"/v1/jobs/{quote(job_id)}")
+
+    def wait_job(self, job_id: str, timeout: float, on_progress=None) -> dict:
+        """Until the job is done or failed, bounded; on_progress(job) at each poll."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_progress:
+                on_progress(job)
+            if job["state"] != "running":
+                return job
+            if time.monotonic() > deadline:
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO,
+                                f"job {job_id} still at {job['percent']}% after {timeout:.0f} s")
+            time.sleep(0.5)
+
+
+def main() -> None:
+    """`python3 -m targets.client METHOD PATH [JSON]`: one API call, for tests and operators."""
+    import sys
+
+    method, path = sys.argv[1], sys.argv[2]
+    body = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
+    try:
+        print(json.dumps(ArrayClient(ArrayAccess.load()).call(method, path, body)))
+    except VssError as e:
+        print(json.dumps(e.to_dict()), file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

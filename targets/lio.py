@@ -1,0 +1,200 @@
+"""The array's LIO objects, through rtslib-fb: one iSCSI target, LUN masking per initiator.
+
+Like a real array (and targetd): one target, one TPG with CHAP required and no demo mode,
+portals only on the SAN addresses; each exported volume is a block backstore + TPG LUN,
+visible to an initiator only through that initiator's NodeACL + MappedLUN. Every operation
+is create-or-lookup, so a retry changes nothing. rtslib-fb has no locking, so every change
+holds one lock (in-process and a file lock against other processes, e.g. targetcli users),
+and the configuration is saved after each change so target.service restores the same objects.
+"""
+from __future__ import annotations
+
+import fcntl
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LOCK_FILE = Path("/run/lock/shadowlun-lio.lock")
+SAVE_FILE = "/etc/rtslib-fb-target/saveconfig.json"  # what Debian's target service restores
+ISCSI_PORT = 3260
+TPG_TAG = 1
+LIO_NAA_PREFIX = "6001405"  # NAA 6 + LIO's IEEE company id 001405 (VPD page 0x83)
+LIO_VENDOR, LIO_BLOCK_PRODUCT = "LIO-ORG", "IBLOCK"
+
+
+def naa_wwid(serial: str) -> str:
+    """The WWID a host reads for a LIO LUN with this unit serial: LIO keeps only the serial's
+    hex digits and uses the first 25 after the company id (so serials must differ early)."""
+    digits = "".join(c for c in serial.lower() if c in "0123456789abcdef")
+    return f"naa.{LIO_NAA_PREFIX}{digits[:25]}"
+
+
+@dataclass(frozen=True)
+class Mapping:
+    initiator: str
+    mapped_lun: int
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class Export:
+    name: str
+    device: str
+    serial: str
+    lun: int
+    mappings: tuple[Mapping, ...] = field(default=())
+
+    @property
+    def wwid(self) -> str:
+        return naa_wwid(self.serial)
+
+
+_thread_lock = threading.RLock()
+
+
+@contextmanager
+def locked() -> Iterator[None]:
+    with _thread_lock:
+        LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+        with open(LOCK_FILE, "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+
+class Lio:
+    """The array's iSCSI target. Imports rtslib_fb lazily: unit tests run without configfs."""
+
+    def __init__(self, target_iqn: str, portals: list[str], save_file: str = SAVE_FILE) -> None:
+        self.target_iqn, self.portals, self.save_file = target_iqn, portals, save_file
+
+    @property
+    def rts(self):
+        import rtslib_fb
+
+        return rtslib_fb
+
+    def _tpg(self):
+        r = self.rts
+        target = r.Target(r.FabricModule("iscsi"), self.target_iqn)  # mode any: create or lookup
+        tpg = r.TPG(target, TPG_TAG)
+        if tpg.get_attribute("authentication") != "1":
+            tpg.set_attribute("authentication", "1")
+        if tpg.get_attribute("generate_node_acls") != "0":
+            tpg.set_attribute("generate_node_acls", "0")
+        have = {(p.ip_address, p.port) for p in tpg.network_portals}
+        for ip in self.portals:
+            if (ip, ISCSI_PORT) not in have:
+                r.NetworkPortal(tpg, ip, ISCSI_PORT)
+        for ip, port in have - {(ip, ISCSI_PORT) for ip in self.portals}:
+            r.NetworkPortal(tpg, ip, port, mode="lookup").delete()
+        if not tpg.enable:
+            tpg.enable = True
+        return tpg
+
+    def _find_so(self, name: str):
+        return next((so for so in self.rts.RTSRoot().storage_objects
+                     if so.name == name and so.plugin == "block"), None)
+
+    def _lun_of(self, tpg, so):
+        return next((lun for lun in tpg.luns if lun.storage_object.name == so.name), None)
+
+    def save(self) -> None:
+        Path(self.save_file).parent.mkdir(parents=True, exist_ok=True)
+        self.rts.RTSRoot().save_to_file(self.save_file)
+
+    def export(self, name: str, device: str, serial: str) -> Export:
+        """Backstore with the array's chosen serial + TPG LUN, masked to nobody yet."""
+        with locked():
+            tpg = self._tpg()
+            so = self._find_so(name)
+            if so is None:
+                so = self.rts.BlockStorageObject(name, dev=device, wwn=serial)
+            elif so.wwn != serial or so.udev_path != device:
+                raise ValueError(f"backstore {name} exists with serial {so.wwn} on {so.udev_path}")
+            lun = self._lun_of(tpg, so) or self.rts.LUN(tpg, storage_object=so)
+            self.save()
+            return Export(name, device, serial, lun.lun)
+
+    def unexport(self, name: str) -> None:
+        """Mapped LUNs, then the TPG LUN, then the backstore (an ACL left empty goes too)."""
+        with locked():
+            tpg = self._tpg()
+            so = self._find_so(name)
+            if so is None:
+                return
+            lun = self._lun_of(tpg, so)
+            if lun is not None:
+                for acl in list(tpg.node_acls):
+                    for m in list(acl.mapped_luns):
+                        if m.tpg_lun.lun == lun.lun:
+                            m.delete()
+                    if not list(acl.mapped_luns):
+                        acl.delete()
+                lun.delete()
+            so.delete()
+            self.save()
+
+    def mask(self, name: str, initiator: str, chap_user: str, chap_secret: str,
+             read_only: bool = False) -> Mapping:
+        """Let `initiator` (with its CHAP credentials) see the volume: NodeACL + MappedLUN.
+        The host-visible LUN number is the TPG LUN number, the same on every host."""
+        with locked():
+            tpg = self._tpg()
+            so = self._find_so(name)
+            lun = self._lun_of(tpg, so) if so else None
+            if lun is None:
+                raise LookupError(f"{name} is not exported")
+            acl = self.rts.NodeACL(tpg, initiator)
+            if acl.chap_userid != chap_user:
+                acl.chap_userid = chap_user
+            if acl.chap_password != chap_secret:
+                acl.chap_password = chap_secret
+            existing = next((m for m in acl.mapped_luns if m.tpg_lun.lun == lun.lun), None)
+            if existing is not None and bool(existing.write_protect) != read_only:
+                existing.delete()
+                existing = None
+            if existing is None:
+                self.rts.MappedLUN(acl, lun.lun, lun, write_protect=read_only)
+            self.save()
+            return Mapping(initiator, lun.lun, read_only)
+
+    def unmask(self, name: str, initiator: str) -> None:
+        with locked():
+            tpg = self._tpg()
+            so = self._find_so(name)
+            lun = self._lun_of(tpg, so) if so else None
+            acl = next((a for a in tpg.node_acls if a.node_wwn == initiator), None)
+            if acl is None or lun is None:
+                return
+            for m in list(acl.mapped_luns):
+                if m.tpg_lun.lun == lun.lun:
+                    m.delete()
+            if not list(acl.mapped_luns):
+                acl.delete()
+            self.save()
+
+    def exports(self) -> dict[str, Export]:
+        """What LIO has now in our target, by backstore name."""
+        with locked():
+            tpg = self._tpg()
+            maps: dict[int, list[Mapping]] = {}
+            for acl in tpg.node_acls:
+                for m in acl.mapped_luns:
+                    maps.setdefault(m.tpg_lun.lun, []).append(
+                        Mapping(acl.node_wwn, m.mapped_lun, bool(m.write_protect)))
+            return {
+                lun.storage_object.name: Export(
+                    lun.storage_object.name, lun.storage_object.udev_path, lun.storage_object.wwn,
+                    lun.lun, tuple(maps.get(lun.lun, ())))
+                for lun in tpg.luns
+            }
+
+    def orphan_backstores(self) -> list[str]:
+        """Block backstores with no LUN in our target (a half-made export)."""
+        with locked():
+            tpg = self._tpg()
+            used = {lun.storage_object.name for lun in tpg.luns}
+            return [so.name for so in self.rts.RTSRoot().storage_objects
+                    if so.plugin == "block" and so.name not in used]

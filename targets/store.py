@@ -1,0 +1,248 @@
+"""The array's wanted state: LUNs, serials, masking, snapshot sets in progress, jobs.
+
+SQLite (transactions, crash-safe, in the standard library). Every change that makes kernel
+objects is written here *first* as an intent (state 'creating' / 'deleting', set 'committing',
+job 'running'), so the reconcile at start knows what an interrupted operation left half-made
+and removes it, and what is 'ready' it rebuilds in LIO and LVM if missing.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS luns (
+    name        TEXT PRIMARY KEY,           -- LV name == LIO backstore name
+    kind        TEXT NOT NULL CHECK (kind IN ('volume', 'snapshot', 'copy')),
+    size_bytes  INTEGER NOT NULL,
+    serial      TEXT NOT NULL UNIQUE,       -- VPD 0x80, chosen before the first export
+    origin      TEXT,                       -- snapshot/copy: the LUN it was taken from
+    set_id      TEXT,
+    snapshot_id TEXT UNIQUE,
+    state       TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'deleting')),
+    created     REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS masks (
+    lun         TEXT NOT NULL REFERENCES luns(name) ON DELETE CASCADE,
+    initiator   TEXT NOT NULL,
+    chap_user   TEXT NOT NULL,
+    chap_secret TEXT NOT NULL,
+    read_only   INTEGER NOT NULL,
+    PRIMARY KEY (lun, initiator)
+);
+CREATE TABLE IF NOT EXISTS sets (
+    set_id      TEXT PRIMARY KEY,
+    state       TEXT NOT NULL CHECK (state IN ('prepared', 'committing', 'committed', 'aborted')),
+    created     REAL NOT NULL,
+    commit_window_s REAL
+);
+CREATE TABLE IF NOT EXISTS set_members (
+    set_id      TEXT NOT NULL REFERENCES sets(set_id) ON DELETE CASCADE,
+    snapshot_id TEXT NOT NULL PRIMARY KEY,
+    origin      TEXT NOT NULL,
+    name        TEXT NOT NULL UNIQUE,       -- the snapshot LV to be made
+    serial      TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id      TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL CHECK (kind IN ('copy', 'resync')),
+    source      TEXT NOT NULL,
+    target      TEXT NOT NULL,
+    state       TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed')),
+    done_bytes  INTEGER NOT NULL DEFAULT 0,
+    total_bytes INTEGER NOT NULL,
+    error       TEXT,
+    created     REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Lun:
+    name: str
+    kind: str
+    size_bytes: int
+    serial: str
+    origin: str | None
+    set_id: str | None
+    snapshot_id: str | None
+    state: str
+    created: float
+
+
+@dataclass(frozen=True)
+class Mask:
+    lun: str
+    initiator: str
+    chap_user: str
+    chap_secret: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class SetMember:
+    set_id: str
+    snapshot_id: str
+    origin: str
+    name: str
+    serial: str
+
+
+@dataclass(frozen=True)
+class SnapshotSet:
+    set_id: str
+    state: str
+    created: float
+    commit_window_s: float | None
+    members: tuple[SetMember, ...]
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    kind: str
+    source: str
+    target: str
+    state: str
+    done_bytes: int
+    total_bytes: int
+    error: str | None
+    created: float
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.done_bytes / self.total_bytes if self.total_bytes else 100.0
+
+
+class Store:
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._db.execute("PRAGMA journal_mode = WAL") if str(path) != ":memory:" else None
+        self._db.executescript(SCHEMA)
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One transaction; nested calls join the outer one."""
+        with self._lock:
+            if self._db.in_transaction:
+                yield self._db
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _rows(self, sql: str, *args) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- LUNs -----------------------------------------------------------------------------
+
+    def add_lun(self, name: str, kind: str, size_bytes: int, serial: str, *, origin: str | None = None,
+                set_id: str | None = None, snapshot_id: str | None = None, state: str = "creating") -> Lun:
+        with self.tx() as db:
+            db.execute("INSERT INTO luns VALUES (?,?,?,?,?,?,?,?,?)",
+                       (name, kind, size_bytes, serial, origin, set_id, snapshot_id, state, time.time()))
+        return self.lun(name)  # type: ignore[return-value]
+
+    def lun(self, name: str) -> Lun | None:
+        rows = self._rows("SELECT * FROM luns WHERE name = ?", name)
+        return Lun(*rows[0]) if rows else None
+
+    def lun_by_serial(self, serial: str) -> Lun | None:
+        rows = self._rows("SELECT * FROM luns WHERE serial = ?", serial)
+        return Lun(*rows[0]) if rows else None
+
+    def luns(self, state: str | None = None) -> list[Lun]:
+        if state:
+            return [Lun(*r) for r in self._rows("SELECT * FROM luns WHERE state = ? ORDER BY name", state)]
+        return [Lun(*r) for r in self._rows("SELECT * FROM luns ORDER BY name")]
+
+    def set_lun_state(self, name: str, state: str) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE luns SET state = ? WHERE name = ?", (state, name))
+
+    def remove_lun(self, name: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM luns WHERE name = ?", (name,))
+
+    def serial_in_use(self, serial: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM luns WHERE serial = ? UNION "
+                               "SELECT 1 FROM set_members WHERE serial = ?", serial, serial))
+
+    # -- masking --------------------------------------------------------------------------
+
+    def put_mask(self, mask: Mask) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO masks VALUES (?,?,?,?,?)",
+                       (mask.lun, mask.initiator, mask.chap_user, mask.chap_secret, int(mask.read_only)))
+
+    def remove_mask(self, lun: str, initiator: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM masks WHERE lun = ? AND initiator = ?", (lun, initiator))
+
+    def masks(self, lun: str | None = None) -> list[Mask]:
+        rows = (self._rows("SELECT * FROM masks WHERE lun = ? ORDER BY initiator", lun) if lun
+                else self._rows("SELECT * FROM masks ORDER BY lun, initiator"))
+        return [Mask(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+
+    # -- snapshot sets --------------------------------------------------------------------
+
+    def add_set(self, set_id: str, members: list[SetMember]) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO sets VALUES (?, 'prepared', ?, NULL)", (set_id, time.time()))
+            db.executemany("INSERT INTO set_members VALUES (?,?,?,?,?)",
+                           [(m.set_id, m.snapshot_id, m.origin, m.name, m.serial) for m in members])
+
+    def snapshot_set(self, set_id: str) -> SnapshotSet | None:
+        rows = self._rows("SELECT * FROM sets WHERE set_id = ?", set_id)
+        if not rows:
+            return None
+        members = tuple(SetMember(*r) for r in self._rows(
+            "SELECT * FROM set_members WHERE set_id = ? ORDER BY rowid", set_id))
+        return SnapshotSet(*rows[0], members)
+
+    def sets(self, state: str | None = None) -> list[SnapshotSet]:
+        ids = [r[0] for r in (self._rows("SELECT set_id FROM sets WHERE state = ?", state) if state
+                              else self._rows("SELECT set_id FROM sets"))]
+        return [s for s in map(self.snapshot_set, ids) if s]
+
+    def set_state(self, set_id: str, state: str, commit_window_s: float | None = None) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE sets SET state = ?, commit_window_s = COALESCE(?, commit_window_s) "
+                       "WHERE set_id = ?", (state, commit_window_s, set_id))
+
+    # -- jobs -----------------------------------------------------------------------------
+
+    def add_job(self, job_id: str, kind: str, source: str, target: str, total_bytes: int) -> Job:
+        with self.tx() as db:
+            db.execute("INSERT INTO jobs VALUES (?,?,?,?, 'running', 0, ?, NULL, ?)",
+                       (job_id, kind, source, target, total_bytes, time.time()))
+        return self.job(job_id)  # type: ignore[return-value]
+
+    def job(self, job_id: str) -> Job | None:
+        rows = self._rows("SELECT * FROM jobs WHERE job_id = ?", job_id)
+        return Job(*rows[0]) if rows else None
+
+    def jobs(self, state: str | None = None) -> list[Job]:
+        rows = (self._rows("SELECT * FROM jobs WHERE state = ?", state) if state
+                else self._rows("SELECT * FROM jobs ORDER BY created"))
+        return [Job(*r) for r in rows]
+
+    def update_job(self, job_id: str, *, done_bytes: int | None = None, state: str | None = None,
+                   error: str | None = None) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE jobs SET done_bytes = COALESCE(?, done_bytes), state = COALESCE(?, state), "
+                       "error = COALESCE(?, error) WHERE job_id = ?", (done_bytes, state, error, job_id))
