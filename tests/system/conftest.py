@@ -42,6 +42,12 @@ def timed():
     return TIMINGS.measure
 
 
+@pytest.fixture
+def timings():
+    """The end-of-run lab timings, for figures measured elsewhere (e.g. inside the array)."""
+    return TIMINGS
+
+
 def pytest_terminal_summary(terminalreporter):
     if TIMINGS.entries:
         terminalreporter.section("lab timings")

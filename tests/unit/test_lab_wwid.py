@@ -5,7 +5,8 @@ import uuid
 
 from lab import smoke
 from lab.ssh import Result
-from lab.smoke import LIO_COMPANY_ID, Node, wwid_for_serial
+from lab.initiator import Node
+from lab.smoke import LIO_COMPANY_ID, wwid_for_serial
 
 
 def test_naa6_prefix_and_first_25_hex_digits():
@@ -39,7 +40,7 @@ class FakeVM:
 def test_node_addresses_the_portal_on_the_iscsi_port():
     vm = FakeVM()
     node = Node(vm, "iqn.x:y", "10.87.0.10")
-    assert node.portal == f"10.87.0.10:{smoke.PORT}" and smoke.PORT == 3260
+    assert node.portal == "10.87.0.10:3260"
     node.create("host-b", "s3cret")
     argvs = [c for c, _ in vm.calls]
     assert argvs[0] == ["iscsiadm", "-m", "node", "-T", "iqn.x:y", "-p", "10.87.0.10:3260", "-o", "new"]

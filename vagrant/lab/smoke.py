@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 
 from .errors import LabError
 from .lab import Lab
-from .vm import VM
+from .initiator import GUEST, Node, sessions_to
 
-GUEST = "/shadowlun/vagrant/lab/guest"
 VG, POOL = "shadowlun", "pool"
-PORT = 3260
 LIO_COMPANY_ID = "6001405"  # NAA type 6 + IEEE company id 001405, as LIO builds VPD page 0x83
 
 
@@ -65,41 +63,6 @@ class SmokeResult:
             (not self.host_a_disk_present, "host-a sees the LUN"),
         ]
         return [msg for ok, msg in checks if not ok]
-
-
-class Node:
-    """One open-iscsi node record on a host VM (target + portal), made and removed by us."""
-
-    def __init__(self, vm: VM, target: str, portal: str) -> None:
-        self.vm, self.target, self.portal = vm, target, f"{portal}:{PORT}"
-
-    def iscsiadm(self, *args: str, check: bool = True):
-        return self.vm.run(["iscsiadm", "-m", "node", "-T", self.target, "-p", self.portal, *args],
-                           check=check, timeout=120)
-
-    def create(self, chap_user: str, chap_password: str) -> None:
-        self.iscsiadm("-o", "new")
-        for name, value in [("node.startup", "manual"), ("node.session.scan", "manual"),
-                            ("node.session.auth.authmethod", "CHAP"),
-                            ("node.session.auth.username", chap_user),
-                            ("node.session.auth.password", chap_password)]:
-            self.iscsiadm("-o", "update", "-n", name, "-v", value)
-
-    def login(self) -> bool:
-        return self.iscsiadm("--login", check=False).ok
-
-    def remove(self) -> None:
-        """Drop the host's disk first (os-brick order), then log out, then forget the record."""
-        self.vm.run(f"for s in /sys/class/iscsi_session/session*; do "
-                    f"[ \"$(cat $s/targetname 2>/dev/null)\" = {self.target} ] || continue; "
-                    f"for d in $(readlink -f $s/device)/target*/*/delete; do "
-                    f"[ -e \"$d\" ] && echo 1 > \"$d\"; done; done", check=False)
-        self.iscsiadm("--logout", check=False)
-        self.iscsiadm("-o", "delete", check=False)
-
-
-def sessions_to(vm: VM, target: str) -> str:
-    return vm.run(f"grep -lx {target} /sys/class/iscsi_session/session*/targetname || true").stdout.strip()
 
 
 def run(lab: Lab, log: Callable[[str], None] = print) -> SmokeResult:
@@ -178,8 +141,7 @@ def run(lab: Lab, log: Callable[[str], None] = print) -> SmokeResult:
             node_b.iscsiadm("-o", "update", "-n", "node.session.auth.password", "-v", chap_password)
             if not node_b.login():
                 raise LabError(f"host-b could not log in to {iqn} with the right CHAP secret")
-            return json.loads(host_b.run(["python3", f"{GUEST}/iscsi_lun.py", "scan", "--target", iqn,
-                                          "--lun", "0", "--wwid", wwid]).stdout)
+            return node_b.scan(0, wwid)
 
         disk = step(f"host-b: login (manual scan), find the LUN by WWID {wwid}", login_b)
 

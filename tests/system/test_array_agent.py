@@ -1,0 +1,323 @@
+"""The array side on the real stack: every operation through the agent's HTTPS API, called
+from a host VM; LUNs seen by hosts over iSCSI; LVM and LIO inspected on the array VM."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from lab.agent_api import AgentApi
+from lab.initiator import Node
+from provider.hresult import HResult, VssError, VssUserError
+
+MIB = 1 << 20
+SIZE = 32 * MIB
+CHAP = {"host-a": ("host-a", "labsecret-hosta"), "host-b": ("host-b", "labsecret-hostb")}
+
+
+@pytest.fixture(scope="module")
+def api(lab):
+    return AgentApi(lab.vm("host-a"))
+
+
+@pytest.fixture(scope="module")
+def target(lab):
+    return json.loads(lab.array.run("cat /etc/shadowlun/array.json").stdout)["target_iqn"]
+
+
+def name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def initiator(vm) -> str:
+    return vm.run("sed -n 's/^InitiatorName=//p' /etc/iscsi/initiatorname.iscsi").stdout.strip()
+
+
+def array_objects(lab) -> dict[str, set[str]]:
+    """What exists on the array now: owned LVs, LIO backstores, ACLs of our target."""
+    a = lab.array
+    lvs = json.loads(a.run("lvs --reportformat json -o lv_name,lv_tags shadowlun").stdout)["report"][0]["lv"]
+    return {
+        "lvs": {lv["lv_name"] for lv in lvs if "shadowlun" in lv["lv_tags"].split(",")},
+        "backstores": set(a.run("ls /sys/kernel/config/target/core/ | grep ^iblock_ | "
+                                "while read d; do ls /sys/kernel/config/target/core/$d; done | "
+                                "grep -v -e hba_info -e hba_mode || true").stdout.split()),
+        "acls": set(a.run("ls /sys/kernel/config/target/iscsi/*/tpgt_1/acls 2>/dev/null || true").stdout.split()),
+    }
+
+
+def write_random(lab, lun: str, mib: int = 8) -> str:
+    """Random data at the start of a volume (on the array); sha256 of the whole device."""
+    dev = f"/dev/shadowlun/{lun}"
+    return lab.array.run(f"dd if=/dev/urandom of={dev} bs=1M count={mib} oflag=direct status=none && "
+                         f"sha256sum {dev}").stdout.split()[0]
+
+
+def device_sha(lab, lv: str) -> str:
+    return lab.array.run(f"sha256sum /dev/shadowlun/{lv}").stdout.split()[0]
+
+
+def login(lab, vm, target) -> Node:
+    node = Node(vm, target, lab.array.machine.addresses["san"])
+    node.create(*CHAP[vm.name])
+    return node
+
+
+def expect_error(code: HResult, fn, *args):
+    with pytest.raises(VssError) as e:
+        fn(*args)
+    assert e.value.hresult == code, e.value
+    return e.value
+
+
+def test_snapshot_set_visible_with_predicted_wwids_masked_to_one_host(lab, api, target, timed):
+    before = array_objects(lab)
+    vols = [name("vol") for _ in range(3)]
+    for v in vols:
+        api.call("POST", "/v1/luns", {"name": v, "size_bytes": SIZE})
+    at_snapshot = {v: write_random(lab, f"lun-{v}") for v in vols}
+    set_id = str(uuid.uuid4())
+    snaps = [{"snapshot_id": str(uuid.uuid4()), "lun": v} for v in vols]
+    prepared = api.call("POST", "/v1/snapshot-sets", {"set_id": set_id, "snapshots": snaps})
+    predicted = {s["target"]: s["wwid"] for s in prepared["snapshots"]}
+    assert prepared["state"] == "prepared"
+    assert not any(t in array_objects(lab)["lvs"] for t in predicted), "prepare made no snapshot"
+
+    with timed("array: commit of a 3-LUN set (API call)"):
+        committed = api.call("POST", f"/v1/snapshot-sets/{set_id}/commit")
+    assert committed["state"] == "committed" and committed["commit_window_s"] > 0
+    for v in vols:  # the origins move on after the snapshot
+        write_random(lab, f"lun-{v}")
+
+    b, a = lab.vm("host-b"), lab.vm("host-a")
+    chap_b = CHAP["host-b"]
+    for t in predicted:
+        lun = api.call("PUT", f"/v1/luns/{t}/masks",
+                       {"initiator": initiator(b), "chap_user": chap_b[0], "chap_secret": chap_b[1]})
+        assert lun["wwid"] == predicted[t]
+    # host-a gets one volume of its own, so it has an ACL and a session, yet sees no snapshot.
+    api.call("PUT", f"/v1/luns/{vols[0]}/masks",
+             {"initiator": initiator(a), "chap_user": CHAP["host-a"][0], "chap_secret": CHAP["host-a"][1]})
+
+    node_b, node_a = login(lab, b, target), login(lab, a, target)
+    try:
+        assert node_b.login(), "host-b could not log in with its CHAP secret"
+        for s in prepared["snapshots"]:
+            lun_id = api.call("GET", f"/v1/luns/{s['target']}")["lun_id"]
+            disk = node_b.scan(lun_id, predicted[s["target"]])
+            assert disk["serial"] == s["serial"] and disk["vendor"] == s["vendor"]
+            assert b.run(f"sha256sum {disk['device']}").stdout.split()[0] == at_snapshot[s["lun"]]
+        assert node_a.login(), "host-a could not log in for its own volume"
+        a.run(f"for h in /sys/class/iscsi_host/host*; do echo '- - -' > /sys/class/scsi_host/$(basename $h)/scan; done")
+        a.run("udevadm settle --timeout=30")
+        seen_a = a.run("cat /sys/block/sd*/device/wwid 2>/dev/null || true").stdout
+        assert not any(w in seen_a for w in predicted.values()), "host-a sees a snapshot it is not masked to"
+        own = api.call("GET", f"/v1/luns/{vols[0]}")["wwid"]
+        assert own in seen_a, "host-a does not see its own volume"
+
+        listing = lab.array.run("targetcli ls /", check=True).stdout
+        for t in predicted:
+            assert t in listing
+        assert initiator(b) in listing
+    finally:
+        node_b.remove()
+        node_a.remove()
+        api.call("POST", f"/v1/snapshot-sets/{set_id}/abort")
+        for v in vols:
+            api.call("DELETE", f"/v1/luns/{v}")
+    assert array_objects(lab) == before
+
+
+def test_full_copy_with_progress(lab, api, timed):
+    src, dst = name("src"), name("copy")
+    api.call("POST", "/v1/luns", {"name": src, "size_bytes": 4 * SIZE})
+    want = write_random(lab, f"lun-{src}", mib=24)
+    try:
+        job = api.call("POST", f"/v1/luns/{src}/copy", {"target": dst})
+        seen, deadline = [], time.monotonic() + 300
+        with timed("array: full copy of 128 MiB"):
+            while job["state"] == "running" and time.monotonic() < deadline:
+                seen.append(job["percent"])
+                time.sleep(0.5)
+                job = api.call("GET", f"/v1/jobs/{job['job_id']}")
+        assert job["state"] == "done", job
+        assert job["percent"] == 100.0 and seen == sorted(seen)
+        copy = api.call("GET", f"/v1/luns/{dst}")
+        assert copy["kind"] == "copy" and copy["origin"] == src and copy["serial"] != api.call(
+            "GET", f"/v1/luns/{src}")["serial"]
+        assert device_sha(lab, f"lun-{dst}") == want
+    finally:
+        for v in (src, dst):
+            try:
+                api.call("DELETE", f"/v1/luns/{v}")
+            except VssUserError:
+                pass
+
+
+def test_resync_restores_the_origin_bytes(lab, api):
+    vol = name("rs")
+    api.call("POST", "/v1/luns", {"name": vol, "size_bytes": SIZE})
+    original = write_random(lab, f"lun-{vol}")
+    set_id, snap_id = str(uuid.uuid4()), str(uuid.uuid4())
+    api.call("POST", "/v1/snapshot-sets", {"set_id": set_id, "snapshots": [{"snapshot_id": snap_id, "lun": vol}]})
+    api.call("POST", f"/v1/snapshot-sets/{set_id}/commit")
+    try:
+        assert write_random(lab, f"lun-{vol}") != original
+        job = api.call("POST", f"/v1/luns/{vol}/resync", {"snapshot": f"snap-{snap_id}"})
+        deadline = time.monotonic() + 300
+        while job["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.5)
+            job = api.call("GET", f"/v1/jobs/{job['job_id']}")
+        assert job["state"] == "done", job
+        assert device_sha(lab, f"lun-{vol}") == original
+    finally:
+        api.call("POST", f"/v1/snapshot-sets/{set_id}/abort")
+        api.call("DELETE", f"/v1/luns/{vol}")
+
+
+def test_bad_input_gets_its_vss_code_and_changes_nothing(lab, api):
+    vol = name("bad")
+    api.call("POST", "/v1/luns", {"name": vol, "size_bytes": SIZE})
+    before = array_objects(lab)
+    try:
+        expect_error(HResult.VSS_E_OBJECT_NOT_FOUND, api.call, "GET", "/v1/luns/no-such-lun")
+        expect_error(HResult.VSS_E_OBJECT_NOT_FOUND, api.call, "POST", "/v1/snapshot-sets",
+                     {"set_id": str(uuid.uuid4()),
+                      "snapshots": [{"snapshot_id": str(uuid.uuid4()), "lun": vol},
+                                    {"snapshot_id": str(uuid.uuid4()), "lun": "no-such-lun"}]})
+        expect_error(HResult.E_INVALIDARG, api.call, "POST", "/v1/luns", {"name": "Bad Name", "size_bytes": SIZE})
+        expect_error(HResult.E_INVALIDARG, api.call, "POST", "/v1/luns", {"name": name("x"), "size_bytes": 1000})
+        expect_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, api.call, "POST", "/v1/luns",
+                     {"name": vol, "size_bytes": 2 * SIZE})
+        expect_error(HResult.E_INVALIDARG, api.call, "PUT", f"/v1/luns/{vol}/masks",
+                     {"initiator": "not an iqn", "chap_user": "u", "chap_secret": "labsecret-hostb"})
+        expect_error(HResult.VSS_E_OBJECT_NOT_FOUND, api.call, "POST", f"/v1/snapshot-sets/{uuid.uuid4()}/commit")
+        expect_error(HResult.E_INVALIDARG, api.call, "POST", "/v1/snapshot-sets/not-a-guid/commit")
+        expect_error(HResult.VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED, api.call, "POST", "/v1/snapshot-sets",
+                     {"set_id": str(uuid.uuid4()),
+                      "snapshots": [{"snapshot_id": str(uuid.uuid4()), "lun": vol} for _ in range(65)]})
+        assert array_objects(lab) == before
+    finally:
+        api.call("DELETE", f"/v1/luns/{vol}")
+
+
+def restart_agent(lab, env: str | None = None) -> None:
+    """Restart the agent, optionally with a fault injected (a systemd drop-in), and wait for it."""
+    a = lab.array
+    dropin = "/etc/systemd/system/shadowlun-array-agent.service.d/test.conf"
+    if env:
+        a.put(dropin, f"[Service]\nEnvironment={env}\n")
+    else:
+        a.run(f"rm -f {dropin}")
+    a.run("systemctl daemon-reload && systemctl restart shadowlun-array-agent")
+    host = lab.vm("host-a")
+    deadline = time.monotonic() + 90
+    while not host.run("python3 -m targets.client GET /v1/pool", check=False).ok:
+        assert time.monotonic() < deadline, a.run("journalctl -u shadowlun-array-agent -n 30 --no-pager").stdout
+        time.sleep(1)
+
+
+@pytest.mark.parametrize("crash_at", ["commit-after-first-export", "copy-before-export"])
+def test_killed_agent_restarted_mid_operation_leaves_nothing_half_made(lab, api, crash_at):
+    vols = [name("crash") for _ in range(2)]
+    for v in vols:
+        api.call("POST", "/v1/luns", {"name": v, "size_bytes": SIZE})
+    before = array_objects(lab)
+    set_id = str(uuid.uuid4())
+    restart_agent(lab, f"SHADOWLUN_ARRAY_CRASH_AT={crash_at}")
+    try:
+        if crash_at.startswith("commit"):
+            api.call("POST", "/v1/snapshot-sets", {"set_id": set_id, "snapshots": [
+                {"snapshot_id": str(uuid.uuid4()), "lun": v} for v in vols]})
+            expect_error(HResult.VSS_E_PROVIDER_VETO, api.call, "POST", f"/v1/snapshot-sets/{set_id}/commit")
+        else:
+            api.call("POST", f"/v1/luns/{vols[0]}/copy", {"target": name("half")})
+        # systemd restarts the killed agent (still with the fault armed); its reconcile cleans up.
+        time.sleep(3)
+        restart_agent(lab)
+        log = lab.array.run("journalctl -u shadowlun-array-agent --no-pager -n 200").stdout
+        assert f"crash point {crash_at} reached" in log
+        assert array_objects(lab) == before, "the interrupted operation left objects behind"
+        if crash_at.startswith("commit"):
+            assert api.call("GET", f"/v1/snapshot-sets/{set_id}")["state"] == "aborted"
+        assert sorted(lun["name"] for lun in api.call("GET", "/v1/luns")
+                      if lun["name"] in vols or lun["kind"] != "volume") == sorted(vols)
+    finally:
+        restart_agent(lab)
+        for v in vols:
+            api.call("DELETE", f"/v1/luns/{v}")
+
+
+def test_restarted_agent_rebuilds_lio_from_its_store(lab, api):
+    """LIO wiped behind the agent's back (as after a lost saveconfig): the reconcile at start
+    rebuilds the export with the same serial and the same masking."""
+    vol = name("rebuild")
+    b = lab.vm("host-b")
+    lun = api.call("POST", "/v1/luns", {"name": vol, "size_bytes": SIZE})
+    api.call("PUT", f"/v1/luns/{vol}/masks",
+             {"initiator": initiator(b), "chap_user": CHAP["host-b"][0], "chap_secret": CHAP["host-b"][1]})
+    try:
+        lab.array.run("systemctl stop shadowlun-array-agent && targetctl clear")
+        assert f"lun-{vol}" not in array_objects(lab)["backstores"]
+        restart_agent(lab)
+        again = api.call("GET", f"/v1/luns/{vol}")
+        assert (again["serial"], again["wwid"]) == (lun["serial"], lun["wwid"])
+        assert again["masks"] == [{"initiator": initiator(b), "read_only": False}]
+        assert initiator(b) in array_objects(lab)["acls"]
+    finally:
+        api.call("DELETE", f"/v1/luns/{vol}")
+
+
+def test_nearly_full_pool_refuses_new_work_and_creates_nothing(lab, api):
+    vol = name("full")
+    api.call("POST", "/v1/luns", {"name": vol, "size_bytes": SIZE})
+    pool = api.call("GET", "/v1/pool")
+    config = json.loads(lab.array.run("cat /etc/shadowlun/array.json").stdout)
+    # Make the pool's present use count as "nearly full" (filling 28 GiB under TCG is slow).
+    limit = max(pool["data_percent"], pool["metadata_percent"]) - 0.5
+    lab.array.put("/etc/shadowlun/array.json", json.dumps({**config, "pool_full_percent": limit}))
+    restart_agent(lab)
+    before = array_objects(lab)
+    try:
+        e = expect_error(HResult.VSS_E_INSUFFICIENT_STORAGE, api.call, "POST", "/v1/luns",
+                         {"name": name("x"), "size_bytes": SIZE})
+        assert "too full" in str(e)
+        set_id = str(uuid.uuid4())
+        expect_error(HResult.VSS_E_INSUFFICIENT_STORAGE, api.call, "POST", "/v1/snapshot-sets",
+                     {"set_id": set_id, "snapshots": [{"snapshot_id": str(uuid.uuid4()), "lun": vol}]})
+        expect_error(HResult.VSS_E_OBJECT_NOT_FOUND, api.call, "GET", f"/v1/snapshot-sets/{set_id}")
+        expect_error(HResult.VSS_E_INSUFFICIENT_STORAGE, api.call, "POST", f"/v1/luns/{vol}/copy",
+                     {"target": name("y")})
+        assert array_objects(lab) == before
+    finally:
+        lab.array.put("/etc/shadowlun/array.json", json.dumps(config))
+        restart_agent(lab)
+        api.call("DELETE", f"/v1/luns/{vol}")
+
+
+def test_commit_window_against_a_loop_of_lvcreate(lab, api, timings):
+    """The set's commit (one lvm process for all snapshots) next to the naive loop of one
+    `lvcreate -s` per LUN, on the same array, in the same run; figures go to the timings."""
+    vols = [name("win") for _ in range(4)]
+    for v in vols:
+        api.call("POST", "/v1/luns", {"name": v, "size_bytes": SIZE})
+    set_id = str(uuid.uuid4())
+    api.call("POST", "/v1/snapshot-sets", {"set_id": set_id, "snapshots": [
+        {"snapshot_id": str(uuid.uuid4()), "lun": v} for v in vols]})
+    try:
+        window = api.call("POST", f"/v1/snapshot-sets/{set_id}/commit")["commit_window_s"]
+        loop = lab.array.run(
+            "s=$(date +%s.%N); for v in " + " ".join(vols) + "; do "
+            "lvcreate -q -s -n naive-$v shadowlun/lun-$v >/dev/null; done; e=$(date +%s.%N); "
+            "echo \"$e - $s\" | python3 -c 'import sys; a,b=sys.stdin.read().split(\" - \"); print(float(a)-float(b))'"
+        ).stdout.strip()
+        lab.array.run("for v in " + " ".join(vols) + "; do lvremove -qy shadowlun/naive-$v; done")
+        timings.add("array: 4-LUN set commit window", window, "one lvm process, all snapshots")
+        timings.add("array: 4 x lvcreate -s loop", float(loop), f"ratio {float(loop) / window:.2f}x")
+        assert window > 0 and float(loop) > 0
+    finally:
+        api.call("POST", f"/v1/snapshot-sets/{set_id}/abort")
+        for v in vols:
+            api.call("DELETE", f"/v1/luns/{v}")

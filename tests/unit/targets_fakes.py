@@ -1,0 +1,214 @@
+"""In-memory stand-ins for the array's kernel layers (LVM, LIO), for unit tests of targets.array
+and targets.agent. They keep the behaviour the Array relies on, not the kernel's details:
+
+- FakeLvm: thin LVs in a dict, a thin pool whose data/metadata percent a test sets, LvmError on
+  a name that exists (as lvcreate fails), a snapshot batch that makes what it can and then
+  reports the missing ones (as the lvm shell runs on past a failed command), inactive thin
+  snapshots until activate() (as lvcreate -s without -K);
+- FakeLio: exports with their serial and host mappings, create-or-lookup export (ValueError on
+  a backstore with another serial), mask() refused on what is not exported, unexport() drops
+  the mappings with the LUN, orphan backstores a test can plant.
+
+Both record every call in `calls` and take failures through inject(method, exc, name=None).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import replace
+
+from targets.array import Array, ArrayConfig
+from targets.lio import Export, Mapping
+from targets.lvm import OWNER_TAG, LogicalVolume, LvmError, PoolStatus
+from targets.store import Store
+
+TARGET_IQN = "iqn.2026-11.lab.shadowlun:array.target"
+SAN_CIDR = "10.87.0.0/24"
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+class _Injectable:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self._fail: dict[str, list[tuple[str | None, BaseException]]] = {}
+
+    def inject(self, method: str, exc: BaseException, name: str | None = None) -> None:
+        """Make `method` raise `exc` (only for `name` when given), every time until cleared."""
+        self._fail.setdefault(method, []).append((name, exc))
+
+    def clear_failures(self) -> None:
+        self._fail.clear()
+
+    def _call(self, method: str, *args) -> None:
+        self.calls.append((method, *args))
+        name = args[0] if args and isinstance(args[0], str) else None
+        for want, exc in self._fail.get(method, ()):
+            if want is None or want == name:
+                raise exc
+
+    def called(self, method: str) -> list[tuple]:
+        return [c[1:] for c in self.calls if c[0] == method]
+
+
+class FakeLvm(_Injectable):
+    def __init__(self, vg: str = "shadowlun", pool: str = "pool", pool_size: int = 100 * GiB) -> None:
+        super().__init__()
+        self.vg, self.pool, self.pool_size = vg, pool, pool_size
+        self.data_percent = 0.0
+        self.metadata_percent = 0.0
+        self.window = 0.125  # what create_snapshots reports as the batch's seconds
+        self.lvs: dict[str, LogicalVolume] = {}
+        self._uuids = itertools.count(1)
+
+    # -- test helpers --------------------------------------------------------------------
+
+    def add_lv(self, name: str, size_bytes: int = 64 * MiB, tags: dict[str, str] | None = None, *,
+               owned: bool = True, active: bool = True, origin: str = "",
+               data_percent: float | None = 0.0) -> LogicalVolume:
+        t = ([OWNER_TAG] if owned else []) + [f"{k}={v}" for k, v in (tags or {}).items()]
+        attr = ("Vwi-a-tz--" if active else "Vwi---tz--") if not origin else (
+            "Vwi-a-tz-k" if active else "Vwi---tz-k")
+        lv = LogicalVolume(self.vg, name, f"fake-uuid-{next(self._uuids)}", size_bytes, attr, self.pool, origin,
+                           tuple(t), data_percent, None)
+        self.lvs[name] = lv
+        return lv
+
+    def names(self) -> set[str]:
+        return set(self.lvs)
+
+    # -- the Lvm interface the Array uses ------------------------------------------------
+
+    def _pool_lv(self) -> LogicalVolume:
+        return LogicalVolume(self.vg, self.pool, "pool-uuid", self.pool_size, "twi-aotz--", "", "", (),
+                             self.data_percent, self.metadata_percent)
+
+    def volumes(self) -> list[LogicalVolume]:
+        self._call("volumes")
+        return [self._pool_lv(), *sorted(self.lvs.values(), key=lambda v: v.name)]
+
+    def get(self, name: str) -> LogicalVolume | None:
+        self._call("get", name)
+        return self.lvs.get(name)
+
+    def pool_status(self) -> PoolStatus:
+        self._call("pool_status")
+        return PoolStatus(self.vg, self.pool, self.pool_size, self.data_percent, self.metadata_percent)
+
+    def device(self, name: str) -> str:
+        return f"/dev/{self.vg}/{name}"
+
+    def create_volume(self, name: str, size_bytes: int, tags: dict[str, str] | None = None) -> None:
+        self._call("create_volume", name, size_bytes, dict(tags or {}))
+        if name in self.lvs:
+            raise LvmError(["lvcreate", "-n", name], 5, f"Logical Volume \"{name}\" already exists")
+        self.add_lv(name, size_bytes, tags)
+
+    def create_snapshots(self, snaps) -> float:
+        snaps = [(o, n, dict(t)) for o, n, t in snaps]
+        self.calls.append(("create_snapshots", snaps))
+        # a failure injected for one snapshot name: the others are made, as by the lvm shell
+        failing = {name for name, _ in self._fail.get("create_snapshots", ()) if name is not None}
+        for origin, name, tags in snaps:
+            if name in failing or name in self.lvs or origin not in self.lvs:
+                continue
+            self.add_lv(name, self.lvs[origin].size_bytes, tags, active=False, origin=origin)
+        for want, exc in self._fail.get("create_snapshots", ()):
+            if want is None:
+                raise exc
+        missing = [name for _, name, _ in snaps if name not in self.lvs]
+        if missing:
+            raise LvmError(["lvm", "lvcreate -s"], 1, f"snapshots not created: {', '.join(missing)}")
+        return self.window
+
+    def activate(self, name: str) -> None:
+        self._call("activate", name)
+        lv = self.lvs[name]
+        self.lvs[name] = replace(lv, attr=lv.attr[:4] + "a" + lv.attr[5:])
+
+    def remove(self, name: str) -> None:
+        self._call("remove", name)
+        if name not in self.lvs:
+            raise LvmError(["lvremove", name], 5, f"Failed to find logical volume \"{self.vg}/{name}\"")
+        del self.lvs[name]
+
+
+class FakeLio(_Injectable):
+    def __init__(self) -> None:
+        super().__init__()
+        self._exports: dict[str, Export] = {}
+        self.orphans: set[str] = set()
+        self.chap: dict[str, tuple[str, str]] = {}
+
+    # -- test helpers --------------------------------------------------------------------
+
+    def drop(self, name: str) -> None:
+        """Lose an export behind the array's back (e.g. LIO config not restored)."""
+        del self._exports[name]
+
+    def plant(self, name: str, device: str, serial: str, mappings=()) -> Export:
+        """An export the array did not make (or made and forgot)."""
+        e = Export(name, device, serial, self._free_lun(), tuple(mappings))
+        self._exports[name] = e
+        return e
+
+    def mappings(self, name: str) -> dict[str, Mapping]:
+        return {m.initiator: m for m in self._exports[name].mappings}
+
+    def _free_lun(self) -> int:
+        used = {e.lun for e in self._exports.values()}
+        return next(i for i in range(len(used) + 1) if i not in used)
+
+    # -- the Lio interface the Array uses ------------------------------------------------
+
+    def export(self, name: str, device: str, serial: str) -> Export:
+        self._call("export", name, device, serial)
+        have = self._exports.get(name)
+        if have is not None:
+            if have.serial != serial or have.device != device:
+                raise ValueError(f"backstore {name} exists with serial {have.serial} on {have.device}")
+            return Export(name, device, serial, have.lun)
+        self.orphans.discard(name)
+        e = Export(name, device, serial, self._free_lun())
+        self._exports[name] = e
+        return e
+
+    def unexport(self, name: str) -> None:
+        self._call("unexport", name)
+        self._exports.pop(name, None)
+        self.orphans.discard(name)
+
+    def mask(self, name: str, initiator: str, chap_user: str, chap_secret: str,
+             read_only: bool = False) -> Mapping:
+        self._call("mask", name, initiator, chap_user, chap_secret, read_only)
+        e = self._exports.get(name)
+        if e is None:
+            raise LookupError(f"{name} is not exported")
+        self.chap[initiator] = (chap_user, chap_secret)
+        m = Mapping(initiator, e.lun, read_only)
+        self._exports[name] = replace(e, mappings=tuple(
+            [x for x in e.mappings if x.initiator != initiator] + [m]))
+        return m
+
+    def unmask(self, name: str, initiator: str) -> None:
+        self._call("unmask", name, initiator)
+        e = self._exports.get(name)
+        if e is not None:
+            self._exports[name] = replace(e, mappings=tuple(x for x in e.mappings if x.initiator != initiator))
+
+    def exports(self) -> dict[str, Export]:
+        self._call("exports")
+        return dict(self._exports)
+
+    def orphan_backstores(self) -> list[str]:
+        self._call("orphan_backstores")
+        return sorted(self.orphans)
+
+
+def make_config(**kw) -> ArrayConfig:
+    return ArrayConfig(target_iqn=TARGET_IQN, san_cidr=SAN_CIDR, **kw)
+
+
+def make_array(store: Store | None = None, lvm: FakeLvm | None = None, lio: FakeLio | None = None,
+               **config) -> Array:
+    return Array(make_config(**config), store if store is not None else Store(":memory:"),
+                 lvm if lvm is not None else FakeLvm(), lio if lio is not None else FakeLio())

@@ -1,0 +1,443 @@
+"""Unit tests of targets.lvm: parsing recorded lvs JSON, the commands Lvm runs (fake runner),
+copy_blocks on temporary files, and run_lvm on harmless commands. No root, no LVM."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from targets import lvm as lvm_mod
+from targets.lvm import (
+    CHUNK,
+    LV_FIELDS,
+    OWNER_TAG,
+    Lvm,
+    LvmError,
+    copy_blocks,
+    parse_lvs,
+    pool_status,
+    run_lvm,
+    tags_args,
+)
+
+# `lvs --reportformat json --units b --nosuffix -o <LV_FIELDS> shadowlun` on the lab array, verbatim.
+LVS_REPORT = """\
+  {
+      "report": [
+          {
+              "lv": [
+                  {"lv_name":"pool", "lv_uuid":"zzUioN-dWRh-fVWa-w11e-CYdd-S9Mn-ljgilq", "lv_size":"30916214784", "lv_attr":"twi-aotz--", "pool_lv":"", "origin":"", "lv_tags":"", "data_percent":"0.00", "metadata_percent":"10.46"},
+                  {"lv_name":"s1", "lv_uuid":"lSob3x-MaFC-tftG-YkQu-o4YZ-x3vB-3RHkqD", "lv_size":"67108864", "lv_attr":"Vwi---tz-k", "pool_lv":"pool", "origin":"t1", "lv_tags":"shadowlun", "data_percent":"", "metadata_percent":""},
+                  {"lv_name":"s3", "lv_uuid":"L1e8cn-j5cE-69jk-Cn0Z-RkWA-xTXl-Xbx0wN", "lv_size":"67108864", "lv_attr":"Vwi---tz-k", "pool_lv":"pool", "origin":"t1", "lv_tags":"", "data_percent":"", "metadata_percent":""},
+                  {"lv_name":"t1", "lv_uuid":"UkjCSU-2RQA-4wNK-NBqv-Lln2-7NNn-SaysbE", "lv_size":"67108864", "lv_attr":"Vwi-a-tz--", "pool_lv":"pool", "origin":"", "lv_tags":"shadowlun,shadowlun.x=abc-1", "data_percent":"0.00", "metadata_percent":""}
+              ]
+          }
+      ]
+  }
+"""
+
+VG = "shadowlun"
+
+
+@pytest.fixture
+def lvs():
+    return {lv.name: lv for lv in parse_lvs(LVS_REPORT, VG)}
+
+
+# --- parse_lvs ---------------------------------------------------------------------------------
+
+def test_parse_lvs_reads_every_row_in_order():
+    assert [lv.name for lv in parse_lvs(LVS_REPORT, VG)] == ["pool", "s1", "s3", "t1"]
+
+
+def test_the_recorded_report_has_exactly_the_fields_lvm_asks_for():
+    row = json.loads(LVS_REPORT)["report"][0]["lv"][0]
+    assert list(row) == LV_FIELDS.split(",")
+
+
+def test_parse_lvs_fields(lvs):
+    t1 = lvs["t1"]
+    assert t1.vg == VG
+    assert t1.uuid == "UkjCSU-2RQA-4wNK-NBqv-Lln2-7NNn-SaysbE"
+    assert t1.size_bytes == 67108864 and isinstance(t1.size_bytes, int)
+    assert lvs["pool"].size_bytes == 30916214784 and isinstance(lvs["pool"].size_bytes, int)
+    assert t1.attr == "Vwi-a-tz--"
+    assert t1.pool == "pool" and t1.origin == ""
+    assert lvs["s1"].origin == "t1" and lvs["s1"].pool == "pool"
+    assert lvs["pool"].pool == ""
+
+
+def test_parse_lvs_tags(lvs):
+    assert lvs["t1"].tags == ("shadowlun", "shadowlun.x=abc-1")
+    assert lvs["s1"].tags == ("shadowlun",)
+    assert lvs["s3"].tags == ()
+    assert lvs["pool"].tags == ()
+    assert all(isinstance(lv.tags, tuple) for lv in lvs.values())
+
+
+def test_key_value_tag_lookup(lvs):
+    assert lvs["t1"].tag("shadowlun.x") == "abc-1"
+    assert lvs["t1"].tag("shadowlun.set") is None
+    assert lvs["t1"].tag("shadowlun") is None  # the bare owner tag has no value
+    assert lvs["s3"].tag("shadowlun.x") is None
+
+
+def test_owned_means_the_owner_tag(lvs):
+    assert OWNER_TAG == "shadowlun"
+    assert {n for n, lv in lvs.items() if lv.owned} == {"s1", "t1"}
+
+
+def test_active_is_the_fifth_attr_character(lvs):
+    assert lvs["pool"].active is True
+    assert lvs["t1"].active is True
+    assert lvs["s1"].active is False
+    assert lvs["s3"].active is False
+
+
+def test_thin_pool_and_thin_volume(lvs):
+    assert lvs["pool"].is_thin_pool and not lvs["pool"].is_thin_volume
+    for name in ("s1", "s3", "t1"):
+        assert lvs[name].is_thin_volume and not lvs[name].is_thin_pool
+
+
+def test_percents_empty_is_none(lvs):
+    assert lvs["pool"].data_percent == 0.0 and lvs["pool"].metadata_percent == 10.46
+    assert lvs["t1"].data_percent == 0.0 and lvs["t1"].metadata_percent is None
+    assert lvs["s1"].data_percent is None and lvs["s1"].metadata_percent is None
+
+
+def test_device_path(lvs):
+    assert lvs["t1"].device == "/dev/shadowlun/t1"
+    assert parse_lvs(LVS_REPORT, "othervg")[0].device == "/dev/othervg/pool"
+
+
+def test_parse_lvs_of_an_empty_vg():
+    assert parse_lvs('{"report": [{"lv": []}]}', VG) == []
+
+
+# --- pool_status -------------------------------------------------------------------------------
+
+def test_pool_status(lvs):
+    p = pool_status(list(lvs.values()), "pool")
+    assert (p.vg, p.name, p.size_bytes) == (VG, "pool", 30916214784)
+    assert p.data_percent == 0.0 and p.metadata_percent == 10.46
+    assert p.used_bytes == 0 and p.free_bytes == 30916214784
+
+
+def test_pool_status_used_and_free_bytes():
+    report = LVS_REPORT.replace('"data_percent":"0.00", "metadata_percent":"10.46"',
+                                '"data_percent":"25.00", "metadata_percent":"10.46"')
+    p = pool_status(parse_lvs(report, VG), "pool")
+    assert p.data_percent == 25.0
+    assert p.used_bytes == 30916214784 // 4
+    assert p.free_bytes == 30916214784 - 30916214784 // 4
+    assert isinstance(p.used_bytes, int) and isinstance(p.free_bytes, int)
+
+
+def test_pool_status_missing_pool(lvs):
+    with pytest.raises(LookupError):
+        pool_status(list(lvs.values()), "nopool")
+
+
+def test_pool_status_of_a_thin_volume_is_not_a_pool(lvs):
+    with pytest.raises(LookupError):
+        pool_status(list(lvs.values()), "t1")
+
+
+# --- tags_args ---------------------------------------------------------------------------------
+
+def test_tags_args_always_has_the_owner_tag():
+    assert tags_args(None) == ["--addtag", "shadowlun"]
+    assert tags_args({}) == ["--addtag", "shadowlun"]
+
+
+def test_tags_args_key_values_in_order():
+    assert tags_args({"shadowlun.set": "s", "shadowlun.snapshot": "x"}) == [
+        "--addtag", "shadowlun", "--addtag", "shadowlun.set=s", "--addtag", "shadowlun.snapshot=x"]
+
+
+# --- Lvm with a fake runner --------------------------------------------------------------------
+
+class FakeRunner:
+    """Records (argv, stdin); answers lvs from `rows`, and an `lvm` shell script by adding a row
+    per `lvcreate -s` line whose name is not in `fail` (the lvm shell exits 0 regardless)."""
+
+    def __init__(self, report: str = LVS_REPORT, fail: tuple[str, ...] = ()) -> None:
+        self.calls: list[tuple[list[str], str | None]] = []
+        self.rows = json.loads(report)["report"][0]["lv"]
+        self.fail = set(fail)
+
+    def __call__(self, argv, stdin):
+        self.calls.append((list(argv), stdin))
+        if argv[0] == "lvs":
+            return json.dumps({"report": [{"lv": self.rows}]})
+        if argv == ["lvm"]:
+            for line in (stdin or "").splitlines():
+                words = line.split()
+                name = words[words.index("-n") + 1]
+                if name not in self.fail:
+                    tags = [words[i + 1] for i, w in enumerate(words) if w == "--addtag"]
+                    self.rows.append({"lv_name": name, "lv_uuid": "u-" + name, "lv_size": "67108864",
+                                      "lv_attr": "Vwi---tz-k", "pool_lv": "pool",
+                                      "origin": words[-1].split("/")[1], "lv_tags": ",".join(tags),
+                                      "data_percent": "", "metadata_percent": ""})
+            return ""
+        return ""
+
+    def argvs(self, program: str) -> list[list[str]]:
+        return [a for a, _ in self.calls if a[0] == program]
+
+
+@pytest.fixture
+def runner():
+    return FakeRunner()
+
+
+@pytest.fixture
+def lv(runner):
+    return Lvm(VG, "pool", run=runner)
+
+
+def test_volumes_runs_lvs_with_json_report(lv, runner):
+    vols = lv.volumes()
+    assert [v.name for v in vols] == ["pool", "s1", "s3", "t1"]
+    assert runner.calls == [(["lvs", "--reportformat", "json", "--units", "b", "--nosuffix",
+                              "-o", LV_FIELDS, VG], None)]
+
+
+def test_get_and_pool_status_and_device(lv):
+    assert lv.get("t1").uuid == "UkjCSU-2RQA-4wNK-NBqv-Lln2-7NNn-SaysbE"
+    assert lv.get("nope") is None
+    assert lv.pool_status().metadata_percent == 10.46
+    assert lv.device("lun-a") == "/dev/shadowlun/lun-a"
+
+
+def test_pool_status_of_a_wrongly_named_pool(runner):
+    with pytest.raises(LookupError):
+        Lvm(VG, "otherpool", run=runner).pool_status()
+
+
+def test_create_volume_argv(lv, runner):
+    lv.create_volume("lun-a", 67108864, {"shadowlun.kind": "volume"})
+    assert runner.calls == [([
+        "lvcreate", "-q", "-V", "67108864b", "-T", "shadowlun/pool", "-n", "lun-a",
+        "--addtag", "shadowlun", "--addtag", "shadowlun.kind=volume"], None)]
+
+
+def test_create_volume_without_tags_still_owned(lv, runner):
+    lv.create_volume("lun-b", 1 << 20)
+    argv = runner.calls[0][0]
+    assert "1048576b" in argv and argv[-2:] == ["--addtag", "shadowlun"]
+
+
+SNAPS = [
+    ("lun-a", "snap-1", {"shadowlun.set": "set-1", "shadowlun.snapshot": "1"}),
+    ("lun-b", "snap-2", {"shadowlun.set": "set-1", "shadowlun.snapshot": "2"}),
+    ("lun-c", "snap-3", {"shadowlun.set": "set-1", "shadowlun.snapshot": "3"}),
+]
+
+
+def test_create_snapshots_is_one_lvm_invocation(lv, runner):
+    took = lv.create_snapshots(SNAPS)
+    assert isinstance(took, float) and took >= 0
+    lvm_calls = [(a, s) for a, s in runner.calls if a[0] not in ("lvs",)]
+    assert len(lvm_calls) == 1
+    argv, script = lvm_calls[0]
+    assert argv == ["lvm"]
+    assert script.endswith("\n")
+    assert script.splitlines() == [
+        "lvcreate -q -s -n snap-1 --addtag shadowlun --addtag shadowlun.set=set-1 "
+        "--addtag shadowlun.snapshot=1 shadowlun/lun-a",
+        "lvcreate -q -s -n snap-2 --addtag shadowlun --addtag shadowlun.set=set-1 "
+        "--addtag shadowlun.snapshot=2 shadowlun/lun-b",
+        "lvcreate -q -s -n snap-3 --addtag shadowlun --addtag shadowlun.set=set-1 "
+        "--addtag shadowlun.snapshot=3 shadowlun/lun-c",
+    ]
+    assert not runner.argvs("lvcreate")  # never one process per snapshot
+
+
+def test_create_snapshots_checks_with_lvs_afterwards(lv, runner):
+    lv.create_snapshots(SNAPS)
+    assert [a[0] for a, _ in runner.calls] == ["lvm", "lvs"]
+    made = {v.name: v for v in lv.volumes()}
+    assert made["snap-2"].tag("shadowlun.snapshot") == "2" and made["snap-2"].owned
+
+
+def test_create_snapshots_names_the_missing_ones():
+    runner = FakeRunner(fail=("snap-2", "snap-3"))
+    with pytest.raises(LvmError) as e:
+        Lvm(VG, "pool", run=runner).create_snapshots(SNAPS)
+    assert "snap-2" in str(e.value) and "snap-3" in str(e.value)
+    assert "snap-1" not in e.value.stderr
+    assert e.value.returncode != 0
+
+
+def test_create_snapshots_all_missing():
+    runner = FakeRunner(fail=("snap-1", "snap-2", "snap-3"))
+    with pytest.raises(LvmError, match="snap-1, snap-2, snap-3"):
+        Lvm(VG, "pool", run=runner).create_snapshots(SNAPS)
+
+
+def test_activate_uses_K(lv, runner):
+    lv.activate("s1")
+    assert runner.calls == [(["lvchange", "-q", "-ay", "-K", "shadowlun/s1"], None)]
+
+
+def test_remove_uses_y(lv, runner):
+    lv.remove("s1")
+    assert runner.calls == [(["lvremove", "-q", "-y", "shadowlun/s1"], None)]
+
+
+def test_runner_errors_propagate(runner):
+    def failing(argv, stdin):
+        raise LvmError(argv, 5, "Volume group \"shadowlun\" not found")
+
+    with pytest.raises(LvmError, match="not found"):
+        Lvm(VG, "pool", run=failing).create_volume("lun-a", 1 << 20)
+
+
+# --- copy_blocks -------------------------------------------------------------------------------
+
+def _write(path, data: bytes) -> str:
+    path.write_bytes(data)
+    return str(path)
+
+
+def _empty(path, size: int) -> str:
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return str(path)
+
+
+def _chunk(byte: int, n: int = CHUNK) -> bytes:
+    return bytes([byte]) * n
+
+
+def test_copy_blocks_copies_bytes_exactly(tmp_path):
+    data = os.urandom(2 * CHUNK + 12345)
+    src, dst = _write(tmp_path / "src", data), _empty(tmp_path / "dst", len(data))
+    written = copy_blocks(src, dst, len(data))
+    assert (tmp_path / "dst").read_bytes() == data
+    assert written == len(data)
+
+
+def test_copy_blocks_skips_zero_chunks(tmp_path):
+    data = bytes(CHUNK) + _chunk(0x5A) + bytes(CHUNK)
+    src, dst = _write(tmp_path / "src", data), _empty(tmp_path / "dst", len(data))
+    assert copy_blocks(src, dst, len(data)) == CHUNK
+    assert (tmp_path / "dst").read_bytes() == data
+
+
+def test_copy_blocks_does_not_touch_destination_where_source_is_zero(tmp_path):
+    """A fresh thin LV reads zeros there anyway; writing would only allocate."""
+    data = bytes(CHUNK) + _chunk(0x5A)
+    src = _write(tmp_path / "src", data)
+    dst = _write(tmp_path / "dst", _chunk(0xFF) * 2)
+    assert copy_blocks(src, dst, len(data)) == CHUNK
+    assert (tmp_path / "dst").read_bytes() == _chunk(0xFF) + _chunk(0x5A)
+
+
+def test_copy_blocks_partial_last_chunk(tmp_path):
+    data = bytes(CHUNK) + b"\x01" * 1000
+    src, dst = _write(tmp_path / "src", data), _empty(tmp_path / "dst", len(data))
+    assert copy_blocks(src, dst, len(data)) == 1000
+    assert (tmp_path / "dst").read_bytes() == data
+
+
+def test_copy_blocks_only_changed_writes_differing_chunks(tmp_path):
+    old = _chunk(1) + _chunk(2) + _chunk(3) + _chunk(4)
+    new = _chunk(1) + _chunk(9) + _chunk(3) + _chunk(4)
+    src, dst = _write(tmp_path / "src", new), _write(tmp_path / "dst", old)
+    assert copy_blocks(src, dst, len(new), only_changed=True) == CHUNK
+    assert (tmp_path / "dst").read_bytes() == new
+
+
+def test_copy_blocks_only_changed_writes_zeros_over_data(tmp_path):
+    """A resync must bring zero chunks back, unlike a copy onto a fresh LV."""
+    new = bytes(CHUNK) + _chunk(7)
+    src, dst = _write(tmp_path / "src", new), _write(tmp_path / "dst", _chunk(0xEE) + _chunk(7))
+    assert copy_blocks(src, dst, len(new), only_changed=True) == CHUNK
+    assert (tmp_path / "dst").read_bytes() == new
+
+
+def test_copy_blocks_only_changed_identical_writes_nothing(tmp_path):
+    data = _chunk(3) * 2
+    src, dst = _write(tmp_path / "src", data), _write(tmp_path / "dst", data)
+    assert copy_blocks(src, dst, len(data), only_changed=True) == 0
+
+
+def test_copy_blocks_progress_reaches_size(tmp_path):
+    size = 3 * CHUNK + 7
+    src, dst = _write(tmp_path / "src", os.urandom(size)), _empty(tmp_path / "dst", size)
+    seen: list[int] = []
+    copy_blocks(src, dst, size, progress=seen.append)
+    assert seen == [CHUNK, 2 * CHUNK, 3 * CHUNK, size]
+
+
+def test_copy_blocks_only_the_requested_size(tmp_path):
+    data = _chunk(1) + _chunk(2)
+    src, dst = _write(tmp_path / "src", data), _empty(tmp_path / "dst", len(data))
+    assert copy_blocks(src, dst, CHUNK) == CHUNK
+    assert (tmp_path / "dst").read_bytes() == _chunk(1) + bytes(CHUNK)
+
+
+def test_copy_blocks_short_read_raises(tmp_path):
+    src = _write(tmp_path / "src", _chunk(1) + b"x" * 10)
+    dst = _empty(tmp_path / "dst", 2 * CHUNK)
+    with pytest.raises(OSError, match="short read"):
+        copy_blocks(src, dst, 2 * CHUNK)
+
+
+def test_copy_blocks_zero_size(tmp_path):
+    src, dst = _write(tmp_path / "src", b""), _empty(tmp_path / "dst", 0)
+    seen: list[int] = []
+    assert copy_blocks(src, dst, 0, progress=seen.append) == 0
+    assert seen == []
+
+
+def test_copy_blocks_needs_an_existing_destination(tmp_path):
+    src = _write(tmp_path / "src", _chunk(1))
+    with pytest.raises(OSError):
+        copy_blocks(src, str(tmp_path / "missing"), CHUNK)
+    assert not (tmp_path / "missing").exists()  # never creates a file in /dev by mistake
+
+
+# --- run_lvm -----------------------------------------------------------------------------------
+
+def test_run_lvm_returns_stdout_and_passes_stdin():
+    assert run_lvm(["cat"], "lvcreate -s\n") == "lvcreate -s\n"
+
+
+def test_run_lvm_failure_is_lvm_error():
+    with pytest.raises(LvmError) as e:
+        run_lvm(["false"])
+    assert e.value.returncode == 1 and e.value.argv == ["false"]
+
+
+def test_run_lvm_error_carries_stderr():
+    argv = [sys.executable, "-c", "import sys; sys.stderr.write('  Volume group not found\\n'); sys.exit(5)"]
+    with pytest.raises(LvmError) as e:
+        run_lvm(argv)
+    assert e.value.returncode == 5
+    assert "Volume group not found" in e.value.stderr
+    assert "exited 5: Volume group not found" in str(e.value)
+
+
+def test_run_lvm_sets_lc_all_c(monkeypatch):
+    monkeypatch.setenv("LC_ALL", "de_DE.UTF-8")
+    assert run_lvm(["sh", "-c", "echo $LC_ALL"]) == "C\n"
+
+
+def test_run_lvm_keeps_the_rest_of_the_environment(monkeypatch):
+    monkeypatch.setenv("SHADOWLUN_TEST_VAR", "kept")
+    assert run_lvm(["sh", "-c", "echo $SHADOWLUN_TEST_VAR"]) == "kept\n"
+
+
+def test_run_lvm_is_bounded(monkeypatch):
+    monkeypatch.setattr(lvm_mod, "COMMAND_TIMEOUT_S", 0.2)
+    import subprocess
+
+    with pytest.raises(subprocess.TimeoutExpired):
+        run_lvm(["sleep", "5"])
