@@ -366,7 +366,12 @@ class Array:
             self._check_pool(need_bytes=self._mapped_bytes(src))
             lun = self.store.add_lun(lv, "copy", src.size_bytes, self._new_serial(), origin=src.name)
             job = self.store.add_job(uuid.uuid4().hex, "copy", src.name, lv, src.size_bytes)
-            self.lvm.create_volume(lv, src.size_bytes, {"shadowlun.kind": "copy"})
+            try:
+                self.lvm.create_volume(lv, src.size_bytes, {"shadowlun.kind": "copy"})
+            except Exception as e:
+                self._destroy(lv)
+                self.store.update_job(job.job_id, state="failed", error=str(e))
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"could not create {lv}: {e}") from e
             self._run_job(job, lambda progress: self._copy_then_export(src, lun, progress))
             return job
 
@@ -476,6 +481,7 @@ class Array:
                     if export is not None:
                         self.lio.unexport(lun.name)
                     self.lio.export(lun.name, lv.device, lun.serial)
+                    export = None  # its mappings went with it: re-apply every mask below
                     done["rebuilt"].append(lun.name)
                 have = {m.initiator: m for m in (export.mappings if export else ())}
                 for mask in self.store.masks(lun.name):

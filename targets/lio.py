@@ -100,6 +100,16 @@ class Lio:
     def _lun_of(self, tpg, so):
         return next((lun for lun in tpg.luns if lun.storage_object.name == so.name), None)
 
+    @staticmethod
+    def _drop_mapping(acl, lun) -> None:
+        """Unmap `lun` from one initiator's ACL; an ACL left with no LUN goes too (no stale
+        ACLs to reappear on the next export)."""
+        for m in list(acl.mapped_luns):
+            if m.tpg_lun.lun == lun.lun:
+                m.delete()
+        if not list(acl.mapped_luns):
+            acl.delete()
+
     def save(self) -> None:
         Path(self.save_file).parent.mkdir(parents=True, exist_ok=True)
         self.rts.RTSRoot().save_to_file(self.save_file)
@@ -127,11 +137,7 @@ class Lio:
             lun = self._lun_of(tpg, so)
             if lun is not None:
                 for acl in list(tpg.node_acls):
-                    for m in list(acl.mapped_luns):
-                        if m.tpg_lun.lun == lun.lun:
-                            m.delete()
-                    if not list(acl.mapped_luns):
-                        acl.delete()
+                    self._drop_mapping(acl, lun)
                 lun.delete()
             so.delete()
             self.save()
@@ -168,11 +174,7 @@ class Lio:
             acl = next((a for a in tpg.node_acls if a.node_wwn == initiator), None)
             if acl is None or lun is None:
                 return
-            for m in list(acl.mapped_luns):
-                if m.tpg_lun.lun == lun.lun:
-                    m.delete()
-            if not list(acl.mapped_luns):
-                acl.delete()
+            self._drop_mapping(acl, lun)
             self.save()
 
     def exports(self) -> dict[str, Export]:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .process import alive_pid
 from .errors import LabError
 
 START_TIMEOUT_S = 10
@@ -27,12 +28,7 @@ class Switch:
         return self.directory.with_suffix(".pid")
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pidfile.read_text())
-            os.kill(pid, 0)
-            return pid
-        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-            return None
+        return alive_pid(self.pidfile)
 
     def start(self) -> None:
         if self.pid():

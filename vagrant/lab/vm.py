@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import accel as accel_mod
+from .process import alive_pid
 from .errors import LabError, VMFailed
 from .image import Image
 from .ssh import SSH, Result
@@ -110,12 +111,7 @@ class VM:
                            check=True, capture_output=True)
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pidfile.read_text())
-            os.kill(pid, 0)
-            return pid
-        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-            return None
+        return alive_pid(self.pidfile)
 
     def start(self) -> None:
         if self.pid():
