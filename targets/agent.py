@@ -86,6 +86,13 @@ def create_app(array: Array, token: str) -> FastAPI:
         (log.info if http_status(e.hresult) < 500 else log.error)("%s", e)
         return JSONResponse(e.to_dict(), status_code=http_status(e.hresult))
 
+    @app.exception_handler(Exception)
+    async def failed(_: Request, e: Exception) -> JSONResponse:
+        """Anything not a VssError is still answered in the VSS error form, and logged."""
+        log.exception("unexpected error: %r", e)
+        err = vss_error(HResult.VSS_E_UNEXPECTED_PROVIDER_ERROR, f"{type(e).__name__}: {e}")
+        return JSONResponse(err.to_dict(), status_code=500)
+
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, e: RequestValidationError) -> JSONResponse:
         err = vss_error(HResult.E_INVALIDARG, f"malformed request: {e.errors()}")

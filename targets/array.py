@@ -161,9 +161,12 @@ class Array:
                              f"metadata {p.metadata_percent:.1f}%, {need_bytes} bytes needed, "
                              f"limit {limit:.0f}%")
 
-    def _new_serial(self) -> str:
-        """32 hex digits, unique in its first 25 (LIO's NAA id uses only those)."""
+    def _new_serial(self, also_taken: set[str] = frozenset()) -> str:
+        """32 hex digits, unique in its first 25 (LIO's NAA id uses only those) among LUNs,
+        the snapshots of prepared sets, and `also_taken` (the set being prepared)."""
         taken = {naa_wwid(lun.serial) for lun in self.store.luns()}
+        taken |= {naa_wwid(m.serial) for s in self.store.sets() for m in s.members}
+        taken |= {naa_wwid(serial) for serial in also_taken}
         while True:
             serial = uuid.uuid4().hex
             if naa_wwid(serial) not in taken and not self.store.serial_in_use(serial):
@@ -271,15 +274,14 @@ class Array:
                 if [(m.snapshot_id, m.origin) for m in existing.members] == wanted:
                     return self.set_view(set_id)  # a retry
                 raise user_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"snapshot set {set_id} exists")
+            in_sets = {m.snapshot_id for s in self.store.sets() for m in s.members}
             for sid, _ in wanted:
-                if self.store.lun(SNAPSHOT_PREFIX + sid) is not None:
+                if sid in in_sets or self.store.lun(SNAPSHOT_PREFIX + sid) is not None:
                     raise user_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"snapshot {sid} exists")
             self._check_pool()
             members, serials = [], set()
             for sid, origin in wanted:
-                serial = self._new_serial()
-                while serial in serials:
-                    serial = self._new_serial()
+                serial = self._new_serial(serials)
                 serials.add(serial)
                 members.append(SetMember(set_id, sid, origin, SNAPSHOT_PREFIX + sid, serial))
             self.store.add_set(set_id, members)
@@ -308,6 +310,11 @@ class Array:
                 return self.set_view(set_id)  # a retry
             if s.state != "prepared":
                 raise user_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is {s.state}")
+            gone = [m.origin.removeprefix(VOLUME_PREFIX) for m in s.members
+                    if (o := self.store.lun(m.origin)) is None or o.state != "ready"]
+            if gone:
+                raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND,
+                                 f"snapshot set {set_id}: no LUN {', '.join(gone)} any more")
             with self.store.tx():
                 self.store.set_state(set_id, "committing")
                 for m in s.members:

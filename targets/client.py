@@ -51,13 +51,17 @@ class ArrayClient:
         except urllib.error.HTTPError as e:
             raw = e.read()
             try:
-                raise VssError.from_dict(json.loads(raw)) from None
-            except json.JSONDecodeError:
+                body = json.loads(raw)
+            except ValueError:
                 raise vss_error(HResult.VSS_E_UNEXPECTED, f"array answered {e.code}: {raw[:200]!r}") from None
+            raise VssError.from_dict(body) from None
         except (urllib.error.URLError, OSError) as e:
             raise vss_error(HResult.VSS_E_PROVIDER_VETO,
                             f"array agent at {self.access.url} unreachable: {e}") from None
-        return json.loads(raw) if raw else None
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            raise vss_error(HResult.VSS_E_UNEXPECTED, f"array answered with no JSON: {raw[:200]!r}") from None
 
     # -- operations (one per API route) --------------------------------------------------
 

@@ -421,8 +421,6 @@ def test_a_snapshot_id_in_a_prepared_set_cannot_be_prepared_again(arr):
     assert [s.set_id for s in arr.store.sets()] == [first["set_id"]]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: prepare_set does not check snapshot ids of other prepared "
-                   "sets; the store's primary key refuses them as a bare sqlite3.IntegrityError")
 def test_a_snapshot_id_in_a_prepared_set_is_already_exists(arr):
     make_volumes(arr, "vol1")
     snaps = members("vol1")
@@ -431,8 +429,6 @@ def test_a_snapshot_id_in_a_prepared_set_is_already_exists(arr):
         arr.prepare_set(sid(), snaps)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: prepare_set checks serials within a set only for exact "
-                   "equality, not the 25-digit prefix LIO's NAA WWID uses; _new_serial ignores set members")
 def test_set_member_serials_unique_in_their_first_25(arr, monkeypatch):
     make_volumes(arr, "vol1", "vol2")
     seq = iter(["c" * 25 + "0000000", "c" * 25 + "1111111", "d" * 32, "e" * 32])
@@ -442,8 +438,6 @@ def test_set_member_serials_unique_in_their_first_25(arr, monkeypatch):
     assert len(set(wwids)) == 2, wwids
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _new_serial's 25-digit check covers LUN rows only, not the "
-                   "serials of prepared (not yet committed) set members")
 def test_volume_serial_avoids_the_prefix_of_a_prepared_snapshot(arr, monkeypatch):
     make_volumes(arr, "vol1")
     seq = iter(["c" * 25 + "0000000", "c" * 25 + "1111111", "d" * 32])
@@ -557,8 +551,6 @@ def test_commit_failure_in_activation(arr, lvm, lio):
     _assert_set_undone(arr, lvm, lio, set_id, prep)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: commit_set reads store.lun(m.origin).size_bytes without "
-                   "checking the origin still exists; a deleted origin gives AttributeError, not a VssError")
 def test_commit_after_the_origin_was_deleted(arr, lvm):
     set_id, _ = prepared(arr, "vol1")
     arr.delete("vol1")
@@ -685,15 +677,17 @@ def test_copy_refused_when_it_would_fill_the_pool(arr, lvm, copies):
     assert arr.store.jobs() == [] and arr.store.lun("lun-full1") is None and "lun-full1" not in lvm.lvs
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: start_copy calls lvm.create_volume with no undo: a failure "
-                   "leaves a 'creating' row and a 'running' job, and escapes as a bare LvmError")
-def test_copy_lv_failure_leaves_nothing(arr, lvm, copies):
+def test_copy_lv_failure_leaves_nothing(arr, lvm, lio, copies):
     make_volumes(arr, "vol1")
     lvm.inject("create_volume", LvmError(["lvcreate"], 5, "Insufficient free space"), name="lun-full1")
-    with pytest.raises(VssError):
+    with expect(HResult.VSS_E_PROVIDER_VETO, VssRuntimeError) as e:
         arr.start_copy("vol1", "full1")
-    assert arr.store.lun("lun-full1") is None
-    assert [j.state for j in arr.store.jobs()] in ([], ["failed"])
+    assert "Insufficient free space" in e.value.message
+    assert arr.store.lun("lun-full1") is None and "lun-full1" not in lvm.lvs and "lun-full1" not in lio.exports()
+    assert [j.state for j in arr.store.jobs()] in ([], ["failed"])  # no job left running
+    assert copies == []
+    lvm.clear_failures()
+    assert wait_job(arr, arr.start_copy("vol1", "full1").job_id).state == "done"  # the name is free again
 
 
 def test_resync(arr, lvm, copies):
@@ -876,17 +870,18 @@ def test_reconcile_fixes_a_mapping_with_the_wrong_access(arr, lio):
     assert lio.mappings("lun-vol1")[IQN1].read_only is True
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: reconcile re-exports a LUN whose serial differs but then "
-                   "compares masks with the old export's mappings, so the masks are not re-applied")
-def test_reconcile_reexports_a_lun_with_the_wrong_serial(arr, lio):
+def test_reconcile_reexports_a_lun_with_the_wrong_serial_and_its_masks(arr, lio):
     view = arr.create_volume("vol1", 64 * MiB)
-    arr.mask("vol1", IQN1, "user1", SECRET)
+    arr.mask("vol1", IQN1, "user1", SECRET, read_only=True)
     lio.drop("lun-vol1")
-    lio.plant("lun-vol1", "/dev/shadowlun/lun-vol1", "00" * 16, [Mapping(IQN1, 0, False)])
-    arr.reconcile()
+    lio.plant("lun-vol1", "/dev/shadowlun/lun-vol1", "00" * 16, [Mapping(IQN1, 0, True)])
+    lio.chap.clear()
+    done = arr.reconcile()
+    assert "lun-vol1" in done["rebuilt"]
     export = lio.exports()["lun-vol1"]
     assert export.serial == view.serial
-    assert [m.initiator for m in export.mappings] == [IQN1]
+    assert [(m.initiator, m.read_only) for m in export.mappings] == [(IQN1, True)]
+    assert lio.chap[IQN1] == ("user1", SECRET)
 
 
 def test_reconcile_fails_running_jobs(arr, lvm, store):
