@@ -3,7 +3,9 @@
 Without running Vagrant. The text checks always run. With `ruby` on PATH the Vagrantfile is
 also evaluated against a stand-in for Vagrant's configuration object that records every call,
 for the real topology and for an edited one, so what it would configure is compared with what
-machines.json says; with `vagrant` on PATH, `vagrant validate` runs on a copy too.
+machines.json says. The triggers that give the hosts the array's access file are fired too, in
+a small simulated world of machines (the `vagrant ssh` commands they run are interpreted, not
+run); with `vagrant` on PATH, `vagrant validate` runs on a copy too.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ VAGRANTFILE = VAGRANT_DIR / "Vagrantfile"
 MACHINES_FILE = VAGRANT_DIR / "machines.json"
 PROVISION = VAGRANT_DIR / "provision"
 GUEST_CHECKOUT = "/shadowlun"  # where the QEMU lab mounts the checkout, and Vagrant syncs it
+ARRAY_ACCESS = "/etc/shadowlun/array-access.json"  # machine.py writes it on the array; hosts need it
 
 RUBY = shutil.which("ruby")
 VAGRANT = shutil.which("vagrant")
@@ -62,7 +65,16 @@ def test_takes_every_topology_field_from_the_json(code, key):
     assert re.search(rf"""\[\s*["']{key}["']\s*\]""", code), f'machines.json key "{key}" is not read'
 
 
+# The roles are the only literals a machine name may coincide with ("array" is both).
+ROLE_CONSTANTS = re.compile(r'^[ \t]*(ARRAY|HOST)_ROLE[ \t]*=[ \t]*"(array|host)"[ \t]*$', re.M)
+
+
+def test_names_the_roles_once(code):
+    assert sorted(ROLE_CONSTANTS.findall(code)) == [("ARRAY", "array"), ("HOST", "host")]
+
+
 def test_hard_codes_no_machine_name_address_mac_serial_or_box(text, code, topology):
+    code = ROLE_CONSTANTS.sub("", code)
     for m in topology["machines"]:
         assert not re.search(rf"(?<![\w-]){re.escape(m['name'])}(?![\w-])", code), m["name"]
         for mac in m["macs"].values():
@@ -124,22 +136,43 @@ def test_ruby_accepts_it():
 # --- evaluated: what it would configure, against machines.json --------------------------------
 
 # A stand-in for Vagrant: every call on the configuration object, and on the objects handed to
-# its blocks, is recorded as {"on": path, "method", "args", "kw"}. A block's objects are named
-# after the call, e.g. config.vm.define(NAME)#0 and ...vm.provider(libvirt)#1 (the override).
+# its blocks, is recorded as {"on": path, "method", "args", "kw", "parent"}. A block's objects are
+# named after the call, e.g. config.vm.define(NAME)#0 and ...vm.provider(libvirt)#1 (the
+# override); "parent" is the index of the call whose block made the call. A trigger's `ruby`
+# block is kept rather than called (its call records "block": its index).
+#
+# Given a scenario file too, it then plays the scenario's steps in a simulated world of machines:
+# "set" changes machines (state, ssh reachable, files), "fire" fires the after-triggers of a
+# machine for a command as Vagrant would (those of config.trigger and of the machine's define
+# block, for that command, honouring only_on), with the ruby blocks getting a stand-in for the
+# environment and the machine. Vagrant::Util::Subprocess is replaced: `vagrant ssh NAME --no-tty
+# -c COMMAND` is interpreted in the world for the commands the triggers may run (`sudo cat PATH`,
+# `sudo install [-D] [-o U] [-g G] [-m MODE] /dev/stdin PATH`); without --no-tty the output comes
+# through a terminal (CRLF), as it would. It prints {"calls", "runs", "ui", "world"}.
 HARNESS = r"""
 require "json"
+require "shellwords"
 CALLS = []
+BLOCKS = []
 class Recorder
-  def initialize(path)
+  def initialize(path, parent = nil)
     @path = path
+    @parent = parent
   end
 
   def method_missing(meth, *args, **kw, &blk)
-    CALLS << { "on" => @path, "method" => meth.to_s, "args" => args, "kw" => kw }
+    call = { "on" => @path, "method" => meth.to_s, "args" => args, "kw" => kw, "parent" => @parent }
+    CALLS << call
+    index = CALLS.length - 1
+    if meth == :ruby && blk
+      BLOCKS << blk
+      call["block"] = BLOCKS.length - 1
+      return Recorder.new("#{@path}.ruby", index)
+    end
     child = "#{@path}.#{meth}"
     child += "(#{args.first})" if blk && !args.empty?
-    blk.call(Recorder.new("#{child}#0"), Recorder.new("#{child}#1")) if blk
-    Recorder.new(child)
+    blk.call(Recorder.new("#{child}#0", index), Recorder.new("#{child}#1", index)) if blk
+    Recorder.new(child, index)
   end
 
   def respond_to_missing?(*)
@@ -151,21 +184,180 @@ module Vagrant
   def self.configure(_version)
     yield Recorder.new("config")
   end
+
+  module Util
+    class Subprocess
+      class TimeoutExceeded < StandardError; end
+      class LaunchError < StandardError; end
+      Result = Struct.new(:exit_code, :stdout, :stderr)
+
+      class Input
+        attr_reader :data
+        def initialize; @data = +""; @closed = false; end
+        def write(s); raise IOError, "stdin closed" if @closed; @data << s; s.length; end
+        def close; @closed = true; end
+        def closed?; @closed; end
+      end
+
+      def self.execute(*command, **opts, &blk)
+        input = Input.new
+        blk.call(:stdin, input) if blk && Array(opts[:notify]).include?(:stdin)
+        run = { "command" => command, "workdir" => opts[:workdir], "stdin" => input.data,
+                "stdin_closed" => input.closed? }
+        RUNS << run
+        code, out, err = World.run(command, input.data)
+        run["exit_code"] = code
+        Result.new(code, out, err)
+      end
+    end
+  end
+end
+
+RUNS = []
+UI = []
+
+module World
+  MACHINES = {}
+
+  def self.machine(name)
+    MACHINES[name.to_s] ||= { "state" => "not_created", "files" => {} }
+  end
+
+  def self.run(command, stdin)
+    return [127, "", "#{command.first}: not a vagrant command\n"] unless command.first == "vagrant"
+    args = command[1..]
+    return [1, "", "the stand-in only knows `vagrant ssh`\n"] unless args.first == "ssh"
+    c = args.index("-c")
+    return [1, "", "no -c COMMAND\n"] unless c
+    name = args[1]
+    tty = !args.include?("--no-tty")
+    m = machine(name)
+    return [1, "", "VM must be created before running this command. Run `vagrant up` first.\n"] \
+      if m["state"] == "not_created"
+    return [1, "", "VM must be running to open SSH connection.\n"] unless m["state"] == "running"
+    return [255, "", "ssh: connect to host: Connection refused\n"] if m["ssh"] == false
+    code, out, err = remote(m, args[c + 1], stdin)
+    out = out.gsub("\n", "\r\n") if tty
+    [code, out, err]
+  end
+
+  def self.remote(m, line, stdin)
+    argv = Shellwords.split(line)
+    return [1, "", "sudo: needed for #{line}\n"] unless argv.shift == "sudo"
+    case argv.shift
+    when "cat"
+      path = argv.first
+      f = m["files"][path]
+      return [1, "", "cat: #{path}: No such file or directory\n"] unless argv.length == 1 && f
+      [0, f["content"], ""]
+    when "install"
+      file = { "owner" => "root", "group" => "root", "mode" => "0755", "parents" => false }
+      while argv.first&.start_with?("-")
+        case argv.shift
+        when "-D" then file["parents"] = true
+        when "-o" then file["owner"] = argv.shift
+        when "-g" then file["group"] = argv.shift
+        when "-m" then file["mode"] = argv.shift
+        else return [1, "", "install: option not simulated in #{line}\n"]
+        end
+      end
+      return [1, "", "install: simulated only as install ... /dev/stdin PATH\n"] \
+        unless argv.length == 2 && argv[0] == "/dev/stdin"
+      path = argv[1]
+      dir = File.dirname(path)
+      unless file.delete("parents") || m["files"].keys.any? { |p| p.start_with?(dir + "/") }
+        return [1, "", "install: cannot create regular file '#{path}': No such file or directory\n"]
+      end
+      m["files"][path] = file.merge("content" => stdin)
+      [0, "", ""]
+    else
+      [127, "", "not simulated: #{line}\n"]
+    end
+  end
+end
+
+class FakeUI
+  def initialize(name); @name = name; end
+  %w[info warn error success detail output].each do |level|
+    define_method(level) do |message, **_|
+      UI << { "machine" => @name, "level" => level, "message" => message.to_s }
+    end
+  end
+end
+
+FakeState = Struct.new(:id)
+
+class FakeMachine
+  attr_reader :name, :provider_name, :ui
+  def initialize(name, provider)
+    @name = name.to_sym
+    @provider_name = provider
+    @ui = FakeUI.new(name.to_s)
+  end
+  def state
+    FakeState.new(World.machine(@name)["state"].to_sym)
+  end
+  def method_missing(meth, *)
+    raise NoMethodError, "the machine stand-in has no #{meth}"
+  end
+end
+
+class FakeEnv
+  def initialize(provider); @provider = provider; end
+  def machine(name, provider)
+    raise ArgumentError, "machine name #{name.inspect} is not a Symbol" unless name.is_a?(Symbol)
+    FakeMachine.new(name, provider)
+  end
+  def method_missing(meth, *)
+    raise NoMethodError, "the environment stand-in has no #{meth}"
+  end
+end
+
+def triggers_for(name, command)
+  scopes = ["config.trigger", "config.vm.define(#{name})#0.trigger"]
+  CALLS.each_index.select do |i|
+    c = CALLS[i]
+    next false unless c["method"] == "after" && scopes.include?(c["on"])
+    next false unless c["args"].flatten.map(&:to_s).include?(command)
+    set = CALLS.select { |o| o["parent"] == i && o["method"] == "only_on=" }.map { |o| o["args"].first }
+    only = ([c["kw"][:only_on]] + set).compact.flatten
+    only.empty? || only.any? { |o| o.is_a?(Regexp) ? o.match?(name) : o.to_s == name }
+  end
 end
 
 load ARGV[0]
-puts JSON.generate(CALLS)
+
+if ARGV[1]
+  scenario = JSON.parse(File.read(ARGV[1]))
+  provider = scenario.fetch("provider", "libvirt").to_sym
+  scenario["steps"].each do |step|
+    (step["set"] || {}).each { |name, changes| World.machine(name).merge!(changes) }
+    next unless step["fire"]
+    name, command = step["fire"]
+    triggers_for(name, command).each do |t|
+      CALLS.select { |c| c["parent"] == t && c["method"] == "ruby" }.each do |c|
+        BLOCKS[c["block"]].call(FakeEnv.new(provider), FakeMachine.new(name, provider))
+      end
+    end
+  end
+  puts JSON.generate({ "calls" => CALLS, "runs" => RUNS, "ui" => UI, "world" => World::MACHINES })
+else
+  puts JSON.generate(CALLS)
+end
 """
 
 
 def _edited(topology: dict) -> dict:
-    """Another topology: a fourth machine with two disks, other box, sizes and addresses."""
+    """Another topology: other box, sizes and addresses, the array renamed, and a fourth
+    machine, a host with two disks, defined first (before the array)."""
     t = copy.deepcopy(topology)
     t["box"] = "example/other-box"
-    t["machines"][0]["memory_mib"] += 512
-    t["machines"][0]["cpus"] += 1
-    t["machines"][0]["disks"][0]["serial"] = "renamed-pool"
-    t["machines"].append({
+    (array,) = [m for m in t["machines"] if m["role"] == "array"]
+    array["name"] = "shelf-1"
+    array["memory_mib"] += 512
+    array["cpus"] += 1
+    array["disks"][0]["serial"] = "renamed-pool"
+    t["machines"].insert(0, {
         "name": "host-z", "role": "host", "memory_mib": 640, "cpus": 3,
         "addresses": {"mgmt": "10.88.0.77", "san": "10.87.0.77"},
         "macs": {"mgmt": "52:54:00:88:00:4d", "san": "52:54:00:87:00:4d"},
@@ -175,15 +367,19 @@ def _edited(topology: dict) -> dict:
     return t
 
 
-def _evaluate(tmp_path: Path, topology: dict) -> subprocess.CompletedProcess:
-    """Evaluate a copy of the Vagrantfile beside `topology` (so no real disk image is seen)."""
+def _evaluate(tmp_path: Path, topology: dict, scenario: dict | None = None) -> subprocess.CompletedProcess:
+    """Evaluate a copy of the Vagrantfile beside `topology` (so no real disk image is seen),
+    then play `scenario` if given (see HARNESS)."""
     vdir = tmp_path / "checkout" / "vagrant"
-    vdir.mkdir(parents=True)
+    vdir.mkdir(parents=True, exist_ok=True)
     shutil.copy(VAGRANTFILE, vdir / "Vagrantfile")
     (vdir / "machines.json").write_text(json.dumps(topology))
     (tmp_path / "harness.rb").write_text(HARNESS)
-    return subprocess.run([RUBY, str(tmp_path / "harness.rb"), str(vdir / "Vagrantfile")],
-                          capture_output=True, text=True, timeout=60)
+    argv = [RUBY, str(tmp_path / "harness.rb"), str(vdir / "Vagrantfile")]
+    if scenario is not None:
+        (tmp_path / "scenario.json").write_text(json.dumps(scenario))
+        argv.append(str(tmp_path / "scenario.json"))
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
 
 
 def _record(tmp_path: Path, topology: dict) -> tuple[list[dict], Path]:
@@ -303,8 +499,165 @@ def test_provisioners_run_common_sh_then_machine_py_setup_as_root(recorded):
         assert common.get("privileged", True) is True and machine.get("privileged", True) is True
 
 
+# --- evaluated: the hosts get the array's access file -----------------------------------------
+
+ACCESS = json.dumps({"url": "https://192.0.2.10:8443", "token": "t0ken-Xy_z",
+                     "certificate": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"},
+                    indent=2) + "\n"
+ARRAY_FILE = {"content": ACCESS, "owner": "root", "group": "root", "mode": "0600"}
+
+
+def _roles(topo: dict) -> tuple[str, list[str]]:
+    (array,) = [m["name"] for m in topo["machines"] if m["role"] == "array"]
+    return array, [m["name"] for m in topo["machines"] if m["role"] == "host"]
+
+
+def _play(tmp_path: Path, topo: dict, steps: list[dict]) -> tuple[dict, Path]:
+    out = _evaluate(tmp_path, topo, {"provider": "libvirt", "steps": steps})
+    assert out.returncode == 0, out.stderr  # a trigger never aborts Vagrant with a Ruby error
+    return json.loads(out.stdout), tmp_path / "checkout" / "vagrant"
+
+
+def _up(*names, access=False) -> dict:
+    """A step: the machines are running (and have the array's access file, with access)."""
+    files = {"files": {ARRAY_ACCESS: dict(ARRAY_FILE)}} if access else {}
+    return {"set": {n: {"state": "running", **files} for n in names}}
+
+
+def _assert_hosts_have_the_access_file(result, hosts, vdir):
+    for host in hosts:
+        assert result["world"][host]["files"].get(ARRAY_ACCESS) == ARRAY_FILE, (host, result["ui"])
+    for run in result["runs"]:
+        # `vagrant` is run in the Vagrantfile's directory (its project), and the token and
+        # certificate never go on a command line.
+        assert Path(run["workdir"]) == vdir and run["stdin_closed"], run
+        assert "t0ken" not in " ".join(run["command"]), run
+
+
+def _warnings(result):
+    return [u for u in result["ui"] if u["level"] in ("warn", "error")]
+
+
+@pytest.fixture(params=["machines.json", "edited"])
+def topo(request, topology):
+    if RUBY is None:
+        pytest.skip("ruby is not on PATH (apt-get install ruby): Vagrantfile not evaluated")
+    return topology if request.param == "machines.json" else _edited(topology)
+
+
+@pytest.mark.parametrize("command", ["up", "provision"])
+def test_hosts_coming_up_after_the_array_copy_its_access_file(tmp_path, topo, command):
+    array, hosts = _roles(topo)
+    assert hosts
+    steps = [_up(array, access=True), {"fire": [array, command]}]
+    for host in hosts:
+        steps += [_up(host), {"fire": [host, command]}]
+    result, vdir = _play(tmp_path, topo, steps)
+    _assert_hosts_have_the_access_file(result, hosts, vdir)
+    assert result["world"][array]["files"] == {ARRAY_ACCESS: ARRAY_FILE}
+    assert not _warnings(result), result["ui"]
+
+
+def test_the_array_coming_up_last_gives_its_access_file_to_the_running_hosts(tmp_path, topo):
+    """`vagrant up` in parallel (libvirt's default): the hosts are provisioned before the array's
+    agent exists; they say so without failing, and the array hands the file over when it is up."""
+    array, hosts = _roles(topo)
+    steps = [_up(array)]                       # running, still being provisioned: no file yet
+    for host in hosts:
+        steps += [_up(host), {"fire": [host, "up"]}]
+    steps += [_up(array, access=True), {"fire": [array, "up"]}]
+    result, vdir = _play(tmp_path, topo, steps)
+    _assert_hosts_have_the_access_file(result, hosts, vdir)
+    early = _warnings(result)
+    assert [w["machine"] for w in early] == hosts
+    for w in early:
+        assert f"vagrant provision {w['machine']}" in w["message"] and array in w["message"], w
+        assert "No such file" in w["message"], w  # what went wrong, as the array said it
+
+
+def test_a_host_without_the_array_says_what_to_run(tmp_path, topo):
+    array, hosts = _roles(topo)
+    steps = []
+    for host in hosts:
+        steps += [_up(host), {"fire": [host, "up"]}]
+    result, _ = _play(tmp_path, topo, steps)
+    assert [w["machine"] for w in _warnings(result)] == hosts
+    for w in _warnings(result):
+        assert f"vagrant up {array}" in w["message"], w
+        assert f"vagrant provision {w['machine']}" in w["message"], w
+    for host in hosts:
+        assert ARRAY_ACCESS not in result["world"][host]["files"]
+
+
+def test_the_array_skips_hosts_that_are_not_running(tmp_path, topo):
+    array, hosts = _roles(topo)
+    down, running = hosts[0], hosts[1:]
+    result, vdir = _play(tmp_path, topo, [_up(array, *running), _up(array, access=True),
+                                          {"fire": [array, "up"]}])
+    _assert_hosts_have_the_access_file(result, running, vdir)
+    assert ARRAY_ACCESS not in result["world"][down]["files"]
+    assert not [r for r in result["runs"] if down in r["command"]]
+    assert not _warnings(result), result["ui"]
+    # ... and that host copies it itself when it comes up.
+    result, vdir = _play(tmp_path, topo, [_up(array, *running), _up(array, access=True),
+                                          {"fire": [array, "up"]},
+                                          _up(down), {"fire": [down, "up"]}])
+    _assert_hosts_have_the_access_file(result, hosts, vdir)
+
+
+def test_the_triggers_do_nothing_for_a_machine_that_is_not_running(tmp_path, topo):
+    """Vagrant fires them after `vagrant provision` of a machine never brought up, too."""
+    array, hosts = _roles(topo)
+    result, _ = _play(tmp_path, topo, [{"fire": [array, "provision"]}]
+                      + [{"fire": [h, "provision"]} for h in hosts])
+    assert result["runs"] == [] and result["ui"] == []
+    result, _ = _play(tmp_path, topo,
+                      [_up(array, access=True)] + [{"fire": [h, "up"]} for h in hosts])
+    assert result["runs"] == [] and result["ui"] == []
+
+
+def test_a_host_that_cannot_install_the_file_says_what_to_run(tmp_path, topo):
+    array, hosts = _roles(topo)
+    host = hosts[-1]
+    result, _ = _play(tmp_path, topo, [_up(array, *hosts, access=True),
+                                       {"set": {host: {"ssh": False}}}, {"fire": [host, "up"]}])
+    (w,) = _warnings(result)
+    assert w["machine"] == host and f"vagrant provision {host}" in w["message"], w
+
+
+@pytest.mark.parametrize("access, why", [
+    ("not json at all\n", "not JSON"),
+    (json.dumps({"url": "https://192.0.2.10:8443"}), "token"),
+])
+def test_an_unusable_access_file_is_not_copied(tmp_path, topo, access, why):
+    array, hosts = _roles(topo)
+    unusable = {ARRAY_ACCESS: dict(ARRAY_FILE, content=access)}
+    steps = [_up(array, *hosts), {"set": {array: {"files": unusable}}}]
+    steps += [{"fire": [host, "up"]} for host in hosts] + [{"fire": [array, "up"]}]
+    result, _ = _play(tmp_path, topo, steps)
+    for host in hosts:
+        assert ARRAY_ACCESS not in result["world"][host]["files"]
+    assert len(_warnings(result)) == len(hosts) + 1
+    assert all(why in w["message"] for w in _warnings(result)), result["ui"]
+
+
+def test_the_access_file_triggers_follow_the_roles_not_the_names(tmp_path, topo):
+    """Renaming machines, or adding a host, needs no change to the Vagrantfile: every machine
+    with role "host", whatever its name, gets the file from the one with role "array"."""
+    renamed = copy.deepcopy(topo)
+    for i, m in enumerate(renamed["machines"]):
+        m["name"] = f"{m['role']}-renamed-{i}"
+    array, hosts = _roles(renamed)
+    steps = [_up(array, *hosts, access=True)] + [{"fire": [h, "up"]} for h in hosts]
+    result, vdir = _play(tmp_path, renamed, steps)
+    _assert_hosts_have_the_access_file(result, hosts, vdir)
+    assert not _warnings(result), result["ui"]
+
+
 @pytest.mark.parametrize("breakage, message", [
     (lambda t: t["machines"][0]["disks"][0].update(serial="s" * 21), "longer than 20"),
+    (lambda t: t["machines"][1].update(role="array"), "exactly one machine with role"),
+    (lambda t: t["machines"][0].update(role="host"), "exactly one machine with role"),
     (lambda t: t["machines"][1]["addresses"].update(san="192.0.2.7"), "is not in"),
     (lambda t: t["machines"][2]["macs"].update(mgmt="52-54-00-88-00-16"), "MAC"),
 ])
