@@ -366,3 +366,41 @@ def test_array_reboot_keeps_luns_serials_and_masking(lab, api, target):
     finally:
         api.call("POST", f"/v1/snapshot-sets/{set_id}/abort")
         api.call("DELETE", f"/v1/luns/{vol}")
+
+
+READ_RECORD = """
+import json, sys
+from pathlib import Path
+from provider.lun_info import predict_lio_lun_info, read_lun_info
+seen = read_lun_info(Path("/sys/block") / Path(sys.argv[1]).name)
+predicted = predict_lio_lun_info(sys.argv[2])
+print(json.dumps({"seen": seen.to_dict(), "predicted": predicted.to_dict(),
+                  "equal": seen.canonical() == predicted.canonical(), "matches": seen.matches(predicted)}))
+"""
+
+
+def test_predicted_snapshot_record_equals_what_a_host_reads(lab, api, target):
+    """GetTargetLuns' prediction (from the serial the array chose at prepare) is exactly the
+    record FillInLunInfo builds from the real disk on a host (VPD pages 0x80/0x83 in sysfs)."""
+    vol = name("ident")
+    b = lab.vm("host-b")
+    api.call("POST", "/v1/luns", {"name": vol, "size_bytes": SIZE})
+    set_id, snap_id = str(uuid.uuid4()), str(uuid.uuid4())
+    prepared = api.call("POST", "/v1/snapshot-sets", {"set_id": set_id, "snapshots": [
+        {"snapshot_id": snap_id, "lun": vol}]})["snapshots"][0]
+    api.call("POST", f"/v1/snapshot-sets/{set_id}/commit")
+    lun = api.call("PUT", f"/v1/luns/snap-{snap_id}/masks",
+                   {"initiator": initiator(b), "chap_user": CHAP["host-b"][0], "chap_secret": CHAP["host-b"][1]})
+    node = login(lab, b, target)
+    try:
+        assert node.login()
+        disk = node.scan(lun["lun_id"], prepared["wwid"])
+        out = json.loads(b.run(["python3", "-c", READ_RECORD, disk["device"], prepared["serial"]]).stdout)
+        assert out["seen"] == out["predicted"], (out["seen"], out["predicted"])
+        assert out["equal"] and out["matches"]
+        naa = [i for i in out["seen"]["device_id_descriptor"]["identifiers"] if i["type"] == 3]
+        assert [i["identifier"] for i in naa] == [prepared["wwid"].removeprefix("naa.")]
+    finally:
+        node.remove()
+        api.call("POST", f"/v1/snapshot-sets/{set_id}/abort")
+        api.call("DELETE", f"/v1/luns/{vol}")

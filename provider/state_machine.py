@@ -1,0 +1,614 @@
+"""Sequencing rules of the provider's creation calls (spec §7.1/§7.2) and of the requester object (§7.3).
+
+VSS serializes creation, but it also restarts a sequence without notice, aborts from another thread and
+sends stray calls, and the provider must answer each case with the code of the contract. These rules are
+kept here, as pure tables apart from any array I/O, for three reasons: the provider consults them before
+it does any work, the tests list them cell by cell, and the docs can print them.
+
+Spec references are "§section l.line" of /work/shared/spec/vss-hardware-provider.md. Where the spec
+is ambiguous or contradicts itself, the choice is marked "DECISION" and quotes the spec text.
+"""
+from __future__ import annotations
+
+import enum
+import threading
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from provider.hresult import HResult, VssError, VssRuntimeError, vss_error
+
+SetId = uuid.UUID
+
+
+# --- provider side: states, methods ------------------------------------------------------------
+
+@enum.unique
+class ProviderState(enum.Enum):
+    """The states of §7 l.674-676 (names borrowed from VSS_SNAPSHOT_STATE, as the samples do)."""
+
+    IDLE = "idle"                  # = VSS_SS_UNKNOWN: no set held
+    PREPARING = "preparing"
+    PREPARED = "prepared"
+    PRECOMMITTED = "precommitted"
+    COMMITTED = "committed"
+    CREATED = "created"            # post-commit done
+    ABORTED = "aborted"
+
+    @property
+    def in_progress(self) -> bool:
+        """A set is being created: the "↺" columns of §7.2, the "non-terminal" states of §7.1 l.698."""
+        return self in _IN_PROGRESS
+
+
+_IN_PROGRESS = frozenset({ProviderState.PREPARING, ProviderState.PREPARED,
+                          ProviderState.PRECOMMITTED, ProviderState.COMMITTED})
+
+
+@enum.unique
+class ProviderMethod(enum.Enum):
+    """Every provider method that §7.1/§7.2 give a rule for; the value is the snake_case RPC name."""
+
+    # IVssProviderCreateSnapshotSet and the creation calls of IVssHardwareSnapshotProvider
+    BEGIN_PREPARE_SNAPSHOT = "begin_prepare_snapshot"
+    END_PREPARE_SNAPSHOTS = "end_prepare_snapshots"
+    PRE_COMMIT_SNAPSHOTS = "pre_commit_snapshots"
+    COMMIT_SNAPSHOTS = "commit_snapshots"
+    POST_COMMIT_SNAPSHOTS = "post_commit_snapshots"
+    GET_TARGET_LUNS = "get_target_luns"
+    PRE_FINAL_COMMIT_SNAPSHOTS = "pre_final_commit_snapshots"
+    POST_FINAL_COMMIT_SNAPSHOTS = "post_final_commit_snapshots"
+    ABORT_SNAPSHOTS = "abort_snapshots"
+    # "non-creation methods" (§7.2 l.714), listed by §7.1 l.699, including the Ex ones.
+    # OnReuseLuns is in neither list: reserved, never called by the coordinator (§5.2.16 l.627).
+    ARE_LUNS_SUPPORTED = "are_luns_supported"
+    FILL_IN_LUN_INFO = "fill_in_lun_info"
+    LOCATE_LUNS = "locate_luns"
+    ON_LUN_EMPTY = "on_lun_empty"
+    ON_LUN_STATE_CHANGE = "on_lun_state_change"
+    RESYNC_LUNS = "resync_luns"
+    GET_PROVIDER_CAPABILITIES = "get_provider_capabilities"
+    # IVssProviderNotifications: not in §7.2, but §7.1 l.698 gives it a transition
+    ON_UNLOAD = "on_unload"
+
+    @property
+    def spec_name(self) -> str:
+        """The COM name: "BeginPrepareSnapshot"."""
+        return "".join(word.capitalize() for word in self.value.split("_"))
+
+    @property
+    def takes_set_id(self) -> bool:
+        return self in SET_ID_METHODS
+
+    @property
+    def is_creation(self) -> bool:
+        """False for the §7.1 l.699 methods that must not disturb an in-progress set."""
+        return self not in NON_CREATION_METHODS
+
+
+SET_ID_METHODS = frozenset({
+    ProviderMethod.BEGIN_PREPARE_SNAPSHOT, ProviderMethod.END_PREPARE_SNAPSHOTS,
+    ProviderMethod.PRE_COMMIT_SNAPSHOTS, ProviderMethod.COMMIT_SNAPSHOTS,
+    ProviderMethod.POST_COMMIT_SNAPSHOTS, ProviderMethod.PRE_FINAL_COMMIT_SNAPSHOTS,
+    ProviderMethod.POST_FINAL_COMMIT_SNAPSHOTS, ProviderMethod.ABORT_SNAPSHOTS,
+})
+NON_CREATION_METHODS = frozenset({
+    ProviderMethod.ARE_LUNS_SUPPORTED, ProviderMethod.FILL_IN_LUN_INFO, ProviderMethod.LOCATE_LUNS,
+    ProviderMethod.ON_LUN_EMPTY, ProviderMethod.ON_LUN_STATE_CHANGE, ProviderMethod.RESYNC_LUNS,
+    ProviderMethod.GET_PROVIDER_CAPABILITIES,
+})
+
+
+@enum.unique
+class SetMatch(enum.Enum):
+    """How a call's set id relates to the set the machine holds; a key of TRANSITIONS."""
+
+    CURRENT = "current"   # the id of the set held (in progress, created, or aborted)
+    OTHER = "other"       # any other id; in IDLE every id, since IDLE holds no set
+    NONE = "none"         # the method takes no set id
+
+
+@enum.unique
+class Verdict(enum.Enum):
+    """The answer to a call; the value is the glyph of the §7.2 matrix."""
+
+    LEGAL = "✓"
+    RESTART = "↺"               # legal: the set held died silently; discard it, then start the new one
+    NO_OP = "✓ (no-op)"         # legal, nothing to do: answer S_OK
+    OUT_OF_SEQUENCE = "✗"       # VSS_E_PROVIDER_VETO, and the set is aborted
+    UNKNOWN_SET = "✗ (unknown set)"  # VSS_E_OBJECT_NOT_FOUND, nothing changes
+
+    @property
+    def allowed(self) -> bool:
+        return self in (Verdict.LEGAL, Verdict.RESTART, Verdict.NO_OP)
+
+    @property
+    def error(self) -> HResult | None:
+        # §16.3 #3 l.1160-1161: "Use OBJECT_NOT_FOUND for an unknown id, VETO for an out-of-order call."
+        # VSS_E_BAD_STATE is the requester side's answer (§7.3 l.726), never the provider's.
+        if self is Verdict.OUT_OF_SEQUENCE:
+            return HResult.VSS_E_PROVIDER_VETO
+        if self is Verdict.UNKNOWN_SET:
+            return HResult.VSS_E_OBJECT_NOT_FOUND
+        return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One cell: what a call does in one state.
+
+    `at_begin` is the state that begin() enters at once (None: unchanged until the outcome). `next` is
+    the state after succeeded(), or after begin() when the call is refused or takes effect at once.
+    `on_failure` is the state after failed(). `discard` means the provider must delete every copy of the
+    set held before the call. `handed_out` replaces this rule once GetTargetLuns has described the held
+    set's LUNs (§7.1 l.695).
+    """
+
+    verdict: Verdict
+    next: ProviderState
+    on_failure: ProviderState
+    at_begin: ProviderState | None = None
+    discard: bool = False
+    handed_out: Rule | None = None
+
+
+def _unchanged(state: ProviderState, verdict: Verdict = Verdict.LEGAL) -> Rule:
+    return Rule(verdict, state, state)
+
+
+def _abort_effect(state: ProviderState, verdict: Verdict) -> Rule:
+    """The effect of AbortSnapshots(held set) in `state`, under the verdict given.
+
+    §7.2 l.701 defines ✗ as "VETO + abort", so an out-of-sequence call has exactly this effect too.
+    """
+    A = ProviderState.ABORTED
+    if state is ProviderState.IDLE or state is A:
+        # §7.2 l.713: "✓ (no-op)" in IDLE and ABORTED. DECISION: IDLE stays IDLE although §7.1 l.694
+        # says "IDLE…COMMITTED | AbortSnapshots | ABORTED": IDLE holds no set, so there is nothing to
+        # abort, and entering ABORTED would invent a set the provider never had.
+        return _unchanged(state, Verdict.NO_OP if verdict is Verdict.LEGAL else verdict)
+    if state is ProviderState.CREATED:
+        # §7.2 l.713 "✓ (ignored)"; §7.1 l.695 (design): "if the set was never handed out (GetTargetLuns
+        # not yet called) delete it, else keep & log", and §16.3 #4 l.1162-1164: "the provider should then
+        # delete everything of the set". DECISION: a deleted set goes to ABORTED, not to the "CREATED" of
+        # l.695, so that no later GetTargetLuns/Pre-/PostFinalCommit can succeed for LUNs that are gone.
+        kept = _unchanged(state, Verdict.NO_OP if verdict is Verdict.LEGAL else verdict)
+        return Rule(verdict, A, A, at_begin=A, discard=True, handed_out=kept)
+    # PREPARING…COMMITTED, §7.1 l.694: "delete every copy of S (uncommitted, pre-committed, and — our
+    # choice — committed) | ABORTED". Applied at begin(): the abort must also stop a concurrent long
+    # EndPrepareSnapshots (§5.2.9 l.573), and its result is "S_OK (always)" (l.694).
+    return Rule(verdict, A, A, at_begin=A, discard=True)
+
+
+# §7.1 l.687-690: the one state in which each step is legal, and where it leads.
+_STEPS: dict[ProviderMethod, tuple[ProviderState, ProviderState]] = {
+    ProviderMethod.END_PREPARE_SNAPSHOTS: (ProviderState.PREPARING, ProviderState.PREPARED),
+    ProviderMethod.PRE_COMMIT_SNAPSHOTS: (ProviderState.PREPARED, ProviderState.PRECOMMITTED),
+    ProviderMethod.COMMIT_SNAPSHOTS: (ProviderState.PRECOMMITTED, ProviderState.COMMITTED),
+    ProviderMethod.POST_COMMIT_SNAPSHOTS: (ProviderState.COMMITTED, ProviderState.CREATED),
+}
+_FINAL_COMMITS = (ProviderMethod.PRE_FINAL_COMMIT_SNAPSHOTS, ProviderMethod.POST_FINAL_COMMIT_SNAPSHOTS)
+
+
+def _rule(state: ProviderState, method: ProviderMethod, match: SetMatch) -> Rule:
+    S = ProviderState
+    oos = Verdict.OUT_OF_SEQUENCE
+    if method in NON_CREATION_METHODS:
+        # §7.1 l.699 / §7.2 l.714: legal in every state, "must not disturb an in-progress set".
+        return _unchanged(state)
+    if method is ProviderMethod.ON_UNLOAD:
+        # §7.1 l.698: "any non-terminal | OnUnload | treat as abort of in-progress set | IDLE". §2.2 l.132:
+        # samples "delete uncommitted copies, return to idle". DECISION: in the terminal states (IDLE,
+        # CREATED, ABORTED) it also ends in IDLE but deletes nothing: a created set is complete on the array
+        # (§17.2 #1 l.1222), an aborted one is gone already. Its failure changes nothing: VSS releases the
+        # provider whatever it answers (the return value is not translated, §8 l.758).
+        return Rule(Verdict.LEGAL, S.IDLE, S.IDLE, at_begin=S.IDLE, discard=state.in_progress)
+    if method is ProviderMethod.ABORT_SNAPSHOTS:
+        if match is SetMatch.OTHER:
+            # §7.1 l.694 "S_OK (always)"; AbortSnapshots is idempotent (§5.1 l.483). DECISION: an abort for
+            # a set not held is an S_OK no-op, not VSS_E_OBJECT_NOT_FOUND (l.697), and above all it must not
+            # touch the held set: a late abort of a dead set cannot kill the one that replaced it.
+            return _unchanged(state, Verdict.NO_OP)
+        return _abort_effect(state, Verdict.LEGAL)
+    if method is ProviderMethod.BEGIN_PREPARE_SNAPSHOT:
+        # Failure, whatever its code (§7.1 l.686: unsupported context/volume; also E_OUTOFMEMORY,
+        # MAXIMUM_NUMBER_OF_VOLUMES_REACHED, …): "cleanup set | ABORTED". The new set is taken at begin(),
+        # so that from then on a late call for the old set is a call for an unknown set (§16.3 #3).
+        if state is S.PREPARING and match is SetMatch.CURRENT:
+            # §7.1 l.684, §7.2 l.705: ✓ "add new LUNs; skip LUNs already planned".
+            return Rule(Verdict.LEGAL, S.PREPARING, S.ABORTED)
+        if state.in_progress:
+            # §7.2 l.705-706 ↺; §7.1 l.685 "the old sequence silently died: delete its uncommitted *and*
+            # committed-but-unfinished copies; start S'"; §5.2.2 l.511-513. The same id in PREPARED…COMMITTED
+            # is also ↺ (l.705 "↺ (samples)"): the set restarts from scratch under its own id.
+            return Rule(Verdict.RESTART, S.PREPARING, S.ABORTED, at_begin=S.PREPARING, discard=True)
+        # IDLE / CREATED / ABORTED, §7.1 l.683, §7.2 l.705-706 ✓ ("✓ (new set)" in CREATED even for the
+        # same id): "clear per-set list; remember S". Nothing is deleted: a created set is finished.
+        return Rule(Verdict.LEGAL, S.PREPARING, S.ABORTED, at_begin=S.PREPARING)
+    if method is ProviderMethod.GET_TARGET_LUNS:
+        # No set id: it names LUNs, not a set (§5.2.7 l.550), so only the matrix applies.
+        if state in (S.COMMITTED, S.CREATED):
+            # §7.2 l.711 ✓; §7.1 l.691 "unchanged | S_OK / VETO if LUN unknown". DECISION (§16.3 #1
+            # l.1155-1156, "accept both" positions): legal before and after Pre/PostFinalCommit. Its failure
+            # leaves the state unchanged (l.691); VSS then sends AbortSnapshots (§6 l.664), which cleans up.
+            return _unchanged(state)
+        return _abort_effect(state, oos)
+    # The remaining methods take a set id and are legal in one state each (Pre/PostFinal: CREATED).
+    if state is S.IDLE and method in _FINAL_COMMITS:
+        # §7.2 l.712 "✗ (samples return S_OK)" and l.716-717 (design): "Be lenient on these two: return
+        # S_OK if the set id matches or no set is active." IDLE holds no set, so: S_OK, for any id.
+        return _unchanged(state, Verdict.NO_OP)
+    if match is SetMatch.OTHER:
+        # §7.1 l.697 "same call with unknown set id | unchanged or ABORTED | VSS_E_OBJECT_NOT_FOUND (doc)";
+        # §5.2.3 l.522; §16.3 #3. The id check comes before the sequence check, so in IDLE (which knows no
+        # set: a fresh or restarted provider) EndPrepare…PostCommit answer OBJECT_NOT_FOUND, not the ✗ VETO
+        # of l.707-710. DECISION "unchanged", not ABORTED: a call about another set says nothing certain about
+        # ours, and a stray call must not destroy it; a dead set is discarded by the next
+        # BeginPrepareSnapshot (↺) or AbortSnapshots anyway.
+        return _unchanged(state, Verdict.UNKNOWN_SET)
+    if method in _FINAL_COMMITS:
+        if state is S.CREATED:
+            # §7.1 l.692-693, §7.2 l.712 ✓. DECISION: PostFinalCommit stays CREATED, not "(or IDLE)"
+            # (l.693): GetTargetLuns may still follow (§16.3 #1) and needs the set. A failure leaves the
+            # committed set alone; VSS's AbortSnapshots decides its fate (§7.1 l.695).
+            return _unchanged(state)
+        # §7.2 l.712 ✗ in PREPARING…COMMITTED and ABORTED. DECISION: the lenience of l.717 ("if the set
+        # id matches") covers only CREATED and IDLE, where the samples' unconditional S_OK is harmless;
+        # mid-creation these calls mean VSS skipped steps, and in ABORTED the copies no longer exist.
+        return _abort_effect(state, oos)
+    legal_in, leads_to = _STEPS[method]
+    if state is legal_in:
+        # §7.1 l.687-690, §7.2 l.707-710 ✓. Any failure → ABORTED: l.687 INSUFFICIENT_STORAGE "(→ ABORTED)",
+        # l.689 VETO "(→ ABORTED, delete partial copies)"; the same for PreCommit/PostCommit (no partial
+        # commit, §8 l.735).
+        return Rule(Verdict.LEGAL, leads_to, S.ABORTED)
+    # §7.1 l.696 "wrong state | EndPrepare / PreCommit / Commit / PostCommit | log; cleanup the set |
+    # ABORTED | VSS_E_PROVIDER_VETO", §7.2 l.701 "✗ = out of sequence ⇒ VETO + abort".
+    return _abort_effect(state, oos)
+
+
+def _matches(state: ProviderState, method: ProviderMethod) -> tuple[SetMatch, ...]:
+    if not method.takes_set_id:
+        return (SetMatch.NONE,)
+    if state is ProviderState.IDLE:
+        return (SetMatch.OTHER,)
+    return (SetMatch.CURRENT, SetMatch.OTHER)
+
+
+TRANSITIONS: Mapping[tuple[ProviderState, ProviderMethod, SetMatch], Rule] = MappingProxyType({
+    (state, method, match): _rule(state, method, match)
+    for state in ProviderState for method in ProviderMethod for match in _matches(state, method)
+})
+"""Every (state, method, set match) the provider can meet, with its rule; read-only."""
+
+
+def format_matrix() -> str:
+    """TRANSITIONS as a Markdown table in the layout of §7.2 (rows: method and set match)."""
+    states = list(ProviderState)
+    lines = ["| Call \\ State | " + " | ".join(s.name for s in states) + " |",
+             "|---" * (len(states) + 1) + "|"]
+    for method in ProviderMethod:
+        for match in (SetMatch.CURRENT, SetMatch.OTHER, SetMatch.NONE):
+            cells = []
+            for state in states:
+                rule = TRANSITIONS.get((state, method, match))
+                if rule is None:
+                    cells.append("")
+                    continue
+                text = f"{rule.verdict.value} → {rule.next.name}"
+                if rule.handed_out is not None:
+                    text += f" (handed out: {rule.handed_out.verdict.value} → {rule.handed_out.next.name})"
+                cells.append(text)
+            if any(cells):
+                label = method.spec_name
+                if match is not SetMatch.NONE:
+                    label += f" ({match.value} set)"
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --- provider side: the machine ----------------------------------------------------------------
+
+class OutOfSequenceError(VssRuntimeError):
+    """VSS_E_PROVIDER_VETO for a call out of sequence.
+
+    `discard` names the set whose copies the provider must now delete (None: nothing to delete). §8
+    l.753 makes the provider log an event for every VETO; the machine does not log, because only the
+    provider knows whether volumes are frozen right now (no logging then, §8 l.736-737).
+    """
+
+    discard: SetId | None = None
+
+
+@dataclass(eq=False)
+class Call:
+    """A call that begin() allowed.
+
+    The provider first deletes every copy of `discard` (if not None), then does the method's work unless
+    the verdict is NO_OP, then reports succeeded() or failed(). `cancelled` is set when an abort, unload
+    or restart supersedes the call: a long EndPrepareSnapshots waits on it (§5.2.3 l.518-519).
+    """
+
+    method: ProviderMethod
+    set_id: SetId | None
+    verdict: Verdict
+    discard: SetId | None = None
+    cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+
+
+def as_set_id(value: SetId | str) -> SetId:
+    """A set id from a UUID or its text ("{…}" and upper case accepted); E_INVALIDARG otherwise."""
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise vss_error(HResult.E_INVALIDARG, f"not a snapshot set id: {value!r}") from None
+
+
+class ProviderStateMachine:
+    """The creation state of one provider instance (§7); thread-safe.
+
+    Creation calls arrive one at a time (VSS serializes them, §7 l.672), but AbortSnapshots may arrive
+    during a long EndPrepareSnapshots (§5.2.9 l.573) and the non-creation methods at any time; hence the
+    lock, and a pending call that an abort can supersede.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = ProviderState.IDLE
+        self._set_id: SetId | None = None
+        self._handed_out = False
+        self._pending: tuple[Call, Rule] | None = None
+
+    @property
+    def state(self) -> ProviderState:
+        return self._state
+
+    @property
+    def set_id(self) -> SetId | None:
+        """The set held: in progress, created or aborted; None in IDLE."""
+        return self._set_id
+
+    @property
+    def handed_out(self) -> bool:
+        """GetTargetLuns succeeded for the set held; an abort in CREATED then keeps the set (§7.1 l.695)."""
+        return self._handed_out
+
+    def begin(self, method: ProviderMethod, set_id: SetId | str | None = None) -> Call:
+        """Check a call before the provider does any work, and return what it must do.
+
+        Raises OutOfSequenceError (VSS_E_PROVIDER_VETO) for an out-of-sequence call and a VssUserError
+        VSS_E_OBJECT_NOT_FOUND for a set id that is not the one held; after the former the set is aborted
+        (the state is already ABORTED, or as the matrix says).
+        """
+        if method.takes_set_id:
+            if set_id is None:
+                raise vss_error(HResult.E_INVALIDARG, f"{method.spec_name} needs a snapshot set id")
+            sid: SetId | None = as_set_id(set_id)
+        elif set_id is not None:
+            raise ValueError(f"{method.spec_name} takes no snapshot set id")
+        else:
+            sid = None
+        with self._lock:
+            state = self._state
+            if not method.takes_set_id:
+                match = SetMatch.NONE
+            elif self._set_id is not None and sid == self._set_id:
+                match = SetMatch.CURRENT
+            else:
+                match = SetMatch.OTHER
+            rule = TRANSITIONS[(state, method, match)]
+            if rule.handed_out is not None and self._handed_out:
+                rule = rule.handed_out
+            call = Call(method, sid, rule.verdict, self._set_id if rule.discard else None)
+            if rule.discard or (rule.at_begin is not None and rule.at_begin is not state):
+                self._supersede()
+            if rule.at_begin is not None:
+                new_set = method is ProviderMethod.BEGIN_PREPARE_SNAPSHOT
+                self._enter(rule.at_begin, sid if new_set else self._set_id)
+            if not rule.verdict.allowed:
+                raise self._refusal(call, state)
+            if rule.verdict is not Verdict.NO_OP and method.is_creation and method not in (
+                    ProviderMethod.ABORT_SNAPSHOTS, ProviderMethod.ON_UNLOAD):
+                self._supersede()
+                self._pending = (call, rule)
+            return call
+
+    def succeeded(self, method: ProviderMethod) -> ProviderState:
+        """The pending `method` returned S_OK: apply its transition. Returns the state after it."""
+        return self._finish(method, ok=True)
+
+    def failed(self, method: ProviderMethod) -> ProviderState:
+        """The pending `method` failed: apply its failure transition. Returns the state after it."""
+        return self._finish(method, ok=False)
+
+    def _finish(self, method: ProviderMethod, ok: bool) -> ProviderState:
+        with self._lock:
+            pending = self._pending
+            # Nothing pending for this method: it was superseded (by an abort, unload or restart), or it
+            # took effect in begin() (AbortSnapshots, OnUnload, BeginPrepare's set switch), or it is a
+            # non-creation method or a no-op. Either way there is nothing left to apply.
+            if pending is None or pending[0].method is not method:
+                return self._state
+            call, rule = pending
+            self._pending = None
+            self._enter(rule.next if ok else rule.on_failure, self._set_id)
+            if ok and method is ProviderMethod.GET_TARGET_LUNS:
+                self._handed_out = True
+            return self._state
+
+    def _enter(self, state: ProviderState, set_id: SetId | None) -> None:
+        if state is ProviderState.IDLE:
+            set_id = None
+        restarted = state is ProviderState.PREPARING and self._state is not ProviderState.PREPARING
+        if set_id != self._set_id or restarted:
+            self._handed_out = False      # another, fresh or restarted set: nothing handed out yet
+        self._state, self._set_id = state, set_id
+
+    def _supersede(self) -> None:
+        if self._pending is not None:
+            self._pending[0].cancelled.set()
+            self._pending = None
+
+    def _refusal(self, call: Call, state: ProviderState) -> VssError:
+        what = f"{call.method.spec_name}({call.set_id})" if call.set_id else call.method.spec_name
+        if call.verdict is Verdict.UNKNOWN_SET:
+            return vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
+                             f"{what}: unknown snapshot set (held: {self._set_id}, state {state.name})")
+        err = OutOfSequenceError(HResult.VSS_E_PROVIDER_VETO,
+                                 f"{what} out of sequence in state {state.name}; set aborted")
+        err.discard = call.discard
+        return err
+
+
+# --- requester side (§7.3) ---------------------------------------------------------------------
+
+@enum.unique
+class RequesterState(enum.Enum):
+    """The requester object's states. The first six are §7.3's names (l.721-726); the rest are ours."""
+
+    NEW = "new"
+    INIT_BACKUP = "init_backup"
+    SET_STARTED = "set_started"       # holds the host-wide creation lock (§8 l.734)
+    CREATING = "creating"
+    CREATED = "created"               # lock released
+    IMPORTED = "imported"
+    INIT_RESTORE = "init_restore"     # ours: after InitializeForRestore (l.725-726 names no state)
+    RECOVERED = "recovered"           # ours: after RecoverSet; only release remains
+    FAILED = "failed"                 # ours: DoSnapshotSet failed; only release remains (the spec is silent)
+    RELEASED = "released"             # ours: the object was released
+
+
+@enum.unique
+class RequesterMethod(enum.Enum):
+    """IVssBackupComponents calls of §7.3, plus the two outcomes of the asynchronous DoSnapshotSet."""
+
+    INITIALIZE_FOR_BACKUP = "initialize_for_backup"
+    INITIALIZE_FOR_RESTORE = "initialize_for_restore"
+    SET_CONTEXT = "set_context"
+    GATHER_WRITER_METADATA = "gather_writer_metadata"
+    ADD_COMPONENT = "add_component"
+    START_SNAPSHOT_SET = "start_snapshot_set"
+    ADD_TO_SNAPSHOT_SET = "add_to_snapshot_set"
+    PREPARE_FOR_BACKUP = "prepare_for_backup"
+    DO_SNAPSHOT_SET = "do_snapshot_set"
+    CREATION_SUCCEEDED = "creation_succeeded"   # DoSnapshotSet's IVssAsync reports success
+    CREATION_FAILED = "creation_failed"         # … or failure
+    SAVE_AS_XML = "save_as_xml"
+    BACKUP_COMPLETE = "backup_complete"
+    IMPORT_SNAPSHOTS = "import_snapshots"
+    ADD_SNAPSHOT_TO_RECOVERY_SET = "add_snapshot_to_recovery_set"
+    RECOVER_SET = "recover_set"
+    RELEASE = "release"
+
+
+@enum.unique
+class Needs(enum.Enum):
+    """A condition of §7.3 beyond the state; unmet ⇒ VSS_E_BAD_STATE."""
+
+    WRITERS = "the context involves writers"            # l.727: AddComponent/PrepareForBackup/BackupComplete
+    CONTEXT_UNSET = "SetContext not called yet"         # l.721 "SetContext (once)"
+    METADATA_NOT_GATHERED = "GatherWriterMetadata not called yet"   # l.721 order: SetContext before it
+    METADATA = "GatherWriterMetadata called"            # AddComponent selects from the gathered metadata
+    METADATA_IF_WRITERS = "GatherWriterMetadata called, for a writer context"   # l.721-722
+    NOT_PREPARED = "PrepareForBackup not called yet"    # l.722-723 order: AddToSnapshotSet ×N before it
+    PREPARED = "PrepareForBackup called"                # l.727-728 SaveAsXML not before PrepareForBackup
+    PREPARED_IF_WRITERS = "PrepareForBackup called, for a writer context"       # l.723
+    BCD = "initialized with a saved document"           # l.725 "INIT_BACKUP(with xml) → ImportSnapshots"
+
+
+@dataclass(frozen=True)
+class RequesterRule:
+    next: RequesterState
+    needs: frozenset[Needs] = frozenset()
+
+
+def _requester_table() -> dict[tuple[RequesterState, RequesterMethod], RequesterRule]:
+    R, M, N = RequesterState, RequesterMethod, Needs
+
+    def rule(next_state: RequesterState, *needs: Needs) -> RequesterRule:
+        return RequesterRule(next_state, frozenset(needs))
+
+    table = {
+        (R.NEW, M.INITIALIZE_FOR_BACKUP): rule(R.INIT_BACKUP),
+        (R.NEW, M.INITIALIZE_FOR_RESTORE): rule(R.INIT_RESTORE),
+        (R.INIT_BACKUP, M.SET_CONTEXT): rule(R.INIT_BACKUP, N.CONTEXT_UNSET, N.METADATA_NOT_GATHERED),
+        (R.INIT_BACKUP, M.GATHER_WRITER_METADATA): rule(R.INIT_BACKUP, N.METADATA_NOT_GATHERED),
+        (R.INIT_BACKUP, M.ADD_COMPONENT): rule(R.INIT_BACKUP, N.WRITERS, N.METADATA),
+        (R.INIT_BACKUP, M.START_SNAPSHOT_SET): rule(R.SET_STARTED, N.METADATA_IF_WRITERS),
+        (R.INIT_BACKUP, M.IMPORT_SNAPSHOTS): rule(R.IMPORTED, N.BCD),
+        (R.SET_STARTED, M.ADD_TO_SNAPSHOT_SET): rule(R.SET_STARTED, N.NOT_PREPARED),
+        (R.SET_STARTED, M.PREPARE_FOR_BACKUP): rule(R.SET_STARTED, N.WRITERS, N.NOT_PREPARED),
+        (R.SET_STARTED, M.SAVE_AS_XML): rule(R.SET_STARTED, N.PREPARED),
+        (R.SET_STARTED, M.DO_SNAPSHOT_SET): rule(R.CREATING, N.PREPARED_IF_WRITERS),
+        (R.CREATING, M.CREATION_SUCCEEDED): rule(R.CREATED),
+        (R.CREATING, M.CREATION_FAILED): rule(R.FAILED),
+        (R.CREATED, M.SAVE_AS_XML): rule(R.CREATED),
+        (R.CREATED, M.BACKUP_COMPLETE): rule(R.CREATED, N.WRITERS),
+        (R.INIT_RESTORE, M.ADD_SNAPSHOT_TO_RECOVERY_SET): rule(R.INIT_RESTORE),
+        (R.INIT_RESTORE, M.RECOVER_SET): rule(R.RECOVERED),
+    }
+    # l.724 "→ release": the object can be released in any state but the last.
+    for state in R:
+        if state is not R.RELEASED:
+            table[(state, M.RELEASE)] = RequesterRule(R.RELEASED)
+    return table
+
+
+REQUESTER_TRANSITIONS: Mapping[tuple[RequesterState, RequesterMethod], RequesterRule] = MappingProxyType(
+    _requester_table())
+"""The legal (state, call) pairs of §7.3 and their rules; every other pair is VSS_E_BAD_STATE."""
+
+VSS_VOLSNAP_ATTR_NO_WRITERS = 0x00000010   # §3.2 l.178; VSS_CTX_BACKUP (0, with writers) is the default
+
+
+class RequesterStateMachine:
+    """The sequence of one requester object (§7.3): any call out of order ⇒ VSS_E_BAD_STATE (l.726)."""
+
+    def __init__(self) -> None:
+        self.state = RequesterState.NEW
+        self.context: int | None = None
+        self.bcd = False
+        self.metadata = False
+        self.prepared = False
+
+    @property
+    def writers(self) -> bool:
+        """§3.3 l.218-219: contexts without the NO_WRITERS bit involve writers; unset = VSS_CTX_BACKUP."""
+        return not ((self.context or 0) & VSS_VOLSNAP_ATTR_NO_WRITERS)
+
+    def call(self, method: RequesterMethod, *, context: int | None = None,
+             bcd: bool = False) -> RequesterState:
+        """Check and apply one call. `context`: SetContext's value; `bcd`: InitializeForBackup got XML."""
+        rule = REQUESTER_TRANSITIONS.get((self.state, method))
+        if rule is None:
+            raise vss_error(HResult.VSS_E_BAD_STATE, f"{method.value} not allowed in state {self.state.name}")
+        met = {
+            Needs.WRITERS: self.writers,
+            Needs.CONTEXT_UNSET: self.context is None,
+            Needs.METADATA_NOT_GATHERED: not self.metadata,
+            Needs.METADATA: self.metadata,
+            Needs.METADATA_IF_WRITERS: self.metadata or not self.writers,
+            Needs.NOT_PREPARED: not self.prepared,
+            Needs.PREPARED: self.prepared,
+            Needs.PREPARED_IF_WRITERS: self.prepared or not self.writers,
+            Needs.BCD: self.bcd,
+        }
+        unmet = [need.value for need in rule.needs if not met[need]]
+        if unmet:
+            raise vss_error(HResult.VSS_E_BAD_STATE,
+                            f"{method.value} in state {self.state.name} needs: {', '.join(sorted(unmet))}")
+        if method is RequesterMethod.SET_CONTEXT:
+            if context is None:
+                raise vss_error(HResult.E_INVALIDARG, "SetContext needs a context value")
+            self.context = context & 0xFFFFFFFF
+        elif method is RequesterMethod.INITIALIZE_FOR_BACKUP:
+            self.bcd = bcd
+        elif method is RequesterMethod.GATHER_WRITER_METADATA:
+            self.metadata = True
+        elif method is RequesterMethod.PREPARE_FOR_BACKUP:
+            self.prepared = True
+        self.state = rule.next
+        return self.state
