@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 from provider.hresult import HResult, VssError, http_status, vss_error
 
 from .array import Array, ArrayConfig, LunView, san_portals
-from .lio import Lio
+from .lio import ISCSI_PORT, Lio
 from .lvm import Lvm
 from .store import Job, Store
 
@@ -103,6 +103,10 @@ def create_app(array: Array, token: str) -> FastAPI:
     @app.get("/v1/pool", dependencies=guard, summary="thin pool data and metadata use")
     def pool() -> dict:
         return array.pool()
+
+    @app.get("/v1/target", dependencies=guard, summary="the iSCSI target hosts log in to, and its portals")
+    def target() -> dict:
+        return {"iqn": array.lio.target_iqn, "portals": [f"{ip}:{ISCSI_PORT}" for ip in array.lio.portals]}
 
     @app.get("/v1/luns", dependencies=guard, summary="every LUN with the identity hosts will read")
     def luns() -> list[dict]:

@@ -68,6 +68,9 @@ class ArrayClient:
     def pool(self) -> dict:
         return self.call("GET", "/v1/pool")
 
+    def target(self) -> dict:
+        return self.call("GET", "/v1/target")
+
     def luns(self) -> list[dict]:
         return self.call("GET", "/v1/luns")
 

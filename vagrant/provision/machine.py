@@ -189,6 +189,18 @@ def setup_agent(entry: dict, topology: dict) -> None:
     log(f"array agent on https://{mgmt}:{port}")
 
 
+def setup_host_chap(name: str) -> None:
+    """This host's CHAP credentials, which its provider gives the array with every unmask."""
+    path = Path("/etc/shadowlun/host.json")
+    if path.exists():
+        return
+    import secrets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text(json.dumps({"chap_user": name, "chap_secret": secrets.token_hex(8)}) + "\n")
+
+
 def cmd_setup(args: argparse.Namespace) -> None:
     entry = machine_entry(args.machines, args.name)
     CONFIG.parent.mkdir(parents=True, exist_ok=True)
@@ -197,6 +209,8 @@ def cmd_setup(args: argparse.Namespace) -> None:
     setup_initiator(entry["name"])
     install_network_unit()
     configure_networks(entry["networks"])
+    if entry["role"] == "host":
+        setup_host_chap(entry["name"])
     if entry["role"] == "array":
         setup_pool(entry["disks"])
         setup_agent(entry, json.loads(args.machines.read_text()))

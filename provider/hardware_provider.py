@@ -1,0 +1,408 @@
+"""shadowlun's VSS hardware provider: IVssProviderCreateSnapshotSet, IVssHardwareSnapshotProvider,
+IVssHardwareSnapshotProviderEx and IVssProviderNotifications, in snake_case, over the array agent.
+
+Values cross the provider server's RPC as JSON: LUN records are VDS_LUN_INFORMATION dicts
+(`LunInformation.to_dict()`), ids are GUID strings. The provider keeps nothing essential in
+memory between sequences (spec 17.2 #1): a LUN is found on the array from its record alone (the
+serial), so any host's provider can locate, resync or reclaim it.
+
+Slow work is in BeginPrepareSnapshot / EndPrepareSnapshots (the array chooses names and serials
+and checks space there); CommitSnapshots only asks the array to commit.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .hresult import HResult, VssError, VssUserError, vss_error
+from .lun_info import LIO_VENDOR, predict_lio_lun_info, read_lun_info
+from .state_machine import OutOfSequenceError, ProviderMethod, ProviderStateMachine, Verdict
+from .vss_types import (
+    LunInformation,
+    ProviderCapabilities,
+    SnapshotContext,
+    VolumeSnapshotAttributes,
+    split_context,
+)
+
+log = logging.getLogger("shadowlun.provider")
+
+PROVIDER_ID = uuid.UUID("5b1f3a3e-6c2d-4d8e-9a57-3f0e1c4b7a21")
+VERSION_ID = uuid.UUID("0d6f0c1e-2b3a-4c5d-8e9f-a0b1c2d3e4f5")
+PROVIDER_NAME = "shadowlun hardware provider"
+PROVIDER_VERSION = "0.1.0"
+HOST_FILE = Path("/etc/shadowlun/host.json")
+DISK_WAIT_S = 60.0
+
+# What this provider can do: thin snapshots (differential) that travel to other hosts. Full
+# copies (plex) exist on the array as long-running jobs, which cannot finish inside a commit,
+# so PLEX contexts are refused in AreLunsSupported rather than failing later.
+UNSUPPORTED_ATTRIBUTES = VolumeSnapshotAttributes.VSS_VOLSNAP_ATTR_PLEX
+SUPPORTED_CONTEXTS = frozenset({
+    SnapshotContext.VSS_CTX_BACKUP, SnapshotContext.VSS_CTX_FILE_SHARE_BACKUP,
+    SnapshotContext.VSS_CTX_NAS_ROLLBACK, SnapshotContext.VSS_CTX_APP_ROLLBACK,
+})
+
+
+class Array(Protocol):
+    """What the provider needs of the array agent (targets.client.ArrayClient)."""
+
+    def luns(self) -> list[dict]: ...
+    def target(self) -> dict: ...
+    def pool(self) -> dict: ...
+    def prepare_set(self, set_id: str, snapshots: list[dict]) -> dict: ...
+    def commit_set(self, set_id: str) -> dict: ...
+    def abort_set(self, set_id: str) -> dict: ...
+    def mask(self, name: str, initiator: str, chap_user: str, chap_secret: str, read_only: bool = False) -> dict: ...
+    def unmask(self, name: str, initiator: str) -> dict: ...
+    def delete(self, name: str) -> None: ...
+    def start_resync(self, name: str, snapshot: str) -> dict: ...
+    def wait_job(self, job_id: str, timeout: float, on_progress=None) -> dict: ...
+
+
+class Initiator(Protocol):
+    """What the provider needs of the host's iSCSI initiator (provider.iscsi.Initiator)."""
+
+    def login(self, target_iqn: str, portal: str, chap_user: str, chap_secret: str,
+              iface: str | None = None) -> int: ...
+    def scan_lun(self, host: int, lun: int) -> None: ...
+    def wait_for_disk(self, wwid: str, timeout: float) -> str: ...
+    def find_disk(self, wwid: str) -> str | None: ...
+    def disconnect(self, target_iqn: str, portal: str, disks: list[str]) -> None: ...
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    initiator: str
+    chap_user: str
+    chap_secret: str
+
+
+@dataclass
+class PendingSet:
+    """A set between BeginPrepareSnapshot and the end of creation (in memory; the array keeps
+    the durable part from EndPrepareSnapshots on)."""
+
+    set_id: str
+    context: int
+    members: dict[str, str] = field(default_factory=dict)      # origin LUN name -> array snapshot id
+    volumes: dict[str, list[str]] = field(default_factory=dict)  # VSS snapshot id -> origin LUN names
+    serials: dict[str, str] = field(default_factory=dict)      # origin LUN name -> shadow LUN serial
+
+
+def array_snapshot_id(snapshot_id: str, lun: str) -> str:
+    """One array snapshot per (VSS snapshot, LUN): a volume may span several LUNs."""
+    return str(uuid.uuid5(uuid.UUID(snapshot_id), lun))
+
+
+def record(d: Any) -> LunInformation:
+    return LunInformation.from_dict(d)
+
+
+class ShadowLunProvider:
+    def __init__(self, array: Array, initiator: Initiator, host: HostIdentity,
+                 sysfs_block: Path = Path("/sys/block")) -> None:
+        self.array, self.initiator, self.host, self.sysfs_block = array, initiator, host, sysfs_block
+        self.sm = ProviderStateMachine()
+        self._sets: dict[str, PendingSet] = {}
+        self._lock = threading.RLock()
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _creation(self, method: ProviderMethod, set_id: str, work: Callable[[], Any]) -> Any:
+        """Run one creation call through the state machine: discard a superseded set first, do
+        the work unless it is a no-op, and report success or failure (which aborts the set)."""
+        try:
+            call = self.sm.begin(method, set_id)
+        except OutOfSequenceError as e:
+            if e.discard:
+                self._discard(str(e.discard))
+            log.error("VETO: %s", e)
+            raise
+        if call.discard:
+            self._discard(str(call.discard))
+        if call.verdict is Verdict.NO_OP:
+            return None
+        try:
+            result = work()
+        except VssError as e:
+            self.sm.failed(method)
+            if method is not ProviderMethod.ABORT_SNAPSHOTS:
+                self._discard(set_id)
+            log.error("%s(%s) failed: %s", method.spec_name, set_id, e)
+            raise
+        except Exception as e:
+            self.sm.failed(method)
+            self._discard(set_id)
+            log.exception("%s(%s) failed", method.spec_name, set_id)
+            raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"{method.spec_name}: {e}") from e
+        self.sm.succeeded(method)
+        return result
+
+    def _discard(self, set_id: str) -> None:
+        """Delete everything of a set on the array (best effort, logged), forget it here."""
+        with self._lock:
+            self._sets.pop(str(set_id), None)
+        try:
+            self.array.abort_set(str(set_id))
+        except VssUserError as e:
+            if e.hresult != HResult.VSS_E_OBJECT_NOT_FOUND:  # never reached the array: nothing to undo
+                log.error("discard of set %s: %s", set_id, e)
+        except VssError as e:
+            log.error("discard of set %s: %s", set_id, e)
+
+    def _inventory_by_serial(self) -> dict[str, dict]:
+        return {lun["serial"]: lun for lun in self.array.luns()}
+
+    def _lun_for(self, info: LunInformation, inventory: dict[str, dict]) -> dict | None:
+        """The array LUN a record describes: our vendor, a serial the array knows, and the same
+        NAA identity (so a foreign LUN with a colliding serial is not taken for ours)."""
+        if info.vendor_id.rstrip() != LIO_VENDOR or info.serial_number not in inventory:
+            return None
+        lun = inventory[info.serial_number]
+        return lun if predict_lio_lun_info(lun["serial"]).matches(info) else None
+
+    @staticmethod
+    def _context_supported(context: int) -> bool:
+        try:
+            ctx, attrs = split_context(context)
+        except VssError:
+            return False
+        return ctx in SUPPORTED_CONTEXTS and not (attrs & UNSUPPORTED_ATTRIBUTES)
+
+    # -- IVssProviderNotifications ---------------------------------------------------------
+
+    def on_load(self) -> None:
+        log.info("%s %s loaded", PROVIDER_NAME, PROVIDER_VERSION)
+
+    def on_unload(self, force: bool = True) -> int:
+        """An unload during creation abandons the set (spec 2.2)."""
+        held = self.sm.set_id
+        in_progress = self.sm.state.in_progress
+        self.sm.begin(ProviderMethod.ON_UNLOAD)
+        if held is not None and in_progress:
+            self._discard(str(held))
+        return int(HResult.S_OK)
+
+    # -- IVssHardwareSnapshotProvider ------------------------------------------------------
+
+    def are_luns_supported(self, context: int, devices: list[str], luns: list[dict]) -> dict:
+        """All or nothing; FALSE (not an error) for a foreign LUN, an unsupported context, or a
+        pool too full to take new work (never accept and fail later)."""
+        infos = [record(d) for d in luns]
+        if len(infos) != len(devices):
+            raise vss_error(HResult.E_INVALIDARG, "one LUN record per device")
+        supported = self._context_supported(context)
+        why = "" if supported else f"context {context:#x} is not supported (thin snapshots only, no plex)"
+        if supported:
+            inventory = self._inventory_by_serial()
+            foreign = [d for d, i in zip(devices, infos) if self._lun_for(i, inventory) is None]
+            if foreign:
+                supported, why = False, f"not LUNs of this array: {', '.join(foreign)}"
+        if supported:
+            pool = self.array.pool()
+            if max(pool["data_percent"], pool["metadata_percent"]) >= pool["full_percent"]:
+                supported, why = False, "the array's thin pool is nearly full"
+        return {"supported": supported, "luns": [i.to_dict() for i in infos], "reason": why}
+
+    def fill_in_lun_info(self, device: str, lun_info: dict | None = None) -> dict:
+        """The disk's record as read from sysfs (the same as GetTargetLuns predicted), and whether
+        it is ours. An unknown disk is FALSE with success."""
+        block = self.sysfs_block / Path(device).name
+        info = read_lun_info(block)
+        supported = self._lun_for(info, self._inventory_by_serial()) is not None
+        return {"supported": supported, "lun_info": info.to_dict()}
+
+    def begin_prepare_snapshot(self, set_id: str, snapshot_id: str, context: int,
+                               devices: list[str], luns: list[dict]) -> list[dict]:
+        def work() -> list[dict]:
+            if not self._context_supported(context):
+                raise vss_error(HResult.VSS_E_UNSUPPORTED_CONTEXT, f"context {context:#x}")
+            inventory = self._inventory_by_serial()
+            names = []
+            for device, d in zip(devices, luns, strict=True):
+                lun = self._lun_for(record(d), inventory)
+                if lun is None:
+                    raise vss_error(HResult.VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER,
+                                    f"{device} is not a LUN of this array")
+                names.append(lun["name"])
+            with self._lock:
+                pending = self._sets.setdefault(str(set_id), PendingSet(str(set_id), context))
+                for name in names:  # a LUN shared by several volumes is snapshotted once
+                    pending.members.setdefault(name, array_snapshot_id(str(snapshot_id), name))
+                pending.volumes[str(snapshot_id)] = names
+                if len(pending.members) > 64:
+                    raise vss_error(HResult.VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED, "at most 64 LUNs per set")
+            return luns
+
+        return self._creation(ProviderMethod.BEGIN_PREPARE_SNAPSHOT, set_id, work)
+
+    def _pending(self, set_id: str) -> PendingSet:
+        pending = self._sets.get(str(set_id))
+        if pending is None:
+            raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no snapshot set {set_id} in preparation")
+        return pending
+
+    def end_prepare_snapshots(self, set_id: str) -> None:
+        def work() -> None:
+            pending = self._pending(set_id)
+            prepared = self.array.prepare_set(str(set_id), [
+                {"snapshot_id": sid, "lun": name} for name, sid in pending.members.items()])
+            pending.serials = {s["lun"]: s["serial"] for s in prepared["snapshots"]}
+
+        return self._creation(ProviderMethod.END_PREPARE_SNAPSHOTS, set_id, work)
+
+    def pre_commit_snapshots(self, set_id: str) -> None:
+        return self._creation(ProviderMethod.PRE_COMMIT_SNAPSHOTS, set_id, lambda: self._pending(set_id) and None)
+
+    def commit_snapshots(self, set_id: str) -> dict:
+        """Only the commit: the array snapshots every LUN of the set in one batch."""
+        return self._creation(ProviderMethod.COMMIT_SNAPSHOTS, set_id,
+                              lambda: {"commit_window_s": self.array.commit_set(str(set_id))["commit_window_s"]})
+
+    def post_commit_snapshots(self, set_id: str, snapshot_count: int = 0) -> None:
+        return self._creation(ProviderMethod.POST_COMMIT_SNAPSHOTS, set_id, lambda: None)
+
+    def pre_final_commit_snapshots(self, set_id: str) -> None:
+        return self._creation(ProviderMethod.PRE_FINAL_COMMIT_SNAPSHOTS, set_id, lambda: None)
+
+    def post_final_commit_snapshots(self, set_id: str) -> None:
+        return self._creation(ProviderMethod.POST_FINAL_COMMIT_SNAPSHOTS, set_id, lambda: None)
+
+    def abort_snapshots(self, set_id: str) -> None:
+        """Idempotent; callable while EndPrepareSnapshots runs (the state machine cancels it)."""
+        held = self.sm.set_id
+
+        def work() -> None:
+            self._discard(set_id)
+
+        result = self._creation(ProviderMethod.ABORT_SNAPSHOTS, set_id, work)
+        if held is None or str(held) != str(set_id):
+            # Not the set this instance holds (e.g. the provider server restarted mid-creation):
+            # still delete whatever the array has of it, so nothing is left behind.
+            self._discard(set_id)
+        return result
+
+    def get_target_luns(self, devices: list[str], source_luns: list[dict]) -> list[dict]:
+        """The shadow LUNs' records, 1:1 with the sources, from the array's chosen serials: the
+        identity the LUN will report on any host (FillInLunInfo there returns the same)."""
+        def work() -> list[dict]:
+            pending = self._pending(str(self.sm.set_id))
+            inventory = self._inventory_by_serial()
+            out = []
+            for device, d in zip(devices, source_luns, strict=True):
+                lun = self._lun_for(record(d), inventory)
+                if lun is None or lun["name"] not in pending.serials:
+                    raise vss_error(HResult.E_INVALIDARG, f"{device} is not in the snapshot set")
+                out.append(predict_lio_lun_info(pending.serials[lun["name"]]).to_dict())
+            return out
+
+        try:
+            call = self.sm.begin(ProviderMethod.GET_TARGET_LUNS)
+        except OutOfSequenceError as e:
+            log.error("VETO: %s", e)
+            raise
+        if call.verdict is Verdict.NO_OP:
+            return []
+        try:
+            result = work()
+        except Exception:
+            self.sm.failed(ProviderMethod.GET_TARGET_LUNS)
+            raise
+        self.sm.succeeded(ProviderMethod.GET_TARGET_LUNS)
+        return result
+
+    def locate_luns(self, luns: list[dict]) -> list[dict]:
+        """Unmask each shadow LUN to this host (read-write: spec 13), log in with manual scan,
+        scan just those LUNs and wait, bounded, until each disk is there by its WWID."""
+        inventory = self._inventory_by_serial()
+        found = []
+        for d in luns:
+            info = record(d)
+            lun = self._lun_for(info, inventory)
+            if lun is None:
+                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
+                                f"no LUN with serial {info.serial_number!r} on this array")
+            found.append(self.array.mask(lun["name"], self.host.initiator, self.host.chap_user,
+                                         self.host.chap_secret, read_only=False))
+        target = self.array.target()
+        disks = []
+        for portal in target["portals"][:1]:
+            host = self.initiator.login(target["iqn"], portal, self.host.chap_user, self.host.chap_secret)
+            for lun in found:
+                self.initiator.scan_lun(host, lun["lun_id"])
+            for lun in found:
+                disks.append({"device": "/dev/" + self.initiator.wait_for_disk(lun["wwid"], DISK_WAIT_S),
+                              "wwid": lun["wwid"], "lun": lun["name"]})
+        return disks
+
+    def on_lun_empty(self, device: str, lun_info: dict) -> None:
+        """The only regular trigger for deleting a shadow LUN: remove the host's disk, log out if
+        it was the last one of the session, unmask it, and have the array delete it."""
+        info = record(lun_info)
+        lun = self._lun_for(info, self._inventory_by_serial())
+        if lun is None:
+            raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"{device}: not a LUN of this array")
+        target = self.array.target()
+        disk = self.initiator.find_disk(lun["wwid"])
+        for portal in target["portals"][:1]:
+            self.initiator.disconnect(target["iqn"], portal, [disk] if disk else [])
+        self.array.delete(lun["name"])
+
+    def get_provider_capabilities(self) -> int:
+        return int(ProviderCapabilities.VSS_PRV_CAPABILITY_COMPLIANT
+                   | ProviderCapabilities.VSS_PRV_CAPABILITY_DIFFERENTIAL
+                   | ProviderCapabilities.VSS_PRV_CAPABILITY_LUN_RESYNC)
+
+    def on_lun_state_change(self, snapshot_luns: list[dict], original_luns: list[dict], flags: int) -> None:
+        """NOTIFY_* need nothing; DO_MASK_LUNS hides the shadow LUNs from this host, keeping them."""
+        from .vss_types import HardwareOptions
+
+        if not flags & HardwareOptions.VSS_ONLUNSTATECHANGE_DO_MASK_LUNS:
+            return
+        inventory = self._inventory_by_serial()
+        target = self.array.target()
+        for d in snapshot_luns:
+            lun = self._lun_for(record(d), inventory)
+            if lun is None:
+                continue
+            disk = self.initiator.find_disk(lun["wwid"])
+            for portal in target["portals"][:1]:
+                self.initiator.disconnect(target["iqn"], portal, [disk] if disk else [])
+            self.array.unmask(lun["name"], self.host.initiator)
+
+    def resync_luns(self, source_luns: list[dict], target_luns: list[dict], timeout: float = 3600) -> dict:
+        """Copy each shadow LUN onto its destination on the array (never through this host)."""
+        inventory = self._inventory_by_serial()
+        jobs = []
+        for s, t in zip(source_luns, target_luns, strict=True):
+            src, dst = self._lun_for(record(s), inventory), self._lun_for(record(t), inventory)
+            if src is None or dst is None:
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, "resync needs two LUNs of this array")
+            jobs.append(self.array.start_resync(dst["name"], src["name"]))
+        done = [self.array.wait_job(j["job_id"], timeout) for j in jobs]
+        failed = [j for j in done if j["state"] != "done"]
+        if failed:
+            raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"resync failed: {json.dumps(failed)}")
+        return {"status": int(HResult.VSS_S_ASYNC_FINISHED), "jobs": done}
+
+    def on_reuse_luns(self, snapshot_luns: list[dict], original_luns: list[dict]) -> None:
+        raise vss_error(HResult.E_NOTIMPL, "OnReuseLuns is reserved")
+
+
+def make() -> ShadowLunProvider:
+    """Factory for the provider server (`--provider provider.hardware_provider:make`)."""
+    from targets.client import ArrayAccess, ArrayClient
+
+    from .iscsi import Initiator as IscsiInitiator
+    from .iscsi import initiator_name
+
+    host = json.loads(HOST_FILE.read_text())
+    return ShadowLunProvider(ArrayClient(ArrayAccess.load()), IscsiInitiator(),
+                             HostIdentity(initiator_name(), host["chap_user"], host["chap_secret"]))

@@ -1,0 +1,267 @@
+"""The provider's methods against the real array logic (targets.array.Array) over in-memory LVM
+and LIO fakes, through an adapter with the agent client's shape, and a fake host initiator."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict
+
+import pytest
+
+from provider.hardware_provider import HostIdentity, ShadowLunProvider, array_snapshot_id
+from provider.hresult import HResult, VssError
+from provider.lun_info import predict_lio_lun_info
+from provider.state_machine import ProviderState
+from provider.vss_types import HardwareOptions, SnapshotContext, VolumeSnapshotAttributes
+from targets_fakes import FakeLvm, make_array
+
+MIB = 1 << 20
+BACKUP = int(SnapshotContext.VSS_CTX_BACKUP)
+TRANSPORTABLE = BACKUP | int(VolumeSnapshotAttributes.VSS_VOLSNAP_ATTR_TRANSPORTABLE)
+PLEX = BACKUP | int(VolumeSnapshotAttributes.VSS_VOLSNAP_ATTR_PLEX)
+HOST = HostIdentity("iqn.2026-11.lab.shadowlun:host-a", "host-a", "secret-host-a1")
+
+
+class InProcessArray:
+    """targets.client.ArrayClient's methods, answered by an in-process Array."""
+
+    def __init__(self, array) -> None:
+        self.a = array
+
+    def luns(self):
+        return [asdict(v) for v in self.a.inventory()]
+
+    def target(self):
+        return {"iqn": "iqn.2026-11.lab.shadowlun:array.target", "portals": ["10.87.0.10:3260"]}
+
+    def pool(self):
+        return self.a.pool()
+
+    def prepare_set(self, set_id, snapshots):
+        return self.a.prepare_set(set_id, snapshots)
+
+    def commit_set(self, set_id):
+        return self.a.commit_set(set_id)
+
+    def abort_set(self, set_id):
+        return self.a.abort_set(set_id)
+
+    def mask(self, name, initiator, chap_user, chap_secret, read_only=False):
+        return asdict(self.a.mask(name, initiator, chap_user, chap_secret, read_only))
+
+    def unmask(self, name, initiator):
+        return asdict(self.a.unmask(name, initiator))
+
+    def delete(self, name):
+        self.a.delete(name)
+
+    def start_resync(self, name, snapshot):
+        return asdict(self.a.start_resync(snapshot, name))
+
+    def wait_job(self, job_id, timeout, on_progress=None):
+        import time
+
+        deadline = time.monotonic() + timeout
+        while (job := self.a.job(job_id)).state == "running" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return asdict(job)
+
+
+class FakeInitiator:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.disks: dict[str, str] = {}
+
+    def login(self, target_iqn, portal, chap_user, chap_secret, iface=None):
+        self.calls.append(("login", target_iqn, portal, chap_user, chap_secret))
+        return 7
+
+    def scan_lun(self, host, lun):
+        self.calls.append(("scan", host, lun))
+
+    def wait_for_disk(self, wwid, timeout):
+        self.calls.append(("wait", wwid))
+        return self.disks.setdefault(wwid, f"sd{chr(ord('b') + len(self.disks))}")
+
+    def find_disk(self, wwid):
+        return self.disks.get(wwid)
+
+    def disconnect(self, target_iqn, portal, disks):
+        self.calls.append(("disconnect", target_iqn, portal, tuple(disks)))
+        for w, d in list(self.disks.items()):
+            if d in disks:
+                del self.disks[w]
+
+
+@pytest.fixture
+def lvm():
+    return FakeLvm()
+
+
+@pytest.fixture
+def array(lvm):
+    return make_array(lvm=lvm)
+
+
+@pytest.fixture
+def prov(array):
+    return ShadowLunProvider(InProcessArray(array), FakeInitiator(), HOST)
+
+
+def volumes(array, *names):
+    out = {}
+    for n in names:
+        view = array.create_volume(n, 64 * MIB)
+        out[n] = predict_lio_lun_info(view.serial).to_dict()  # what FillInLunInfo reads for it
+    return out
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def create(prov, luns_by_volume: dict[str, list[dict]], context=BACKUP) -> tuple[str, dict[str, str]]:
+    """The section-6 sequence for one provider; returns (set id, snapshot id per volume)."""
+    set_id, snaps = new_id(), {}
+    for vol, recs in luns_by_volume.items():
+        snaps[vol] = new_id()
+        prov.begin_prepare_snapshot(set_id, snaps[vol], context, [f"/dev/{vol}"] * len(recs), recs)
+    prov.end_prepare_snapshots(set_id)
+    prov.pre_commit_snapshots(set_id)
+    prov.commit_snapshots(set_id)
+    prov.post_commit_snapshots(set_id, len(snaps))
+    return set_id, snaps
+
+
+def test_whole_creation_sequence_and_target_luns_predict_the_array(prov, array):
+    recs = volumes(array, "db", "logs", "shared")
+    assert prov.are_luns_supported(TRANSPORTABLE, ["/dev/sdb", "/dev/sdc"], [recs["db"], recs["shared"]])["supported"]
+    # Two volumes share one LUN: it is snapshotted once.
+    set_id, snaps = create(prov, {"v1": [recs["db"], recs["shared"]], "v2": [recs["logs"], recs["shared"]]},
+                           TRANSPORTABLE)
+    s = array.set_view(set_id)
+    assert s["state"] == "committed" and sorted(m["lun"] for m in s["snapshots"]) == ["db", "logs", "shared"]
+    assert {m["snapshot_id"] for m in s["snapshots"]} >= {array_snapshot_id(snaps["v1"], "db")}
+    targets = prov.get_target_luns(["/dev/sdb", "/dev/sdc"], [recs["db"], recs["shared"]])
+    by_lun = {m["lun"]: m["serial"] for m in s["snapshots"]}
+    assert targets == [predict_lio_lun_info(by_lun["db"]).to_dict(), predict_lio_lun_info(by_lun["shared"]).to_dict()]
+    assert targets[0]["serial_number"] != recs["db"]["serial_number"]
+    prov.pre_final_commit_snapshots(set_id)
+    prov.post_final_commit_snapshots(set_id)
+    assert prov.sm.state is ProviderState.CREATED
+
+
+def test_unsupported_context_is_false_in_are_luns_supported_and_refused_in_prepare(prov, array, lvm):
+    recs = volumes(array, "db")
+    answer = prov.are_luns_supported(PLEX, ["/dev/sdb"], [recs["db"]])
+    assert answer["supported"] is False and "not supported" in answer["reason"]
+    assert answer["luns"] == [recs["db"]]  # records (and interconnects) untouched
+    with pytest.raises(VssError) as e:
+        prov.begin_prepare_snapshot(new_id(), new_id(), PLEX, ["/dev/sdb"], [recs["db"]])
+    assert e.value.hresult == HResult.VSS_E_UNSUPPORTED_CONTEXT
+    assert prov.are_luns_supported(0x12345678, ["/dev/sdb"], [recs["db"]])["supported"] is False
+    assert not [lv for lv in lvm.volumes() if lv.name.startswith("snap-")]
+
+
+def test_foreign_lun_and_full_pool_answer_false(prov, array, lvm):
+    recs = volumes(array, "db")
+    foreign = predict_lio_lun_info("0123456789abcdef0123456789abcdef").to_dict()
+    answer = prov.are_luns_supported(BACKUP, ["/dev/sdb", "/dev/sdc"], [recs["db"], foreign])
+    assert answer["supported"] is False and "/dev/sdc" in answer["reason"]
+    lvm.data_percent = 99.0
+    assert prov.are_luns_supported(BACKUP, ["/dev/sdb"], [recs["db"]])["supported"] is False
+
+
+def test_commit_out_of_sequence_vetoes_and_leaves_nothing_on_the_array(prov, array, lvm):
+    recs = volumes(array, "db")
+    set_id = new_id()
+    prov.begin_prepare_snapshot(set_id, new_id(), BACKUP, ["/dev/sdb"], [recs["db"]])
+    with pytest.raises(VssError) as e:
+        prov.commit_snapshots(set_id)
+    assert e.value.hresult == HResult.VSS_E_PROVIDER_VETO
+    assert prov.sm.state is ProviderState.ABORTED
+    assert not [lv for lv in lvm.volumes() if lv.name.startswith("snap-")]
+
+
+def test_abort_after_commit_deletes_the_snapshots(prov, array, lvm):
+    recs = volumes(array, "db", "logs")
+    set_id, _ = create(prov, {"v1": [recs["db"], recs["logs"]]})
+    assert len([lv for lv in lvm.volumes() if lv.name.startswith("snap-")]) == 2
+    prov.abort_snapshots(set_id)
+    assert not [lv for lv in lvm.volumes() if lv.name.startswith("snap-")]
+    assert array.set_view(set_id)["state"] == "aborted"
+    prov.abort_snapshots(set_id)  # idempotent
+
+
+def test_a_new_set_id_discards_the_abandoned_set(prov, array):
+    recs = volumes(array, "db")
+    first = new_id()
+    prov.begin_prepare_snapshot(first, new_id(), BACKUP, ["/dev/sdb"], [recs["db"]])
+    prov.end_prepare_snapshots(first)
+    assert array.set_view(first)["state"] == "prepared"
+    second, _ = create(prov, {"v": [recs["db"]]})
+    assert array.set_view(first)["state"] == "aborted"
+    assert array.set_view(second)["state"] == "committed"
+
+
+def test_abort_of_a_set_this_instance_does_not_hold_still_cleans_the_array(array, lvm):
+    """A restarted provider server holds nothing; VSS's AbortSnapshots must still delete."""
+    recs = volumes(array, "db")
+    old = ShadowLunProvider(InProcessArray(array), FakeInitiator(), HOST)
+    set_id, _ = create(old, {"v": [recs["db"]]})
+    fresh = ShadowLunProvider(InProcessArray(array), FakeInitiator(), HOST)
+    fresh.abort_snapshots(set_id)
+    assert not [lv for lv in lvm.volumes() if lv.name.startswith("snap-")]
+
+
+def test_locate_luns_unmasks_read_write_logs_in_and_finds_each_disk(prov, array):
+    recs = volumes(array, "db", "logs")
+    set_id, _ = create(prov, {"v": [recs["db"], recs["logs"]]})
+    targets = prov.get_target_luns(["/dev/sdb", "/dev/sdc"], [recs["db"], recs["logs"]])
+    disks = prov.locate_luns(targets)
+    assert [d["wwid"] for d in disks] == ["naa." + t["device_id_descriptor"]["identifiers"][0]["identifier"]
+                                          for t in targets]
+    for lun in array.inventory():
+        if lun.kind == "snapshot":
+            assert lun.masks == [{"initiator": HOST.initiator, "read_only": False}]
+    calls = prov.initiator.calls
+    assert calls[0] == ("login", "iqn.2026-11.lab.shadowlun:array.target", "10.87.0.10:3260", "host-a",
+                        "secret-host-a1")
+    assert [c[0] for c in calls[1:]] == ["scan", "scan", "wait", "wait"]
+
+
+def test_on_lun_empty_removes_the_disk_then_deletes_the_lun(prov, array):
+    recs = volumes(array, "db")
+    create(prov, {"v": [recs["db"]]})
+    target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]
+    disk = prov.locate_luns([target])[0]
+    prov.on_lun_empty(disk["device"], target)
+    assert ("disconnect", "iqn.2026-11.lab.shadowlun:array.target", "10.87.0.10:3260",
+            (disk["device"].removeprefix("/dev/"),)) in prov.initiator.calls
+    assert not [lun for lun in array.inventory() if lun.kind == "snapshot"]
+    with pytest.raises(VssError) as e:
+        prov.on_lun_empty(disk["device"], target)
+    assert e.value.hresult == HResult.VSS_E_OBJECT_NOT_FOUND
+
+
+def test_do_mask_luns_hides_the_shadow_luns_but_keeps_them(prov, array):
+    recs = volumes(array, "db")
+    create(prov, {"v": [recs["db"]]})
+    target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]
+    prov.locate_luns([target])
+    prov.on_lun_state_change([target], [recs["db"]], int(HardwareOptions.VSS_ONLUNSTATECHANGE_DO_MASK_LUNS))
+    snap = [lun for lun in array.inventory() if lun.kind == "snapshot"]
+    assert len(snap) == 1 and snap[0].masks == []
+
+
+def test_locate_of_an_unknown_lun_is_object_not_found(prov, array):
+    volumes(array, "db")
+    with pytest.raises(VssError) as e:
+        prov.locate_luns([predict_lio_lun_info("ffffffffffffffffffffffffffffffff").to_dict()])
+    assert e.value.hresult == HResult.VSS_E_OBJECT_NOT_FOUND
+
+
+def test_capabilities_and_reserved_method(prov):
+    assert prov.get_provider_capabilities() & 0x2  # COMPLIANT
+    with pytest.raises(VssError) as e:
+        prov.on_reuse_luns([], [])
+    assert e.value.hresult == HResult.E_NOTIMPL
