@@ -149,7 +149,8 @@ class Coordinator:
 
     def create(self, volume_names: list[str], context: int = int(SnapshotContext.VSS_CTX_BACKUP),
                on_step: Callable[[str], None] = lambda s: None) -> tuple[bcd.BackupComponentsDocument, dict]:
-        """Create one snapshot set of the volumes; returns its document and the step timings."""
+        """Create one snapshot set of the volumes; returns its document and a report of the steps:
+        {"seconds": {step: duration}, "wall": {step: (start, end) epoch seconds}}."""
         if not volume_names:
             raise vss_error(HResult.E_INVALIDARG, "no volume given")
         if len(set(volume_names)) != len(volume_names):
@@ -166,15 +167,16 @@ class Coordinator:
             progress = SetProgress(set_id, provider.provider_id, context, "preparing", volume_names)
             self._save(progress)
             timings: dict[str, float] = {}
+            spans: dict[str, tuple[float, float]] = {}  # wall-clock start/end, for checks on the host
 
             def step(name: str, fn: Callable[[], Any]) -> Any:
                 on_step(name)
-                started = time.monotonic()
+                started, wall = time.monotonic(), time.time()
                 out = fn()
                 timings[name] = time.monotonic() - started
+                spans[name] = (wall, time.time())
                 return out
 
-            frozen_at = thawed_at = None
             try:
                 for v in volumes:
                     step(f"BeginPrepareSnapshot {v.name}", lambda v=v: provider.call(
@@ -185,11 +187,15 @@ class Coordinator:
                 progress.state = "committing"
                 self._save(progress)
                 mountpoints = [m for v in volumes for m in v.mountpoints]
+                hold_started = time.time()
                 with self.hold_writes(mountpoints, timeout=HOLD_WRITES_TIMEOUT_S):
-                    frozen_at = time.monotonic()
+                    frozen_at = time.time()
                     step("CommitSnapshots", lambda: provider.call("commit_snapshots", set_id=set_id))
-                thawed_at = time.monotonic()
-                timings["writes held"] = thawed_at - frozen_at
+                    thawing_at = time.time()
+                thawed_at = time.time()
+                timings["writes held"] = thawed_at - hold_started
+                spans["writes held"] = (hold_started, thawed_at)
+                spans["frozen"] = (frozen_at, thawing_at)
                 progress.state = "committed"
                 self._save(progress)
                 step("PostCommitSnapshots", lambda: provider.call(
@@ -221,7 +227,7 @@ class Coordinator:
                         extents=tuple(bcd.DiskExtent(i, 0, self.disk_size(d)) for i, d in enumerate(v.disks)),
                     ) for v in volumes),
             )
-            return doc, timings
+            return doc, {"seconds": timings, "wall": spans}
 
 
 def is_transportable(context: int) -> bool:

@@ -81,7 +81,10 @@ def test_create_holds_writes_only_around_commit_and_writes_the_document(tmp_path
     i = lab.events.index("commit_snapshots")
     assert lab.events[i - 1] == "freeze /mnt/sdb,/mnt/sdc,/mnt/sdd" and lab.events[i + 1] == "thaw"
     assert lab.events.index("end_prepare_snapshots") < i - 1
-    assert "writes held" in timings and "CommitSnapshots" in timings
+    assert "writes held" in timings["seconds"] and "CommitSnapshots" in timings["seconds"]
+    held, commit = timings["wall"]["writes held"], timings["wall"]["CommitSnapshots"]
+    assert held[0] <= commit[0] <= commit[1] <= held[1]
+    assert timings["wall"]["EndPrepareSnapshots"][1] <= held[0]
     assert len(lab.snapshots()) == 3
     again = bcd.from_xml(bcd.to_xml(doc))
     assert again == doc and doc.context == TRANSPORTABLE and len(doc.snapshots) == 3
