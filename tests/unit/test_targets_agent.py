@@ -36,6 +36,7 @@ SECRET = "s3cret-secret"
 # Every route of the API (method, path): the client has one operation per route.
 ROUTES = {
     ("GET", "/v1/pool"),
+    ("GET", "/v1/target"),
     ("GET", "/v1/luns"),
     ("POST", "/v1/luns"),
     ("GET", "/v1/luns/{name}"),
@@ -55,6 +56,7 @@ ROUTES = {
 SET_ID = "6c1b3c1e-6f0e-4d0c-9a51-3d8a0e0f4b11"
 REQUESTS = {
     ("GET", "/v1/pool"): ("/v1/pool", None),
+    ("GET", "/v1/target"): ("/v1/target", None),
     ("GET", "/v1/luns"): ("/v1/luns", None),
     ("POST", "/v1/luns"): ("/v1/luns", {"name": "vol1", "size_bytes": 64 * MiB}),
     ("GET", "/v1/luns/{name}"): ("/v1/luns/vol1", None),
