@@ -113,12 +113,30 @@ class Coordinator:
                 p = SetProgress(**json.loads(path.read_text()))
                 if p.state in ("preparing", "committing", "committed"):
                     provider = self._provider(p.provider_id)
-                    provider.call("abort_snapshots", set_id=p.set_id)
+                    self._abort(provider, p.set_id)
                     p.state = "aborted"
                     self._save(p)
                     aborted.append(p.set_id)
                     log.warning("aborted snapshot set %s left by a crash", p.set_id)
         return aborted
+
+    @staticmethod
+    def _abort(provider: Provider, set_id: str) -> None:
+        """AbortSnapshots, once more after restarting a provider server that died (a fresh
+        server holds nothing, yet still deletes what the array has of the set)."""
+        try:
+            provider.call("abort_snapshots", set_id=set_id)
+            return
+        except VssError as e:
+            if e.hresult != HResult.VSS_E_UNEXPECTED_PROVIDER_ERROR or not hasattr(provider, "start"):
+                log.error("abort of %s: %s", set_id, e)
+                return
+            log.warning("abort of %s: provider server gone (%s); restarting it", set_id, e)
+        try:
+            provider.start()
+            provider.call("abort_snapshots", set_id=set_id)
+        except VssError as e:
+            log.error("abort of %s after restarting the provider server: %s", set_id, e)
 
     def _provider(self, provider_id: str) -> Provider:
         for p in self.providers:
@@ -207,10 +225,7 @@ class Coordinator:
                 step("PostFinalCommitSnapshots", lambda: provider.call("post_final_commit_snapshots", set_id=set_id))
             except BaseException as e:
                 log.error("snapshot set %s failed, aborting it: %s", set_id, e)
-                try:
-                    provider.call("abort_snapshots", set_id=set_id)
-                except VssError as abort_error:
-                    log.error("abort of %s: %s", set_id, abort_error)
+                self._abort(provider, set_id)
                 progress.state = "aborted"
                 self._save(progress)
                 raise

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +60,7 @@ class Array(Protocol):
     def pool(self) -> dict: ...
     def prepare_set(self, set_id: str, snapshots: list[dict]) -> dict: ...
     def commit_set(self, set_id: str) -> dict: ...
+    def publish_set(self, set_id: str) -> dict: ...
     def abort_set(self, set_id: str) -> dict: ...
     def mask(self, name: str, initiator: str, chap_user: str, chap_secret: str, read_only: bool = False) -> dict: ...
     def unmask(self, name: str, initiator: str) -> dict: ...
@@ -94,6 +97,18 @@ class PendingSet:
     members: dict[str, str] = field(default_factory=dict)      # origin LUN name -> array snapshot id
     volumes: dict[str, list[str]] = field(default_factory=dict)  # VSS snapshot id -> origin LUN names
     serials: dict[str, str] = field(default_factory=dict)      # origin LUN name -> shadow LUN serial
+
+
+PAUSE_ENV = "SHADOWLUN_PROVIDER_PAUSE_AT"
+
+
+def pause_point(name: str) -> None:
+    """Fault injection for the system tests: `SHADOWLUN_PROVIDER_PAUSE_AT=<point>:<seconds>`
+    holds the provider there, so a test can kill its server mid-operation."""
+    point, _, seconds = os.environ.get(PAUSE_ENV, "").partition(":")
+    if point == name:
+        log.warning("pausing %s s at %s as asked by %s", seconds, name, PAUSE_ENV)
+        time.sleep(float(seconds or 60))
 
 
 def array_snapshot_id(snapshot_id: str, lun: str) -> str:
@@ -255,6 +270,7 @@ class ShadowLunProvider:
             prepared = self.array.prepare_set(str(set_id), [
                 {"snapshot_id": sid, "lun": name} for name, sid in pending.members.items()])
             pending.serials = {s["lun"]: s["serial"] for s in prepared["snapshots"]}
+            pause_point("end_prepare_snapshots")
 
         return self._creation(ProviderMethod.END_PREPARE_SNAPSHOTS, set_id, work)
 
@@ -267,7 +283,9 @@ class ShadowLunProvider:
                               lambda: {"commit_window_s": self.array.commit_set(str(set_id))["commit_window_s"]})
 
     def post_commit_snapshots(self, set_id: str, snapshot_count: int = 0) -> None:
-        return self._creation(ProviderMethod.POST_COMMIT_SNAPSHOTS, set_id, lambda: None)
+        """Writes flow again: now the array activates and exports the new snapshots."""
+        return self._creation(ProviderMethod.POST_COMMIT_SNAPSHOTS, set_id,
+                              lambda: self.array.publish_set(str(set_id)) and None)
 
     def pre_final_commit_snapshots(self, set_id: str) -> None:
         return self._creation(ProviderMethod.PRE_FINAL_COMMIT_SNAPSHOTS, set_id, lambda: None)

@@ -144,9 +144,14 @@ def create_app(array: Array, token: str) -> FastAPI:
         return array.set_view(set_id)
 
     @app.post("/v1/snapshot-sets/{set_id}/commit", dependencies=guard,
-              summary="create every snapshot of the set in one short window, then export them")
+              summary="create every snapshot of the set in one short window (nothing else)")
     def commit(set_id: str) -> dict:
         return array.commit_set(set_id)
+
+    @app.post("/v1/snapshot-sets/{set_id}/publish", dependencies=guard,
+              summary="activate and export the committed snapshots (masked to nobody)")
+    def publish(set_id: str) -> dict:
+        return array.publish_set(set_id)
 
     @app.post("/v1/snapshot-sets/{set_id}/abort", dependencies=guard, summary="undo the set")
     def abort(set_id: str) -> dict:

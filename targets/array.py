@@ -237,6 +237,7 @@ class Array:
             raise user_error(HResult.E_INVALIDARG, "CHAP secret: 12 to 16 characters without spaces")
         lun = self._lun(name)
         with self._op_lock:
+            self._publish(lun)  # a committed snapshot not published yet is exported now
             self.store.put_mask(Mask(lun.name, initiator, chap_user, chap_secret, read_only))
             self.lio.mask(lun.name, initiator, chap_user, chap_secret, read_only)
             return self._view(lun)
@@ -299,8 +300,9 @@ class Array:
         }
 
     def commit_set(self, set_id: str) -> dict:
-        """All snapshots of the set in one batch (the window writes are held on the hosts),
-        then, outside the window, activation and export of each (masked to nobody)."""
+        """Only the snapshots, all of the set in one batch: this is the window in which writes
+        are held on the hosts. Activation and export come after, in publish_set (or at the
+        first mask, or at the next reconcile): a committed snapshot is 'ready' at once."""
         set_id = _require_uuid(set_id, "snapshot set id")
         with self._op_lock:
             s = self.store.snapshot_set(set_id)
@@ -327,17 +329,42 @@ class Array:
                     (m.origin, m.name, {"shadowlun.kind": "snapshot", "shadowlun.set": set_id,
                                         "shadowlun.snapshot": m.snapshot_id}) for m in s.members])
                 crash_point("commit-after-snapshots")
-                for m in s.members:
-                    self.lvm.activate(m.name)
-                    self.lio.export(m.name, self.lvm.device(m.name), m.serial)
-                    crash_point("commit-after-first-export")
-                    self.store.set_lun_state(m.name, "ready")
             except Exception as e:
                 self._undo_set(s.set_id)
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"commit of set {set_id} failed: {e}") from e
-            self.store.set_state(set_id, "committed", commit_window_s=window)
+            with self.store.tx():
+                for m in s.members:
+                    self.store.set_lun_state(m.name, "ready")
+                self.store.set_state(set_id, "committed", commit_window_s=window)
             log.info("set %s committed: %d snapshots in %.3f s", set_id, len(s.members), window)
             return self.set_view(set_id)
+
+    def publish_set(self, set_id: str) -> dict:
+        """Activate and export every snapshot of a committed set (masked to nobody yet), so that
+        locating them later is quick. Idempotent; outside the commit window."""
+        set_id = _require_uuid(set_id, "snapshot set id")
+        with self._op_lock:
+            s = self.store.snapshot_set(set_id)
+            if s is None:
+                raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no snapshot set {set_id}")
+            if s.state != "committed":
+                raise user_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is {s.state}, not committed")
+            try:
+                for m in s.members:
+                    lun = self.store.lun(m.name)
+                    if lun is not None and lun.state == "ready":
+                        self._publish(lun)
+                        crash_point("publish-after-first-export")
+            except Exception as e:  # the set stays committed: a retry or the reconcile finishes it
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"publish of set {set_id}: {e}") from e
+            return self.set_view(set_id)
+
+    def _publish(self, lun: Lun) -> None:
+        """Activate (thin snapshots skip activation) and export with the stored serial."""
+        lv = self.lvm.get(lun.name)
+        if lv is not None and not lv.active:
+            self.lvm.activate(lun.name)
+        self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial)
 
     def _undo_set(self, set_id: str) -> list[str]:
         errors = []

@@ -101,6 +101,9 @@ class ArrayClient:
     def commit_set(self, set_id: str) -> dict:
         return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/commit")
 
+    def publish_set(self, set_id: str) -> dict:
+        return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/publish")
+
     def abort_set(self, set_id: str) -> dict:
         return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/abort")
 

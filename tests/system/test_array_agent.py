@@ -235,7 +235,7 @@ def restart_agent(lab, env: str | None = None) -> None:
         time.sleep(1)
 
 
-@pytest.mark.parametrize("crash_at", ["commit-after-first-export", "copy-before-export"])
+@pytest.mark.parametrize("crash_at", ["commit-after-snapshots", "copy-before-export"])
 def test_killed_agent_restarted_mid_operation_leaves_nothing_half_made(lab, api, crash_at):
     vols = [name("crash") for _ in range(2)]
     for v in vols:

@@ -42,6 +42,9 @@ class InProcessArray:
     def commit_set(self, set_id):
         return self.a.commit_set(set_id)
 
+    def publish_set(self, set_id):
+        return self.a.publish_set(set_id)
+
     def abort_set(self, set_id):
         return self.a.abort_set(set_id)
 

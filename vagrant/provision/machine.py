@@ -211,6 +211,7 @@ def cmd_setup(args: argparse.Namespace) -> None:
     configure_networks(entry["networks"])
     if entry["role"] == "host":
         setup_host_chap(entry["name"])
+        run("python3", "-m", "provider.cli", "register-provider")
     if entry["role"] == "array":
         setup_pool(entry["disks"])
         setup_agent(entry, json.loads(args.machines.read_text()))

@@ -1,0 +1,227 @@
+"""The VSS provider on the real stack: the coordinator on host-a drives the out-of-process
+provider server (started on demand from its registration) through a whole creation sequence;
+host-b finds the shadow LUNs from the records alone."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from lab.agent_api import AgentApi
+from lab.initiator import Node
+
+MIB = 1 << 20
+WRITER = """
+import os, sys, time
+path, stop = sys.argv[1], sys.argv[2]
+fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+while not os.path.exists(stop):
+    t0 = time.time()
+    os.write(fd, b"x" * 512)
+    os.fsync(fd)
+    print(f"{t0:.6f} {time.time():.6f}", flush=True)
+    time.sleep(0.02)
+"""
+
+
+def host_chap(vm) -> tuple[str, str]:
+    h = json.loads(vm.run("cat /etc/shadowlun/host.json").stdout)
+    return h["chap_user"], h["chap_secret"]
+
+
+def initiator(vm) -> str:
+    return vm.run("sed -n 's/^InitiatorName=//p' /etc/iscsi/initiatorname.iscsi").stdout.strip()
+
+
+def snapshot_luns(api) -> list[dict]:
+    return [lun for lun in api.call("GET", "/v1/luns") if lun["kind"] == "snapshot"]
+
+
+def cli(vm, *args: str, env: str = "", check: bool = True):
+    r = vm.run(f"{env} python3 -m provider.cli --json " + " ".join(args), check=False, timeout=600)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.fixture
+def volumes_on_host_a(lab):
+    """Three array LUNs masked to host-a, each with ext4 mounted at /mnt/pv-<n> (set up as an
+    admin would, with the lab's own tooling); everything removed afterwards."""
+    a = lab.vm("host-a")
+    api = AgentApi(a)
+    target = api.call("GET", "/v1/target")
+    node = Node(a, target["iqn"], target["portals"][0].split(":")[0])
+    node.create(*host_chap(a))
+    tag = uuid.uuid4().hex[:6]
+    names = [f"pv-{tag}-{i}" for i in range(3)]
+    mounts = []
+    try:
+        for n in names:
+            api.call("POST", "/v1/luns", {"name": n, "size_bytes": 64 * MIB})
+            api.call("PUT", f"/v1/luns/{n}/masks",
+                     {"initiator": initiator(a), "chap_user": host_chap(a)[0], "chap_secret": host_chap(a)[1]})
+        assert node.login()
+        for n in names:
+            lun = api.call("GET", f"/v1/luns/{n}")
+            disk = node.scan(lun["lun_id"], lun["wwid"])
+            a.run(f"mkfs.ext4 -q {disk['device']} && mkdir -p /mnt/{n} && mount {disk['device']} /mnt/{n} && "
+                  f"head -c 4M /dev/urandom > /mnt/{n}/data && sync")
+            mounts.append(f"/mnt/{n}")
+        yield {"names": names, "mounts": mounts, "api": api, "node": node}
+    finally:
+        for m in mounts:
+            a.run(f"fsfreeze -u {m} 2>/dev/null; umount {m}; rmdir {m}", check=False)
+        node.remove()
+        for lun in snapshot_luns(api):
+            if lun["origin"] in names:
+                api.call("DELETE", f"/v1/luns/{lun['name']}")
+        for n in names:
+            api.call("DELETE", f"/v1/luns/{n}")
+
+
+def test_set_of_three_luns_through_the_out_of_process_server_holds_writes_only_in_commit(
+        lab, volumes_on_host_a, timings):
+    a = lab.vm("host-a")
+    api, mounts = volumes_on_host_a["api"], volumes_on_host_a["mounts"]
+    a.run(f"rm -f /tmp/stop-writer; setsid python3 -c '{WRITER}' {mounts[0]}/ticks /tmp/stop-writer "
+          f"> /tmp/ticks.txt 2>&1 < /dev/null & sleep 1")
+    try:
+        out = json.loads(cli(a, "create", "--transportable", "--bcd", "/root/set.xml", *mounts).stdout)
+    finally:
+        a.run("touch /tmp/stop-writer; sleep 0.5")
+    wall, secs = out["report"]["wall"], out["report"]["seconds"]
+    ticks = [tuple(map(float, line.split())) for line in a.run("cat /tmp/ticks.txt").stdout.split("\n") if line]
+
+    # Writes flowed while the set was prepared, and none completed while the filesystems were frozen.
+    prep = wall["EndPrepareSnapshots"]
+    frozen = wall["frozen"]
+    assert any(prep[0] <= done <= prep[1] for _, done in ticks) or prep[1] - prep[0] < 0.1, "writes held in prepare"
+    assert not [t for t in ticks if frozen[0] < t[1] < frozen[1]], "a write completed while frozen"
+    assert any(start < frozen[0] and done >= frozen[1] for start, done in ticks) or \
+        frozen[1] - frozen[0] < 0.05, "no write was held by the freeze"
+    assert wall["writes held"][0] <= wall["CommitSnapshots"][0] <= wall["CommitSnapshots"][1] <= wall["writes held"][1]
+    timings.add("provider: writes held (3 LUNs, host-a)", secs["writes held"],
+                f"CommitSnapshots {secs['CommitSnapshots']:.2f} s")
+
+    # The provider ran out of process, started on demand from its registration.
+    assert out["provider_server_pids"] and all(out["provider_server_pids"])
+    assert a.run("pgrep -f '[p]rovider.server --socket' || true").stdout.strip() == "", "server not stopped"
+
+    # The array has the three snapshots with the identities the document promises.
+    assert len(out["snapshots"]) == 3
+    snaps = {lun["serial"]: lun for lun in snapshot_luns(api)}
+    for s in out["snapshots"]:
+        record = s["target_luns"][0]
+        lun = snaps[record["serial_number"]]
+        assert lun["set_id"] == out["set_id"] and lun["origin"] in volumes_on_host_a["names"]
+    xml = a.run("cat /root/set.xml").stdout
+    assert "SNAPSHOT_SET_DESCRIPTION" in xml and out["set_id"] in xml
+
+
+LOCATE_AND_READ = """
+import json, sys
+from provider.hardware_provider import make
+records = json.loads(sys.stdin.read())
+p = make()
+disks = p.locate_luns(records)
+seen = [p.fill_in_lun_info(d["device"]) for d in disks]
+print(json.dumps({"disks": disks, "seen": seen}))
+"""
+
+EMPTY = """
+import json, sys
+from provider.hardware_provider import make
+pairs = json.loads(sys.stdin.read())
+p = make()
+for device, record in pairs:
+    p.on_lun_empty(device, record)
+"""
+
+
+def test_target_lun_records_equal_what_host_b_reads(lab, volumes_on_host_a):
+    a, b = lab.vm("host-a"), lab.vm("host-b")
+    api, mounts = volumes_on_host_a["api"], volumes_on_host_a["mounts"]
+    out = json.loads(cli(a, "create", "--transportable", *mounts[:2]).stdout)
+    records = [s["target_luns"][0] for s in out["snapshots"]]
+    # host-b's provider: only the records (as a document carries them), nothing from host-a.
+    found = json.loads(b.run(["python3", "-c", LOCATE_AND_READ], input=json.dumps(records), timeout=300).stdout)
+    try:
+        assert [s["supported"] for s in found["seen"]] == [True, True]
+        assert [s["lun_info"] for s in found["seen"]] == records
+        for lun in snapshot_luns(api):
+            if lun["set_id"] == out["set_id"]:
+                assert lun["masks"] == [{"initiator": initiator(b), "read_only": False}]
+    finally:
+        b.run(["python3", "-c", EMPTY], input=json.dumps(
+            [[d["device"], r] for d, r in zip(found["disks"], records)]), timeout=300)
+    # OnLunEmpty removed host-b's disks, its session, and the LUNs on the array.
+    assert not [lun for lun in snapshot_luns(api) if lun["set_id"] == out["set_id"]]
+    for r in records:
+        wwid = "naa." + r["device_id_descriptor"]["identifiers"][0]["identifier"]
+        assert wwid not in b.run("cat /sys/block/*/device/wwid 2>/dev/null || true").stdout
+    assert b.run("iscsiadm -m session", check=False).returncode == 21
+
+
+def test_provider_server_killed_during_prepare_aborts_the_set(lab, volumes_on_host_a):
+    a = lab.vm("host-a")
+    api, mounts = volumes_on_host_a["api"], volumes_on_host_a["mounts"]
+    a.run("rm -f /tmp/create.out /tmp/create.err /tmp/create.rc; setsid sh -c 'SHADOWLUN_PROVIDER_PAUSE_AT=end_prepare_snapshots:120 "
+          f"python3 -m provider.cli --json --verbose create {mounts[0]} {mounts[1]} > /tmp/create.out 2> /tmp/create.err; "
+          "echo $? > /tmp/create.rc' < /dev/null > /dev/null 2>&1 &")
+    # Wait until the provider is paused inside EndPrepareSnapshots (the array holds a prepared set).
+    deadline = time.monotonic() + 120
+    while "pausing" not in a.run("cat /tmp/create.err 2>/dev/null || true").stdout:
+        assert time.monotonic() < deadline, a.run("cat /tmp/create.err", check=False).stdout
+        time.sleep(1)
+    a.run("pkill -KILL -f 'provider.server --socket'")
+    deadline = time.monotonic() + 120
+    while a.run("test -f /tmp/create.rc", check=False).returncode != 0:
+        assert time.monotonic() < deadline
+        time.sleep(1)
+    assert a.run("cat /tmp/create.rc").stdout.strip() == "1"
+    err = a.run("cat /tmp/create.err").stdout
+    assert "VSS_E_UNEXPECTED_PROVIDER_ERROR" in err and "crashed" in err
+    set_ids = {line.split("snapshot set ")[1].split()[0] for line in err.splitlines() if "snapshot set " in line}
+    assert set_ids, err
+    for set_id in set_ids:
+        assert api.call("GET", f"/v1/snapshot-sets/{set_id}")["state"] == "aborted"
+    assert not [lun for lun in snapshot_luns(api) if lun["origin"] in volumes_on_host_a["names"]]
+    # The filesystems were never frozen (the crash came before the commit) and still take writes.
+    a.run(f"touch {mounts[0]}/after-crash")
+
+
+def test_unsupported_context_is_refused_with_a_clear_error(lab, volumes_on_host_a):
+    a = lab.vm("host-a")
+    api, mounts = volumes_on_host_a["api"], volumes_on_host_a["mounts"]
+    r = cli(a, "create", "--plex", mounts[0], check=False)
+    assert r.returncode == 2
+    err = json.loads(r.stderr.strip().splitlines()[-1])
+    assert err["vss"] == "VSS_E_VOLUME_NOT_SUPPORTED" and "not supported" in err["message"]
+    assert not [lun for lun in snapshot_luns(api) if lun["origin"] in volumes_on_host_a["names"]]
+    # AreLunsSupported itself answers FALSE (not an error) for that context.
+    answer = json.loads(a.run(["python3", "-c", ARE_LUNS_SUPPORTED, mounts[0]]).stdout)
+    assert answer["plex"]["supported"] is False and answer["backup"]["supported"] is True
+
+
+ARE_LUNS_SUPPORTED = """
+import json, sys
+from provider.cli import providers
+from provider.volumes import resolve_volume
+from provider.lun_info import read_lun_info
+from provider.vss_types import SnapshotContext, VolumeSnapshotAttributes as A
+from pathlib import Path
+disks = resolve_volume(sys.argv[1])
+records = [read_lun_info(Path("/sys/block") / d).to_dict() for d in disks]
+p = providers()[0]
+p.start()
+try:
+    out = {name: p.call("are_luns_supported", context=ctx, devices=[f"/dev/{d}" for d in disks], luns=records)
+           for name, ctx in (("plex", int(A.VSS_VOLSNAP_ATTR_PLEX)),
+                             ("backup", int(SnapshotContext.VSS_CTX_BACKUP)))}
+finally:
+    p.on_unload(True); p.stop()
+print(json.dumps(out))
+"""
