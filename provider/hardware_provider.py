@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from .hresult import HResult, VssError, VssUserError, vss_error
 from .lun_info import LIO_VENDOR, predict_lio_lun_info, read_lun_info
-from .state_machine import OutOfSequenceError, ProviderMethod, ProviderStateMachine, Verdict
+from .state_machine import OutOfSequenceError, ProviderMethod, ProviderState, ProviderStateMachine, Verdict
 from .vss_types import (
     LunInformation,
     ProviderCapabilities,
@@ -130,9 +130,11 @@ class ShadowLunProvider:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def _creation(self, method: ProviderMethod, set_id: str, work: Callable[[], Any]) -> Any:
+    def _creation(self, method: ProviderMethod, set_id: str | None, work: Callable[[], Any]) -> Any:
         """Run one creation call through the state machine: discard a superseded set first, do
-        the work unless it is a no-op, and report success or failure (which aborts the set)."""
+        the work unless it is a no-op, and report success or failure. The array is told to
+        delete a set exactly when the machine says it is discarded or aborted."""
+        held = self.sm.set_id
         try:
             call = self.sm.begin(method, set_id)
         except OutOfSequenceError as e:
@@ -146,16 +148,13 @@ class ShadowLunProvider:
             return None
         try:
             result = work()
-        except VssError as e:
-            self.sm.failed(method)
-            if method is not ProviderMethod.ABORT_SNAPSHOTS:
-                self._discard(set_id)
-            log.error("%s(%s) failed: %s", method.spec_name, set_id, e)
-            raise
         except Exception as e:
-            self.sm.failed(method)
-            self._discard(set_id)
-            log.exception("%s(%s) failed", method.spec_name, set_id)
+            after = self.sm.failed(method)
+            if after is ProviderState.ABORTED and method is not ProviderMethod.ABORT_SNAPSHOTS:
+                self._discard(str(self.sm.set_id or held or set_id))
+            log.error("%s(%s) failed: %s", method.spec_name, set_id or "", e)
+            if isinstance(e, VssError):
+                raise
             raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"{method.spec_name}: {e}") from e
         self.sm.succeeded(method)
         return result
@@ -321,20 +320,7 @@ class ShadowLunProvider:
                 out.append(predict_lio_lun_info(pending.serials[lun["name"]]).to_dict())
             return out
 
-        try:
-            call = self.sm.begin(ProviderMethod.GET_TARGET_LUNS)
-        except OutOfSequenceError as e:
-            log.error("VETO: %s", e)
-            raise
-        if call.verdict is Verdict.NO_OP:
-            return []
-        try:
-            result = work()
-        except Exception:
-            self.sm.failed(ProviderMethod.GET_TARGET_LUNS)
-            raise
-        self.sm.succeeded(ProviderMethod.GET_TARGET_LUNS)
-        return result
+        return self._creation(ProviderMethod.GET_TARGET_LUNS, None, work)
 
     def locate_luns(self, luns: list[dict]) -> list[dict]:
         """Unmask each shadow LUN to this host (read-write: spec 13), log in with manual scan,

@@ -268,3 +268,68 @@ def test_capabilities_and_reserved_method(prov):
     with pytest.raises(VssError) as e:
         prov.on_reuse_luns([], [])
     assert e.value.hresult == HResult.E_NOTIMPL
+
+
+# -- every creation call from every state, through the provider, against the array ---------
+
+from provider.state_machine import ProviderMethod  # noqa: E402
+
+STATES = ["idle", "preparing", "prepared", "precommitted", "committed", "created", "aborted"]
+SEQUENCE = ["begin_prepare_snapshot", "end_prepare_snapshots", "pre_commit_snapshots",
+            "commit_snapshots", "post_commit_snapshots"]
+CREATION = [m.value for m in ProviderMethod if m.is_creation and m is not ProviderMethod.ON_UNLOAD]
+
+
+def call(prov, method: str, set_id: str, rec: dict) -> None:
+    if method == "begin_prepare_snapshot":
+        prov.begin_prepare_snapshot(set_id, new_id(), BACKUP, ["/dev/sdb"], [rec])
+    elif method == "get_target_luns":
+        prov.get_target_luns(["/dev/sdb"], [rec])
+    elif method == "post_commit_snapshots":
+        prov.post_commit_snapshots(set_id, 1)
+    else:
+        getattr(prov, method)(set_id)
+
+
+def drive_to(prov, state: str, set_id: str, rec: dict) -> None:
+    if state == "aborted":
+        for m in SEQUENCE[:2] + ["abort_snapshots"]:
+            call(prov, m, set_id, rec)
+    elif state != "idle":
+        for m in SEQUENCE[:STATES.index(state)]:
+            call(prov, m, set_id, rec)
+    assert prov.sm.state.value == state
+
+
+def check_array_agrees(prov, array, lvm) -> None:
+    """What the provider believes and what the array holds never disagree."""
+    held, state = (str(prov.sm.set_id) if prov.sm.set_id else None), prov.sm.state.value
+    sets = {s.set_id: s for s in array.store.sets()}
+    for set_id, s in sets.items():
+        if s.state == "prepared":
+            assert set_id == held and state in ("prepared", "precommitted"), (set_id, state)
+    if held and state in ("committed", "created"):
+        assert sets[held].state == "committed"
+    if held and state == "aborted":
+        assert held not in sets or sets[held].state == "aborted"
+    committed = {set_id for set_id, s in sets.items() if s.state == "committed"}
+    for lv in lvm.volumes():
+        if lv.name.startswith("snap-"):
+            assert lv.tag("shadowlun.set") in committed, f"{lv.name} of a set that is not committed"
+
+
+@pytest.mark.parametrize("other_set", [False, True], ids=["same-set", "other-set"])
+@pytest.mark.parametrize("method", CREATION)
+@pytest.mark.parametrize("state", STATES)
+def test_every_creation_call_from_every_state_keeps_provider_and_array_in_step(array, lvm, state, method,
+                                                                                other_set):
+    rec = volumes(array, "db")["db"]
+    prov = ShadowLunProvider(InProcessArray(array), FakeInitiator(), HOST)
+    set_id = new_id()
+    drive_to(prov, state, set_id, rec)
+    try:
+        call(prov, method, new_id() if other_set else set_id, rec)
+    except VssError as e:
+        assert e.hresult in (HResult.VSS_E_PROVIDER_VETO, HResult.VSS_E_OBJECT_NOT_FOUND,
+                             HResult.E_INVALIDARG), e
+    check_array_agrees(prov, array, lvm)
