@@ -1,6 +1,7 @@
 """shadowlun: the requester's command line (vshadow/diskshadow habits), over the coordinator.
 
     shadowlun create [--context backup] [--transportable] [--bcd FILE] VOLUME...
+    shadowlun import FILE          import a transportable set on this host (once)
     shadowlun recover              abort sets a crash left half-made
     shadowlun register-provider    register shadowlun's own provider on this host
 
@@ -75,6 +76,24 @@ def cmd_create(args: argparse.Namespace) -> dict:
     }
 
 
+def cmd_import(args: argparse.Namespace) -> dict:
+    """Import a transportable set from its document (vshadow -i): the disks appear by WWID."""
+    from .coordinator import Coordinator
+
+    xml = Path(args.document).read_bytes()
+    loaded = providers()
+    try:
+        for p in loaded:
+            p.start()
+        result = Coordinator(loaded).import_document(xml)
+    finally:
+        for p in loaded:
+            p.on_unload(True)
+            p.stop()
+    return {"set_id": result.set_id, "status": result.status.name, "hresult": result.status.hex,
+            "snapshots": result.snapshots, "missing": result.missing}
+
+
 def cmd_recover(args: argparse.Namespace) -> dict:
     from .coordinator import Coordinator
 
@@ -129,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--differential", action="store_true")
     create.add_argument("--bcd", metavar="FILE", help="write the Backup Components Document here")
     create.set_defaults(func=cmd_create)
+    imp = sub.add_parser("import", help="import a transportable snapshot set from its document")
+    imp.add_argument("document", help="the Backup Components Document (XML) written by create --bcd")
+    imp.set_defaults(func=cmd_import)
     sub.add_parser("recover").set_defaults(func=cmd_recover)
     sub.add_parser("register-provider").set_defaults(func=cmd_register_provider)
     args = parser.parse_args(argv)

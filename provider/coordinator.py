@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from . import bcd
 from .hresult import HResult, VssError, vss_error
 from .lun_info import read_lun_info
-from .vss_types import SnapshotContext, VolumeSnapshotAttributes
+from .vss_types import LunInformation, SnapshotContext, VolumeSnapshotAttributes
 
 log = logging.getLogger("shadowlun.coordinator")
 
@@ -144,6 +144,55 @@ class Coordinator:
                 return p
         raise vss_error(HResult.VSS_E_PROVIDER_NOT_REGISTERED, f"provider {provider_id} is not registered")
 
+    # -- import (spec 9.3) ------------------------------------------------------------------
+
+    def _catalog(self, set_id: str) -> Path:
+        return self.state_dir / "imports" / f"{set_id}.json"
+
+    def import_document(self, xml: bytes) -> ImportResult:
+        """Import a transportable set from its Backup Components Document: LocateLuns on the
+        provider named in it (the array refuses a set another host imported), then
+        FillInLunInfo of every disk that arrived, matched to the document's target records.
+        A set is imported once on this host too (a catalog kept here)."""
+        doc = bcd.from_xml(xml)
+        if not is_transportable(doc.context):
+            raise vss_error(HResult.VSS_E_NONTRANSPORTABLE_BCD,
+                            f"snapshot set {doc.set_id} was not created transportable")
+        with self.creation_lock():
+            if self._catalog(doc.set_id).exists():
+                done = json.loads(self._catalog(doc.set_id).read_text())
+                raise vss_error(HResult.VSS_E_BAD_STATE,
+                                f"snapshot set {doc.set_id} was already imported on this host at {done['imported']}")
+            provider = self._provider(doc.provider_id)
+            wanted = [m.destination for s in doc.snapshots for m in s.luns]
+            arrived = provider.call("locate_luns", luns=wanted)
+            seen = {}
+            for disk in arrived:
+                info = provider.call("fill_in_lun_info", device=disk["device"], lun_info=None)
+                if info["supported"]:
+                    seen[disk["device"]] = LunInformation.from_dict(info["lun_info"])
+            snapshots, missing = [], []
+            for s in doc.snapshots:
+                devices = []
+                for m in s.luns:
+                    want = LunInformation.from_dict(m.destination)
+                    device = next((d for d, got in seen.items() if got.matches(want)), None)
+                    devices.append(device)
+                if all(devices):
+                    snapshots.append({"snapshot_id": s.snapshot_id, "volume": s.volume_name, "devices": devices})
+                else:
+                    missing.append({"snapshot_id": s.snapshot_id, "volume": s.volume_name,
+                                    "why": "a shadow LUN did not arrive or did not match its record"})
+            if not snapshots:
+                raise vss_error(HResult.VSS_E_NO_SNAPSHOTS_IMPORTED,
+                                f"no shadow copy of set {doc.set_id} could be imported: {missing}")
+            path = self._catalog(doc.set_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"set_id": doc.set_id, "fingerprint": bcd.fingerprint(doc),
+                                        "imported": bcd.utc_timestamp(), "snapshots": snapshots}))
+            status = HResult.VSS_S_SOME_SNAPSHOTS_NOT_IMPORTED if missing else HResult.S_OK
+            return ImportResult(doc.set_id, status, snapshots, missing)
+
     # -- creation --------------------------------------------------------------------------
 
     def _volume(self, name: str) -> Volume:
@@ -243,6 +292,14 @@ class Coordinator:
                     ) for v in volumes),
             )
             return doc, {"seconds": timings, "wall": spans}
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    set_id: str
+    status: HResult  # S_OK, or VSS_S_SOME_SNAPSHOTS_NOT_IMPORTED
+    snapshots: list[dict]  # {snapshot_id, volume, devices: [...]} of those imported
+    missing: list[dict]    # {snapshot_id, volume, why} of those not
 
 
 def is_transportable(context: int) -> bool:

@@ -61,6 +61,7 @@ class Array(Protocol):
     def prepare_set(self, set_id: str, snapshots: list[dict]) -> dict: ...
     def commit_set(self, set_id: str) -> dict: ...
     def publish_set(self, set_id: str) -> dict: ...
+    def claim_import(self, serials: list[str], host: str) -> dict: ...
     def abort_set(self, set_id: str) -> dict: ...
     def mask(self, name: str, initiator: str, chap_user: str, chap_secret: str, read_only: bool = False) -> dict: ...
     def unmask(self, name: str, initiator: str) -> dict: ...
@@ -326,13 +327,18 @@ class ShadowLunProvider:
         """Unmask each shadow LUN to this host (read-write: spec 13), log in with manual scan,
         scan just those LUNs and wait, bounded, until each disk is there by its WWID."""
         inventory = self._inventory_by_serial()
-        found = []
+        located = []
         for d in luns:
             info = record(d)
             lun = self._lun_for(info, inventory)
             if lun is None:
                 raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
                                 f"no LUN with serial {info.serial_number!r} on this array")
+            located.append(lun)
+        # A transportable set is imported once: the array refuses another host (BAD_STATE).
+        self.array.claim_import([lun["serial"] for lun in located], self.host.initiator)
+        found = []
+        for lun in located:
             found.append(self.array.mask(lun["name"], self.host.initiator, self.host.chap_user,
                                          self.host.chap_secret, read_only=False))
         target = self.array.target()

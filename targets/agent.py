@@ -54,6 +54,11 @@ class SetIn(BaseModel):
     snapshots: list[SnapshotIn]
 
 
+class ImportIn(BaseModel):
+    serials: list[str] = Field(..., description="serials of the shadow LUNs about to be located")
+    host: str = Field(..., description="the importing host's initiator name")
+
+
 class CopyIn(BaseModel):
     target: str = Field(..., description="name of the new volume holding the full copy")
 
@@ -156,6 +161,11 @@ def create_app(array: Array, token: str) -> FastAPI:
     @app.post("/v1/snapshot-sets/{set_id}/abort", dependencies=guard, summary="undo the set")
     def abort(set_id: str) -> dict:
         return array.abort_set(set_id)
+
+    @app.post("/v1/imports", dependencies=guard,
+              summary="claim the sets of these shadow LUNs for one host's import (once per set)")
+    def claim_import(body: ImportIn) -> dict:
+        return array.claim_import(body.serials, body.host)
 
     @app.post("/v1/luns/{name}/copy", dependencies=guard, status_code=202,
               summary="full copy (plex) into a new volume, as a job")

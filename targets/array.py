@@ -292,12 +292,40 @@ class Array:
         s = self.store.snapshot_set(set_id)
         if s is None:
             raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no snapshot set {set_id}")
+        imported = self.store.import_of(set_id)
         return {
             "set_id": s.set_id, "state": s.state, "commit_window_s": s.commit_window_s,
+            "imported_by": imported[0] if imported else None,
             "snapshots": [{"snapshot_id": m.snapshot_id, "lun": m.origin.removeprefix(VOLUME_PREFIX),
                            "target": m.name, "serial": m.serial, "wwid": naa_wwid(m.serial),
                            "vendor": LIO_VENDOR, "product": LIO_BLOCK_PRODUCT} for m in s.members],
         }
+
+    def claim_import(self, serials: list[str], host: str) -> dict:
+        """Before a host locates shadow LUNs: the sets they belong to become that host's import.
+        A set already imported by another host is refused (spec 9.1: a transportable set is
+        imported once); the same host again is a retry. Nothing is claimed unless all can be."""
+        if not IQN_RE.match(host or ""):
+            raise user_error(HResult.E_INVALIDARG, f"host {host!r} is not an iSCSI qualified name")
+        if not serials or not all(isinstance(x, str) for x in serials):
+            raise user_error(HResult.E_INVALIDARG, "serials: a non-empty list of LUN serials")
+        with self._op_lock:
+            set_ids = []
+            for serial in serials:
+                lun = self.store.lun_by_serial(serial)
+                if lun is None or lun.state != "ready" or lun.kind != "snapshot":
+                    raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no shadow LUN with serial {serial}")
+                if lun.set_id not in set_ids:
+                    set_ids.append(lun.set_id)
+            for set_id in set_ids:
+                taken = self.store.import_of(set_id)
+                if taken is not None and taken[0] != host:
+                    raise user_error(HResult.VSS_E_BAD_STATE,
+                                     f"snapshot set {set_id} was already imported by {taken[0]} at "
+                                     f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(taken[1]))}")
+            claims = [self.store.claim_import(set_id, host) for set_id in set_ids]
+            return {"sets": [{"set_id": sid, "host": h, "since": since}
+                             for sid, (h, since) in zip(set_ids, claims)]}
 
     def commit_set(self, set_id: str) -> dict:
         """Only the snapshots, all of the set in one batch: this is the window in which writes

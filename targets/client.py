@@ -104,6 +104,9 @@ class ArrayClient:
     def publish_set(self, set_id: str) -> dict:
         return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/publish")
 
+    def claim_import(self, serials: list[str], host: str) -> dict:
+        return self.call("POST", "/v1/imports", {"serials": serials, "host": host})
+
     def abort_set(self, set_id: str) -> dict:
         return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/abort")
 

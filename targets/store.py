@@ -48,6 +48,11 @@ CREATE TABLE IF NOT EXISTS set_members (
     name        TEXT NOT NULL UNIQUE,       -- the snapshot LV to be made
     serial      TEXT NOT NULL UNIQUE
 );
+CREATE TABLE IF NOT EXISTS imports (
+    set_id      TEXT PRIMARY KEY REFERENCES sets(set_id) ON DELETE CASCADE,
+    host        TEXT NOT NULL,              -- the initiator that located the set's LUNs first
+    since       REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS jobs (
     job_id      TEXT PRIMARY KEY,
     kind        TEXT NOT NULL CHECK (kind IN ('copy', 'resync')),
@@ -223,6 +228,19 @@ class Store:
         with self.tx() as db:
             db.execute("UPDATE sets SET state = ?, commit_window_s = COALESCE(?, commit_window_s) "
                        "WHERE set_id = ?", (state, commit_window_s, set_id))
+
+    # -- imports: a transportable set is imported by one host only -------------------------
+
+    def claim_import(self, set_id: str, host: str) -> tuple[str, float]:
+        """Record `host` as the set's importer unless another host is; returns (host, since)
+        of the claim that stands, atomically (two hosts racing cannot both win)."""
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO imports VALUES (?, ?, ?)", (set_id, host, time.time()))
+            return db.execute("SELECT host, since FROM imports WHERE set_id = ?", (set_id,)).fetchone()
+
+    def import_of(self, set_id: str) -> tuple[str, float] | None:
+        rows = self._rows("SELECT host, since FROM imports WHERE set_id = ?", set_id)
+        return rows[0] if rows else None
 
     # -- jobs -----------------------------------------------------------------------------
 

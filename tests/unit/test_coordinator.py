@@ -186,3 +186,71 @@ def test_recover_aborts_a_set_left_by_a_crash(tmp_path, server_restarted):
     assert lab.coord.recover() == [set_id]
     assert lab.snapshots() == []
     assert lab.coord.recover() == []
+
+
+# -- import ---------------------------------------------------------------------------------
+
+from provider.hardware_provider import HostIdentity  # noqa: E402
+
+
+def importer(lab, tmp_path, name: str, hide: set[str] = frozenset()):
+    """Another host's coordinator and provider over the same array; FillInLunInfo answers from
+    the disks the fake initiator 'found' (device -> WWID -> the array's serial)."""
+    host = HostIdentity(f"iqn.2026-11.lab.shadowlun:{name}", name, f"secret-{name}-00")
+    impl = ShadowLunProvider(InProcessArray(lab.array), FakeInitiator(), host)
+
+    def fill_in_lun_info(device, lun_info=None):
+        wwid = next(w for w, d in impl.initiator.disks.items() if "/dev/" + d == device)
+        lun = next(v for v in lab.array.inventory() if v.wwid == wwid)
+        return {"supported": device not in hide, "lun_info": predict_lio_lun_info(lun.serial).to_dict()}
+
+    impl.fill_in_lun_info = fill_in_lun_info
+    provider = InProcessProvider(impl, [])
+    coord = Coordinator([provider], state_dir=tmp_path / name, resolve=lab.resolve,
+                        filesystems_on=lambda d: [], hold_writes=lab.hold, read_record=lab.records.__getitem__,
+                        disk_size=lambda d: 64 * MIB)
+    return coord, impl
+
+
+def test_import_on_another_host_finds_every_shadow_lun_once(tmp_path):
+    lab = Lab(tmp_path / "a")
+    vols = [lab.volume("db", "sdb"), lab.volume("logs", "sdc")]
+    doc, _ = lab.coord.create(vols, TRANSPORTABLE)
+    xml = bcd.to_xml(doc)
+    coord_b, impl_b = importer(lab, tmp_path, "host-b")
+    result = coord_b.import_document(xml)
+    assert result.status == HResult.S_OK and result.missing == []
+    assert [s["volume"] for s in result.snapshots] == vols
+    assert all(len(s["devices"]) == 1 and s["devices"][0].startswith("/dev/sd") for s in result.snapshots)
+    # The same document again on this host, and on a third host: refused.
+    with pytest.raises(VssError) as e:
+        coord_b.import_document(xml)
+    assert e.value.hresult == HResult.VSS_E_BAD_STATE and "already imported on this host" in str(e.value)
+    coord_c, _ = importer(lab, tmp_path, "host-c")
+    with pytest.raises(VssError) as e:
+        coord_c.import_document(xml)
+    assert e.value.hresult == HResult.VSS_E_BAD_STATE and "host-b" in str(e.value)
+    assert lab.array.set_view(doc.set_id)["imported_by"] == "iqn.2026-11.lab.shadowlun:host-b"
+
+
+def test_import_with_a_lun_that_does_not_match_is_partial(tmp_path):
+    lab = Lab(tmp_path / "a")
+    vols = [lab.volume("db", "sdb"), lab.volume("logs", "sdc")]
+    doc, _ = lab.coord.create(vols, TRANSPORTABLE)
+    coord_b, _ = importer(lab, tmp_path, "host-b", hide={"/dev/sdc"})
+    result = coord_b.import_document(bcd.to_xml(doc))
+    assert result.status == HResult.VSS_S_SOME_SNAPSHOTS_NOT_IMPORTED
+    assert [m["volume"] for m in result.missing] == [vols[1]]
+
+
+def test_import_refuses_a_non_transportable_or_broken_document(tmp_path):
+    lab = Lab(tmp_path / "a")
+    doc, _ = lab.coord.create([lab.volume("db", "sdb")], BACKUP)
+    coord_b, impl_b = importer(lab, tmp_path, "host-b")
+    with pytest.raises(VssError) as e:
+        coord_b.import_document(bcd.to_xml(doc))
+    assert e.value.hresult == HResult.VSS_E_NONTRANSPORTABLE_BCD
+    with pytest.raises(VssError) as e:
+        coord_b.import_document(b"<not xml")
+    assert e.value.hresult == HResult.VSS_E_CORRUPT_XML_DOCUMENT
+    assert impl_b.initiator.calls == []  # nothing was located

@@ -42,6 +42,9 @@ class InProcessArray:
     def commit_set(self, set_id):
         return self.a.commit_set(set_id)
 
+    def claim_import(self, serials, host):
+        return self.a.claim_import(serials, host)
+
     def publish_set(self, set_id):
         return self.a.publish_set(set_id)
 

@@ -943,3 +943,28 @@ def test_reconcile_twice_changes_nothing_the_second_time(arr, lvm, lio, crash_at
     done = restarted(arr).reconcile()
     assert all(v == [] for v in done.values()), done
     assert lio.called("export") == [] and lio.called("mask") == [] and lvm.called("remove") == []
+
+
+def test_claim_import_once_per_set(arr):
+    set_id, prep = prepared(arr, "vol1", "vol2")
+    arr.commit_set(set_id)
+    serials = [s["serial"] for s in prep["snapshots"]]
+    a, b = "iqn.2026-11.lab.shadowlun:host-a", "iqn.2026-11.lab.shadowlun:host-b"
+    assert arr.claim_import(serials, b)["sets"][0]["host"] == b
+    assert arr.claim_import(serials[:1], b)["sets"][0]["host"] == b  # the same host again: a retry
+    with expect(HResult.VSS_E_BAD_STATE) as e:
+        arr.claim_import(serials, a)
+    assert b in e.value.message
+    assert arr.set_view(set_id)["imported_by"] == b
+
+
+def test_claim_import_refuses_unknown_serials_and_claims_nothing(arr):
+    set_id, prep = prepared(arr, "vol1")
+    with expect(HResult.VSS_E_OBJECT_NOT_FOUND):  # prepared only: no shadow LUN yet
+        arr.claim_import([prep["snapshots"][0]["serial"]], "iqn.2026-11.lab.shadowlun:host-b")
+    arr.commit_set(set_id)
+    with expect(HResult.VSS_E_OBJECT_NOT_FOUND):
+        arr.claim_import([prep["snapshots"][0]["serial"], "f" * 32], "iqn.2026-11.lab.shadowlun:host-b")
+    assert arr.set_view(set_id)["imported_by"] is None
+    with expect(HResult.E_INVALIDARG):
+        arr.claim_import([prep["snapshots"][0]["serial"]], "not an iqn")
