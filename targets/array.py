@@ -389,10 +389,7 @@ class Array:
 
     def _publish(self, lun: Lun) -> None:
         """Activate (thin snapshots skip activation) and export with the stored serial."""
-        lv = self.lvm.get(lun.name)
-        if lv is not None and not lv.active:
-            self.lvm.activate(lun.name)
-        self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial)
+        self.lio.export(lun.name, self._active_device(lun), lun.serial)
 
     def _undo_set(self, set_id: str) -> list[str]:
         errors = []
@@ -441,9 +438,15 @@ class Array:
         lv = self.lvm.get(lun.name)
         return int(lun.size_bytes * (lv.data_percent or 0.0) / 100) if lv else lun.size_bytes
 
+    def _active_device(self, lun: Lun) -> str:
+        """The LUN's device node, activating the LV first (thin snapshots skip activation)."""
+        lv = self.lvm.get(lun.name)
+        if lv is not None and not lv.active:
+            self.lvm.activate(lun.name)
+        return self.lvm.device(lun.name)
+
     def _copy_then_export(self, src: Lun, lun: Lun, progress) -> None:
-        if self.lvm.get(src.name) and not self.lvm.get(src.name).active:
-            self.lvm.activate(src.name)
+        self._active_device(src)
         copy_blocks(self.lvm.device(src.name), self.lvm.device(lun.name), src.size_bytes, progress)
         crash_point("copy-before-export")
         self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial)
@@ -461,7 +464,7 @@ class Array:
                 raise user_error(HResult.VSS_E_RESYNC_IN_PROGRESS, f"{target} is already being resynced")
             job = self.store.add_job(uuid.uuid4().hex, "resync", snap.name, dst.name, snap.size_bytes)
             self._run_job(job, lambda progress: copy_blocks(
-                self.lvm.device(snap.name), self.lvm.device(dst.name), snap.size_bytes, progress,
+                self._active_device(snap), self._active_device(dst), snap.size_bytes, progress,
                 only_changed=True))
             return job
 

@@ -729,6 +729,8 @@ def test_resync(arr, lvm, copies):
     assert (job.kind, job.source, job.target) == ("resync", snap, "lun-vol1")
     assert wait_job(arr, job.job_id).state == "done"
     assert copies == [("/dev/shadowlun/" + snap, "/dev/shadowlun/lun-vol1", 64 * MiB, True)]
+    # The snapshot was committed but never published: the resync had to activate it to read it.
+    assert (snap,) in lvm.called("activate") and lvm.lvs[snap].active
 
 
 def test_resync_refused_onto_a_smaller_target(arr, copies):
