@@ -225,3 +225,40 @@ finally:
     p.on_unload(True); p.stop()
 print(json.dumps(out))
 """
+
+
+def test_transportable_set_imports_once_on_another_host_with_the_bytes_of_snapshot_time(lab, volumes_on_host_a):
+    a, b = lab.vm("host-a"), lab.vm("host-b")
+    api, mounts, names = volumes_on_host_a["api"], volumes_on_host_a["mounts"], volumes_on_host_a["names"]
+    at_snapshot = {m: a.run(f"sha256sum {m}/data").stdout.split()[0] for m in mounts[:2]}
+    out = json.loads(cli(a, "create", "--transportable", "--bcd", "/root/set.xml", *mounts[:2]).stdout)
+    for m in mounts[:2]:  # host-a keeps writing after the snapshot
+        a.run(f"head -c 4M /dev/urandom > {m}/data && sync")
+    b.put("/root/set.xml", a.run("cat /root/set.xml").stdout)
+
+    imported = json.loads(cli(b, "import", "/root/set.xml").stdout)
+    devices = []
+    try:
+        assert imported["status"] == "S_OK" and imported["missing"] == []
+        assert [s["volume"] for s in imported["snapshots"]] == mounts[:2]
+        for s in imported["snapshots"]:
+            (device,) = s["devices"]
+            devices.append(device)
+            b.run(f"mkdir -p /mnt/imp && mount -o ro,noload {device} /mnt/imp")
+            try:
+                assert b.run("sha256sum /mnt/imp/data").stdout.split()[0] == at_snapshot[s["volume"]]
+            finally:
+                b.run("umount /mnt/imp")
+        # The same document again on host-b, and on host-a: refused, and nothing more is exposed.
+        again = cli(b, "import", "/root/set.xml", check=False)
+        assert again.returncode == 2 and json.loads(again.stderr.splitlines()[-1])["vss"] == "VSS_E_BAD_STATE"
+        elsewhere = cli(a, "import", "/root/set.xml", check=False)
+        err = json.loads(elsewhere.stderr.splitlines()[-1])
+        assert elsewhere.returncode == 2 and err["vss"] == "VSS_E_BAD_STATE" and "host-b" in err["message"], err
+        for s in out["snapshots"]:
+            wwid = "naa." + s["target_luns"][0]["device_id_descriptor"]["identifiers"][0]["identifier"]
+            assert wwid not in a.run("cat /sys/block/*/device/wwid 2>/dev/null || true").stdout
+    finally:
+        records = [s["target_luns"][0] for s in out["snapshots"]]
+        b.run(["python3", "-c", EMPTY], input=json.dumps([[d, r] for d, r in zip(devices, records)]), timeout=300)
+    assert not [lun for lun in snapshot_luns(api) if lun["origin"] in names]
