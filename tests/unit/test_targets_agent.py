@@ -23,7 +23,7 @@ from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError, h
 from targets.agent import create_app
 from targets.client import ArrayAccess, ArrayClient
 from targets.lio import naa_wwid
-from targets_fakes import MiB, FakeLio, FakeLvm, make_array
+from targets_fakes import MiB
 
 # httpx 0.27 deprecates the app= shortcut Starlette 0.27's TestClient uses; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:The 'app' shortcut is now deprecated:DeprecationWarning")
@@ -78,21 +78,6 @@ REQUESTS = {
     ("POST", "/v1/luns/{name}/resync"): ("/v1/luns/vol1/resync", {"snapshot": "snap-x"}),
     ("GET", "/v1/jobs/{job_id}"): ("/v1/jobs/abc", None),
 }
-
-
-@pytest.fixture
-def lvm():
-    return FakeLvm()
-
-
-@pytest.fixture
-def lio():
-    return FakeLio()
-
-
-@pytest.fixture
-def arr(lvm, lio):
-    return make_array(lvm=lvm, lio=lio)
 
 
 @pytest.fixture

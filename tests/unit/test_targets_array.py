@@ -15,32 +15,12 @@ from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError
 from targets.array import MAX_LUNS_PER_SET, LunView
 from targets.lio import LIO_BLOCK_PRODUCT, LIO_VENDOR, Mapping, naa_wwid
 from targets.lvm import LvmError
-from targets.store import Mask, Store
+from targets.store import Mask
 from targets_fakes import GiB, MiB, FakeLio, FakeLvm, make_array
 
 IQN1 = "iqn.1991-05.com.microsoft:host1.lab"
 IQN2 = "iqn.1991-05.com.microsoft:host2.lab"
 SECRET = "s3cret-secret"  # 13 characters
-
-
-@pytest.fixture
-def lvm():
-    return FakeLvm()
-
-
-@pytest.fixture
-def lio():
-    return FakeLio()
-
-
-@pytest.fixture
-def store():
-    return Store(":memory:")
-
-
-@pytest.fixture
-def arr(store, lvm, lio):
-    return make_array(store, lvm, lio)
 
 
 def expect(code: HResult, cls=VssUserError):
