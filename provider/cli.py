@@ -14,6 +14,8 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import bcd
@@ -43,6 +45,21 @@ def providers() -> list:
     return [ProviderProxy(r) for r in ProviderRegistry().load_all()]
 
 
+@contextmanager
+def loaded_providers() -> Iterator[list]:
+    """The registered providers, each server started and OnLoad called; OnUnload and stop after,
+    whatever happened."""
+    loaded = providers()
+    try:
+        for p in loaded:
+            p.start()
+        yield loaded
+    finally:
+        for p in loaded:
+            p.on_unload(True)
+            p.stop()
+
+
 def cmd_create(args: argparse.Namespace) -> dict:
     from .coordinator import Coordinator
 
@@ -52,19 +69,11 @@ def cmd_create(args: argparse.Namespace) -> dict:
                        ("differential", VolumeSnapshotAttributes.VSS_VOLSNAP_ATTR_DIFFERENTIAL)):
         if getattr(args, flag):
             context |= int(attr)
-    loaded = providers()
-    if not loaded:
-        raise vss_error(HResult.VSS_E_PROVIDER_NOT_REGISTERED, "no provider is registered on this host")
-    try:
-        for p in loaded:
-            p.start()
+    with loaded_providers() as loaded:
+        if not loaded:
+            raise vss_error(HResult.VSS_E_PROVIDER_NOT_REGISTERED, "no provider is registered on this host")
         pids = [p.server_pid for p in loaded]
-        coordinator = Coordinator(loaded)
-        doc, report = coordinator.create(args.volumes, context, on_step=lambda s: progress(args, s))
-    finally:
-        for p in loaded:
-            p.on_unload(True)
-            p.stop()
+        doc, report = Coordinator(loaded).create(args.volumes, context, on_step=lambda s: progress(args, s))
     xml = bcd.to_xml(doc)
     if args.bcd:
         Path(args.bcd).write_bytes(xml)
@@ -81,15 +90,8 @@ def cmd_import(args: argparse.Namespace) -> dict:
     from .coordinator import Coordinator
 
     xml = Path(args.document).read_bytes()
-    loaded = providers()
-    try:
-        for p in loaded:
-            p.start()
+    with loaded_providers() as loaded:
         result = Coordinator(loaded).import_document(xml)
-    finally:
-        for p in loaded:
-            p.on_unload(True)
-            p.stop()
     return {"set_id": result.set_id, "status": result.status.name, "hresult": result.status.hex,
             "snapshots": result.snapshots, "missing": result.missing}
 
@@ -97,15 +99,8 @@ def cmd_import(args: argparse.Namespace) -> dict:
 def cmd_recover(args: argparse.Namespace) -> dict:
     from .coordinator import Coordinator
 
-    loaded = providers()
-    try:
-        for p in loaded:
-            p.start()
+    with loaded_providers() as loaded:
         return {"aborted": Coordinator(loaded).recover()}
-    finally:
-        for p in loaded:
-            p.on_unload(True)
-            p.stop()
 
 
 def cmd_register_provider(args: argparse.Namespace) -> dict:

@@ -359,11 +359,15 @@ class ShadowLunProvider:
         lun = self._lun_for(info, self._inventory_by_serial())
         if lun is None:
             raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"{device}: not a LUN of this array")
-        target = self.array.target()
+        self._release_on_host(lun, self.array.target())
+        self.array.delete(lun["name"])
+
+    def _release_on_host(self, lun: dict, target: dict) -> None:
+        """Remove this host's disk of `lun` (if it has one), logging out when it was the
+        session's last: before the array unmaps it (os-brick's order)."""
         disk = self.initiator.find_disk(lun["wwid"])
         for portal in target["portals"][:1]:
             self.initiator.disconnect(target["iqn"], portal, [disk] if disk else [])
-        self.array.delete(lun["name"])
 
     def get_provider_capabilities(self) -> int:
         return int(ProviderCapabilities.VSS_PRV_CAPABILITY_COMPLIANT
@@ -382,9 +386,7 @@ class ShadowLunProvider:
             lun = self._lun_for(record(d), inventory)
             if lun is None:
                 continue
-            disk = self.initiator.find_disk(lun["wwid"])
-            for portal in target["portals"][:1]:
-                self.initiator.disconnect(target["iqn"], portal, [disk] if disk else [])
+            self._release_on_host(lun, target)
             self.array.unmask(lun["name"], self.host.initiator)
 
     def resync_luns(self, source_luns: list[dict], target_luns: list[dict], timeout: float = 3600) -> dict:

@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from provider.hresult import HResult, VssError, vss_error
+from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
 
-from .lio import LIO_BLOCK_PRODUCT, LIO_VENDOR, Lio, naa_wwid
+from .lio import Lio, naa_wwid
 from .lvm import Lvm, LvmError, copy_blocks
 from .store import Job, Lun, Mask, SetMember, Store
 
@@ -123,7 +124,7 @@ class Array:
         export = exports.get(lun.name)
         return LunView(
             name=lun.name.removeprefix(VOLUME_PREFIX), kind=lun.kind, size_bytes=lun.size_bytes,
-            serial=lun.serial, wwid=naa_wwid(lun.serial), vendor=LIO_VENDOR, product=LIO_BLOCK_PRODUCT,
+            serial=lun.serial, wwid=naa_wwid(lun.serial), vendor=LIO_VENDOR, product=LIO_PRODUCT,
             origin=lun.origin.removeprefix(VOLUME_PREFIX) if lun.origin else None,
             set_id=lun.set_id, snapshot_id=lun.snapshot_id, state=lun.state,
             lun_id=export.lun if export else None,
@@ -298,7 +299,7 @@ class Array:
             "imported_by": imported[0] if imported else None,
             "snapshots": [{"snapshot_id": m.snapshot_id, "lun": m.origin.removeprefix(VOLUME_PREFIX),
                            "target": m.name, "serial": m.serial, "wwid": naa_wwid(m.serial),
-                           "vendor": LIO_VENDOR, "product": LIO_BLOCK_PRODUCT} for m in s.members],
+                           "vendor": LIO_VENDOR, "product": LIO_PRODUCT} for m in s.members],
         }
 
     def claim_import(self, serials: list[str], host: str) -> dict:

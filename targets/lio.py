@@ -16,19 +16,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from provider.lun_info import lio_naa_identifier
+
 LOCK_FILE = Path("/run/lock/shadowlun-lio.lock")
 SAVE_FILE = "/etc/rtslib-fb-target/saveconfig.json"  # what Debian's target service restores
 ISCSI_PORT = 3260
 TPG_TAG = 1
-LIO_NAA_PREFIX = "6001405"  # NAA 6 + LIO's IEEE company id 001405 (VPD page 0x83)
-LIO_VENDOR, LIO_BLOCK_PRODUCT = "LIO-ORG", "IBLOCK"
 
 
 def naa_wwid(serial: str) -> str:
-    """The WWID a host reads for a LIO LUN with this unit serial: LIO keeps only the serial's
-    hex digits and uses the first 25 after the company id (so serials must differ early)."""
-    digits = "".join(c for c in serial.lower() if c in "0123456789abcdef")
-    return f"naa.{LIO_NAA_PREFIX}{digits[:25]}"
+    """The WWID a host reads for a LIO LUN with this unit serial: LIO's NAA designator, which
+    keeps only the serial's hex digits and the first 25 of them (so serials must differ early)."""
+    return "naa." + lio_naa_identifier(serial).hex()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import pytest
 import targets.array as array_mod
 from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError
 from targets.array import MAX_LUNS_PER_SET, LunView
-from targets.lio import LIO_BLOCK_PRODUCT, LIO_VENDOR, Mapping, naa_wwid
+from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
+from targets.lio import Mapping, naa_wwid
 from targets.lvm import LvmError
 from targets.store import Mask
 from targets_fakes import GiB, MiB, FakeLio, FakeLvm, make_array
@@ -66,7 +67,7 @@ def test_create_volume(arr, lvm, lio):
     view = arr.create_volume("vol1", 64 * MiB)
     assert isinstance(view, LunView)
     assert (view.name, view.kind, view.size_bytes, view.state) == ("vol1", "volume", 64 * MiB, "ready")
-    assert (view.vendor, view.product) == (LIO_VENDOR, LIO_BLOCK_PRODUCT)
+    assert (view.vendor, view.product) == (LIO_VENDOR, LIO_PRODUCT)
     assert view.wwid == naa_wwid(view.serial)
     assert view.masks == [] and view.origin is None
     assert lvm.called("create_volume") == [("lun-vol1", 64 * MiB, {"shadowlun.kind": "volume"})]
@@ -298,7 +299,7 @@ def test_prepare_set(arr, lvm, lio):
         assert s["target"] == "snap-" + s["snapshot_id"]
         assert re.fullmatch(r"[0-9a-f]{32}", s["serial"])
         assert s["wwid"] == naa_wwid(s["serial"])
-        assert (s["vendor"], s["product"]) == (LIO_VENDOR, LIO_BLOCK_PRODUCT)
+        assert (s["vendor"], s["product"]) == (LIO_VENDOR, LIO_PRODUCT)
     serials = [s["serial"] for s in view["snapshots"]] + [v.serial for v in arr.inventory()]
     assert len({s[:25] for s in serials}) == 4
     assert lvm.called("create_snapshots") == [] and set(lio.exports()) == {"lun-vol1", "lun-vol2"}
