@@ -1,0 +1,190 @@
+"""The shadow-copy flags that travel with a LUN, and their enforcement on a host.
+
+VSS keeps "this volume is a shadow copy, read-only, hidden, no drive letter" in the GPT
+attributes of the volume's partition (bits 60-63, spec 3.10 and 13), not on the array: the
+coordinator sets them on the original partitions just before the commit, the snapshot captures
+them, and they are cleared on the originals right after. So every shadow LUN carries its flags
+in its own partition table, through reboots of the array and of any host, until a break clears
+them. We do the same with sfdisk (util-linux), which writes both GPT copies and their CRCs.
+
+Linux does not read these bits by itself. A udev rule (`UDEV_RULE`, installed on hosts) turns
+them into behaviour whenever a partition appears: READ_ONLY sets the partition and its disk
+read-only in the kernel (BLKROSET, so even root's writes fail), HIDDEN keeps udisks and desktops
+away (UDISKS_IGNORE), NO_DRIVE_LETTER disables auto-mounting (UDISKS_AUTO=0). The coordinator
+applies the same read-only setting itself right after an import, without waiting for udev.
+
+The MBR equivalent ("hidden sectors") is undocumented, and a filesystem written straight onto a
+disk has no place for the bits at all; transportable sets therefore need GPT partitions
+(refused with VSS_E_VOLUME_NOT_SUPPORTED otherwise).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .hresult import HResult, vss_error
+from .iscsi import DEFAULT_RUNNER, Runner, block_name, command_text
+
+log = logging.getLogger("shadowlun.flags")
+
+READ_ONLY = 1 << 60
+SHADOW_COPY = 1 << 61
+HIDDEN = 1 << 62
+NO_DRIVE_LETTER = 1 << 63
+SHADOW_FLAGS = READ_ONLY | SHADOW_COPY | HIDDEN | NO_DRIVE_LETTER
+NAMES = {READ_ONLY: "read-only", SHADOW_COPY: "shadow-copy", HIDDEN: "hidden", NO_DRIVE_LETTER: "no-drive-letter"}
+
+# sfdisk names the three defined low bits; bits 48-63 (type-specific) it writes as GUID:<bit>.
+_NAMED_BITS = {"RequiredPartition": 0, "NoBlockIOProtocol": 1, "LegacyBIOSBootable": 2}
+
+UDEV_RULE_PATH = Path("/etc/udev/rules.d/61-shadowlun-shadow-copy.rules")
+# After 60-persistent-storage.rules (its blkid builtin sets ID_PART_ENTRY_*), before udisks' 80-.
+# The first hex digit of the 64-bit flags holds bits 60-63.
+UDEV_RULE = """\
+# shadowlun: shadow copies stay read-only and hidden while their GPT attributes say so
+# (bit 60 read-only, 61 shadow copy, 62 hidden, 63 no drive letter). Installed by
+# `shadowlun register-provider`; see provider/shadow_flags.py.
+SUBSYSTEM!="block", GOTO="shadowlun_end"
+ENV{DEVTYPE}!="partition", GOTO="shadowlun_end"
+ENV{ID_PART_ENTRY_SCHEME}!="gpt", GOTO="shadowlun_end"
+ENV{ID_PART_ENTRY_FLAGS}=="0x[13579bdf]???????????????", ENV{SHADOWLUN_READ_ONLY}="1"
+ENV{ID_PART_ENTRY_FLAGS}=="0x[4567cdef]???????????????", ENV{UDISKS_IGNORE}="1"
+ENV{ID_PART_ENTRY_FLAGS}=="0x[89abcdef]???????????????", ENV{UDISKS_AUTO}="0"
+ACTION=="add", ENV{SHADOWLUN_READ_ONLY}=="1", RUN+="/usr/sbin/blockdev --setro /dev/$parent $devnode"
+LABEL="shadowlun_end"
+"""
+
+
+def parse_attrs(text: str) -> int:
+    """sfdisk's attribute text ('RequiredPartition GUID:60,61') as the 64-bit value."""
+    bits = 0
+    for word in re.split(r"[\s,]+", text.strip()):
+        if not word:
+            continue
+        if word in _NAMED_BITS:
+            bits |= 1 << _NAMED_BITS[word]
+        elif word.startswith("GUID:"):
+            bits |= 1 << int(word[5:])
+        elif word.isdigit():  # continuation of a GUID: list
+            bits |= 1 << int(word)
+        else:
+            raise ValueError(f"unknown GPT attribute {word!r}")
+    return bits
+
+
+def attrs_text(bits: int) -> str:
+    """The 64-bit value as sfdisk --part-attrs takes it (bits 3-47 are reserved and dropped)."""
+    words = [name for name, bit in _NAMED_BITS.items() if bits >> bit & 1]
+    high = [str(b) for b in range(48, 64) if bits >> b & 1]
+    if high:
+        words.append("GUID:" + ",".join(high))
+    return ",".join(words)
+
+
+def describe(bits: int) -> list[str]:
+    return [name for flag, name in NAMES.items() if bits & flag]
+
+
+@dataclass(frozen=True)
+class Partition:
+    number: int
+    start_bytes: int
+    length_bytes: int
+    attrs: int
+
+
+class GptFlags:
+    """Reads and writes the shadow-copy bits of a disk's GPT partitions, and sets the kernel's
+    read-only state that enforces them. `runner` runs commands (tests pass a fake)."""
+
+    def __init__(self, runner: Runner = DEFAULT_RUNNER, dev_root: Path = Path("/dev")) -> None:
+        self.runner, self.dev_root = runner, Path(dev_root)
+
+    def _dev(self, disk: str) -> str:
+        return str(self.dev_root / block_name(disk))
+
+    def _run(self, argv: list[str], tolerated: str | None = None) -> str | None:
+        """The command's stdout; None when it failed with the `tolerated` message."""
+        done = self.runner(argv, check=False)
+        if done.returncode and tolerated and tolerated in (done.stderr or ""):
+            return None
+        if done.returncode:
+            raise vss_error(HResult.VSS_E_UNEXPECTED,
+                            f"{command_text(argv)} failed (exit {done.returncode}): "
+                            f"{(done.stderr or done.stdout or '').strip()[-500:]}")
+        return done.stdout
+
+    def partitions(self, disk: str) -> dict[int, Partition] | None:
+        """The disk's GPT partitions by number; None when the disk has no GPT (none, or MBR)."""
+        out = self._run(["sfdisk", "--json", self._dev(disk)],
+                        tolerated="does not contain a recognized partition table")
+        if out is None:
+            return None
+        table = json.loads(out)["partitiontable"]
+        if table.get("label") != "gpt":
+            return None
+        sector = int(table.get("sectorsize", 512))
+        found = {}
+        for p in table.get("partitions", []):
+            number = int(re.search(r"(\d+)$", p["node"]).group(1))
+            found[number] = Partition(number, int(p["start"]) * sector, int(p["size"]) * sector,
+                                      parse_attrs(p.get("attrs", "")))
+        return found
+
+    def gpt_partition(self, disk: str, offset_bytes: int) -> Partition | None:
+        """The GPT partition that starts at `offset_bytes` (a volume's extent), if any."""
+        parts = self.partitions(disk) or {}
+        return next((p for p in parts.values() if p.start_bytes == offset_bytes), None)
+
+    def _write(self, disk: str, number: int, bits: int) -> None:
+        # No re-read: the kernel keeps no attributes, and a mounted disk could not re-read anyway.
+        self._run(["sfdisk", "--no-reread", "--no-tell-kernel", "--quiet", "--part-attrs",
+                   self._dev(disk), str(number), attrs_text(bits)])
+
+    def set(self, disk: str, numbers: list[int], flags: int = SHADOW_FLAGS) -> None:
+        parts = self.partitions(disk) or {}
+        for n in numbers:
+            if n not in parts:
+                raise vss_error(HResult.VSS_E_VOLUME_NOT_SUPPORTED, f"{disk} has no GPT partition {n}")
+            if parts[n].attrs & flags != flags:
+                self._write(disk, n, parts[n].attrs | flags)
+        self._run(["blockdev", "--flushbufs", self._dev(disk)])
+
+    def clear(self, disk: str, numbers: list[int] | None = None, flags: int = SHADOW_FLAGS) -> list[int]:
+        """Clear `flags` on the given partitions (None: every partition that has any of them);
+        returns the partitions changed."""
+        parts = self.partitions(disk) or {}
+        changed = []
+        for n, p in sorted(parts.items()):
+            if (numbers is None or n in numbers) and p.attrs & flags:
+                self._write(disk, n, p.attrs & ~flags)
+                changed.append(n)
+        if changed:
+            self._run(["blockdev", "--flushbufs", self._dev(disk)])
+        return changed
+
+    def set_read_only(self, disk: str, numbers: list[int], read_only: bool) -> None:
+        """The kernel's read-only state (BLKROSET) of the disk and the given partitions."""
+        name = block_name(disk)
+        nodes = [self._dev(name)] + [self._dev(partition_name(name, n)) for n in numbers]
+        self._run(["blockdev", "--setro" if read_only else "--setrw", *nodes])
+
+
+def partition_name(disk: str, number: int) -> str:
+    """sdb + 1 -> sdb1; nvme0n1 + 1 -> nvme0n1p1 (the kernel's rule: 'p' after a digit)."""
+    disk = block_name(disk)
+    return f"{disk}p{number}" if disk[-1].isdigit() else f"{disk}{number}"
+
+
+def install_udev_rule(path: Path = UDEV_RULE_PATH, runner: Runner = DEFAULT_RUNNER) -> bool:
+    """Install (or update) the rule and have udev reload its rules; True when it changed."""
+    if path.exists() and path.read_text() == UDEV_RULE:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(UDEV_RULE)
+    runner(["udevadm", "control", "--reload"], check=False)
+    log.info("installed %s", path)
+    return True

@@ -1,0 +1,124 @@
+"""The shadow-copy flags in GPT attributes: real sfdisk on an image file, and the udev rule's
+patterns checked against every combination of the four bits."""
+from __future__ import annotations
+
+import fnmatch
+import re
+import subprocess
+
+import pytest
+
+from provider.hresult import HResult, VssError
+from provider.iscsi import SubprocessRunner
+from provider.shadow_flags import (
+    HIDDEN,
+    NO_DRIVE_LETTER,
+    READ_ONLY,
+    SHADOW_COPY,
+    SHADOW_FLAGS,
+    UDEV_RULE,
+    GptFlags,
+    attrs_text,
+    describe,
+    parse_attrs,
+    partition_name,
+)
+
+MIB = 1 << 20
+
+
+class FilesRunner:
+    """sfdisk for real on image files; blockdev (an ioctl on block devices only) recorded."""
+
+    def __init__(self) -> None:
+        self.blockdev: list[list[str]] = []
+        self.real = SubprocessRunner()
+
+    def __call__(self, argv, check=True):
+        if argv[0] == "blockdev":
+            self.blockdev.append(list(argv))
+            return subprocess.CompletedProcess(argv, 0, "", "")
+        return self.real(argv, check)
+
+
+@pytest.fixture
+def disk(tmp_path):
+    image = tmp_path / "sdx"
+    image.write_bytes(b"")
+    subprocess.run(["truncate", "-s", str(64 * MIB), str(image)], check=True)
+    subprocess.run(["sfdisk", "-q", str(image)], input="label: gpt\n,32M\n,\n", text=True, check=True)
+    runner = FilesRunner()
+    return GptFlags(runner, dev_root=tmp_path), runner
+
+
+def test_attribute_text_both_ways():
+    assert parse_attrs("RequiredPartition GUID:60,61,62,63") == 1 | SHADOW_FLAGS
+    assert parse_attrs("") == 0
+    assert attrs_text(1 | SHADOW_FLAGS) == "RequiredPartition,GUID:60,61,62,63"
+    assert parse_attrs(attrs_text(HIDDEN | 1 << 48)) == HIDDEN | 1 << 48
+    assert describe(SHADOW_FLAGS) == ["read-only", "shadow-copy", "hidden", "no-drive-letter"]
+    with pytest.raises(ValueError):
+        parse_attrs("Bogus")
+
+
+def test_partition_names():
+    assert partition_name("sdb", 1) == "sdb1" and partition_name("/dev/nvme0n1", 2) == "nvme0n1p2"
+
+
+def test_set_and_clear_on_a_real_gpt(disk):
+    gpt, runner = disk
+    parts = gpt.partitions("sdx")
+    assert sorted(parts) == [1, 2] and parts[1].start_bytes == MIB and parts[2].start_bytes == 33 * MIB
+    assert gpt.gpt_partition("sdx", 33 * MIB).number == 2 and gpt.gpt_partition("sdx", 5) is None
+    gpt.set("sdx", [2])
+    assert {n: p.attrs for n, p in gpt.partitions("sdx").items()} == {1: 0, 2: SHADOW_FLAGS}
+    assert gpt.clear("sdx", None, SHADOW_COPY) == [2]
+    assert gpt.partitions("sdx")[2].attrs == READ_ONLY | HIDDEN | NO_DRIVE_LETTER
+    assert gpt.clear("sdx", [1]) == []  # partition 1 has none
+    assert gpt.clear("sdx") == [2] and gpt.partitions("sdx")[2].attrs == 0
+    # sfdisk keeps both copies of the table valid: it reads the result back without complaint.
+    check = subprocess.run(["sfdisk", "--verify", str(gpt.dev_root / "sdx")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    with pytest.raises(VssError) as e:
+        gpt.set("sdx", [7])
+    assert e.value.hresult == HResult.VSS_E_VOLUME_NOT_SUPPORTED
+
+
+def test_no_table_and_mbr_are_not_gpt(tmp_path):
+    raw = tmp_path / "raw"
+    subprocess.run(["truncate", "-s", str(8 * MIB), str(raw)], check=True)
+    gpt = GptFlags(FilesRunner(), dev_root=tmp_path)
+    assert gpt.partitions("raw") is None
+    subprocess.run(["sfdisk", "-q", str(raw)], input="label: dos\n,\n", text=True, check=True)
+    assert gpt.partitions("raw") is None
+
+
+def test_read_only_is_set_on_the_disk_and_the_volume_partition(disk):
+    gpt, runner = disk
+    gpt.set_read_only("sdx", [2], True)
+    gpt.set_read_only("sdx", [], False)
+    root = str(gpt.dev_root)
+    assert runner.blockdev == [["blockdev", "--setro", f"{root}/sdx", f"{root}/sdx2"],
+                               ["blockdev", "--setrw", f"{root}/sdx"]]
+
+
+def _rule_pattern(env: str) -> str:
+    return re.search(r'ENV\{ID_PART_ENTRY_FLAGS\}=="([^"]+)", ENV\{' + env, UDEV_RULE).group(1)
+
+
+@pytest.mark.parametrize("bits", range(16))
+def test_udev_patterns_match_exactly_their_bit(bits):
+    """blkid writes ID_PART_ENTRY_FLAGS as 0x%llx: with any of bits 60-63 set, 16 hex digits."""
+    value = (bits << 60) | 0x1  # a low bit too, which must not matter
+    text = f"0x{value:x}"
+    assert fnmatch.fnmatchcase(text, _rule_pattern("SHADOWLUN_READ_ONLY")) == bool(value & READ_ONLY)
+    assert fnmatch.fnmatchcase(text, _rule_pattern("UDISKS_IGNORE")) == bool(value & HIDDEN)
+    assert fnmatch.fnmatchcase(text, _rule_pattern("UDISKS_AUTO")) == bool(value & NO_DRIVE_LETTER)
+
+
+def test_udev_rule_acts_on_add_only_for_read_only():
+    """Only an arriving partition is set read-only: the originals carry the flags for a moment
+    during a commit, and the 'change' events of that write must not touch them."""
+    run = [line for line in UDEV_RULE.splitlines() if "RUN+=" in line]
+    assert run == ['ACTION=="add", ENV{SHADOWLUN_READ_ONLY}=="1", '
+                   'RUN+="/usr/sbin/blockdev --setro /dev/$parent $devnode"']
