@@ -7,6 +7,12 @@ sequence, holds writes (FIFREEZE on every filesystem of the set) only around Com
 a 10 s watchdog, aborts the whole set on any failure, and writes the Backup Components Document.
 Each set's progress is persisted before each step, so a set left by a crash of the coordinator
 or the provider server is aborted at the next start (`recover()`).
+
+The shadow-copy flags (GPT attributes, `provider.shadow_flags`) are set on the originals right
+after EndPrepare, captured by the commit, and cleared on the originals after it (spec 14.2), so
+they travel with the shadow LUNs. After an import the set is in this host's catalog
+(`provider.catalog`), from which list, expose/unexpose, break and delete work (spec 10, 11, 14.4);
+resync works from the document (spec 12, 14.5).
 """
 from __future__ import annotations
 
@@ -24,14 +30,20 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import bcd
+from .catalog import Catalog, ImportedSet, ImportedSnapshot
 from .hresult import HResult, VssError, vss_error
+from .iscsi import DEFAULT_RUNNER, Runner
 from .lun_info import read_lun_info
-from .vss_types import LunInformation, SnapshotContext, VolumeSnapshotAttributes
+from .shadow_flags import READ_ONLY, SHADOW_COPY, SHADOW_FLAGS, GptFlags, describe, partition_name
+from .volumes import Extent
+from .vss_types import HardwareOptions, LunInformation, SnapshotContext, VolumeSnapshotAttributes
 
 log = logging.getLogger("shadowlun.coordinator")
 
 MAX_LUNS_PER_SET = 64
 HOLD_WRITES_TIMEOUT_S = 10.0
+SETTLE_TIMEOUT_S = 30
+RESYNC_POLL_S = 0.5
 STATE_DIR = Path("/var/lib/shadowlun/coordinator")
 SYSFS_BLOCK = Path("/sys/block")
 
@@ -52,6 +64,7 @@ class Volume:
     disks: tuple[str, ...]
     records: tuple[dict, ...]
     mountpoints: tuple[str, ...]
+    extents: tuple[Extent, ...] = ()
 
 
 @dataclass
@@ -64,6 +77,7 @@ class SetProgress:
     state: str  # preparing | committing | committed | aborted | created
     volumes: list[str] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    flagged: list[list] = field(default_factory=list)  # [disk, partition, flags we added] on originals
 
 
 class Coordinator:
@@ -72,18 +86,26 @@ class Coordinator:
                  filesystems_on: Callable[[list[str]], list[str]] | None = None,
                  hold_writes: Callable[..., Any] | None = None,
                  read_record: Callable[[str], dict] | None = None,
-                 disk_size: Callable[[str], int] | None = None) -> None:
-        if not (resolve and filesystems_on and hold_writes):
+                 extents: Callable[[str], list[Extent]] | None = None,
+                 flags: GptFlags | None = None, runner: Runner = DEFAULT_RUNNER,
+                 list_disks: Callable[[], list[str]] | None = None) -> None:
+        if not (resolve and filesystems_on and hold_writes and extents):
             from . import volumes as vol
 
             resolve = resolve or vol.resolve_volume
             filesystems_on = filesystems_on or vol.filesystems_on
             hold_writes = hold_writes or vol.hold_writes
+            extents = extents or vol.volume_extents
         self.providers = providers
         self.state_dir = state_dir
         self.resolve, self.filesystems_on, self.hold_writes = resolve, filesystems_on, hold_writes
         self.read_record = read_record or (lambda disk: read_lun_info(SYSFS_BLOCK / disk).to_dict())
-        self.disk_size = disk_size or (lambda disk: int((SYSFS_BLOCK / disk / "size").read_text()) * 512)
+        self.extents = extents
+        self.flags = flags or GptFlags(runner)
+        self.runner = runner
+        self.list_disks = list_disks or (lambda: sorted((p.name for p in SYSFS_BLOCK.glob("sd*")),
+                                                        key=lambda n: (len(n), n)))
+        self.catalog = Catalog(state_dir / "imports")
 
     # -- the host-wide creation lock and persisted progress --------------------------------
 
@@ -118,6 +140,8 @@ class Coordinator:
                     self._save(p)
                     aborted.append(p.set_id)
                     log.warning("aborted snapshot set %s left by a crash", p.set_id)
+                if p.flagged:
+                    self._unflag_originals(p)
         return aborted
 
     @staticmethod
@@ -146,23 +170,21 @@ class Coordinator:
 
     # -- import (spec 9.3) ------------------------------------------------------------------
 
-    def _catalog(self, set_id: str) -> Path:
-        return self.state_dir / "imports" / f"{set_id}.json"
-
     def import_document(self, xml: bytes) -> ImportResult:
         """Import a transportable set from its Backup Components Document: LocateLuns on the
-        provider named in it (the array refuses a set another host imported), then
-        FillInLunInfo of every disk that arrived, matched to the document's target records.
-        A set is imported once on this host too (a catalog kept here)."""
+        provider named in it (the array refuses a set another host imported, or a host it does not
+        serve), then FillInLunInfo of every disk that arrived, matched to the document's target
+        records. Each volume comes online read-only and hidden, as its flags say, and the set
+        enters this host's catalog. A set is imported once on this host too."""
         doc = bcd.from_xml(xml)
         if not is_transportable(doc.context):
             raise vss_error(HResult.VSS_E_NONTRANSPORTABLE_BCD,
                             f"snapshot set {doc.set_id} was not created transportable")
         with self.creation_lock():
-            if self._catalog(doc.set_id).exists():
-                done = json.loads(self._catalog(doc.set_id).read_text())
+            done = self.catalog.get(doc.set_id)
+            if done is not None:
                 raise vss_error(HResult.VSS_E_BAD_STATE,
-                                f"snapshot set {doc.set_id} was already imported on this host at {done['imported']}")
+                                f"snapshot set {doc.set_id} was already imported on this host at {done.imported}")
             provider = self._provider(doc.provider_id)
             wanted = [m.destination for s in doc.snapshots for m in s.luns]
             arrived = provider.call("locate_luns", luns=wanted)
@@ -171,34 +193,352 @@ class Coordinator:
                 info = provider.call("fill_in_lun_info", device=disk["device"], lun_info=None)
                 if info["supported"]:
                     seen[disk["device"]] = LunInformation.from_dict(info["lun_info"])
-            snapshots, missing = [], []
+            self._settle()
+            snapshots, missing, entries = [], [], []
             for s in doc.snapshots:
                 devices = []
                 for m in s.luns:
                     want = LunInformation.from_dict(m.destination)
                     device = next((d for d, got in seen.items() if got.matches(want)), None)
                     devices.append(device)
+                entry = ImportedSnapshot(
+                    snapshot_id=s.snapshot_id, volume=s.volume_name,
+                    luns=[m.destination for m in s.luns], sources=[m.source for m in s.luns],
+                    extents=[{"lun_index": e.lun_index, "offset_bytes": e.offset_bytes,
+                              "length_bytes": e.length_bytes} for e in s.extents])
                 if all(devices):
-                    snapshots.append({"snapshot_id": s.snapshot_id, "volume": s.volume_name, "devices": devices})
+                    volume = self._enforce(entry, devices)
+                    snapshots.append({"snapshot_id": s.snapshot_id, "volume": s.volume_name,
+                                      "devices": devices, **volume})
+                    entries.append(entry)
                 else:
                     missing.append({"snapshot_id": s.snapshot_id, "volume": s.volume_name,
                                     "why": "a shadow LUN did not arrive or did not match its record"})
             if not snapshots:
                 raise vss_error(HResult.VSS_E_NO_SNAPSHOTS_IMPORTED,
                                 f"no shadow copy of set {doc.set_id} could be imported: {missing}")
-            path = self._catalog(doc.set_id)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"set_id": doc.set_id, "fingerprint": bcd.fingerprint(doc),
-                                        "imported": bcd.utc_timestamp(), "snapshots": snapshots}))
+            self.catalog.save(ImportedSet(
+                set_id=doc.set_id, provider_id=doc.provider_id, context=doc.context,
+                originating_host=doc.originating_host, created=doc.created,
+                imported=bcd.utc_timestamp(), fingerprint=bcd.fingerprint(doc), snapshots=entries))
             status = HResult.VSS_S_SOME_SNAPSHOTS_NOT_IMPORTED if missing else HResult.S_OK
             return ImportResult(doc.set_id, status, snapshots, missing)
+
+    def _settle(self) -> None:
+        """Let udev finish with the disks that arrived (partitions, blkid, our rule), bounded."""
+        self.runner(["udevadm", "settle", f"--timeout={SETTLE_TIMEOUT_S}"], check=False)
+
+    # -- the volume of a shadow copy on this host ----------------------------------------------
+
+    def _find_disk(self, record: dict) -> str | None:
+        """This host's disk whose FillInLunInfo record matches `record` (page 0x83 identity)."""
+        want = LunInformation.from_dict(record)
+        for disk in self.list_disks():
+            try:
+                got = LunInformation.from_dict(self.read_record(disk))
+            except VssError:
+                continue  # not a disk whose identity can be read (gone, or not SCSI)
+            if got.matches(want):
+                return disk
+        return None
+
+    def _volume_on(self, disks: list[str], extents: list[dict]) -> tuple[str, str, list[int], int | None]:
+        """The volume's block device on these disks, the disk holding it, the GPT partitions of
+        the volume on each disk, and the volume's flags (None: no GPT, no flags)."""
+        ext = extents[0] if extents else {"lun_index": 0, "offset_bytes": 0}
+        disk = disks[ext["lun_index"]]
+        part = self.flags.gpt_partition(disk, ext["offset_bytes"]) if ext["offset_bytes"] else None
+        if ext["offset_bytes"] and part is None:
+            raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
+                            f"{disk} has no partition at byte {ext['offset_bytes']}, where the volume was")
+        device = f"/dev/{partition_name(disk, part.number)}" if part else f"/dev/{disk}"
+        return device, disk, [part.number] if part else [], part.attrs if part else None
+
+    def _enforce(self, entry: ImportedSnapshot, devices: list[str]) -> dict:
+        """Read-only in the kernel for every shadow LUN of the volume, whatever udev did; returns
+        the volume's device and the flags it carries."""
+        disks = [d.removeprefix("/dev/") for d in devices]
+        device, _, parts, attrs = self._volume_on(disks, entry.extents)
+        if attrs is None or attrs & READ_ONLY:
+            for disk in disks:
+                self.flags.set_read_only(disk, parts if disk == disks[0] else [], True)
+        return {"device": device, "flags": describe(attrs or 0)}
+
+    def _located(self, entry: ImportedSnapshot) -> tuple[list[str], dict]:
+        """The snapshot's disks on this host and its volume; VSS_E_OBJECT_NOT_FOUND when a disk is
+        not here (e.g. after a reboot without a session)."""
+        disks = []
+        for rec in entry.luns:
+            disk = self._find_disk(rec)
+            if disk is None:
+                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
+                                f"shadow copy {entry.snapshot_id}: its LUN (serial "
+                                f"{rec.get('serial_number', '?')}) is not attached to this host")
+            disks.append(disk)
+        device, disk, parts, attrs = self._volume_on(disks, entry.extents)
+        return disks, {"device": device, "disk": disk, "partitions": parts, "attrs": attrs}
+
+    # -- list, expose, unexpose (spec 11.2) ------------------------------------------------------
+
+    def list_sets(self) -> list[dict]:
+        """The catalog with what is on this host now: devices, flags, exposure."""
+        out = []
+        for s in self.catalog.sets():
+            snaps = []
+            for e in s.snapshots:
+                row = {"snapshot_id": e.snapshot_id, "volume": e.volume, "exposed": e.exposed,
+                       "device": None, "flags": [], "read_only": None}
+                try:
+                    disks, vol = self._located(e)
+                    row.update(device=vol["device"], disks=[f"/dev/{d}" for d in disks],
+                               flags=describe(vol["attrs"] or 0), read_only=self._read_only(vol["device"]))
+                except VssError as err:
+                    row["problem"] = err.message
+                snaps.append(row)
+            out.append({"set_id": s.set_id, "provider_id": s.provider_id, "context": s.context,
+                        "originating_host": s.originating_host, "created": s.created,
+                        "imported": s.imported, "snapshots": snaps})
+        return out
+
+    @staticmethod
+    def _read_only(device: str) -> bool:
+        name = device.removeprefix("/dev/")
+        try:
+            return (Path("/sys/class/block") / name / "ro").read_text().strip() == "1"
+        except OSError:
+            return False
+
+    def _run(self, argv: list[str], code: HResult = HResult.VSS_E_UNEXPECTED) -> str:
+        done = self.runner(argv, check=False)
+        if done.returncode:
+            raise vss_error(code, f"{' '.join(argv)} failed (exit {done.returncode}): "
+                                  f"{(done.stderr or done.stdout or '').strip()[-500:]}")
+        return done.stdout
+
+    def expose(self, snapshot_id: str, mount_dir: str | None = None) -> dict:
+        """Mount the shadow copy read-only at an empty directory, or (no directory) present its
+        block device. The data stays read-only either way (the kernel refuses writes)."""
+        s, entry = self.catalog.require_snapshot(snapshot_id)
+        if entry.exposed:
+            raise vss_error(HResult.VSS_E_BAD_STATE, f"shadow copy {snapshot_id} is already exposed "
+                                                     f"({entry.exposed}); unexpose it first")
+        _, vol = self._located(entry)
+        if mount_dir:
+            target = Path(mount_dir)
+            if not target.is_absolute():
+                raise vss_error(HResult.E_INVALIDARG, f"{mount_dir}: give an absolute path")
+            target.mkdir(parents=True, exist_ok=True)
+            if not target.is_dir() or any(target.iterdir()) or os.path.ismount(target):
+                raise vss_error(HResult.E_INVALIDARG, f"{mount_dir} is not an empty directory")
+            fstype = self._run(["blkid", "-o", "value", "-s", "TYPE", vol["device"]],
+                               HResult.VSS_E_OBJECT_NOT_FOUND).strip()
+            # Never replay a journal: the device is read-only, and the copy is consistent as frozen.
+            options = {"ext3": "ro,noload", "ext4": "ro,noload", "xfs": "ro,norecovery"}.get(fstype, "ro")
+            self._run(["mount", "-t", fstype, "-o", options, vol["device"], str(target)])
+            entry.exposed = str(target)
+        else:
+            entry.exposed = "device"
+        self.catalog.save(s)
+        return {"snapshot_id": snapshot_id, "device": vol["device"], "exposed": entry.exposed}
+
+    def unexpose(self, snapshot_id: str) -> dict:
+        s, entry = self.catalog.require_snapshot(snapshot_id)
+        if not entry.exposed:
+            raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"shadow copy {snapshot_id} is not exposed")
+        was = entry.exposed
+        self._unmount(entry)
+        self.catalog.save(s)
+        return {"snapshot_id": snapshot_id, "unexposed": was}
+
+    def _unmount(self, entry: ImportedSnapshot) -> None:
+        if entry.exposed and entry.exposed != "device" and os.path.ismount(entry.exposed):
+            self._run(["umount", entry.exposed], HResult.VSS_E_BAD_STATE)
+        entry.exposed = None
+
+    # -- break (spec 11.1, 14.4) -----------------------------------------------------------------
+
+    def break_set(self, set_id: str, writable: bool = False) -> dict:
+        """The set leaves VSS: its LUNs become ordinary disks of this host, no longer shadow
+        copies (the array forgets them as such too). Without `writable` they stay read-only and
+        hidden (only the shadow-copy flag is cleared); with it every flag is cleared and the disks
+        are writable (BreakSnapshotSetEx MAKE_READ_WRITE). Exposures are unmounted first."""
+        s = self.catalog.require_set(set_id)
+        provider = self._provider(s.provider_id)
+        located = [(e, *self._located(e)) for e in s.snapshots]  # all present, or nothing changes
+        clear = SHADOW_FLAGS if writable else SHADOW_COPY
+        out = []
+        for entry, disks, vol in located:
+            self._unmount(entry)
+            for disk in disks:
+                self.flags.set_read_only(disk, vol["partitions"] if disk == vol["disk"] else [], False)
+                self.flags.clear(disk, None, clear)
+                if not writable:
+                    self.flags.set_read_only(disk, vol["partitions"] if disk == vol["disk"] else [], True)
+            out.append({"snapshot_id": entry.snapshot_id, "volume": entry.volume, "device": vol["device"]})
+        notify = HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_READ_WRITE if writable else 0
+        provider.call("on_lun_state_change", snapshot_luns=[r for e in s.snapshots for r in e.luns],
+                      original_luns=[r for e in s.snapshots for r in e.sources], flags=int(notify))
+        self.catalog.remove(set_id)
+        return {"set_id": set_id, "writable": writable, "volumes": out}
+
+    # -- delete (spec 10, 14.4) ------------------------------------------------------------------
+
+    def delete(self, snapshot_id: str | None = None, set_id: str | None = None,
+               everything: bool = False) -> dict:
+        """Delete shadow copies one by one (one snapshot, a set, or all of this host's): unexpose,
+        then for each shadow LUN no other copy uses, FillInLunInfo and OnLunEmpty (the provider
+        removes the disk, logs out when it was the last, and the array deletes the LUN). Stops at
+        the first failure, naming the copy not deleted; the catalog keeps what was not deleted."""
+        if sum(x is not None and x is not False for x in (snapshot_id, set_id, everything)) != 1:
+            raise vss_error(HResult.E_INVALIDARG, "delete one snapshot, one set, or all")
+        if snapshot_id:
+            chosen = [(self.catalog.require_snapshot(snapshot_id)[0].set_id, snapshot_id)]
+        elif set_id:
+            chosen = [(set_id, e.snapshot_id) for e in self.catalog.require_set(set_id).snapshots]
+        else:
+            chosen = [(s.set_id, e.snapshot_id) for s in self.catalog.sets() for e in s.snapshots]
+        deleted = []
+        for sid, snap_id in chosen:
+            try:
+                self._delete_one(sid, snap_id)
+            except VssError as e:
+                raise vss_error(e.hresult, f"deleted {len(deleted)} shadow copies; {snap_id} was not "
+                                           f"deleted: {e.message}") from e
+            deleted.append(snap_id)
+        return {"deleted": deleted, "non_deleted": None}
+
+    def _delete_one(self, set_id: str, snapshot_id: str) -> None:
+        s = self.catalog.require_set(set_id)
+        entry = s.snapshot(snapshot_id)
+        assert entry is not None
+        provider = self._provider(s.provider_id)
+        self._unmount(entry)
+        self.catalog.save(s)
+        others = [r for o in self.catalog.sets() for e in o.snapshots if e is not entry
+                  and not (o.set_id == set_id and e.snapshot_id == snapshot_id) for r in e.luns]
+        for rec in entry.luns:
+            if any(LunInformation.from_dict(rec).matches(LunInformation.from_dict(o)) for o in others):
+                continue  # the LUN still holds another copy
+            disk = self._find_disk(rec)
+            if disk is not None:
+                provider.call("fill_in_lun_info", device=f"/dev/{disk}", lun_info=rec)
+                self.flags.set_read_only(disk, [], False)
+            provider.call("on_lun_empty", device=f"/dev/{disk}" if disk else "", lun_info=rec)
+        s.snapshots = [e for e in s.snapshots if e.snapshot_id != snapshot_id]
+        if s.snapshots:
+            self.catalog.save(s)
+        else:
+            self.catalog.remove(set_id)
+
+    # -- resync (spec 12, 14.5) ------------------------------------------------------------------
+
+    def resync(self, xml: bytes, snapshot_ids: list[str] | None = None,
+               on_progress: Callable[[int, int], None] = lambda done, total: None) -> dict:
+        """LUN resync: each chosen shadow copy's LUNs are copied back onto the original LUNs on the
+        array, which must be attached to this host and not in use. Afterwards the partition tables
+        are re-read and the flags the copy carried are cleared on the originals."""
+        doc = bcd.from_xml(xml)
+        chosen = list(doc.snapshots)
+        if snapshot_ids:
+            known = {s.snapshot_id: s for s in doc.snapshots}
+            unknown = [i for i in snapshot_ids if i not in known]
+            if unknown:
+                raise vss_error(HResult.VSS_E_SNAPSHOT_NOT_IN_SET,
+                                f"not in snapshot set {doc.set_id}: {', '.join(unknown)}")
+            chosen = [known[i] for i in snapshot_ids]
+        provider = self._provider(doc.provider_id)
+        shadows = [m.destination for s in chosen for m in s.luns]
+        originals = [m.source for s in chosen for m in s.luns]
+        disks = []
+        for s in chosen:
+            for m in s.luns:
+                disk = self._find_disk(m.source)
+                if disk is None:
+                    raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
+                                    f"the original LUN of {s.volume_name} (serial "
+                                    f"{m.source.get('serial_number', '?')}) is not attached to this host")
+                in_use = self.filesystems_on([disk])
+                if in_use:
+                    raise vss_error(HResult.VSS_E_VOLUME_IN_USE,
+                                    f"{s.volume_name} (/dev/{disk}) is mounted at {', '.join(in_use)}; "
+                                    "unmount it before the resync")
+                disks.append(disk)
+        provider.call("on_lun_state_change", snapshot_luns=shadows, original_luns=originals,
+                      flags=int(HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_PRE_RECOVERY))
+        started = provider.call("resync_luns", source_luns=shadows, target_luns=originals, wait=False)
+        while True:
+            status = provider.call("query_status", handle=started["handle"])
+            on_progress(status["done_bytes"], status["total_bytes"])
+            if status["status"] != int(HResult.VSS_S_ASYNC_PENDING):
+                break
+            time.sleep(RESYNC_POLL_S)
+        for disk in disks:
+            # The host's cached blocks and partition table are those of before: drop them, clear the
+            # copy's flags on the original (it is no shadow copy), then re-read the partitions.
+            self._run(["blockdev", "--flushbufs", f"/dev/{disk}"])
+            self.flags.set_read_only(disk, [], False)
+            self.flags.clear(disk, None, SHADOW_FLAGS)
+            self._run(["blockdev", "--rereadpt", f"/dev/{disk}"])
+        self._settle()
+        provider.call("on_lun_state_change", snapshot_luns=shadows, original_luns=originals,
+                      flags=int(HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_POST_RECOVERY))
+        return {"set_id": doc.set_id, "resynced": [{"snapshot_id": s.snapshot_id, "volume": s.volume_name}
+                                                   for s in chosen], "disks": [f"/dev/{d}" for d in disks]}
 
     # -- creation --------------------------------------------------------------------------
 
     def _volume(self, name: str) -> Volume:
         disks = self.resolve(name)
         return Volume(name, tuple(disks), tuple(self.read_record(d) for d in disks),
-                      tuple(self.filesystems_on(disks)))
+                      tuple(self.filesystems_on(disks)), tuple(self.extents(name)))
+
+    def _flaggable(self, v: Volume, transportable: bool) -> list[tuple[str, int]]:
+        """(disk, GPT partition) of each extent of the volume, which will carry the flags. A
+        transportable volume must have them all (spec 9.3: it comes online read-only and hidden
+        because of them); otherwise a volume without GPT simply gets none."""
+        found, why = [], ""
+        for e in v.extents:
+            parts = self.flags.partitions(e.disk) if e.partition is not None else None
+            if e.partition is None:
+                why = f"it is on the whole disk {e.disk}, with no partition table"
+            elif parts is None:
+                why = f"{e.disk} has no GPT (an MBR has no documented place for them)"
+            elif e.partition not in parts:
+                why = f"{e.disk}'s partition {e.partition} is not in its GPT"
+            else:
+                found.append((e.disk, e.partition))
+                continue
+            if transportable:
+                raise vss_error(HResult.VSS_E_VOLUME_NOT_SUPPORTED,
+                                f"{v.name}: a transportable shadow copy carries its read-only and hidden "
+                                f"flags in the GPT attributes of the volume's partition, but {why}")
+            return []
+        return found
+
+    def _flag_originals(self, progress: SetProgress, targets: list[tuple[str, int]]) -> None:
+        """Set the shadow-copy flags on the originals so the commit captures them; what we add is
+        persisted first, so a crash leaves nothing that `recover` cannot clear."""
+        for disk, number in targets:
+            current = (self.flags.partitions(disk) or {}).get(number)
+            added = SHADOW_FLAGS & ~(current.attrs if current else 0)
+            if added:
+                progress.flagged.append([disk, number, added])
+        self._save(progress)
+        for disk, number, added in progress.flagged:
+            self.flags.set(disk, [number], added)
+
+    def _unflag_originals(self, progress: SetProgress) -> None:
+        errors = []
+        for disk, number, added in progress.flagged:
+            try:
+                self.flags.clear(disk, [number], added)
+            except VssError as e:
+                errors.append(f"{disk} partition {number}: {e.message}")
+        if errors:
+            raise vss_error(HResult.VSS_E_UNEXPECTED, "clearing the shadow-copy flags on the originals "
+                                                      f"failed: {'; '.join(errors)}")
+        progress.flagged = []
+        self._save(progress)
 
     def _select(self, volumes: list[Volume], context: int) -> Provider:
         """The first provider that supports every volume (step 1b); none ⇒ VOLUME_NOT_SUPPORTED."""
@@ -228,6 +568,7 @@ class Coordinator:
             if len(luns) > MAX_LUNS_PER_SET:
                 raise vss_error(HResult.VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED,
                                 f"{len(luns)} LUNs in one set; at most {MAX_LUNS_PER_SET}")
+            flaggable = [t for v in volumes for t in self._flaggable(v, is_transportable(context))]
             provider = self._select(volumes, context)
             set_id = str(uuid.uuid4())
             snapshot_ids = {v.name: str(uuid.uuid4()) for v in volumes}
@@ -250,6 +591,7 @@ class Coordinator:
                         "begin_prepare_snapshot", set_id=set_id, snapshot_id=snapshot_ids[v.name],
                         context=context, devices=[f"/dev/{d}" for d in v.disks], luns=list(v.records)))
                 step("EndPrepareSnapshots", lambda: provider.call("end_prepare_snapshots", set_id=set_id))
+                step("flag originals", lambda: self._flag_originals(progress, flaggable))
                 step("PreCommitSnapshots", lambda: provider.call("pre_commit_snapshots", set_id=set_id))
                 progress.state = "committing"
                 self._save(progress)
@@ -265,6 +607,7 @@ class Coordinator:
                 spans["frozen"] = (frozen_at, thawing_at)
                 progress.state = "committed"
                 self._save(progress)
+                step("unflag originals", lambda: self._unflag_originals(progress))
                 step("PostCommitSnapshots", lambda: provider.call(
                     "post_commit_snapshots", set_id=set_id, snapshot_count=len(volumes)))
                 targets = {v.name: step(f"GetTargetLuns {v.name}", lambda v=v: provider.call(
@@ -277,6 +620,11 @@ class Coordinator:
                 self._abort(provider, set_id)
                 progress.state = "aborted"
                 self._save(progress)
+                if progress.flagged:
+                    try:
+                        self._unflag_originals(progress)
+                    except VssError as flag_error:  # keep the first error; `recover` retries this
+                        log.error("snapshot set %s: %s", set_id, flag_error)
                 raise
             progress.state = "created"
             self._save(progress)
@@ -288,7 +636,8 @@ class Coordinator:
                     bcd.SnapshotRecord(
                         snapshot_id=snapshot_ids[v.name], volume_name=v.name, attributes=context & 0xFFFFFFFF,
                         luns=tuple(bcd.LunMapping(source=s, destination=t) for s, t in zip(v.records, targets[v.name])),
-                        extents=tuple(bcd.DiskExtent(i, 0, self.disk_size(d)) for i, d in enumerate(v.disks)),
+                        extents=tuple(bcd.DiskExtent(v.disks.index(e.disk), e.offset_bytes, e.length_bytes)
+                                      for e in v.extents),
                     ) for v in volumes),
             )
             return doc, {"seconds": timings, "wall": spans}

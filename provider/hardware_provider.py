@@ -66,7 +66,10 @@ class Array(Protocol):
     def mask(self, name: str, initiator: str, chap_user: str, chap_secret: str, read_only: bool = False) -> dict: ...
     def unmask(self, name: str, initiator: str) -> dict: ...
     def delete(self, name: str) -> None: ...
+    def detach(self, name: str) -> dict: ...
+    def hosts(self) -> list[dict]: ...
     def start_resync(self, name: str, snapshot: str) -> dict: ...
+    def job(self, job_id: str) -> dict: ...
     def wait_job(self, job_id: str, timeout: float, on_progress=None) -> dict: ...
 
 
@@ -127,6 +130,7 @@ class ShadowLunProvider:
         self.array, self.initiator, self.host, self.sysfs_block = array, initiator, host, sysfs_block
         self.sm = ProviderStateMachine()
         self._sets: dict[str, PendingSet] = {}
+        self._asyncs: dict[str, list[str]] = {}  # IVssAsync handle of a resync -> array job ids
         self._lock = threading.RLock()
 
     # -- plumbing --------------------------------------------------------------------------
@@ -375,34 +379,65 @@ class ShadowLunProvider:
                    | ProviderCapabilities.VSS_PRV_CAPABILITY_LUN_RESYNC)
 
     def on_lun_state_change(self, snapshot_luns: list[dict], original_luns: list[dict], flags: int) -> None:
-        """NOTIFY_* need nothing; DO_MASK_LUNS hides the shadow LUNs from this host, keeping them."""
-        from .vss_types import HardwareOptions
+        """Break (no flag, NOTIFY_READ_WRITE, DO_MASK_LUNS): the shadow LUNs become ordinary LUNs
+        on the array, no longer members of their set; DO_MASK_LUNS also hides them from this host.
+        The recovery notifications (around a resync) need nothing."""
+        from .vss_types import HardwareOptions as H
 
-        if not flags & HardwareOptions.VSS_ONLUNSTATECHANGE_DO_MASK_LUNS:
+        if flags & (H.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_PRE_RECOVERY | H.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_POST_RECOVERY):
             return
         inventory = self._inventory_by_serial()
         target = self.array.target()
         for d in snapshot_luns:
             lun = self._lun_for(record(d), inventory)
             if lun is None:
-                continue
-            self._release_on_host(lun, target)
-            self.array.unmask(lun["name"], self.host.initiator)
+                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
+                                f"no LUN with serial {record(d).serial_number!r} on this array")
+            if lun["kind"] == "snapshot":
+                self.array.detach(lun["name"])
+            if flags & H.VSS_ONLUNSTATECHANGE_DO_MASK_LUNS:
+                self._release_on_host(lun, target)
+                self.array.unmask(lun["name"], self.host.initiator)
 
-    def resync_luns(self, source_luns: list[dict], target_luns: list[dict], timeout: float = 3600) -> dict:
-        """Copy each shadow LUN onto its destination on the array (never through this host)."""
+    def resync_luns(self, source_luns: list[dict], target_luns: list[dict], timeout: float = 3600,
+                    wait: bool = True) -> dict:
+        """Copy each shadow LUN onto its destination on the array (never through this host).
+        ResyncLuns hands back an IVssAsync: with `wait=False` this returns its handle at once,
+        for query_status; otherwise it waits for the end."""
         inventory = self._inventory_by_serial()
-        jobs = []
+        pairs = []
         for s, t in zip(source_luns, target_luns, strict=True):
             src, dst = self._lun_for(record(s), inventory), self._lun_for(record(t), inventory)
             if src is None or dst is None:
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, "resync needs two LUNs of this array")
-            jobs.append(self.array.start_resync(dst["name"], src["name"]))
-        done = [self.array.wait_job(j["job_id"], timeout) for j in jobs]
-        failed = [j for j in done if j["state"] != "done"]
+            pairs.append((src, dst))
+        jobs = [self.array.start_resync(dst["name"], src["name"]) for src, dst in pairs]
+        handle = str(uuid.uuid4())
+        with self._lock:
+            self._asyncs[handle] = [j["job_id"] for j in jobs]
+        if not wait:
+            return {"status": int(HResult.VSS_S_ASYNC_PENDING), "handle": handle}
+        deadline = time.monotonic() + timeout
+        while (status := self.query_status(handle))["status"] == int(HResult.VSS_S_ASYNC_PENDING):
+            if time.monotonic() > deadline:
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"resync still running after {timeout:g} s")
+            time.sleep(0.5)
+        return status
+
+    def query_status(self, handle: str) -> dict:
+        """IVssAsync::QueryStatus of a resync: pending with bytes done, finished, or the failure."""
+        with self._lock:
+            job_ids = self._asyncs.get(handle)
+        if job_ids is None:
+            raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no asynchronous operation {handle}")
+        jobs = [self.array.job(j) for j in job_ids]
+        failed = [j for j in jobs if j["state"] == "failed"]
         if failed:
             raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"resync failed: {json.dumps(failed)}")
-        return {"status": int(HResult.VSS_S_ASYNC_FINISHED), "jobs": done}
+        pending = any(j["state"] == "running" for j in jobs)
+        return {"status": int(HResult.VSS_S_ASYNC_PENDING if pending else HResult.VSS_S_ASYNC_FINISHED),
+                "done_bytes": sum(j["done_bytes"] for j in jobs),
+                "total_bytes": sum(j["total_bytes"] for j in jobs), "jobs": jobs}
 
     def on_reuse_luns(self, snapshot_luns: list[dict], original_luns: list[dict]) -> None:
         raise vss_error(HResult.E_NOTIMPL, "OnReuseLuns is reserved")

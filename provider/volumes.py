@@ -145,23 +145,30 @@ def _block_of_device_path(path: str, sysfs_root: Path, dev_root: Path) -> str | 
     return None
 
 
-def _leaves(name: str, sysfs_root: Path, trail: tuple[str, ...] = ()) -> list[str]:
-    """The whole disks at the bottom of block device `name`: a partition's parent disk, a
-    dm/md device's slaves followed down recursively; a disk without slaves is a leaf."""
+def _stack(name: str, sysfs_root: Path, trail: tuple[str, ...] = ()) -> list[tuple[str, str | None]]:
+    """(whole disk, partition or None) pairs at the bottom of block device `name`: a partition
+    leads to its parent disk, a dm/md device to its slaves followed down recursively; a disk
+    without slaves is a leaf with no partition."""
     if name in trail:
         return []  # a loop in sysfs should not exist; do not recurse forever if it does
     block = _class_block(sysfs_root, name)
     if (block / "partition").exists():
-        return _leaves(Path(os.path.realpath(block)).parent.name, sysfs_root, trail + (name,))
+        return [(disk, name) for disk, _ in _stack(Path(os.path.realpath(block)).parent.name,
+                                                    sysfs_root, trail + (name,))]
     slaves = sorted(p.name for p in (block / "slaves").glob("*"))
     if slaves:
-        found: list[str] = []
+        found: list[tuple[str, str | None]] = []
         for slave in slaves:
-            for leaf in _leaves(slave, sysfs_root, trail + (name,)):
-                if leaf not in found:
-                    found.append(leaf)
+            for pair in _stack(slave, sysfs_root, trail + (name,)):
+                if pair not in found:
+                    found.append(pair)
         return found
-    return [name]
+    return [(name, None)]
+
+
+def _leaves(name: str, sysfs_root: Path) -> list[str]:
+    """The whole disks at the bottom of block device `name`."""
+    return list(dict.fromkeys(disk for disk, _ in _stack(name, sysfs_root)))
 
 
 def _not_scsi_reason(name: str) -> str:
@@ -196,11 +203,16 @@ def resolve_volume(volume: str, sysfs_root: Path = SYSFS, mounts_file: Path = MO
     (virtio, loop, NVMe, tmpfs, btrfs/overlay/NFS with no block device of their own).
     `dev_root` stands for /dev in tests.
     """
-    sysfs_root, dev_root = Path(sysfs_root), Path(dev_root)
+    name, what = _volume_block(volume, Path(sysfs_root), Path(mounts_file), Path(dev_root))
+    return _disks_of_block(name, what, Path(sysfs_root))
+
+
+def _volume_block(volume: str, sysfs_root: Path, mounts_file: Path, dev_root: Path) -> tuple[str, str]:
+    """The block device (kernel name) of a volume, and how to name it in messages."""
     if volume.startswith("/dev/"):
         name = _block_of_device_path(volume, sysfs_root, dev_root)
         if name is not None:
-            return _disks_of_block(name, volume, sysfs_root)
+            return name, volume
     path = os.path.realpath(volume) if volume else ""
     mounts = read_mounts(mounts_file)
     here = [m for m in mounts if m.mount_point == path]
@@ -219,7 +231,40 @@ def resolve_volume(volume: str, sysfs_root: Path = SYSFS, mounts_file: Path = MO
         raise vss_error(HResult.VSS_E_VOLUME_NOT_SUPPORTED,
                         f"{what} ({mount.source}) is not on a block device of its own "
                         f"(device {mount.major}:{mount.minor})")
-    return _disks_of_block(name, what, sysfs_root)
+    return name, what
+
+
+@dataclass(frozen=True)
+class Extent:
+    """Where a volume lies on one of its disks, in bytes; `partition` is the partition's number
+    when the volume is on (or, through dm, inside) a partition, None for the whole disk."""
+
+    disk: str
+    offset_bytes: int
+    length_bytes: int
+    partition: int | None
+
+
+def volume_extents(volume: str, sysfs_root: Path = SYSFS, mounts_file: Path = MOUNTINFO, *,
+                   dev_root: Path = DEV) -> list[Extent]:
+    """The extents of a volume on its disks: the partitions it is on, or whole disks. A dm volume
+    (LVM, crypt) is given the whole partitions or disks under it."""
+    sysfs_root = Path(sysfs_root)
+    name, what = _volume_block(volume, sysfs_root, Path(mounts_file), Path(dev_root))
+    _disks_of_block(name, what, sysfs_root)  # refuses what is not on SCSI disks
+
+    def sectors(block: Path, what: str) -> int:
+        return int((block / what).read_text()) * 512
+
+    extents = []
+    for disk, part in _stack(name, sysfs_root):
+        if part is None:
+            extents.append(Extent(disk, 0, sectors(_class_block(sysfs_root, disk), "size"), None))
+        else:
+            block = _class_block(sysfs_root, part)
+            extents.append(Extent(disk, sectors(block, "start"), sectors(block, "size"),
+                                  int((block / "partition").read_text())))
+    return extents
 
 
 def filesystems_on(disks: Iterable[str], sysfs_root: Path = SYSFS, mounts_file: Path = MOUNTINFO) -> list[str]:

@@ -11,6 +11,8 @@ from provider.coordinator import Coordinator, SetProgress
 from provider.hardware_provider import PROVIDER_ID, ShadowLunProvider
 from provider.hresult import HResult, VssError, vss_error
 from provider.lun_info import predict_lio_lun_info
+from provider.shadow_flags import Partition
+from provider.volumes import Extent
 from provider.vss_types import SnapshotContext, VolumeSnapshotAttributes
 from targets_fakes import FakeLvm, make_array
 from test_hardware_provider import HOST, FakeInitiator, InProcessArray
@@ -33,8 +35,64 @@ class InProcessProvider:
         return getattr(self.impl, method)(**params)
 
 
+PART_START = MIB  # each volume is partition 1 of its disk, from 1 MiB on
+
+
+class FakeGpt:
+    """provider.shadow_flags.GptFlags over in-memory partition tables: {disk: {number: attrs}}.
+    Disks named 'raw*' have no partition table."""
+
+    def __init__(self) -> None:
+        self.attrs: dict[str, dict[int, int]] = {}
+        self.read_only: dict[str, bool] = {}
+        self.writes: list[tuple[str, int, int]] = []
+
+    def partitions(self, disk):
+        disk = disk.removeprefix("/dev/")
+        if disk.startswith("raw"):
+            return None
+        table = self.attrs.setdefault(disk, {1: 0})
+        return {n: Partition(n, PART_START, 63 * MIB, a) for n, a in table.items()}
+
+    def gpt_partition(self, disk, offset_bytes):
+        return next((p for p in (self.partitions(disk) or {}).values() if p.start_bytes == offset_bytes), None)
+
+    def set(self, disk, numbers, flags):
+        for n in numbers:
+            self.attrs[disk][n] |= flags
+            self.writes.append((disk, n, self.attrs[disk][n]))
+
+    def clear(self, disk, numbers=None, flags=0):
+        changed = []
+        for n, a in (self.partitions(disk) and self.attrs[disk.removeprefix("/dev/")].items()):
+            if (numbers is None or n in numbers) and a & flags:
+                self.attrs[disk][n] = a & ~flags
+                self.writes.append((disk, n, self.attrs[disk][n]))
+                changed.append(n)
+        return changed
+
+    def set_read_only(self, disk, numbers, read_only):
+        self.read_only[disk] = read_only
+        for n in numbers:
+            self.read_only[f"{disk}{n}"] = read_only
+
+
+class FakeRunner:
+    """Commands the coordinator runs on the host (mount, blkid, blockdev, udevadm)."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def __call__(self, argv, check=True):
+        import subprocess
+
+        self.calls.append(list(argv))
+        return subprocess.CompletedProcess(argv, 0, "ext4\n" if argv[0] == "blkid" else "", "")
+
+
 class Lab:
-    """An array with volumes, each on its own 'disk' (sdb, sdc, ...), mounted at /mnt/<name>."""
+    """An array with volumes, each on partition 1 of its own 'disk' (sdb, sdc, ...), mounted at
+    /mnt/<disk>; a disk named raw* has its filesystem on the whole disk."""
 
     def __init__(self, tmp_path, fail=None, hold_error=None):
         self.lvm = FakeLvm()
@@ -44,10 +102,20 @@ class Lab:
         self.impl = ShadowLunProvider(InProcessArray(self.array), FakeInitiator(), HOST)
         self.provider = InProcessProvider(self.impl, self.events, fail)
         self.hold_error = hold_error
+        self.gpt, self.runner = FakeGpt(), FakeRunner()
+        self.unmounted: set[str] = set()
         self.coord = Coordinator([self.provider], state_dir=tmp_path, resolve=self.resolve,
-                                 filesystems_on=lambda disks: [f"/mnt/{d}" for d in disks],
+                                 filesystems_on=lambda disks: [f"/mnt/{d}" for d in disks
+                                                               if d not in self.unmounted],
                                  hold_writes=self.hold, read_record=self.records.__getitem__,
-                                 disk_size=lambda d: 64 * MIB)
+                                 extents=self.extents, flags=self.gpt, runner=self.runner,
+                                 list_disks=lambda: sorted(self.records))
+
+    def extents(self, volume: str) -> list[Extent]:
+        disk = self.resolve(volume)[0]
+        if disk.startswith("raw"):
+            return [Extent(disk, 0, 64 * MIB, None)]
+        return [Extent(disk, PART_START, 63 * MIB, 1)]
 
     def volume(self, name: str, disk: str) -> str:
         view = self.array.create_volume(name, 64 * MIB)
@@ -62,6 +130,7 @@ class Lab:
 
     @contextmanager
     def hold(self, mountpoints, timeout):
+        self.frozen_attrs = {d: dict(t) for d, t in self.gpt.attrs.items()}
         self.events.append(f"freeze {','.join(mountpoints)}")
         try:
             yield
@@ -195,20 +264,28 @@ from provider.hardware_provider import HostIdentity  # noqa: E402
 
 def importer(lab, tmp_path, name: str, hide: set[str] = frozenset()):
     """Another host's coordinator and provider over the same array; FillInLunInfo answers from
-    the disks the fake initiator 'found' (device -> WWID -> the array's serial)."""
+    the disks the fake initiator 'found' (device -> WWID -> the array's serial). Its partition
+    tables are those the originals had at the freeze (what the snapshots captured): the fake
+    initiator names the shadow disks sdb, sdc, ... in the order of the volumes, like lab's."""
     host = HostIdentity(f"iqn.2026-11.lab.shadowlun:{name}", name, f"secret-{name}-00")
     impl = ShadowLunProvider(InProcessArray(lab.array), FakeInitiator(), host)
 
-    def fill_in_lun_info(device, lun_info=None):
-        wwid = next(w for w, d in impl.initiator.disks.items() if "/dev/" + d == device)
+    def record_of(disk):
+        wwid = next(w for w, d in impl.initiator.disks.items() if d == disk.removeprefix("/dev/"))
         lun = next(v for v in lab.array.inventory() if v.wwid == wwid)
-        return {"supported": device not in hide, "lun_info": predict_lio_lun_info(lun.serial).to_dict()}
+        return predict_lio_lun_info(lun.serial).to_dict()
+
+    def fill_in_lun_info(device, lun_info=None):
+        return {"supported": device not in hide, "lun_info": record_of(device)}
 
     impl.fill_in_lun_info = fill_in_lun_info
     provider = InProcessProvider(impl, [])
+    gpt = FakeGpt()
+    gpt.attrs = {d: dict(t) for d, t in getattr(lab, "frozen_attrs", {}).items()}
     coord = Coordinator([provider], state_dir=tmp_path / name, resolve=lab.resolve,
-                        filesystems_on=lambda d: [], hold_writes=lab.hold, read_record=lab.records.__getitem__,
-                        disk_size=lambda d: 64 * MIB)
+                        filesystems_on=lambda d: [], hold_writes=lab.hold, read_record=record_of,
+                        extents=lab.extents, flags=gpt, runner=FakeRunner(),
+                        list_disks=lambda: sorted(impl.initiator.disks.values()))
     return coord, impl
 
 
@@ -254,3 +331,169 @@ def test_import_refuses_a_non_transportable_or_broken_document(tmp_path):
         coord_b.import_document(b"<not xml")
     assert e.value.hresult == HResult.VSS_E_CORRUPT_XML_DOCUMENT
     assert impl_b.initiator.calls == []  # nothing was located
+
+
+# -- shadow-copy flags ----------------------------------------------------------------------
+
+from provider.shadow_flags import READ_ONLY, SHADOW_COPY, SHADOW_FLAGS  # noqa: E402
+
+
+def test_flags_are_on_the_originals_only_while_the_commit_captures_them(tmp_path):
+    lab = Lab(tmp_path)
+    doc, report = lab.coord.create([lab.volume("db", "sdb"), lab.volume("logs", "sdc")], TRANSPORTABLE)
+    assert lab.frozen_attrs == {"sdb": {1: SHADOW_FLAGS}, "sdc": {1: SHADOW_FLAGS}}
+    assert lab.gpt.attrs == {"sdb": {1: 0}, "sdc": {1: 0}}
+    assert report["wall"]["flag originals"][1] <= report["wall"]["writes held"][0]
+    assert report["wall"]["unflag originals"][0] >= report["wall"]["writes held"][1]
+    # The document says where each volume lies: partition 1, from 1 MiB on.
+    assert [(e.lun_index, e.offset_bytes) for s in doc.snapshots for e in s.extents] == [(0, MIB), (0, MIB)]
+
+
+def test_flags_already_on_an_original_are_left_as_they_were(tmp_path):
+    lab = Lab(tmp_path)
+    vol = lab.volume("db", "sdb")
+    lab.gpt.attrs["sdb"] = {1: READ_ONLY}
+    lab.coord.create([vol], TRANSPORTABLE)
+    assert lab.frozen_attrs["sdb"][1] == SHADOW_FLAGS and lab.gpt.attrs["sdb"][1] == READ_ONLY
+
+
+def test_transportable_needs_gpt_partitions_and_makes_nothing_without(tmp_path):
+    lab = Lab(tmp_path)
+    vol = lab.volume("db", "rawb")
+    with pytest.raises(VssError) as e:
+        lab.coord.create([vol], TRANSPORTABLE)
+    assert e.value.hresult == HResult.VSS_E_VOLUME_NOT_SUPPORTED and "whole disk rawb" in str(e.value)
+    assert lab.events == [] and lab.snapshots() == []
+    lab.coord.create([vol], BACKUP)  # not transportable: no flags, no refusal
+    assert lab.gpt.writes == []
+
+
+@pytest.mark.parametrize("step", ["pre_commit_snapshots", "commit_snapshots", "post_commit_snapshots"])
+def test_a_failed_set_leaves_no_flag_on_the_originals(tmp_path, step):
+    lab = Lab(tmp_path, fail=step)
+    with pytest.raises(VssError):
+        lab.coord.create([lab.volume("db", "sdb")], TRANSPORTABLE)
+    assert lab.gpt.attrs == {"sdb": {1: 0}} and lab.snapshots() == []
+
+
+def test_recover_clears_flags_a_crash_left_on_the_originals(tmp_path):
+    lab = Lab(tmp_path)
+    vol = lab.volume("db", "sdb")
+    lab.gpt.partitions("sdb")
+    lab.gpt.set("sdb", [1], SHADOW_FLAGS)
+    progress = SetProgress("7f0c5d2e-3b1a-4c8d-9e6f-1a2b3c4d5e6f", str(PROVIDER_ID), TRANSPORTABLE,
+                           "committing", [vol], flagged=[["sdb", 1, SHADOW_FLAGS]])
+    lab.coord._save(progress)
+    lab.coord.recover()
+    assert lab.gpt.attrs["sdb"][1] == 0
+
+
+# -- after an import: list, expose, break, delete, resync -----------------------------------
+
+def imported(tmp_path, volumes=(("db", "sdb"), ("logs", "sdc"))):
+    lab = Lab(tmp_path / "a")
+    doc, _ = lab.coord.create([lab.volume(n, d) for n, d in volumes], TRANSPORTABLE)
+    coord_b, impl_b = importer(lab, tmp_path, "host-b")
+    result = coord_b.import_document(bcd.to_xml(doc))
+    return lab, doc, coord_b, impl_b, result
+
+
+def test_import_brings_each_volume_online_read_only_with_its_flags(tmp_path):
+    lab, doc, coord_b, impl_b, result = imported(tmp_path)
+    assert [s["device"] for s in result.snapshots] == ["/dev/sdb1", "/dev/sdc1"]
+    assert all(s["flags"] == ["read-only", "shadow-copy", "hidden", "no-drive-letter"] for s in result.snapshots)
+    assert coord_b.flags.read_only == {"sdb": True, "sdb1": True, "sdc": True, "sdc1": True}
+    listed = coord_b.list_sets()
+    assert [s["set_id"] for s in listed] == [doc.set_id]
+    assert [(s["volume"], s["device"], s["exposed"]) for s in listed[0]["snapshots"]] == [
+        ("/mnt/sdb", "/dev/sdb1", None), ("/mnt/sdc", "/dev/sdc1", None)]
+
+
+def test_expose_mounts_read_only_without_journal_replay_and_unexpose(tmp_path):
+    _, doc, coord_b, _, _ = imported(tmp_path)
+    snap = doc.snapshots[0].snapshot_id
+    where = tmp_path / "shadow-db"
+    out = coord_b.expose(snap, str(where))
+    assert out == {"snapshot_id": snap, "device": "/dev/sdb1", "exposed": str(where)}
+    assert ["mount", "-t", "ext4", "-o", "ro,noload", "/dev/sdb1", str(where)] in coord_b.runner.calls
+    with pytest.raises(VssError) as e:
+        coord_b.expose(snap, str(tmp_path / "elsewhere"))
+    assert e.value.hresult == HResult.VSS_E_BAD_STATE
+    assert coord_b.unexpose(snap) == {"snapshot_id": snap, "unexposed": str(where)}
+    with pytest.raises(VssError) as e:
+        coord_b.unexpose(snap)
+    assert e.value.hresult == HResult.VSS_E_OBJECT_NOT_FOUND
+    (where / "x").write_text("not empty")
+    with pytest.raises(VssError) as e:
+        coord_b.expose(snap, str(where))
+    assert e.value.hresult == HResult.E_INVALIDARG
+    assert coord_b.expose(snap)["exposed"] == "device"
+
+
+def test_unknown_ids_are_object_not_found(tmp_path):
+    _, _, coord_b, _, _ = imported(tmp_path)
+    unknown = "11111111-2222-4333-8444-555555555555"
+    for op in (lambda: coord_b.expose(unknown), lambda: coord_b.break_set(unknown),
+               lambda: coord_b.delete(set_id=unknown), lambda: coord_b.delete(snapshot_id=unknown)):
+        with pytest.raises(VssError) as e:
+            op()
+        assert e.value.hresult == HResult.VSS_E_OBJECT_NOT_FOUND
+
+
+@pytest.mark.parametrize("writable", [False, True])
+def test_break_makes_ordinary_luns(tmp_path, writable):
+    lab, doc, coord_b, _, _ = imported(tmp_path)
+    out = coord_b.break_set(doc.set_id, writable=writable)
+    assert [v["device"] for v in out["volumes"]] == ["/dev/sdb1", "/dev/sdc1"]
+    left = 0 if writable else SHADOW_FLAGS & ~SHADOW_COPY
+    assert coord_b.flags.attrs == {"sdb": {1: left}, "sdc": {1: left}}
+    assert coord_b.flags.read_only["sdb1"] is (not writable)
+    assert coord_b.list_sets() == []
+    shadows = [v for v in lab.array.inventory() if v.origin]
+    assert len(shadows) == 2 and {v.kind for v in shadows} == {"volume"}
+
+
+def test_delete_a_snapshot_then_the_set(tmp_path):
+    lab, doc, coord_b, impl_b, _ = imported(tmp_path)
+    first, second = (s.snapshot_id for s in doc.snapshots)
+    assert coord_b.delete(snapshot_id=first) == {"deleted": [first], "non_deleted": None}
+    assert len([v for v in lab.array.inventory() if v.kind == "snapshot"]) == 1
+    assert [s["snapshot_id"] for s in coord_b.list_sets()[0]["snapshots"]] == [second]
+    assert coord_b.delete(set_id=doc.set_id)["deleted"] == [second]
+    assert [v for v in lab.array.inventory() if v.kind == "snapshot"] == []
+    assert coord_b.list_sets() == [] and impl_b.initiator.disks == {}
+    with pytest.raises(VssError) as e:
+        coord_b.delete(snapshot_id=first, set_id=doc.set_id)
+    assert e.value.hresult == HResult.E_INVALIDARG
+
+
+def test_resync_refuses_a_mounted_original_then_restores_and_clears_flags(tmp_path, monkeypatch):
+    import targets.array
+
+    copied = []
+
+    def copy_blocks(src, dst, size, progress=None, only_changed=False):
+        copied.append((src, dst, only_changed))
+        progress(size // 2)
+        progress(size)
+
+    monkeypatch.setattr(targets.array, "copy_blocks", copy_blocks)
+    lab, doc, _, _, _ = imported(tmp_path, volumes=(("db", "sdb"),))
+    with pytest.raises(VssError) as e:
+        lab.coord.resync(bcd.to_xml(doc))
+    assert e.value.hresult == HResult.VSS_E_VOLUME_IN_USE and "/mnt/sdb" in str(e.value)
+    assert not any(j for j in lab.array.store.jobs())  # nothing started
+    with pytest.raises(VssError) as e:
+        lab.coord.resync(bcd.to_xml(doc), ["11111111-2222-4333-8444-555555555555"])
+    assert e.value.hresult == HResult.VSS_E_SNAPSHOT_NOT_IN_SET
+    lab.unmounted.add("sdb")
+    lab.gpt.attrs["sdb"][1] = SHADOW_FLAGS  # what the copy carries arrives with the resync
+    seen = []
+    out = lab.coord.resync(bcd.to_xml(doc), on_progress=lambda done, total: seen.append((done, total)))
+    assert out["disks"] == ["/dev/sdb"] and seen[-1][0] == seen[-1][1] > 0
+    assert [j.state for j in lab.array.store.jobs()] == ["done"]
+    assert [(src.rsplit("/", 1)[1][:5], dst.rsplit("/", 1)[1], changed) for src, dst, changed in copied] == [
+        ("snap-", "lun-db", True)]
+    assert lab.gpt.attrs["sdb"][1] == 0
+    calls = lab.runner.calls
+    assert calls.index(["blockdev", "--flushbufs", "/dev/sdb"]) < calls.index(["blockdev", "--rereadpt", "/dev/sdb"])

@@ -63,6 +63,12 @@ class InProcessArray:
     def start_resync(self, name, snapshot):
         return asdict(self.a.start_resync(snapshot, name))
 
+    def job(self, job_id):
+        return asdict(self.a.job(job_id))
+
+    def detach(self, name):
+        return asdict(self.a.detach(name))
+
     def wait_job(self, job_id, timeout, on_progress=None):
         import time
 
@@ -255,8 +261,55 @@ def test_do_mask_luns_hides_the_shadow_luns_but_keeps_them(prov, array):
     target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]
     prov.locate_luns([target])
     prov.on_lun_state_change([target], [recs["db"]], int(HardwareOptions.VSS_ONLUNSTATECHANGE_DO_MASK_LUNS))
-    snap = [lun for lun in array.inventory() if lun.kind == "snapshot"]
-    assert len(snap) == 1 and snap[0].masks == []
+    kept = [lun for lun in array.inventory() if lun.origin]
+    assert len(kept) == 1 and kept[0].masks == [] and kept[0].kind == "volume"  # broken: an ordinary LUN
+
+
+def test_recovery_notifications_change_nothing_and_break_detaches(prov, array):
+    recs = volumes(array, "db")
+    create(prov, {"v": [recs["db"]]})
+    target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]
+    for flag in (HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_PRE_RECOVERY,
+                 HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_POST_RECOVERY):
+        prov.on_lun_state_change([target], [recs["db"]], int(flag))
+        assert [lun.kind for lun in array.inventory() if lun.origin] == ["snapshot"]
+    prov.on_lun_state_change([target], [recs["db"]], int(HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_READ_WRITE))
+    assert [lun.kind for lun in array.inventory() if lun.origin] == ["volume"]
+    prov.on_lun_state_change([target], [recs["db"]], 0)  # a second break of the same LUN: nothing to do
+    with pytest.raises(VssError) as e:
+        prov.on_lun_state_change([predict_lio_lun_info("f" * 32).to_dict()], [recs["db"]], 0)
+    assert e.value.hresult == HResult.VSS_E_OBJECT_NOT_FOUND
+
+
+def test_resync_is_asynchronous_with_a_status_to_query(prov, array, monkeypatch):
+    import targets.array
+
+    release = __import__("threading").Event()
+
+    def copy_blocks(src, dst, size, progress=None, only_changed=False):
+        progress(size // 4)
+        release.wait(5)
+        progress(size)
+
+    monkeypatch.setattr(targets.array, "copy_blocks", copy_blocks)
+    recs = volumes(array, "db")
+    create(prov, {"v": [recs["db"]]})
+    target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]
+    started = prov.resync_luns([target], [recs["db"]], wait=False)
+    assert started["status"] == int(HResult.VSS_S_ASYNC_PENDING)
+    import time
+
+    deadline = time.monotonic() + 5
+    while (status := prov.query_status(started["handle"]))["done_bytes"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert status["status"] == int(HResult.VSS_S_ASYNC_PENDING) and 0 < status["done_bytes"] < status["total_bytes"]
+    release.set()
+    while (status := prov.query_status(started["handle"]))["status"] == int(HResult.VSS_S_ASYNC_PENDING):
+        time.sleep(0.01)
+    assert status["status"] == int(HResult.VSS_S_ASYNC_FINISHED) and status["done_bytes"] == status["total_bytes"]
+    with pytest.raises(VssError) as e:
+        prov.query_status("no-such-handle")
+    assert e.value.hresult == HResult.VSS_E_OBJECT_NOT_FOUND
 
 
 def test_locate_of_an_unknown_lun_is_object_not_found(prov, array):
