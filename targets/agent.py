@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
-from provider.hresult import HResult, VssError, http_status, vss_error
+from provider.hresult import HResult, VssError, VssUserError, http_status, vss_error
 
 from .array import Array, ArrayConfig, LunView, san_portals
 from .lio import ISCSI_PORT, Lio
@@ -42,6 +42,10 @@ class MaskIn(BaseModel):
     chap_user: str
     chap_secret: str = Field(..., description="12 to 16 characters")
     read_only: bool = False
+
+
+class HostIn(BaseModel):
+    name: str = Field(..., description="the host's name: 1-48 of a-z, 0-9, '-'")
 
 
 class SnapshotIn(BaseModel):
@@ -67,6 +71,12 @@ class ResyncIn(BaseModel):
     snapshot: str = Field(..., description="the snapshot LUN whose bytes the target gets back")
 
 
+class TokenRejected(VssUserError):
+    """E_ACCESSDENIED for a missing or wrong bearer token: answered 401 (the caller is not
+    authenticated), where the array's own E_ACCESSDENIED (an initiator that is not a registered
+    host) is 403 (authenticated, not allowed)."""
+
+
 def job_dict(job: Job) -> dict:
     return {**asdict(job), "percent": round(job.percent, 1)}
 
@@ -82,12 +92,14 @@ def create_app(array: Array, token: str) -> FastAPI:
 
     def authorized(cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
         if cred is None or not hmac.compare_digest(cred.credentials.encode(), token.encode()):
-            raise vss_error(HResult.E_ACCESSDENIED, "missing or wrong bearer token")
+            raise TokenRejected(HResult.E_ACCESSDENIED, "missing or wrong bearer token")
+
+    @app.exception_handler(TokenRejected)
+    async def token_rejected(_: Request, e: TokenRejected) -> JSONResponse:
+        return JSONResponse(e.to_dict(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(VssError)
     async def vss_failed(_: Request, e: VssError) -> JSONResponse:
-        if e.hresult == HResult.E_ACCESSDENIED:
-            return JSONResponse(e.to_dict(), status_code=401, headers={"WWW-Authenticate": "Bearer"})
         (log.info if http_status(e.hresult) < 500 else log.error)("%s", e)
         return JSONResponse(e.to_dict(), status_code=http_status(e.hresult))
 
@@ -131,13 +143,29 @@ def create_app(array: Array, token: str) -> FastAPI:
         array.delete(name)
         return Response(status_code=204)
 
-    @app.put("/v1/luns/{name}/masks", dependencies=guard, summary="mask (show) the LUN to an initiator")
+    @app.put("/v1/luns/{name}/masks", dependencies=guard,
+             summary="mask (show) the LUN to an initiator, which must be a registered host")
     def mask(name: str, body: MaskIn) -> dict:
         return lun_dict(array.mask(name, body.initiator, body.chap_user, body.chap_secret, body.read_only))
 
     @app.delete("/v1/luns/{name}/masks/{initiator}", dependencies=guard, summary="hide the LUN from an initiator")
     def unmask(name: str, initiator: str) -> dict:
         return lun_dict(array.unmask(name, initiator))
+
+    @app.get("/v1/hosts", dependencies=guard, summary="the hosts (initiators) this array serves")
+    def hosts() -> list[dict]:
+        return array.hosts()
+
+    @app.put("/v1/hosts/{initiator}", dependencies=guard,
+             summary="register a host: its initiator may then be masked to and import sets")
+    def register_host(initiator: str, body: HostIn) -> dict:
+        return array.register_host(initiator, body.name)
+
+    @app.delete("/v1/hosts/{initiator}", dependencies=guard, status_code=204, response_class=Response,
+                summary="forget a host (refused while LUNs are masked to it)")
+    def unregister_host(initiator: str) -> Response:
+        array.unregister_host(initiator)
+        return Response(status_code=204)
 
     @app.post("/v1/snapshot-sets", dependencies=guard, status_code=201,
               summary="prepare a set: check, choose names and serials (no snapshot yet)")
@@ -188,8 +216,13 @@ def build_array(config: ArrayConfig) -> Array:
     portals = san_portals(config.san_cidr)
     if not portals:
         raise SystemExit(f"no address of this machine in the SAN network {config.san_cidr}")
-    return Array(config, Store(Path(config.state_dir) / "array.db"), Lvm(config.vg, config.pool),
-                 Lio(config.target_iqn, portals))
+    array = Array(config, Store(Path(config.state_dir) / "array.db"), Lvm(config.vg, config.pool),
+                  Lio(config.target_iqn, portals))
+    try:
+        array.register_configured_hosts()
+    except VssError as e:
+        raise SystemExit(f"array config: hosts: {e.message}") from None
+    return array
 
 
 def main(argv: list[str] | None = None) -> int:

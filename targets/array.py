@@ -26,7 +26,7 @@ from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
 
 from .lio import Lio, naa_wwid
 from .lvm import Lvm, LvmError, copy_blocks
-from .store import Job, Lun, Mask, SetMember, Store
+from .store import Host, Job, Lun, Mask, SetMember, Store
 
 log = logging.getLogger("shadowlun.array")
 
@@ -59,6 +59,7 @@ class ArrayConfig:
     token_file: str = "/etc/shadowlun/agent.token"
     cert_file: str = "/etc/shadowlun/agent.crt"
     key_file: str = "/etc/shadowlun/agent.key"
+    hosts: dict[str, str] = field(default_factory=dict)  # initiator -> host name, registered at start
 
     @classmethod
     def load(cls, path: Path = CONFIG_FILE) -> "ArrayConfig":
@@ -83,6 +84,16 @@ def _require_name(name: str, what: str = "LUN name") -> None:
     if not isinstance(name, str) or not NAME_RE.match(name):
         raise user_error(HResult.E_INVALIDARG,
                          f"{what} {name!r}: use 1-48 of a-z, 0-9 and '-', starting with a letter or digit")
+
+
+def _require_iqn(value: str, what: str = "initiator") -> None:
+    if not isinstance(value, str) or not IQN_RE.match(value):
+        raise user_error(HResult.E_INVALIDARG, f"{what} {value!r} is not an iSCSI qualified name")
+
+
+def _api_name(lv: str) -> str:
+    """A LUN's name in the API: a volume without its LV prefix, a snapshot as its LV."""
+    return lv.removeprefix(VOLUME_PREFIX)
 
 
 def _require_uuid(value: str, what: str) -> str:
@@ -123,9 +134,9 @@ class Array:
         exports = self.lio.exports() if exports is None else exports
         export = exports.get(lun.name)
         return LunView(
-            name=lun.name.removeprefix(VOLUME_PREFIX), kind=lun.kind, size_bytes=lun.size_bytes,
+            name=_api_name(lun.name), kind=lun.kind, size_bytes=lun.size_bytes,
             serial=lun.serial, wwid=naa_wwid(lun.serial), vendor=LIO_VENDOR, product=LIO_PRODUCT,
-            origin=lun.origin.removeprefix(VOLUME_PREFIX) if lun.origin else None,
+            origin=_api_name(lun.origin) if lun.origin else None,
             set_id=lun.set_id, snapshot_id=lun.snapshot_id, state=lun.state,
             lun_id=export.lun if export else None,
             masks=[{"initiator": m.initiator, "read_only": m.read_only} for m in self.store.masks(lun.name)],
@@ -230,14 +241,15 @@ class Array:
 
     def mask(self, name: str, initiator: str, chap_user: str, chap_secret: str,
              read_only: bool = False) -> LunView:
-        if not IQN_RE.match(initiator or ""):
-            raise user_error(HResult.E_INVALIDARG, f"initiator {initiator!r} is not an iSCSI qualified name")
+        """Show the LUN to `initiator`, which must be a registered host (E_ACCESSDENIED)."""
+        _require_iqn(initiator)
         if not CHAP_RE.match(chap_user or ""):
             raise user_error(HResult.E_INVALIDARG, "CHAP user: 1-255 printable characters without spaces")
         if not (12 <= len(chap_secret or "") <= 16) or not CHAP_RE.match(chap_secret):
             raise user_error(HResult.E_INVALIDARG, "CHAP secret: 12 to 16 characters without spaces")
         lun = self._lun(name)
         with self._op_lock:
+            self._require_host(initiator)
             self._publish(lun)  # a committed snapshot not published yet is exported now
             self.store.put_mask(Mask(lun.name, initiator, chap_user, chap_secret, read_only))
             self.lio.mask(lun.name, initiator, chap_user, chap_secret, read_only)
@@ -249,6 +261,71 @@ class Array:
             self.lio.unmask(lun.name, initiator)
             self.store.remove_mask(lun.name, initiator)
             return self._view(lun)
+
+    # -- hosts: the initiators this array serves -----------------------------------------
+
+    def _host_view(self, host: Host) -> dict:
+        return {"initiator": host.initiator, "name": host.name, "added": host.added,
+                "luns": [_api_name(m.lun) for m in self.store.masks(initiator=host.initiator)]}
+
+    def hosts(self) -> list[dict]:
+        """The registered hosts, each with the LUNs masked to it."""
+        return [self._host_view(h) for h in self.store.hosts()]
+
+    def register_host(self, initiator: str, name: str) -> dict:
+        """Allow `initiator` (as host `name`) to be masked to and to import sets. Create-or-
+        lookup: the same initiator and name again is a retry; another name for a registered
+        initiator is VSS_E_OBJECT_ALREADY_EXISTS."""
+        _require_iqn(initiator)
+        _require_name(name, "host name")
+        with self._op_lock:
+            host = self.store.add_host(initiator, name)
+            if host.name != name:
+                raise user_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS,
+                                 f"initiator {initiator} is registered as host {host.name!r}")
+            return self._host_view(host)
+
+    def unregister_host(self, initiator: str) -> None:
+        """Forget a host; refused while LUNs are still masked to it (unmask them first)."""
+        _require_iqn(initiator)
+        with self._op_lock:
+            host = self.store.host(initiator)
+            if host is None:
+                raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no host with initiator {initiator} on this array")
+            luns = [_api_name(m.lun) for m in self.store.masks(initiator=initiator)]
+            if luns:
+                raise user_error(HResult.VSS_E_BAD_STATE,
+                                 f"host {host.name!r} ({initiator}) still sees LUNs {', '.join(luns)}; "
+                                 f"unmask them first")
+            self.store.remove_host(initiator)
+
+    def register_configured_hosts(self) -> list[str]:
+        """At agent start: register the config's hosts (initiator -> name); returns the initiators
+        newly registered. Every entry is checked before any is registered. An initiator already
+        registered under another name keeps it (a warning): start-up does not rename."""
+        wanted = sorted(self.config.hosts.items())
+        for initiator, name in wanted:
+            _require_iqn(initiator, "configured host initiator")
+            _require_name(name, "configured host name")
+        added = []
+        with self._op_lock:
+            for initiator, name in wanted:
+                have = self.store.host(initiator)
+                if have is None:
+                    self.store.add_host(initiator, name)
+                    added.append(initiator)
+                elif have.name != name:
+                    log.warning("configured host %s (%s) is registered as %r; left as it is",
+                                name, initiator, have.name)
+        if added:
+            log.info("hosts registered from the config: %s", ", ".join(added))
+        return added
+
+    def _require_host(self, initiator: str) -> None:
+        if self.store.host(initiator) is None:
+            raise user_error(HResult.E_ACCESSDENIED,
+                             f"initiator {initiator} is not a host of this array; "
+                             f"register it with PUT /v1/hosts/{initiator}")
 
     # -- snapshot sets -------------------------------------------------------------------
 
@@ -297,7 +374,7 @@ class Array:
         return {
             "set_id": s.set_id, "state": s.state, "commit_window_s": s.commit_window_s,
             "imported_by": imported[0] if imported else None,
-            "snapshots": [{"snapshot_id": m.snapshot_id, "lun": m.origin.removeprefix(VOLUME_PREFIX),
+            "snapshots": [{"snapshot_id": m.snapshot_id, "lun": _api_name(m.origin),
                            "target": m.name, "serial": m.serial, "wwid": naa_wwid(m.serial),
                            "vendor": LIO_VENDOR, "product": LIO_PRODUCT} for m in s.members],
         }
@@ -306,11 +383,11 @@ class Array:
         """Before a host locates shadow LUNs: the sets they belong to become that host's import.
         A set already imported by another host is refused (spec 9.1: a transportable set is
         imported once); the same host again is a retry. Nothing is claimed unless all can be."""
-        if not IQN_RE.match(host or ""):
-            raise user_error(HResult.E_INVALIDARG, f"host {host!r} is not an iSCSI qualified name")
+        _require_iqn(host, "host")
         if not serials or not all(isinstance(x, str) for x in serials):
             raise user_error(HResult.E_INVALIDARG, "serials: a non-empty list of LUN serials")
         with self._op_lock:
+            self._require_host(host)  # only a registered host imports, and before any claim
             set_ids = []
             for serial in serials:
                 lun = self.store.lun_by_serial(serial)
@@ -341,7 +418,7 @@ class Array:
                 return self.set_view(set_id)  # a retry
             if s.state != "prepared":
                 raise user_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is {s.state}")
-            gone = [m.origin.removeprefix(VOLUME_PREFIX) for m in s.members
+            gone = [_api_name(m.origin) for m in s.members
                     if (o := self.store.lun(m.origin)) is None or o.state != "ready"]
             if gone:
                 raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND,

@@ -92,6 +92,15 @@ class ArrayClient:
     def unmask(self, name: str, initiator: str) -> dict:
         return self.call("DELETE", f"/v1/luns/{quote(name)}/masks/{quote(initiator, safe='')}")
 
+    def hosts(self) -> list[dict]:
+        return self.call("GET", "/v1/hosts")
+
+    def register_host(self, initiator: str, name: str) -> dict:
+        return self.call("PUT", f"/v1/hosts/{quote(initiator, safe='')}", {"name": name})
+
+    def unregister_host(self, initiator: str) -> None:
+        self.call("DELETE", f"/v1/hosts/{quote(initiator, safe='')}")
+
     def prepare_set(self, set_id: str, snapshots: list[dict]) -> dict:
         return self.call("POST", "/v1/snapshot-sets", {"set_id": set_id, "snapshots": snapshots})
 

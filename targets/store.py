@@ -1,4 +1,4 @@
-"""The array's wanted state: LUNs, serials, masking, snapshot sets in progress, jobs.
+"""The array's wanted state: LUNs, serials, masking, the hosts allowed, snapshot sets, jobs.
 
 SQLite (transactions, crash-safe, in the standard library). Every change that makes kernel
 objects is written here *first* as an intent (state 'creating' / 'deleting', set 'committing',
@@ -53,6 +53,11 @@ CREATE TABLE IF NOT EXISTS imports (
     host        TEXT NOT NULL,              -- the initiator that located the set's LUNs first
     since       REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS hosts (
+    initiator   TEXT PRIMARY KEY,           -- the host's iSCSI initiator name (IQN)
+    name        TEXT NOT NULL,
+    added       REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS jobs (
     job_id      TEXT PRIMARY KEY,
     kind        TEXT NOT NULL CHECK (kind IN ('copy', 'resync')),
@@ -87,6 +92,13 @@ class Mask:
     chap_user: str
     chap_secret: str
     read_only: bool
+
+
+@dataclass(frozen=True)
+class Host:
+    initiator: str
+    name: str
+    added: float
 
 
 @dataclass(frozen=True)
@@ -198,10 +210,34 @@ class Store:
         with self.tx() as db:
             db.execute("DELETE FROM masks WHERE lun = ? AND initiator = ?", (lun, initiator))
 
-    def masks(self, lun: str | None = None) -> list[Mask]:
-        rows = (self._rows("SELECT * FROM masks WHERE lun = ? ORDER BY initiator", lun) if lun
-                else self._rows("SELECT * FROM masks ORDER BY lun, initiator"))
+    def masks(self, lun: str | None = None, *, initiator: str | None = None) -> list[Mask]:
+        """The masks of one LUN, or of one initiator, or all."""
+        if lun:
+            rows = self._rows("SELECT * FROM masks WHERE lun = ? ORDER BY initiator", lun)
+        elif initiator:
+            rows = self._rows("SELECT * FROM masks WHERE initiator = ? ORDER BY lun", initiator)
+        else:
+            rows = self._rows("SELECT * FROM masks ORDER BY lun, initiator")
         return [Mask(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+
+    # -- hosts allowed by the array -------------------------------------------------------
+
+    def add_host(self, initiator: str, name: str) -> Host:
+        """Create-or-lookup: the host stored for `initiator` (its first name stands)."""
+        with self.tx() as db:
+            db.execute("INSERT OR IGNORE INTO hosts VALUES (?, ?, ?)", (initiator, name, time.time()))
+            return Host(*db.execute("SELECT * FROM hosts WHERE initiator = ?", (initiator,)).fetchone())
+
+    def host(self, initiator: str) -> Host | None:
+        rows = self._rows("SELECT * FROM hosts WHERE initiator = ?", initiator)
+        return Host(*rows[0]) if rows else None
+
+    def hosts(self) -> list[Host]:
+        return [Host(*r) for r in self._rows("SELECT * FROM hosts ORDER BY name, initiator")]
+
+    def remove_host(self, initiator: str) -> None:
+        with self.tx() as db:
+            db.execute("DELETE FROM hosts WHERE initiator = ?", (initiator,))
 
     # -- snapshot sets --------------------------------------------------------------------
 

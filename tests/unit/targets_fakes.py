@@ -10,6 +10,9 @@ and targets.agent. They keep the behaviour the Array relies on, not the kernel's
   the mappings with the LUN, orphan backstores a test can plant.
 
 Both record every call in `calls` and take failures through inject(method, exc, name=None).
+
+make_array() is the agent just started: its config registers the hosts of HOSTS (unless given
+`hosts=`), as the lab's config registers every lab host; STRANGER is registered nowhere.
 """
 from __future__ import annotations
 
@@ -25,6 +28,14 @@ TARGET_IQN = "iqn.2026-11.lab.shadowlun:array.target"
 SAN_CIDR = "10.87.0.0/24"
 MiB = 1 << 20
 GiB = 1 << 30
+
+IQN1 = "iqn.1991-05.com.microsoft:host1.lab"
+IQN2 = "iqn.1991-05.com.microsoft:host2.lab"
+HOST_A = "iqn.2026-11.lab.shadowlun:host-a"
+HOST_B = "iqn.2026-11.lab.shadowlun:host-b"
+HOST_C = "iqn.2026-11.lab.shadowlun:host-c"  # a third host, for "imported by another host" tests
+HOSTS = {IQN1: "host1", IQN2: "host2", HOST_A: "host-a", HOST_B: "host-b", HOST_C: "host-c"}
+STRANGER = "iqn.1991-05.com.microsoft:stranger.lab"
 
 
 class _Injectable:
@@ -205,10 +216,14 @@ class FakeLio(_Injectable):
 
 
 def make_config(**kw) -> ArrayConfig:
+    kw.setdefault("hosts", dict(HOSTS))
     return ArrayConfig(target_iqn=TARGET_IQN, san_cidr=SAN_CIDR, **kw)
 
 
 def make_array(store: Store | None = None, lvm: FakeLvm | None = None, lio: FakeLio | None = None,
                **config) -> Array:
-    return Array(make_config(**config), store if store is not None else Store(":memory:"),
-                 lvm if lvm is not None else FakeLvm(), lio if lio is not None else FakeLio())
+    """The array as the agent starts it (targets.agent.build_array): its config's hosts registered."""
+    arr = Array(make_config(**config), store if store is not None else Store(":memory:"),
+                lvm if lvm is not None else FakeLvm(), lio if lio is not None else FakeLio())
+    arr.register_configured_hosts()
+    return arr

@@ -20,17 +20,17 @@ from fastapi.testclient import TestClient
 
 import targets.array as array_mod
 from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError, http_status, vss_error
-from targets.agent import create_app
+import targets.agent as agent_mod
+from targets.agent import build_array, create_app
 from targets.client import ArrayAccess, ArrayClient
 from targets.lio import naa_wwid
-from targets_fakes import MiB
+from targets_fakes import HOSTS, IQN1, STRANGER, FakeLio, FakeLvm, MiB, make_config
 
 # httpx 0.27 deprecates the app= shortcut Starlette 0.27's TestClient uses; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:The 'app' shortcut is now deprecated:DeprecationWarning")
 
 TOKEN = "t0ken-for-unit-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-IQN1 = "iqn.1991-05.com.microsoft:host1.lab"
 SECRET = "s3cret-secret"
 
 # Every route of the API (method, path): the client has one operation per route.
@@ -43,6 +43,9 @@ ROUTES = {
     ("DELETE", "/v1/luns/{name}"),
     ("PUT", "/v1/luns/{name}/masks"),
     ("DELETE", "/v1/luns/{name}/masks/{initiator}"),
+    ("GET", "/v1/hosts"),
+    ("PUT", "/v1/hosts/{initiator}"),
+    ("DELETE", "/v1/hosts/{initiator}"),
     ("POST", "/v1/snapshot-sets"),
     ("GET", "/v1/snapshot-sets/{set_id}"),
     ("POST", "/v1/snapshot-sets/{set_id}/commit"),
@@ -67,6 +70,9 @@ REQUESTS = {
                                        {"initiator": IQN1, "chap_user": "u", "chap_secret": SECRET}),
     ("DELETE", "/v1/luns/{name}/masks/{initiator}"): ("/v1/luns/vol1/masks/" + urllib.parse.quote(IQN1, safe=""),
                                                       None),
+    ("GET", "/v1/hosts"): ("/v1/hosts", None),
+    ("PUT", "/v1/hosts/{initiator}"): ("/v1/hosts/" + urllib.parse.quote(STRANGER, safe=""), {"name": "stranger"}),
+    ("DELETE", "/v1/hosts/{initiator}"): ("/v1/hosts/" + urllib.parse.quote(IQN1, safe=""), None),
     ("POST", "/v1/snapshot-sets"): ("/v1/snapshot-sets",
                                     {"set_id": SET_ID, "snapshots": [{"snapshot_id": SET_ID, "lun": "vol1"}]}),
     ("GET", "/v1/snapshot-sets/{set_id}"): (f"/v1/snapshot-sets/{SET_ID}", None),
@@ -146,6 +152,7 @@ def test_unauthorized(client, arr, lvm, route, headers):
     assert r.headers["WWW-Authenticate"] == "Bearer"
     vss_body(r, HResult.E_ACCESSDENIED)
     assert arr.store.luns() == [] and lvm.calls == []
+    assert {h.initiator for h in arr.store.hosts()} == set(HOSTS)
 
 
 def test_unauthorized_before_validation(client):
@@ -362,6 +369,103 @@ def test_copy_and_resync_jobs(client, copies):
     assert copies[-1][3] is True
 
 
+def host_path(initiator: str) -> str:
+    return "/v1/hosts/" + urllib.parse.quote(initiator, safe="")
+
+
+def test_hosts(client):
+    r = client.get("/v1/hosts", headers=AUTH)
+    assert r.status_code == 200
+    assert {h["initiator"]: h["name"] for h in r.json()} == HOSTS  # the config's, registered at start
+    r = client.put(host_path(STRANGER), json={"name": "stranger"}, headers=AUTH)
+    assert r.status_code == 200
+    host = r.json()
+    assert (host["initiator"], host["name"], host["luns"]) == (STRANGER, "stranger", [])
+    assert client.put(host_path(STRANGER), json={"name": "stranger"}, headers=AUTH).json() == host  # a retry
+    assert host in client.get("/v1/hosts", headers=AUTH).json()
+    r = client.put(host_path(STRANGER), json={"name": "someone-else"}, headers=AUTH)
+    assert r.status_code == 409
+    vss_body(r, HResult.VSS_E_OBJECT_ALREADY_EXISTS)
+    r = client.delete(host_path(STRANGER), headers=AUTH)
+    assert r.status_code == 204 and r.content == b""
+    r = client.delete(host_path(STRANGER), headers=AUTH)
+    assert r.status_code == 404
+    vss_body(r, HResult.VSS_E_OBJECT_NOT_FOUND)
+    assert STRANGER not in {h["initiator"] for h in client.get("/v1/hosts", headers=AUTH).json()}
+
+
+@pytest.mark.parametrize("path, body", [
+    (host_path("not-an-iqn"), {"name": "x"}),
+    (host_path(STRANGER), {"name": "Not_A_Name"}),
+    (host_path(STRANGER), {}),
+    (host_path(STRANGER), {"name": None}),
+])
+def test_register_host_invalid_is_400(client, arr, path, body):
+    r = client.put(path, json=body, headers=AUTH)
+    assert r.status_code == 400
+    vss_body(r, HResult.E_INVALIDARG)
+    assert STRANGER not in {h.initiator for h in arr.store.hosts()}
+
+
+def test_unregister_a_host_with_masks_is_409(client):
+    client.post("/v1/luns", json={"name": "vol1", "size_bytes": 64 * MiB}, headers=AUTH)
+    client.put("/v1/luns/vol1/masks", json={"initiator": IQN1, "chap_user": "u", "chap_secret": SECRET},
+               headers=AUTH)
+    r = client.delete(host_path(IQN1), headers=AUTH)
+    assert r.status_code == 409
+    assert "vol1" in vss_body(r, HResult.VSS_E_BAD_STATE)["message"]
+    assert {h["initiator"]: h["luns"] for h in client.get("/v1/hosts", headers=AUTH).json()}[IQN1] == ["vol1"]
+
+
+def test_an_initiator_that_is_not_a_host_is_403_not_401(client, arr, lio):
+    """Policy (E_ACCESSDENIED for an unregistered initiator) is 403; 401 is only the bearer token's."""
+    client.post("/v1/luns", json={"name": "vol1", "size_bytes": 64 * MiB}, headers=AUTH)
+    r = client.put("/v1/luns/vol1/masks", json={"initiator": STRANGER, "chap_user": "u", "chap_secret": SECRET},
+                   headers=AUTH)
+    assert r.status_code == 403 == http_status(HResult.E_ACCESSDENIED)
+    assert "WWW-Authenticate" not in r.headers
+    assert "PUT /v1/hosts/" in vss_body(r, HResult.E_ACCESSDENIED)["message"]
+    assert arr.store.masks() == [] and lio.mappings("lun-vol1") == {}
+    set_id = sid()
+    prep = client.post("/v1/snapshot-sets", json={"set_id": set_id, "snapshots": [
+        {"snapshot_id": sid(), "lun": "vol1"}]}, headers=AUTH).json()
+    client.post(f"/v1/snapshot-sets/{set_id}/commit", headers=AUTH)
+    r = client.post("/v1/imports", json={"serials": [prep["snapshots"][0]["serial"]], "host": STRANGER},
+                    headers=AUTH)
+    assert r.status_code == 403
+    vss_body(r, HResult.E_ACCESSDENIED)
+    assert client.get(f"/v1/snapshot-sets/{set_id}", headers=AUTH).json()["imported_by"] is None
+
+
+# --- the agent's start -------------------------------------------------------------------------
+
+@pytest.fixture
+def kernel(monkeypatch):
+    """build_array on this machine: SAN portals found, LVM and LIO faked (one of each, kept
+    across restarts, as the kernel's objects are)."""
+    lvm, lio = FakeLvm(), FakeLio()
+    monkeypatch.setattr(agent_mod, "san_portals", lambda cidr: ["10.87.0.10"])
+    monkeypatch.setattr(agent_mod, "Lvm", lambda vg, pool: lvm)
+    monkeypatch.setattr(agent_mod, "Lio", lambda iqn, portals: lio)
+    return lvm, lio
+
+
+def test_build_array_registers_the_configured_hosts(kernel, tmp_path):
+    config = make_config(state_dir=str(tmp_path), hosts={IQN1: "host1"})
+    arr = build_array(config)
+    first = arr.hosts()
+    assert [(h["initiator"], h["name"]) for h in first] == [(IQN1, "host1")]
+    arr.register_host(STRANGER, "stranger")
+    again = build_array(config)  # a restart on the same database: nothing new, nothing lost
+    assert again.hosts() == [first[0], *[h for h in again.hosts() if h["initiator"] == STRANGER]]
+    assert len(again.hosts()) == 2
+
+
+def test_build_array_refuses_a_bad_host_in_the_config(kernel, tmp_path):
+    with pytest.raises(SystemExit, match="not an iSCSI qualified name"):
+        build_array(make_config(state_dir=str(tmp_path), hosts={"host1": "host1"}))
+
+
 def _wait(client, job_id: str, timeout: float = 5.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -430,6 +534,11 @@ def test_client_request(access, monkeypatch):
     client.unmask("vol1", IQN1)
     assert seen["url"].endswith("/v1/luns/vol1/masks/iqn.1991-05.com.microsoft%3Ahost1.lab")
     assert seen["method"] == "DELETE" and seen["data"] is None
+    client.register_host(IQN1, "host1")
+    assert seen["url"].endswith("/v1/hosts/iqn.1991-05.com.microsoft%3Ahost1.lab")
+    assert seen["method"] == "PUT" and json.loads(seen["data"]) == {"name": "host1"}
+    client.unregister_host(IQN1)
+    assert seen["url"].endswith("/v1/hosts/iqn.1991-05.com.microsoft%3Ahost1.lab") and seen["method"] == "DELETE"
 
 
 def test_client_empty_answer_is_none(access, monkeypatch):
@@ -442,6 +551,7 @@ def test_client_empty_answer_is_none(access, monkeypatch):
     (HResult.E_INVALIDARG, VssUserError, 400),
     (HResult.VSS_E_INSUFFICIENT_STORAGE, VssUserError, 507),
     (HResult.E_ACCESSDENIED, VssUserError, 401),
+    (HResult.E_ACCESSDENIED, VssUserError, 403),
     (HResult.VSS_E_PROVIDER_VETO, VssRuntimeError, 500),
 ])
 def test_client_raises_the_agents_error(access, monkeypatch, code, cls, status):
@@ -538,6 +648,12 @@ def test_client_and_agent_together(bridged, lio, copies):
     assert bridged.abort_set(set_id)["state"] == "aborted"
     assert bridged.delete("full1") is None
     assert bridged.pool()["full_percent"] == 90.0
+    assert bridged.register_host(STRANGER, "stranger")["name"] == "stranger"
+    assert {h["initiator"]: h["name"] for h in bridged.hosts()} == {**HOSTS, STRANGER: "stranger"}
+    assert bridged.mask("vol1", STRANGER, "stranger", SECRET)["masks"] == [
+        {"initiator": STRANGER, "read_only": False}]
+    assert bridged.unmask("vol1", STRANGER)["masks"] == []
+    assert bridged.unregister_host(STRANGER) is None
 
 
 def test_client_gets_the_agents_errors(bridged, access, monkeypatch):
@@ -550,6 +666,11 @@ def test_client_gets_the_agents_errors(bridged, access, monkeypatch):
     with pytest.raises(VssUserError) as e:
         ArrayClient(ArrayAccess(access.url, "wrong", access.certificate)).luns()
     assert e.value.hresult == HResult.E_ACCESSDENIED
+    bridged.create_volume("vol1", MiB)
+    with pytest.raises(VssUserError) as e:
+        bridged.mask("vol1", STRANGER, "stranger", SECRET)
+    assert e.value.hresult == HResult.E_ACCESSDENIED and "not a host of this array" in e.value.message
+
     with pytest.raises(VssError) as e:
         bridged.call("GET", "/v1/no-such-route")
     assert e.value.hresult == HResult.VSS_E_UNEXPECTED  # FastAPI's own 404 body is not a VSS error

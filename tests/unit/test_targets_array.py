@@ -1,6 +1,8 @@
 """Unit tests of targets.array: the Array's rules over a real in-memory Store and fake LVM/LIO
 (tests/unit/targets_fakes.py): validation before anything is made, idempotent retries, the
-snapshot-set protocol, undo on failure, and the reconcile at start."""
+hosts allowed, the snapshot-set protocol, undo on failure, and the reconcile at
+start. The `arr` fixture is the agent just started: the hosts of targets_fakes.HOSTS (IQN1, IQN2,
+host-a/b/c) are registered by its config; STRANGER is not."""
 from __future__ import annotations
 
 import re
@@ -17,10 +19,8 @@ from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
 from targets.lio import Mapping, naa_wwid
 from targets.lvm import LvmError
 from targets.store import Mask
-from targets_fakes import GiB, MiB, FakeLio, FakeLvm, make_array
+from targets_fakes import HOST_B, HOSTS, IQN1, IQN2, STRANGER, GiB, MiB, FakeLio, FakeLvm, make_array
 
-IQN1 = "iqn.1991-05.com.microsoft:host1.lab"
-IQN2 = "iqn.1991-05.com.microsoft:host2.lab"
 SECRET = "s3cret-secret"  # 13 characters
 
 
@@ -280,6 +280,127 @@ def test_mask_secret_length_limits(arr, secret):
 def test_mask_validates_before_looking_up_the_lun(arr):
     with expect(HResult.E_INVALIDARG):
         arr.mask("nope", "bad", "user", SECRET)
+
+
+# --- hosts allowed by the array ----------------------------------------------------------------
+
+def test_config_hosts_are_registered_at_start(store, lvm, lio):
+    arr = make_array(store, lvm, lio, hosts={IQN2: "host2", IQN1: "host1"})
+    hosts = arr.hosts()
+    assert [(h["initiator"], h["name"], h["luns"]) for h in hosts] == [(IQN1, "host1", []), (IQN2, "host2", [])]
+    assert all(isinstance(h["added"], float) for h in hosts)
+    again = make_array(store, lvm, lio, hosts={IQN2: "host2", IQN1: "host1"})  # a restart: nothing new
+    assert again.register_configured_hosts() == [] and again.hosts() == hosts
+
+
+def test_config_hosts_only_add_and_do_not_rename(store, lvm, lio, caplog):
+    make_array(store, lvm, lio, hosts={IQN1: "host1", IQN2: "host2"})
+    arr = make_array(store, lvm, lio, hosts={IQN1: "renamed"})
+    assert {h["initiator"]: h["name"] for h in arr.hosts()} == {IQN1: "host1", IQN2: "host2"}
+    assert "renamed" in caplog.text
+
+
+@pytest.mark.parametrize("hosts", [{IQN1: "host1", "host2": "host2"}, {IQN1: "host1", IQN2: "Host_2"}])
+def test_config_hosts_are_all_checked_before_any_is_registered(store, lvm, lio, hosts):
+    with expect(HResult.E_INVALIDARG):
+        make_array(store, lvm, lio, hosts=hosts)
+    assert store.hosts() == []
+
+
+def test_no_config_hosts(store, lvm, lio):
+    assert make_array(store, lvm, lio, hosts={}).hosts() == []
+
+
+def test_register_host_is_create_or_lookup(store, lvm, lio):
+    arr = make_array(store, lvm, lio, hosts={})
+    first = arr.register_host(STRANGER, "stranger")
+    assert (first["initiator"], first["name"], first["luns"]) == (STRANGER, "stranger", [])
+    assert arr.register_host(STRANGER, "stranger") == first  # a retry: the same host, same time
+    with expect(HResult.VSS_E_OBJECT_ALREADY_EXISTS) as e:
+        arr.register_host(STRANGER, "other-name")
+    assert "stranger" in e.value.message
+    assert arr.hosts() == [first]
+
+
+@pytest.mark.parametrize("initiator, name", [
+    ("stranger", "stranger"), ("iqn.91-05.com.microsoft:x", "x"), ("", "x"), (None, "x"),
+    (STRANGER, ""), (STRANGER, "Stranger"), (STRANGER, "a b"), (STRANGER, "a" * 49), (STRANGER, None),
+])
+def test_register_host_validation(arr, initiator, name):
+    before = arr.hosts()
+    with expect(HResult.E_INVALIDARG):
+        arr.register_host(initiator, name)
+    assert arr.hosts() == before
+
+
+def test_hosts_show_their_luns(arr):
+    make_volumes(arr, "vol1", "vol2")
+    arr.mask("vol2", IQN1, "user1", SECRET)
+    arr.mask("vol1", IQN1, "user1", SECRET)
+    arr.mask("vol1", IQN2, "user2", SECRET)
+    luns = {h["initiator"]: h["luns"] for h in arr.hosts()}
+    assert luns[IQN1] == ["vol1", "vol2"] and luns[IQN2] == ["vol1"] and luns[HOST_B] == []
+
+
+def test_unregister_host(arr):
+    arr.register_host(STRANGER, "stranger")
+    arr.unregister_host(STRANGER)
+    assert STRANGER not in {h["initiator"] for h in arr.hosts()}
+    with expect(HResult.VSS_E_OBJECT_NOT_FOUND):
+        arr.unregister_host(STRANGER)
+    with expect(HResult.E_INVALIDARG):
+        arr.unregister_host("not an iqn")
+    assert {h["initiator"] for h in arr.hosts()} == set(HOSTS)
+
+
+def test_unregister_a_host_with_masks_is_refused(arr, lio):
+    make_volumes(arr, "vol1", "vol2")
+    arr.mask("vol1", IQN1, "user1", SECRET)
+    arr.mask("vol2", IQN1, "user1", SECRET)
+    with expect(HResult.VSS_E_BAD_STATE) as e:
+        arr.unregister_host(IQN1)
+    assert "vol1, vol2" in e.value.message and "host1" in e.value.message
+    assert IQN1 in {h["initiator"] for h in arr.hosts()}
+    assert set(lio.mappings("lun-vol1")) == {IQN1} and len(arr.store.masks()) == 2
+    arr.unmask("vol1", IQN1)
+    arr.unmask("vol2", IQN1)
+    arr.unregister_host(IQN1)
+    assert IQN1 not in {h["initiator"] for h in arr.hosts()}
+
+
+def test_mask_to_an_initiator_that_is_not_a_host_is_refused(arr, lvm, lio):
+    make_volumes(arr, "vol1")
+    set_id, prep = prepared(arr, "vol2")
+    arr.commit_set(set_id)  # committed, not published: a mask would export it first
+    target = prep["snapshots"][0]["target"]
+    exports = lio.exports()
+    lio.calls.clear()
+    for lun in ("vol1", target):
+        with expect(HResult.E_ACCESSDENIED) as e:
+            arr.mask(lun, STRANGER, "user", SECRET)
+        assert f"initiator {STRANGER} is not a host of this array" in e.value.message
+        assert f"PUT /v1/hosts/{STRANGER}" in e.value.message
+    assert arr.store.masks() == [] and lio.exports() == exports
+    assert lio.called("mask") == [] and lio.called("export") == [] and lvm.called("activate") == []
+    arr.register_host(STRANGER, "stranger")
+    assert arr.mask("vol1", STRANGER, "user", SECRET).masks == [{"initiator": STRANGER, "read_only": False}]
+
+
+def test_mask_to_an_unregistered_host_is_refused(arr):
+    make_volumes(arr, "vol1")
+    arr.register_host(STRANGER, "stranger")
+    arr.unregister_host(STRANGER)
+    with expect(HResult.E_ACCESSDENIED):
+        arr.mask("vol1", STRANGER, "user", SECRET)
+
+
+def test_a_mask_of_an_old_database_to_a_host_not_registered_still_works(arr, lio, store):
+    """Masks made before hosts were registered stay: rebuilt at start, and can be removed."""
+    make_volumes(arr, "vol1")
+    store.put_mask(Mask("lun-vol1", STRANGER, "user", SECRET, False))
+    restarted(arr).reconcile()
+    assert set(lio.mappings("lun-vol1")) == {STRANGER}
+    assert arr.unmask("vol1", STRANGER).masks == [] and lio.mappings("lun-vol1") == {}
 
 
 # --- snapshot sets: prepare --------------------------------------------------------------------
@@ -951,3 +1072,17 @@ def test_claim_import_refuses_unknown_serials_and_claims_nothing(arr):
     assert arr.set_view(set_id)["imported_by"] is None
     with expect(HResult.E_INVALIDARG):
         arr.claim_import([prep["snapshots"][0]["serial"]], "not an iqn")
+
+
+def test_claim_import_by_an_initiator_that_is_not_a_host(arr):
+    set_id, prep = prepared(arr, "vol1")
+    arr.commit_set(set_id)
+    serials = [prep["snapshots"][0]["serial"]]
+    with expect(HResult.E_ACCESSDENIED) as e:
+        arr.claim_import(serials, STRANGER)
+    assert "PUT /v1/hosts/" in e.value.message
+    assert arr.set_view(set_id)["imported_by"] is None and arr.store.import_of(set_id) is None
+    with expect(HResult.E_ACCESSDENIED):  # refused before the serials are even looked at
+        arr.claim_import(["f" * 32], STRANGER)
+    arr.register_host(STRANGER, "stranger")
+    assert arr.claim_import(serials, STRANGER)["sets"][0]["host"] == STRANGER

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from targets.store import Mask, SetMember, Store
+from targets.store import Host, Mask, SetMember, Store
 
 SERIAL_A = "0123456789abcdef0123456789abcdef"
 SERIAL_B = "fedcba9876543210fedcba9876543210"
@@ -297,6 +297,34 @@ def test_concurrent_writers(store):
     assert len(store.luns()) == 100
 
 
+# --- hosts -------------------------------------------------------------------------------------
+
+def test_hosts_create_or_lookup(store):
+    h = store.add_host(IQN2, "host2")
+    assert isinstance(h, Host) and (h.initiator, h.name) == (IQN2, "host2") and h.added > 0
+    assert store.add_host(IQN2, "another-name") == h  # the first stands
+    store.add_host(IQN1, "host1")
+    assert [x.initiator for x in store.hosts()] == [IQN1, IQN2]
+    assert store.host(IQN2) == h and store.host("iqn.1991-05.com.microsoft:nobody") is None
+
+
+def test_remove_host(store):
+    store.add_host(IQN1, "host1")
+    store.remove_host(IQN1)
+    assert store.hosts() == [] and store.host(IQN1) is None
+    store.remove_host(IQN1)  # gone already: fine
+
+
+def test_masks_of_an_initiator(store):
+    for name, serial in (("lun-b", SERIAL_B), ("lun-a", SERIAL_A)):
+        store.add_lun(name, "volume", 1 << 20, serial)
+        store.put_mask(Mask(name, IQN1, "u", "secret-secret1", False))
+    store.put_mask(Mask("lun-a", IQN2, "u", "secret-secret2", False))
+    assert [m.lun for m in store.masks(initiator=IQN1)] == ["lun-a", "lun-b"]
+    assert [m.lun for m in store.masks(initiator=IQN2)] == ["lun-a"]
+    assert store.masks(initiator="iqn.1991-05.com.microsoft:nobody") == []
+
+
 # --- on disk -----------------------------------------------------------------------------------
 
 def test_persists_across_reopen(tmp_path):
@@ -336,3 +364,17 @@ def test_foreign_keys_on_after_reopen(tmp_path):
     s2.put_mask(Mask("lun-a", IQN1, "u", "secret-secret1", False))
     s2.remove_lun("lun-a")
     assert s2.masks() == []
+
+
+def test_a_database_from_before_hosts_gets_the_table(tmp_path):
+    path = tmp_path / "x.db"
+    old = Store(path)
+    old.add_lun("lun-a", "volume", 1 << 20, SERIAL_A, state="ready")
+    old.put_mask(Mask("lun-a", IQN1, "u", "secret-secret1", False))
+    old._db.execute("DROP TABLE hosts")  # as made by a version without hosts
+    del old
+    s2 = Store(path)
+    assert s2.hosts() == [] and s2.lun("lun-a").state == "ready"
+    assert s2.masks("lun-a") == [Mask("lun-a", IQN1, "u", "secret-secret1", False)]
+    s2.add_host(IQN1, "host1")
+    assert Store(path).host(IQN1).name == "host1"

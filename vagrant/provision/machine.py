@@ -81,9 +81,15 @@ def setup_hostname(name: str) -> None:
     subprocess.run(["hostname", name], check=False)
 
 
+def initiator_name(name: str) -> str:
+    """The iSCSI initiator name of lab machine `name`: its own, and for a host, the one the array
+    registers (setup_agent)."""
+    return f"{IQN_PREFIX}:{name}"
+
+
 def setup_initiator(name: str) -> None:
     path = Path("/etc/iscsi/initiatorname.iscsi")
-    wanted = f"InitiatorName={IQN_PREFIX}:{name}\n"
+    wanted = f"InitiatorName={initiator_name(name)}\n"
     if path.exists() and path.read_text() == wanted:
         return
     path.write_text(wanted)
@@ -164,6 +170,8 @@ def setup_agent(entry: dict, topology: dict) -> None:
         "target_iqn": f"{IQN_PREFIX}:{entry['name']}.target",
         "san_cidr": topology["networks"]["san"]["cidr"],
         "vg": VG, "pool": POOL, "listen": mgmt, "port": port,
+        # the hosts the array serves (registered by the agent at start): every lab host
+        "hosts": {initiator_name(m["name"]): m["name"] for m in topology["machines"] if m["role"] == "host"},
     }
     (etc / "array.json").write_text(json.dumps(config, indent=2) + "\n")
     token, key, cert = etc / "agent.token", etc / "agent.key", etc / "agent.crt"
