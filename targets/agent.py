@@ -143,6 +143,11 @@ def create_app(array: Array, token: str) -> FastAPI:
         array.delete(name)
         return Response(status_code=204)
 
+    @app.post("/v1/luns/{name}/detach", dependencies=guard,
+              summary="break: the shadow copy becomes an ordinary LUN (serial, masks, export kept)")
+    def detach(name: str) -> dict:
+        return lun_dict(array.detach(name))
+
     @app.put("/v1/luns/{name}/masks", dependencies=guard,
              summary="mask (show) the LUN to an initiator, which must be a registered host")
     def mask(name: str, body: MaskIn) -> dict:

@@ -25,7 +25,7 @@ from provider.hresult import HResult, VssError, vss_error
 from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
 
 from .lio import Lio, naa_wwid
-from .lvm import Lvm, LvmError, copy_blocks
+from .lvm import LogicalVolume, Lvm, LvmError, copy_blocks
 from .store import Host, Job, Lun, Mask, SetMember, Store
 
 log = logging.getLogger("shadowlun.array")
@@ -36,6 +36,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
 IQN_RE = re.compile(r"^iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[^\s]+)?$")
 CHAP_RE = re.compile(r"^[A-Za-z0-9._@:+-]{1,255}$")
 VOLUME_PREFIX, SNAPSHOT_PREFIX = "lun-", "snap-"
+KIND_TAG, SET_TAG, SNAPSHOT_TAG = "shadowlun.kind", "shadowlun.set", "shadowlun.snapshot"
 CRASH_ENV = "SHADOWLUN_ARRAY_CRASH_AT"
 
 
@@ -94,6 +95,15 @@ def _require_iqn(value: str, what: str = "initiator") -> None:
 def _api_name(lv: str) -> str:
     """A LUN's name in the API: a volume without its LV prefix, a snapshot as its LV."""
     return lv.removeprefix(VOLUME_PREFIX)
+
+
+def _kind_tags(lv: LogicalVolume, kind: str) -> tuple[list[str], dict[str, str]]:
+    """(tags to delete, tags to add) so that the LV is tagged as a LUN of `kind` that is no
+    snapshot: no set and snapshot tags, one kind tag."""
+    remove = [t for t in lv.tags if t.startswith((SET_TAG + "=", SNAPSHOT_TAG + "="))
+              or (t.startswith(KIND_TAG + "=") and t != f"{KIND_TAG}={kind}")]
+    add = {} if f"{KIND_TAG}={kind}" in lv.tags else {KIND_TAG: kind}
+    return remove, add
 
 
 def _require_uuid(value: str, what: str) -> str:
@@ -199,7 +209,7 @@ class Array:
                 raise user_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"a LUN named {name!r} exists")
             self._check_pool()
             lun = self.store.add_lun(lv, "volume", size_bytes, self._new_serial())
-            self._make(lun, lambda: self.lvm.create_volume(lv, size_bytes, {"shadowlun.kind": "volume"}))
+            self._make(lun, lambda: self.lvm.create_volume(lv, size_bytes, {KIND_TAG: "volume"}))
             return self._view(self.store.lun(lv))
 
     def _make(self, lun: Lun, create_lv) -> None:
@@ -432,8 +442,8 @@ class Array:
             crash_point("commit-before-snapshots")
             try:
                 window = self.lvm.create_snapshots([
-                    (m.origin, m.name, {"shadowlun.kind": "snapshot", "shadowlun.set": set_id,
-                                        "shadowlun.snapshot": m.snapshot_id}) for m in s.members])
+                    (m.origin, m.name, {KIND_TAG: "snapshot", SET_TAG: set_id,
+                                        SNAPSHOT_TAG: m.snapshot_id}) for m in s.members])
                 crash_point("commit-after-snapshots")
             except Exception as e:
                 self._undo_set(s.set_id)
@@ -458,7 +468,7 @@ class Array:
             try:
                 for m in s.members:
                     lun = self.store.lun(m.name)
-                    if lun is not None and lun.state == "ready":
+                    if lun is not None and lun.state == "ready" and lun.set_id == set_id:  # not detached
                         self._publish(lun)
                         crash_point("publish-after-first-export")
             except Exception as e:  # the set stays committed: a retry or the reconcile finishes it
@@ -473,6 +483,9 @@ class Array:
         errors = []
         s = self.store.snapshot_set(set_id)
         for m in s.members if s else ():
+            lun = self.store.lun(m.name)
+            if lun is not None and lun.set_id != set_id:
+                continue  # detached: an ordinary LUN now, not the set's to undo
             for mask in self.store.masks(m.name):
                 self.store.remove_mask(m.name, mask.initiator)
             errors += self._destroy(m.name)
@@ -490,6 +503,32 @@ class Array:
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, "; ".join(errors))
             return self.set_view(set_id)
 
+    # -- break: a shadow copy becomes an ordinary LUN ------------------------------------
+
+    def detach(self, name: str) -> LunView:
+        """The array's side of a break: the snapshot LUN `name` becomes a LUN of kind 'volume',
+        no longer in its set (set and snapshot id cleared, origin kept for information). Its
+        serial, masks, LV and LIO export stay as they are; its LV loses the snapshot tags. Aborting
+        the set later leaves it alone. The store changes first; if the LV's tags cannot be
+        changed the store is put back and nothing has changed. A crash in between is finished by
+        the reconcile (the LV's tags follow the store)."""
+        with self._op_lock:
+            lun = self._lun(name)
+            if lun.kind != "snapshot":
+                raise user_error(HResult.VSS_E_BAD_STATE,
+                                 f"{name} is a {lun.kind}, not a shadow copy: nothing to detach")
+            self.store.set_lun_kind(lun.name, "volume")
+            crash_point("detach-after-store")
+            try:
+                lv = self.lvm.get(lun.name)
+                if lv is not None:
+                    self.lvm.retag(lun.name, *_kind_tags(lv, "volume"))
+            except Exception as e:
+                self.store.set_lun_kind(lun.name, lun.kind, set_id=lun.set_id, snapshot_id=lun.snapshot_id)
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"could not detach {name}: {e}") from e
+            log.info("%s detached from snapshot set %s: an ordinary LUN now", lun.name, lun.set_id)
+            return self._view(self.store.lun(lun.name))
+
     # -- long-running jobs: full copy (plex) and resync ---------------------------------
 
     def start_copy(self, source: str, target: str) -> Job:
@@ -504,7 +543,7 @@ class Array:
             lun = self.store.add_lun(lv, "copy", src.size_bytes, self._new_serial(), origin=src.name)
             job = self.store.add_job(uuid.uuid4().hex, "copy", src.name, lv, src.size_bytes)
             try:
-                self.lvm.create_volume(lv, src.size_bytes, {"shadowlun.kind": "copy"})
+                self.lvm.create_volume(lv, src.size_bytes, {KIND_TAG: "copy"})
             except Exception as e:
                 self._destroy(lv)
                 self.store.update_job(job.job_id, state="failed", error=str(e))
@@ -619,6 +658,12 @@ class Array:
                     continue
                 if not lv.active:
                     self.lvm.activate(lun.name)
+                if lun.kind != "snapshot" and (lv.tag(SET_TAG) or lv.tag(SNAPSHOT_TAG)):
+                    try:  # an interrupted detach: the store says it is no snapshot any more
+                        self.lvm.retag(lun.name, *_kind_tags(lv, lun.kind))
+                        done["rebuilt"].append(f"{lun.name} tags")
+                    except LvmError as e:
+                        done["errors"].append(f"{lun.name}: tags: {e}")
                 export = exports.get(lun.name)
                 if export is None or export.serial != lun.serial:
                     if export is not None:

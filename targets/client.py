@@ -92,6 +92,9 @@ class ArrayClient:
     def unmask(self, name: str, initiator: str) -> dict:
         return self.call("DELETE", f"/v1/luns/{quote(name)}/masks/{quote(initiator, safe='')}")
 
+    def detach(self, name: str) -> dict:
+        return self.call("POST", f"/v1/luns/{quote(name)}/detach")
+
     def hosts(self) -> list[dict]:
         return self.call("GET", "/v1/hosts")
 

@@ -183,6 +183,17 @@ class Lvm:
     def remove(self, name: str) -> None:
         self._run(["lvremove", "-q", "-y", f"{self.vg}/{name}"], None)
 
+    def retag(self, name: str, remove: Sequence[str] = (), add: dict[str, str] | None = None) -> None:
+        """Delete the tags `remove` (whole tags, e.g. 'shadowlun.set=<id>') and add `add`
+        (key=value), in one lvchange (one metadata update). Nothing to change: no command."""
+        argv = ["lvchange", "-q"]
+        for tag in remove:
+            argv += ["--deltag", tag]
+        for k, v in (add or {}).items():
+            argv += ["--addtag", f"{k}={v}"]
+        if len(argv) > 2:
+            self._run([*argv, f"{self.vg}/{name}"], None)
+
 
 def copy_blocks(src: str, dst: str, size: int, progress: Callable[[int], None] | None = None,
                 only_changed: bool = False) -> int:

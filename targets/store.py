@@ -195,6 +195,14 @@ class Store:
         with self.tx() as db:
             db.execute("DELETE FROM luns WHERE name = ?", (name,))
 
+    def set_lun_kind(self, name: str, kind: str, *, set_id: str | None = None,
+                     snapshot_id: str | None = None) -> None:
+        """What a LUN is: a detached snapshot becomes a 'volume' with no set and no snapshot id
+        (its origin is kept, for information)."""
+        with self.tx() as db:
+            db.execute("UPDATE luns SET kind = ?, set_id = ?, snapshot_id = ? WHERE name = ?",
+                       (kind, set_id, snapshot_id, name))
+
     def serial_in_use(self, serial: str) -> bool:
         return bool(self._rows("SELECT 1 FROM luns WHERE serial = ? UNION "
                                "SELECT 1 FROM set_members WHERE serial = ?", serial, serial))

@@ -4,7 +4,7 @@ and targets.agent. They keep the behaviour the Array relies on, not the kernel's
 - FakeLvm: thin LVs in a dict, a thin pool whose data/metadata percent a test sets, LvmError on
   a name that exists (as lvcreate fails), a snapshot batch that makes what it can and then
   reports the missing ones (as the lvm shell runs on past a failed command), inactive thin
-  snapshots until activate() (as lvcreate -s without -K);
+  snapshots until activate() (as lvcreate -s without -K), tags changed by retag() (as lvchange);
 - FakeLio: exports with their serial and host mappings, create-or-lookup export (ValueError on
   a backstore with another serial), mask() refused on what is not exported, unexport() drops
   the mappings with the LUN, orphan backstores a test can plant.
@@ -135,6 +135,15 @@ class FakeLvm(_Injectable):
         self._call("activate", name)
         lv = self.lvs[name]
         self.lvs[name] = replace(lv, attr=lv.attr[:4] + "a" + lv.attr[5:])
+
+    def retag(self, name: str, remove=(), add=None) -> None:
+        self._call("retag", name, tuple(remove), dict(add or {}))
+        lv = self.lvs.get(name)
+        if lv is None:
+            raise LvmError(["lvchange", name], 5, f"Failed to find logical volume \"{self.vg}/{name}\"")
+        tags = [t for t in lv.tags if t not in remove]
+        tags += [f"{k}={v}" for k, v in (add or {}).items() if f"{k}={v}" not in tags]
+        self.lvs[name] = replace(lv, tags=tuple(tags))
 
     def remove(self, name: str) -> None:
         self._call("remove", name)

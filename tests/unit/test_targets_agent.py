@@ -43,6 +43,7 @@ ROUTES = {
     ("DELETE", "/v1/luns/{name}"),
     ("PUT", "/v1/luns/{name}/masks"),
     ("DELETE", "/v1/luns/{name}/masks/{initiator}"),
+    ("POST", "/v1/luns/{name}/detach"),
     ("GET", "/v1/hosts"),
     ("PUT", "/v1/hosts/{initiator}"),
     ("DELETE", "/v1/hosts/{initiator}"),
@@ -70,6 +71,7 @@ REQUESTS = {
                                        {"initiator": IQN1, "chap_user": "u", "chap_secret": SECRET}),
     ("DELETE", "/v1/luns/{name}/masks/{initiator}"): ("/v1/luns/vol1/masks/" + urllib.parse.quote(IQN1, safe=""),
                                                       None),
+    ("POST", "/v1/luns/{name}/detach"): ("/v1/luns/vol1/detach", None),
     ("GET", "/v1/hosts"): ("/v1/hosts", None),
     ("PUT", "/v1/hosts/{initiator}"): ("/v1/hosts/" + urllib.parse.quote(STRANGER, safe=""), {"name": "stranger"}),
     ("DELETE", "/v1/hosts/{initiator}"): ("/v1/hosts/" + urllib.parse.quote(IQN1, safe=""), None),
@@ -437,6 +439,28 @@ def test_an_initiator_that_is_not_a_host_is_403_not_401(client, arr, lio):
     assert client.get(f"/v1/snapshot-sets/{set_id}", headers=AUTH).json()["imported_by"] is None
 
 
+def test_detach(client, lio):
+    client.post("/v1/luns", json={"name": "vol1", "size_bytes": 64 * MiB}, headers=AUTH)
+    set_id = sid()
+    prep = client.post("/v1/snapshot-sets", json={"set_id": set_id, "snapshots": [
+        {"snapshot_id": sid(), "lun": "vol1"}]}, headers=AUTH).json()
+    client.post(f"/v1/snapshot-sets/{set_id}/commit", headers=AUTH)
+    client.post(f"/v1/snapshot-sets/{set_id}/publish", headers=AUTH)
+    target = prep["snapshots"][0]["target"]
+    before = client.get(f"/v1/luns/{target}", headers=AUTH).json()
+    r = client.post(f"/v1/luns/{target}/detach", headers=AUTH)
+    assert r.status_code == 200
+    view = r.json()
+    assert view == {**before, "kind": "volume", "set_id": None, "snapshot_id": None}
+    assert view["origin"] == "vol1" and client.get(f"/v1/luns/{target}", headers=AUTH).json() == view
+    for path, code, status in ((f"/v1/luns/{target}/detach", HResult.VSS_E_BAD_STATE, 409),
+                               ("/v1/luns/vol1/detach", HResult.VSS_E_BAD_STATE, 409),
+                               ("/v1/luns/nope/detach", HResult.VSS_E_OBJECT_NOT_FOUND, 404)):
+        r = client.post(path, headers=AUTH)
+        assert r.status_code == status
+        vss_body(r, code)
+
+
 # --- the agent's start -------------------------------------------------------------------------
 
 @pytest.fixture
@@ -539,6 +563,8 @@ def test_client_request(access, monkeypatch):
     assert seen["method"] == "PUT" and json.loads(seen["data"]) == {"name": "host1"}
     client.unregister_host(IQN1)
     assert seen["url"].endswith("/v1/hosts/iqn.1991-05.com.microsoft%3Ahost1.lab") and seen["method"] == "DELETE"
+    client.detach("snap-x")
+    assert seen["url"].endswith("/v1/luns/snap-x/detach") and seen["method"] == "POST" and seen["data"] is None
 
 
 def test_client_empty_answer_is_none(access, monkeypatch):
@@ -654,6 +680,11 @@ def test_client_and_agent_together(bridged, lio, copies):
         {"initiator": STRANGER, "read_only": False}]
     assert bridged.unmask("vol1", STRANGER)["masks"] == []
     assert bridged.unregister_host(STRANGER) is None
+    set_id = sid()
+    prep = bridged.prepare_set(set_id, [{"snapshot_id": sid(), "lun": "vol1"}])
+    bridged.commit_set(set_id)
+    detached = bridged.detach(prep["snapshots"][0]["target"])
+    assert (detached["kind"], detached["set_id"], detached["serial"]) == ("volume", None, prep["snapshots"][0]["serial"])
 
 
 def test_client_gets_the_agents_errors(bridged, access, monkeypatch):
@@ -670,7 +701,9 @@ def test_client_gets_the_agents_errors(bridged, access, monkeypatch):
     with pytest.raises(VssUserError) as e:
         bridged.mask("vol1", STRANGER, "stranger", SECRET)
     assert e.value.hresult == HResult.E_ACCESSDENIED and "not a host of this array" in e.value.message
-
+    with pytest.raises(VssUserError) as e:
+        bridged.detach("vol1")
+    assert e.value.hresult == HResult.VSS_E_BAD_STATE
     with pytest.raises(VssError) as e:
         bridged.call("GET", "/v1/no-such-route")
     assert e.value.hresult == HResult.VSS_E_UNEXPECTED  # FastAPI's own 404 body is not a VSS error

@@ -1,6 +1,6 @@
 """Unit tests of targets.array: the Array's rules over a real in-memory Store and fake LVM/LIO
 (tests/unit/targets_fakes.py): validation before anything is made, idempotent retries, the
-hosts allowed, the snapshot-set protocol, undo on failure, and the reconcile at
+hosts allowed, the snapshot-set protocol, detach (break), undo on failure, and the reconcile at
 start. The `arr` fixture is the agent just started: the hosts of targets_fakes.HOSTS (IQN1, IQN2,
 host-a/b/c) are registered by its config; STRANGER is not."""
 from __future__ import annotations
@@ -725,6 +725,139 @@ def test_a_snapshot_is_deleted_like_a_volume(arr, lvm, lio):
     target = prep["snapshots"][0]["target"]
     arr.delete(target)
     assert target not in lvm.lvs and target not in lio.exports() and arr.store.lun(target) is None
+
+
+# --- detach (break) ----------------------------------------------------------------------------
+
+def committed(arr, *luns, publish=True):
+    set_id, prep = prepared(arr, *luns)
+    arr.commit_set(set_id)
+    if publish:
+        arr.publish_set(set_id)
+    return set_id, [s["target"] for s in prep["snapshots"]]
+
+
+def test_detach_makes_an_ordinary_lun(arr, lvm, lio):
+    set_id, (target, other) = committed(arr, "vol1", "vol2")
+    arr.mask(target, IQN1, "user1", SECRET, read_only=True)
+    before, export = arr.lun(target), lio.exports()[target]
+    lio.calls.clear()
+    view = arr.detach(target)
+    assert (view.kind, view.origin, view.set_id, view.snapshot_id) == ("volume", "vol1", None, None)
+    assert (view.name, view.serial, view.wwid, view.lun_id, view.masks, view.state) == (
+        before.name, before.serial, before.wwid, before.lun_id, before.masks, "ready")
+    assert arr.lun(target) == view
+    assert lio.exports()[target] == export  # the export and its mapping untouched
+    assert [c[0] for c in lio.calls if c[0] != "exports"] == []
+    tags = lvm.lvs[target].tags
+    assert "shadowlun" in tags and "shadowlun.kind=volume" in tags
+    assert not [t for t in tags if t.startswith(("shadowlun.set=", "shadowlun.snapshot=", "shadowlun.kind=snap"))]
+    assert arr.lun(other).kind == "snapshot" and arr.lun(other).set_id == set_id  # the rest of the set stays
+    assert lvm.lvs[other].tag("shadowlun.set") == set_id
+    assert arr.set_view(set_id)["state"] == "committed"
+
+
+def test_detach_refused(arr, lvm, copies):
+    make_volumes(arr, "vol1")
+    _, (target,) = committed(arr, "vol2")
+    wait_job(arr, arr.start_copy("vol1", "full1").job_id)
+    with expect(HResult.VSS_E_OBJECT_NOT_FOUND):
+        arr.detach("nope")
+    for name in ("vol1", "full1"):
+        with expect(HResult.VSS_E_BAD_STATE) as e:
+            arr.detach(name)
+        assert "not a shadow copy" in e.value.message
+    arr.detach(target)
+    with expect(HResult.VSS_E_BAD_STATE):  # twice
+        arr.detach(target)
+    assert len(lvm.called("retag")) == 1
+    assert arr.lun("vol1").kind == "volume" and arr.lun("full1").kind == "copy"
+
+
+def test_detach_of_a_snapshot_not_published_yet(arr, lvm, lio):
+    set_id, (target, other) = committed(arr, "vol1", "vol2", publish=False)
+    arr.detach(target)
+    assert target not in lio.exports()  # exported as any LUN: at its first mask, or at start
+    arr.publish_set(set_id)  # the set's own snapshots only
+    assert other in lio.exports() and target not in lio.exports()
+    assert arr.mask(target, IQN1, "user1", SECRET).lun_id is not None
+    assert lio.exports()[target].serial == arr.lun(target).serial
+
+
+def test_a_detached_lun_is_no_shadow_copy_of_its_set(arr, lvm, lio):
+    set_id, (target, other) = committed(arr, "vol1", "vol2")
+    arr.mask(target, IQN1, "user1", SECRET)
+    arr.mask(other, IQN1, "user1", SECRET)
+    serial = arr.detach(target).serial
+    with expect(HResult.VSS_E_OBJECT_NOT_FOUND):  # no import of it as a shadow copy
+        arr.claim_import([serial], HOST_B)
+    assert arr.abort_set(set_id)["state"] == "aborted"  # removes the set's shadow copies only
+    assert other not in lvm.lvs and other not in lio.exports() and arr.store.lun(other) is None
+    assert target in lvm.lvs and set(lio.mappings(target)) == {IQN1}
+    assert arr.lun(target).masks == [{"initiator": IQN1, "read_only": False}]
+    assert len(arr.set_view(set_id)["snapshots"]) == 2  # the set as it was made
+    arr.unmask(target, IQN1)
+    arr.delete(target)  # deleted like any LUN
+    assert target not in lvm.lvs and arr.store.lun(target) is None
+
+
+def test_a_detached_snapshot_id_is_not_taken_again(arr):
+    set_id, (target,) = committed(arr, "vol1")
+    arr.detach(target)
+    snapshot_id = arr.set_view(set_id)["snapshots"][0]["snapshot_id"]
+    with expect(HResult.VSS_E_OBJECT_ALREADY_EXISTS):
+        arr.prepare_set(sid(), [{"snapshot_id": snapshot_id, "lun": "vol1"}])
+
+
+def test_detach_when_the_tags_cannot_be_changed_changes_nothing(arr, lvm, lio):
+    set_id, (target,) = committed(arr, "vol1")
+    before, tags = arr.lun(target), lvm.lvs[target].tags
+    lvm.inject("retag", LvmError(["lvchange"], 5, "metadata update failed"))
+    with expect(HResult.VSS_E_PROVIDER_VETO, VssRuntimeError) as e:
+        arr.detach(target)
+    assert "metadata update failed" in e.value.message
+    assert arr.lun(target) == before and lvm.lvs[target].tags == tags
+    lvm.clear_failures()
+    assert arr.detach(target).kind == "volume"  # a retry does it
+
+
+def test_a_detached_lun_stays_a_volume_after_a_restart(arr, lvm, lio):
+    _, (target,) = committed(arr, "vol1")
+    arr.mask(target, IQN1, "user1", SECRET)
+    view = arr.detach(target)
+    lvm.calls.clear(), lio.calls.clear()
+    again = restarted(arr)
+    done = again.reconcile()
+    assert all(v == [] for v in done.values()), done
+    assert again.lun(target) == view
+    assert lvm.called("remove") == [] and lvm.called("retag") == [] and lio.called("unexport") == []
+
+
+def test_reconcile_finishes_an_interrupted_detach(arr, lvm, lio, crash_at):
+    _, (target,) = committed(arr, "vol1")
+    crash_at("detach-after-store")
+    with pytest.raises(Crash):
+        arr.detach(target)
+    assert arr.store.lun(target).kind == "volume" and lvm.lvs[target].tag("shadowlun.set")
+    crash_at(None)
+    done = restarted(arr).reconcile()
+    assert f"{target} tags" in done["rebuilt"]
+    lv = lvm.lvs[target]
+    assert lv.tag("shadowlun.set") is None and lv.tag("shadowlun.snapshot") is None
+    assert lv.tag("shadowlun.kind") == "volume" and lv.owned
+    assert target in lio.exports() and arr.lun(target).kind == "volume"
+    assert all(v == [] for v in restarted(arr).reconcile().values())
+
+
+def test_reconcile_reports_tags_it_cannot_change(arr, lvm, crash_at):
+    _, (target,) = committed(arr, "vol1")
+    crash_at("detach-after-store")
+    with pytest.raises(Crash):
+        arr.detach(target)
+    lvm.inject("retag", LvmError(["lvchange"], 5, "metadata update failed"))
+    done = restarted(arr).reconcile()
+    assert any(target in e and "metadata update failed" in e for e in done["errors"])
+    assert arr.store.lun(target).kind == "volume"
 
 
 # --- jobs --------------------------------------------------------------------------------------

@@ -290,6 +290,18 @@ def test_remove_uses_y(lv, runner):
     assert runner.calls == [(["lvremove", "-q", "-y", "shadowlun/s1"], None)]
 
 
+def test_retag_is_one_lvchange(lv, runner):
+    lv.retag("snap-1", ["shadowlun.set=set-1", "shadowlun.snapshot=1"], {"shadowlun.kind": "volume"})
+    assert runner.calls == [(["lvchange", "-q", "--deltag", "shadowlun.set=set-1", "--deltag", "shadowlun.snapshot=1",
+                              "--addtag", "shadowlun.kind=volume", "shadowlun/snap-1"], None)]
+
+
+def test_retag_with_nothing_to_change_runs_nothing(lv, runner):
+    lv.retag("snap-1")
+    lv.retag("snap-1", [], {})
+    assert runner.calls == []
+
+
 def test_runner_errors_propagate(runner):
     def failing(argv, stdin):
         raise LvmError(argv, 5, "Volume group \"shadowlun\" not found")

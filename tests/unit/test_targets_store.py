@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -94,6 +95,20 @@ def test_remove_lun(store):
     store.remove_lun("lun-a")
     assert store.lun("lun-a") is None
     store.remove_lun("lun-a")  # removing what is gone is fine
+
+
+def test_set_lun_kind_detaches_and_back(store):
+    store.add_lun("lun-a", "volume", 1 << 20, SERIAL_A, state="ready")
+    store.add_lun("snap-1", "snapshot", 1 << 20, SERIAL_B, origin="lun-a", set_id="s", snapshot_id="1",
+                  state="ready")
+    store.set_lun_kind("snap-1", "volume")
+    lun = store.lun("snap-1")
+    assert (lun.kind, lun.origin, lun.set_id, lun.snapshot_id, lun.serial, lun.state) == (
+        "volume", "lun-a", None, None, SERIAL_B, "ready")
+    store.set_lun_kind("snap-1", "snapshot", set_id="s", snapshot_id="1")
+    assert store.lun("snap-1") == replace(lun, kind="snapshot", set_id="s", snapshot_id="1")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.set_lun_kind("snap-1", "disk")
 
 
 # --- masks -------------------------------------------------------------------------------------
