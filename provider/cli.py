@@ -1,12 +1,20 @@
 """shadowlun: the requester's command line (vshadow/diskshadow habits), over the coordinator.
 
     shadowlun create [--context backup] [--transportable] [--bcd FILE] VOLUME...
-    shadowlun import FILE          import a transportable set on this host (once)
-    shadowlun recover              abort sets a crash left half-made
-    shadowlun register-provider    register shadowlun's own provider on this host
+    shadowlun import FILE                  import a transportable set on this host (once)
+    shadowlun list                         the shadow copies imported on this host
+    shadowlun expose SNAPSHOT_ID [DIR]     mount read-only at DIR, or present the block device
+    shadowlun unexpose SNAPSHOT_ID
+    shadowlun break [--writable] SET_ID    the LUNs become ordinary disks, no longer tracked
+    shadowlun delete (--snapshot ID | --set ID | --all)
+    shadowlun resync --bcd FILE [--snapshot ID]...   revert the original LUNs on the array
+    shadowlun recover                      abort sets a crash left half-made
+    shadowlun register-provider            register shadowlun's provider and its udev rule here
 
 Errors name their VSS code; the exit status is 2 for the caller's errors (VssUserError), 1 for
-failures of the system (VssRuntimeError). `--json` prints machine-readable results and errors.
+failures of the system (VssRuntimeError). `--json` prints machine-readable results and errors;
+otherwise results are tables on stdout and progress goes to stderr. The same operations are the
+methods of provider.coordinator.Coordinator (see `coordinator()` here for how to make one).
 """
 from __future__ import annotations
 
@@ -14,7 +22,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -60,9 +68,14 @@ def loaded_providers() -> Iterator[list]:
             p.stop()
 
 
-def cmd_create(args: argparse.Namespace) -> dict:
+def coordinator(loaded: list | None = None):
+    """A Coordinator over `loaded` providers (none: for what only reads or changes this host)."""
     from .coordinator import Coordinator
 
+    return Coordinator(loaded or [])
+
+
+def cmd_create(args: argparse.Namespace) -> dict:
     context = parse_context(args.context)
     for flag, attr in (("transportable", VolumeSnapshotAttributes.VSS_VOLSNAP_ATTR_TRANSPORTABLE),
                        ("plex", VolumeSnapshotAttributes.VSS_VOLSNAP_ATTR_PLEX),
@@ -73,7 +86,7 @@ def cmd_create(args: argparse.Namespace) -> dict:
         if not loaded:
             raise vss_error(HResult.VSS_E_PROVIDER_NOT_REGISTERED, "no provider is registered on this host")
         pids = [p.server_pid for p in loaded]
-        doc, report = Coordinator(loaded).create(args.volumes, context, on_step=lambda s: progress(args, s))
+        doc, report = coordinator(loaded).create(args.volumes, context, on_step=lambda s: step(args, s))
     xml = bcd.to_xml(doc)
     if args.bcd:
         Path(args.bcd).write_bytes(xml)
@@ -87,20 +100,45 @@ def cmd_create(args: argparse.Namespace) -> dict:
 
 def cmd_import(args: argparse.Namespace) -> dict:
     """Import a transportable set from its document (vshadow -i): the disks appear by WWID."""
-    from .coordinator import Coordinator
-
     xml = Path(args.document).read_bytes()
+    step(args, f"importing the set of {args.document}")
     with loaded_providers() as loaded:
-        result = Coordinator(loaded).import_document(xml)
+        result = coordinator(loaded).import_document(xml)
     return {"set_id": result.set_id, "status": result.status.name, "hresult": result.status.hex,
             "snapshots": result.snapshots, "missing": result.missing}
 
 
-def cmd_recover(args: argparse.Namespace) -> dict:
-    from .coordinator import Coordinator
+def cmd_list(args: argparse.Namespace) -> dict:
+    return {"sets": coordinator().list_sets()}
 
+
+def cmd_expose(args: argparse.Namespace) -> dict:
+    return coordinator().expose(args.snapshot_id, args.directory)
+
+
+def cmd_unexpose(args: argparse.Namespace) -> dict:
+    return coordinator().unexpose(args.snapshot_id)
+
+
+def cmd_break(args: argparse.Namespace) -> dict:
     with loaded_providers() as loaded:
-        return {"aborted": Coordinator(loaded).recover()}
+        return coordinator(loaded).break_set(args.set_id, writable=args.writable)
+
+
+def cmd_delete(args: argparse.Namespace) -> dict:
+    with loaded_providers() as loaded:
+        return coordinator(loaded).delete(snapshot_id=args.snapshot, set_id=args.set, everything=args.all)
+
+
+def cmd_resync(args: argparse.Namespace) -> dict:
+    xml = Path(args.bcd).read_bytes()
+    with loaded_providers() as loaded, progress_bar(args, "resync on the array") as advance:
+        return coordinator(loaded).resync(xml, args.snapshot or None, on_progress=advance)
+
+
+def cmd_recover(args: argparse.Namespace) -> dict:
+    with loaded_providers() as loaded:
+        return {"aborted": coordinator(loaded).recover()}
 
 
 def cmd_register_provider(args: argparse.Namespace) -> dict:
@@ -112,21 +150,40 @@ def cmd_register_provider(args: argparse.Namespace) -> dict:
         exec=(sys.executable, "-m", "provider.server", "--socket", str(PROVIDER_SOCKET),
               "--provider", "provider.hardware_provider:make"),
         socket=PROVIDER_SOCKET)
+    from .shadow_flags import UDEV_RULE_PATH, install_udev_rule
+
+    rule = {"udev_rule": str(UDEV_RULE_PATH), "udev_rule_changed": install_udev_rule()}
     registry = ProviderRegistry()
     try:
         if registry.get(PROVIDER_ID) == reg:
-            return {"registered": str(PROVIDER_ID), "changed": False}
+            return {"registered": str(PROVIDER_ID), "changed": False, **rule}
         registry.unregister(PROVIDER_ID)
     except VssError as e:
         if e.hresult != HResult.VSS_E_PROVIDER_NOT_REGISTERED:
             raise
     registry.register(reg)
-    return {"registered": str(PROVIDER_ID), "changed": True}
+    return {"registered": str(PROVIDER_ID), "changed": True, **rule}
 
 
-def progress(args: argparse.Namespace, step: str) -> None:
+def step(args: argparse.Namespace, text: str) -> None:
+    """One line per step of long work, on stderr (readable over SSH and in logs, unlike a bar)."""
     if not args.json:
-        print(f"  {step}", file=sys.stderr, flush=True)
+        print(f"  {text}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def progress_bar(args: argparse.Namespace, what: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar of bytes on stderr (none with --json); yields advance(done, total)."""
+    if args.json:
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("  {task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(what, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total or None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,20 +203,47 @@ def main(argv: list[str] | None = None) -> int:
     imp = sub.add_parser("import", help="import a transportable snapshot set from its document")
     imp.add_argument("document", help="the Backup Components Document (XML) written by create --bcd")
     imp.set_defaults(func=cmd_import)
-    sub.add_parser("recover").set_defaults(func=cmd_recover)
+    sub.add_parser("list", help="the shadow copies imported on this host").set_defaults(func=cmd_list)
+    expose = sub.add_parser("expose", help="mount a shadow copy read-only, or present its block device")
+    expose.add_argument("snapshot_id")
+    expose.add_argument("directory", nargs="?", help="an empty directory (made if missing)")
+    expose.set_defaults(func=cmd_expose)
+    unexpose = sub.add_parser("unexpose", help="undo expose")
+    unexpose.add_argument("snapshot_id")
+    unexpose.set_defaults(func=cmd_unexpose)
+    brk = sub.add_parser("break", help="make a set's shadow LUNs ordinary disks, no longer tracked")
+    brk.add_argument("set_id")
+    brk.add_argument("--writable", action="store_true", help="also clear read-only and hidden")
+    brk.set_defaults(func=cmd_break)
+    delete = sub.add_parser("delete", help="delete shadow copies and their LUNs (host and array)")
+    which = delete.add_mutually_exclusive_group(required=True)
+    which.add_argument("--snapshot", metavar="ID")
+    which.add_argument("--set", metavar="ID")
+    which.add_argument("--all", action="store_true", help="every shadow copy imported on this host")
+    delete.set_defaults(func=cmd_delete)
+    resync = sub.add_parser("resync", help="revert the original LUNs to shadow copies, on the array")
+    resync.add_argument("--bcd", required=True, metavar="FILE", help="the set's Backup Components Document")
+    resync.add_argument("--snapshot", action="append", metavar="ID", help="only this copy (repeatable)")
+    resync.set_defaults(func=cmd_resync)
+    sub.add_parser("recover", help="abort sets a crash left half-made").set_defaults(func=cmd_recover)
     sub.add_parser("register-provider").set_defaults(func=cmd_register_provider)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="shadowlun: %(name)s: %(message)s")
     try:
-        result = args.func(args)
+        try:
+            result = args.func(args)
+        except OSError as e:  # a document or directory named on the command line
+            raise vss_error(HResult.E_INVALIDARG, str(e)) from e
     except VssError as e:
-        if args.json:
-            print(json.dumps(e.to_dict()), file=sys.stderr)
-        else:
-            print(f"shadowlun: {e}", file=sys.stderr)
+        print(json.dumps(e.to_dict()) if args.json else f"shadowlun: {e}", file=sys.stderr)
         return 2 if isinstance(e, VssUserError) else 1
-    print(json.dumps(result, indent=None if args.json else 2))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        from .cli_tables import render
+
+        render(args.command, result)
     return 0
 
 
