@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 
+from lab import checks
 from lab.agent_api import AgentApi
 from lab.initiator import Node
 from provider.hresult import HResult, VssError, VssUserError
@@ -36,16 +37,7 @@ def initiator(vm) -> str:
 
 
 def array_objects(lab) -> dict[str, set[str]]:
-    """What exists on the array now: owned LVs, LIO backstores, ACLs of our target."""
-    a = lab.array
-    lvs = json.loads(a.run("lvs --reportformat json -o lv_name,lv_tags shadowlun").stdout)["report"][0]["lv"]
-    return {
-        "lvs": {lv["lv_name"] for lv in lvs if "shadowlun" in lv["lv_tags"].split(",")},
-        "backstores": set(a.run("ls /sys/kernel/config/target/core/ | grep ^iblock_ | "
-                                "while read d; do ls /sys/kernel/config/target/core/$d; done | "
-                                "grep -v -e hba_info -e hba_mode || true").stdout.split()),
-        "acls": set(a.run("ls /sys/kernel/config/target/iscsi/*/tpgt_1/acls 2>/dev/null || true").stdout.split()),
-    }
+    return checks.array_objects(lab.array)
 
 
 def write_random(lab, lun: str, mib: int = 8) -> str:
@@ -228,11 +220,10 @@ def restart_agent(lab, env: str | None = None) -> None:
     else:
         a.run(f"rm -f {dropin}")
     a.run("systemctl daemon-reload && systemctl restart shadowlun-array-agent")
-    host = lab.vm("host-a")
-    deadline = time.monotonic() + 90
-    while not host.run("python3 -m targets.client GET /v1/pool", check=False).ok:
-        assert time.monotonic() < deadline, a.run("journalctl -u shadowlun-array-agent -n 30 --no-pager").stdout
-        time.sleep(1)
+    try:
+        checks.wait_for_agent(lab.vm("host-a"))
+    except TimeoutError as e:
+        raise AssertionError(a.run("journalctl -u shadowlun-array-agent -n 30 --no-pager").stdout) from e
 
 
 @pytest.mark.parametrize("crash_at", ["commit-after-snapshots", "copy-before-export"])

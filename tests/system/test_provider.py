@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import pytest
 
-from lab.agent_api import AgentApi
-from lab.initiator import Node
+from lab.host_volumes import HostVolumes, initiator
 
 MIB = 1 << 20
 WRITER = """
@@ -26,15 +24,6 @@ while not os.path.exists(stop):
 """
 
 
-def host_chap(vm) -> tuple[str, str]:
-    h = json.loads(vm.run("cat /etc/shadowlun/host.json").stdout)
-    return h["chap_user"], h["chap_secret"]
-
-
-def initiator(vm) -> str:
-    return vm.run("sed -n 's/^InitiatorName=//p' /etc/iscsi/initiatorname.iscsi").stdout.strip()
-
-
 def snapshot_luns(api) -> list[dict]:
     return [lun for lun in api.call("GET", "/v1/luns") if lun["kind"] == "snapshot"]
 
@@ -48,38 +37,17 @@ def cli(vm, *args: str, env: str = "", check: bool = True):
 
 @pytest.fixture
 def volumes_on_host_a(lab):
-    """Three array LUNs masked to host-a, each with ext4 mounted at /mnt/pv-<n> (set up as an
-    admin would, with the lab's own tooling); everything removed afterwards."""
-    a = lab.vm("host-a")
-    api = AgentApi(a)
-    target = api.call("GET", "/v1/target")
-    node = Node(a, target["iqn"], target["portals"][0].split(":")[0])
-    node.create(*host_chap(a))
-    tag = uuid.uuid4().hex[:6]
-    names = [f"pv-{tag}-{i}" for i in range(3)]
-    mounts = []
+    """Three array LUNs masked to host-a, each with a GPT partition holding ext4 mounted at
+    /mnt/pv<n>-<tag> (set up as an admin would, with the lab's own tooling) and 4 MiB of data;
+    everything removed afterwards, with the LUNs the array derived from them."""
+    vols = HostVolumes(lab.vm("host-a"), ["pv0", "pv1", "pv2"])
     try:
-        for n in names:
-            api.call("POST", "/v1/luns", {"name": n, "size_bytes": 64 * MIB})
-            api.call("PUT", f"/v1/luns/{n}/masks",
-                     {"initiator": initiator(a), "chap_user": host_chap(a)[0], "chap_secret": host_chap(a)[1]})
-        assert node.login()
-        for n in names:
-            lun = api.call("GET", f"/v1/luns/{n}")
-            disk = node.scan(lun["lun_id"], lun["wwid"])
-            a.run(f"mkfs.ext4 -q {disk['device']} && mkdir -p /mnt/{n} && mount {disk['device']} /mnt/{n} && "
-                  f"head -c 4M /dev/urandom > /mnt/{n}/data && sync")
-            mounts.append(f"/mnt/{n}")
-        yield {"names": names, "mounts": mounts, "api": api, "node": node}
+        vols.create()
+        for m in vols.mounts:
+            vols.vm.run(f"head -c 4M /dev/urandom > {m}/data && sync")
+        yield {"names": vols.names, "mounts": vols.mounts, "api": vols.api, "node": vols.node}
     finally:
-        for m in mounts:
-            a.run(f"fsfreeze -u {m} 2>/dev/null; umount {m}; rmdir {m}", check=False)
-        node.remove()
-        for lun in snapshot_luns(api):
-            if lun["origin"] in names:
-                api.call("DELETE", f"/v1/luns/{lun['name']}")
-        for n in names:
-            api.call("DELETE", f"/v1/luns/{n}")
+        assert vols.remove() == []
 
 
 def test_set_of_three_luns_through_the_out_of_process_server_holds_writes_only_in_commit(
@@ -237,14 +205,12 @@ def test_transportable_set_imports_once_on_another_host_with_the_bytes_of_snapsh
     b.put("/root/set.xml", a.run("cat /root/set.xml").stdout)
 
     imported = json.loads(cli(b, "import", "/root/set.xml").stdout)
-    devices = []
     try:
         assert imported["status"] == "S_OK" and imported["missing"] == []
         assert [s["volume"] for s in imported["snapshots"]] == mounts[:2]
         for s in imported["snapshots"]:
-            (device,) = s["devices"]
-            devices.append(device)
-            b.run(f"mkdir -p /mnt/imp && mount -o ro,noload {device} /mnt/imp")
+            assert len(s["devices"]) == 1 and s["device"] == s["devices"][0] + "1"  # partition 1, as on host-a
+            b.run(f"mkdir -p /mnt/imp && mount -o ro,noload {s['device']} /mnt/imp")
             try:
                 assert b.run("sha256sum /mnt/imp/data").stdout.split()[0] == at_snapshot[s["volume"]]
             finally:
@@ -259,6 +225,5 @@ def test_transportable_set_imports_once_on_another_host_with_the_bytes_of_snapsh
             wwid = "naa." + s["target_luns"][0]["device_id_descriptor"]["identifiers"][0]["identifier"]
             assert wwid not in a.run("cat /sys/block/*/device/wwid 2>/dev/null || true").stdout
     finally:
-        records = [s["target_luns"][0] for s in out["snapshots"]]
-        b.run(["python3", "-c", EMPTY], input=json.dumps([[d, r] for d, r in zip(devices, records)]), timeout=300)
+        cli(b, "delete", "--set", out["set_id"])
     assert not [lun for lun in snapshot_luns(api) if lun["origin"] in names]

@@ -5,38 +5,37 @@
   python -m lab status           what runs, where, and on which ports
   python -m lab ssh NAME [CMD]   a shell (or a command) in a VM
   python -m lab down             stop the lab
-  python -m lab demo             boot the lab and run the main scenario with progress
+  python -m lab demo             boot the lab and tell the transport story with progress
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import smoke
+from . import story
 from .lab import Lab
 
 
 def demo() -> int:
-    """The smoke scenario, narrated (the transportable shadow copy story replaces it later)."""
-    print("shadowlun lab demo: a thin snapshot on the array travels to host-b over iSCSI\n")
+    """The transport story, narrated: a transportable shadow copy moves from host-a to host-b."""
+    print("shadowlun lab demo: a transportable shadow copy made on host-a moves to host-b\n")
     with Lab.up() as lab:
-        r = smoke.run(lab)
+        r = story.run(lab, say=lambda s: print(s, flush=True))
         print()
-        print(f"  LUN serial (chosen by us)      {r.serial}")
-        print(f"  WWID host-b found              {r.host_b_disk['wwid']}  ({r.host_b_disk['device']}, "
-              f"{r.host_b_disk['vendor']} {r.host_b_disk['model']}, "
-              f"{'read-only' if r.host_b_disk['read_only'] else 'read-write'})")
-        print(f"  origin at snapshot time        sha256 {r.origin_sha256_at_snapshot}")
-        print(f"  origin now (overwritten)       sha256 {r.origin_sha256_after}")
-        print(f"  snapshot as read on host-b     sha256 {r.host_b_sha256}")
-        print(f"  host-b with a wrong CHAP key   {'refused' if r.host_b_wrong_chap_refused else 'ACCEPTED'}")
-        print(f"  host-a (not masked)            {'refused' if r.host_a_login_refused else 'LOGGED IN'}")
+        print(f"  {'volume':<10} {'host-a at snapshot time':<26} {'host-b read (shadow copy)':<26} "
+              f"{'host-a now':<26}")
+        for v in r.volumes:
+            print(f"  {v:<10} {r.at_snapshot[v][:24]:<26} {r.host_b_read.get(v, '-')[:24]:<26} "
+                  f"{r.host_a_after.get(v, '-')[:24]:<26}")
+        print("\n  " + ", ".join(f"{k} {v:.1f} s" for k, v in r.seconds.items()))
         print("\nlab timings:\n" + lab.timings.report())
         problems = r.problems()
         for p in problems:
             print(f"FAILED: {p}")
         if not problems:
-            print("\nverified: host-b read the snapshot's bytes (checksums match); host-a saw nothing")
+            print("\nverified: host-b read each volume's bytes of snapshot time (checksums match) while "
+                  "host-a kept writing;\nthe copies arrived read-only and hidden, a second import was refused, "
+                  "delete left nothing on host or array,\nand the broken copy became an ordinary writable disk")
         return 1 if problems else 0
 
 

@@ -1,0 +1,41 @@
+"""What exists now on the array and on a host: the objects a test expects made, or gone.
+Read straight from the kernel and the tools (configfs, lvs, iscsiadm, sysfs), never from the
+product's own bookkeeping."""
+from __future__ import annotations
+
+import json
+import time
+
+from .vm import VM
+
+
+def array_objects(array: VM) -> dict[str, set[str]]:
+    """Owned LVs, LIO block backstores, and the ACLs (initiators) of the array's target."""
+    lvs = json.loads(array.run("lvs --reportformat json -o lv_name,lv_tags shadowlun").stdout)["report"][0]["lv"]
+    return {
+        "lvs": {lv["lv_name"] for lv in lvs if "shadowlun" in lv["lv_tags"].split(",")},
+        "backstores": set(array.run("ls /sys/kernel/config/target/core/ | grep ^iblock_ | "
+                                    "while read d; do ls /sys/kernel/config/target/core/$d; done | "
+                                    "grep -v -e hba_info -e hba_mode || true").stdout.split()),
+        "acls": set(array.run("ls /sys/kernel/config/target/iscsi/*/tpgt_1/acls 2>/dev/null || true").stdout.split()),
+    }
+
+
+def host_objects(vm: VM, target_iqn: str) -> dict[str, set[str]]:
+    """A host's iSCSI sessions and node records to the target, and the WWIDs of its SCSI disks."""
+    sessions = vm.run(f"grep -lx {target_iqn} /sys/class/iscsi_session/session*/targetname 2>/dev/null || true")
+    nodes = vm.run("iscsiadm -m node 2>/dev/null || true")
+    return {
+        "sessions": set(sessions.stdout.split()),
+        "nodes": {line for line in nodes.stdout.splitlines() if target_iqn in line},
+        "wwids": set(vm.run("cat /sys/block/sd*/device/wwid 2>/dev/null || true").stdout.split()),
+    }
+
+
+def wait_for_agent(host: VM, timeout: float = 90) -> None:
+    """Until the array agent answers `host` (after a restart or a reboot of the array), bounded."""
+    deadline = time.monotonic() + timeout
+    while not host.run("python3 -m targets.client GET /v1/pool", check=False).ok:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the array agent did not answer {host.name} within {timeout:g} s")
+        time.sleep(1)
