@@ -45,7 +45,7 @@ def volumes_on_host_a(lab):
         vols.create()
         for m in vols.mounts:
             vols.vm.run(f"head -c 4M /dev/urandom > {m}/data && sync")
-        yield {"names": vols.names, "mounts": vols.mounts, "api": vols.api, "node": vols.node}
+        yield {"names": vols.names, "mounts": vols.mounts, "api": vols.api}
     finally:
         assert vols.remove() == []
 

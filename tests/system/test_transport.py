@@ -73,6 +73,8 @@ def test_refused_import_exposes_nothing_and_reboots_keep_the_flags(lab, one_volu
     target = api.call("GET", "/v1/target")["iqn"]
     array_before, host_before = checks.array_objects(array), checks.host_objects(b, target)
     iqn_b = initiator(b)
+    (shadow,) = [lun["name"] for lun in api.call("GET", "/v1/luns") if lun["set_id"] == out["set_id"]]
+    assert shadow in array_before["lvs"] and iqn_b not in array_before["acls"]
 
     api.call("DELETE", f"/v1/hosts/{iqn_b}")
     try:
@@ -105,8 +107,9 @@ def test_refused_import_exposes_nothing_and_reboots_keep_the_flags(lab, one_volu
     finally:
         deleted = shadowlun(b, "delete", "--set", imported["set_id"])
     assert deleted["deleted"] == [snap["snapshot_id"]]
-    assert checks.array_objects(array) == {k: v - {iqn_b} if k == "acls" else v
-                                           for k, v in array_before.items()}
+    assert checks.array_objects(array) == {"lvs": array_before["lvs"] - {shadow},
+                                           "backstores": array_before["backstores"] - {shadow},
+                                           "acls": array_before["acls"]}
     assert checks.host_objects(b, target) == {"sessions": set(), "nodes": set(),
                                               "wwids": host_before["wwids"]}
     assert b.run("ls /mnt/tr-shadow").stdout.strip() == ""  # unmounted

@@ -1,6 +1,6 @@
-"""Volumes on a lab host as an admin would set them up: array LUNs (made through the agent's API)
-masked to the host with its CHAP credentials, logged in, each with a GPT partition holding ext4
-mounted at /mnt/<name>. Test and demo tooling, not the product.
+"""Volumes on a lab host as an admin would set them up, with `provision/volume.py` (the same
+script the README gives Vagrant users): array LUNs masked to the host with its CHAP credentials,
+logged in, each with a GPT partition holding ext4, mounted. Test and demo tooling.
 
 `remove()` takes down what `create()` made, and every LUN the array derived from those volumes
 (snapshots, and snapshots a break turned into ordinary LUNs), collecting errors.
@@ -11,11 +11,10 @@ import json
 import uuid
 
 from .agent_api import AgentApi
-from .errors import LabError
-from .initiator import Node
 from .vm import VM
 
 MIB = 1 << 20
+VOLUME = "/shadowlun/vagrant/provision/volume.py"
 
 
 def host_chap(vm: VM) -> tuple[str, str]:
@@ -36,38 +35,26 @@ class HostVolumes:
         self.mounts = mounts or [f"/mnt/{n}" for n in self.names]
         self.size_bytes = size_bytes
         self.disks: dict[str, str] = {}  # name -> /dev/sdX
-        target = self.api.call("GET", "/v1/target")
-        self.target_iqn = target["iqn"]
-        self.node = Node(vm, target["iqn"], target["portals"][0].split(":")[0])
 
     def create(self) -> HostVolumes:
-        chap = host_chap(self.vm)
-        self.node.create(*chap)
-        for n in self.names:
-            self.api.call("POST", "/v1/luns", {"name": n, "size_bytes": self.size_bytes})
-            self.api.call("PUT", f"/v1/luns/{n}/masks",
-                          {"initiator": initiator(self.vm), "chap_user": chap[0], "chap_secret": chap[1]})
-        if not self.node.login():
-            raise LabError(f"{self.vm.name}: login to {self.target_iqn} failed")
         for n, mount in zip(self.names, self.mounts):
-            lun = self.api.call("GET", f"/v1/luns/{n}")
-            disk = self.node.scan(lun["lun_id"], lun["wwid"])["device"]
-            self.disks[n] = disk
-            self.vm.run(f"printf 'label: gpt\\n,\\n' | sfdisk -q {disk} && udevadm settle && "
-                        f"mkfs.ext4 -q {disk}1 && mkdir -p {mount} && mount {disk}1 {mount}")
+            made = json.loads(self.vm.run(["python3", VOLUME, "add", n, str(self.size_bytes // MIB), mount],
+                                          timeout=300).stdout)
+            self.disks[n] = made["disk"]
         return self
 
     def remove(self) -> list[str]:
         errors = []
-        for mount in self.mounts:
-            r = self.vm.run(f"fsfreeze -u {mount} 2>/dev/null; umount {mount}; rmdir {mount}", check=False)
-            if r.returncode and "not mounted" not in r.stderr:
-                errors.append(f"umount {mount}: {r.stderr.strip()}")
-        self.node.remove()
         try:
-            derived = [lun for lun in self.api.call("GET", "/v1/luns") if lun["origin"] in self.names]
-            for lun in derived + [{"name": n} for n in self.names]:
-                self.api.call("DELETE", f"/v1/luns/{lun['name']}")
+            for lun in self.api.call("GET", "/v1/luns"):
+                if lun["origin"] in self.names:  # snapshots of them, or broken ones
+                    self.api.call("DELETE", f"/v1/luns/{lun['name']}")
         except Exception as e:  # noqa: BLE001 - collected and reported, the rest is still cleaned
-            errors.append(f"deleting LUNs: {e}")
+            errors.append(f"deleting derived LUNs: {e}")
+        for n, mount in zip(self.names, self.mounts):
+            self.vm.run(f"fsfreeze -u {mount} 2>/dev/null; true", check=False)
+            r = self.vm.run(["python3", VOLUME, "remove", n, mount], check=False, timeout=300)
+            if r.returncode:
+                errors.append(f"remove {n}: {r.stderr.strip()[-500:]}")
+            self.vm.run(f"rmdir {mount} 2>/dev/null; true", check=False)
         return errors

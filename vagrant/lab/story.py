@@ -186,7 +186,8 @@ def run(lab: Lab, say: Callable[[str], None] = lambda s: None) -> StoryResult:
     finally:
         say("8. cleanup: host-b releases the broken disk, the array deletes it, host-a's volumes go")
         b.run("umount /mnt/broken /mnt/shadow/* 2>/dev/null; true", check=False)
-        Node(b, vols.node.target, vols.node.portal.split(":")[0]).remove()
+        target = api.call("GET", "/v1/target")
+        Node(b, target["iqn"], target["portals"][0].split(":")[0]).remove()
         for x in api.call("GET", "/v1/luns"):
             if x["origin"] in vols.names:
                 try:
