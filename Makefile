@@ -1,11 +1,12 @@
 # shadowlun: the two commands of the README, and a few for developers.
 #   make test   set up this Debian 12 machine, run the unit tests and the lab system tests
 #   make demo   set up, boot the lab, run the main scenario with readable progress
+#   make bench  set up, boot the lab, print the benchmark figures (and bench.json)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 LAB := PYTHONPATH=vagrant $(PY) -m lab
 
-.PHONY: setup test unit system demo lab-up lab-status lab-down
+.PHONY: setup test unit system demo bench lab-up lab-status lab-down
 
 setup: $(VENV)/.installed
 
@@ -27,6 +28,9 @@ system: setup
 
 demo: setup
 	$(LAB) demo
+
+bench: setup
+	$(LAB) bench --json bench.json
 
 # Keep a lab running between test runs (tests attach to it instead of booting their own).
 lab-up: setup

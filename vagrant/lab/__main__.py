@@ -6,18 +6,20 @@
   python -m lab ssh NAME [CMD]   a shell (or a command) in a VM
   python -m lab down             stop the lab
   python -m lab demo             boot the lab and tell the transport story with progress
+  python -m lab bench [--json F] boot the lab, measure, print the figures, write them as JSON
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import story
 from .lab import Lab
 
 
 def demo() -> int:
     """The transport story, narrated: a transportable shadow copy moves from host-a to host-b."""
+    from . import story  # needs the project (provider, targets) importable, as `make` arranges
+
     print("shadowlun lab demo: a transportable shadow copy made on host-a moves to host-b\n")
     with Lab.up() as lab:
         r = story.run(lab, say=lambda s: print(s, flush=True))
@@ -39,6 +41,24 @@ def demo() -> int:
         return 1 if problems else 0
 
 
+def run_bench(json_path: str) -> int:
+    """`make bench`: each figure beside its baseline from the same run; also written as JSON."""
+    import json
+
+    from . import bench
+
+    print("shadowlun benchmarks: each figure and its baseline, measured in one run (ratio = figure / baseline)\n")
+    with Lab.up() as lab:
+        result = bench.run(lab, say=lambda s: print(s, flush=True))
+        result["lab"] = {"accelerator": lab.accel, "timings": lab.timings.report()}
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"\n{len(result['figures'])} figures in {result['seconds']:.0f} s; JSON in {json_path}")
+    for e in result["cleanup_errors"]:
+        print(f"cleanup: {e}")
+    return 1 if result["cleanup_errors"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lab", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status")
     sub.add_parser("down")
     sub.add_parser("demo")
+    sub.add_parser("bench").add_argument("--json", default="bench.json", help="where to write the figures")
     ssh = sub.add_parser("ssh")
     ssh.add_argument("name")
     ssh.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -55,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "demo":
         return demo()
+    if args.command == "bench":
+        return run_bench(args.json)
     lab = Lab.prepare(build=args.command in ("build", "up"))
     if args.command == "build":
         print(lab.image.path)

@@ -1,0 +1,235 @@
+"""`make bench`: what users feel, measured in the lab next to the naive way, in one run.
+
+Absolute times in a TCG VM mean little; each figure is printed beside its baseline measured in
+the same run on the same VMs, and the ratio is what we track.
+
+  commit window       writes held on host-a by `shadowlun create` of 1, 4, 16, 64 raw LUNs,
+                      and the array's own commit window; against a loop of one `lvcreate -s`
+                      per LUN, and one raw `lvcreate -s`, run on the array.
+  origin size         the array's commit window for a 1 GiB and a 1 TiB (thin, sparse) origin.
+  import              `shadowlun import` of a 4-LUN transportable set on host-b (document in
+                      hand -> disks verified by WWID), against a raw `iscsiadm --login` (scan on)
+                      + `udevadm settle` of 4 LUNs of the same kind.
+  IOPS                fio 4 KiB random writes on the array: a thin origin before any snapshot,
+                      after a thin snapshot, and a linear LV after a classic LVM snapshot.
+  many snapshots      the array's commit window for the 1st and the 500th snapshot of a volume.
+
+Everything made is removed at the end.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from .agent_api import AgentApi
+from .host_volumes import VOLUME
+from .lab import Lab
+from .vm import VM
+
+MIB, GIB = 1 << 20, 1 << 30
+SIZES = (1, 4, 16, 64)
+VG, POOL = "shadowlun", "pool"
+SHADOWLUN = "python3 -m provider.cli --json"
+FIO = ("fio --name=bench --filename={dev} --rw=randwrite --bs=4k --direct=1 --ioengine=libaio "
+       "--iodepth=16 --size=256M --time_based --runtime={seconds} --output-format=json")
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    unit: str
+    baseline_name: str = ""
+    baseline: float | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        """value / baseline (below 1: better than the baseline for times, worse for IOPS)."""
+        return self.value / self.baseline if self.baseline else None
+
+    def row(self) -> str:
+        base = f"{self.baseline:10.3f} {self.unit:<5} {self.baseline_name}" if self.baseline is not None else ""
+        ratio = f"{self.ratio:6.2f}" if self.ratio is not None else "      "
+        return f"  {self.name:<44} {self.value:10.3f} {self.unit:<5} {ratio}  {base}"
+
+
+def timed_on(vm: VM, script: str, timeout: float = 900) -> float:
+    """Seconds a shell script takes on the VM, timed there (not over SSH)."""
+    out = vm.run(["python3", "-c", "import subprocess, sys, time; t = time.monotonic(); "
+                  "subprocess.run(['bash', '-ec', sys.argv[1]], check=True, stdout=subprocess.DEVNULL, "
+                  "stderr=subprocess.DEVNULL); print(time.monotonic() - t)", script], timeout=timeout)
+    return float(out.stdout.strip())
+
+
+class Bench:
+    def __init__(self, lab: Lab, say: Callable[[str], None]) -> None:
+        self.lab, self.say = lab, say
+        self.a, self.b, self.array = lab.vm("host-a"), lab.vm("host-b"), lab.vm("array")
+        self.api = AgentApi(self.a)
+        self.tag = uuid.uuid4().hex[:6]
+        self.made: list[str] = []  # LUN names, deleted at the end
+        self.figures: list[Figure] = []
+
+    def add(self, figure: Figure) -> None:
+        self.figures.append(figure)
+        self.say(figure.row())
+
+    def lun(self, label: str, size: int) -> dict:
+        name = f"b{self.tag}-{label}"
+        made = self.api.call("POST", "/v1/luns", {"name": name, "size_bytes": size})
+        self.made.append(name)
+        return made
+
+    def array_commit(self, luns: list[str]) -> float:
+        """The array's commit window (seconds) of one set of these LUNs, made through the API."""
+        set_id = str(uuid.uuid4())
+        self.api.call("POST", "/v1/snapshot-sets", {"set_id": set_id, "snapshots": [
+            {"snapshot_id": str(uuid.uuid4()), "lun": n} for n in luns]})
+        return self.api.call("POST", f"/v1/snapshot-sets/{set_id}/commit")["commit_window_s"]
+
+    def drop_snapshots(self, origins: set[str]) -> None:
+        for lun in self.api.call("GET", "/v1/luns"):
+            if lun["origin"] in origins or lun["origin"] in {f"lun-{o}" for o in origins}:
+                self.api.call("DELETE", f"/v1/luns/{lun['name']}")
+
+    def raw_snapshots(self, origins: list[str]) -> float:
+        """A loop of one `lvcreate -s` per LV on the array (the naive way), then removed."""
+        names = [f"naive-{self.tag}-{i}" for i in range(len(origins))]
+        took = timed_on(self.array, "; ".join(f"lvcreate -q -s -n {n} {VG}/lun-{o}" for n, o in zip(names, origins)))
+        self.array.run(f"lvremove -q -y {' '.join(f'{VG}/{n}' for n in names)}", timeout=600)
+        return took
+
+    # -- the figures ---------------------------------------------------------------------------
+
+    def commit_window(self) -> None:
+        self.say("commit window by number of LUNs (raw LUNs on host-a, `shadowlun create`)")
+        names = [self.lun(f"c{i}", 64 * MIB)["name"] for i in range(max(SIZES))]
+        disks = json.loads(self.a.run(["python3", VOLUME, "attach", *names], timeout=900).stdout)
+        try:
+            for n in SIZES:
+                chosen = names[:n]
+                out = json.loads(self.a.run(f"{SHADOWLUN} create {' '.join(disks[x] for x in chosen)}",
+                                            timeout=900).stdout)
+                held = out["report"]["seconds"]["writes held"]
+                window = self.api.call("GET", f"/v1/snapshot-sets/{out['set_id']}")["commit_window_s"]
+                self.drop_snapshots(set(chosen))
+                loop = self.raw_snapshots(chosen)
+                single = self.raw_snapshots(chosen[:1])
+                self.add(Figure(f"writes held, {n} LUN(s)", held, "s", f"lvcreate -s loop x{n}", loop))
+                self.add(Figure(f"array commit window, {n} LUN(s)", window, "s", "one lvcreate -s", single))
+        finally:
+            self.a.run(["python3", VOLUME, "detach", *names], timeout=900)
+
+    def origin_size(self) -> None:
+        self.say("commit window by origin size (thin, sparse)")
+        small = self.lun("1g", GIB)["name"]
+        large = self.lun("1t", 1 << 40)["name"]
+        w_small, w_large = self.array_commit([small]), self.array_commit([large])
+        self.add(Figure("array commit window, 1 TiB origin", w_large, "s", "1 GiB origin", w_small))
+
+    def import_time(self) -> None:
+        self.say("import: document in hand -> disks verified by WWID, 4 LUNs")
+        names = [self.lun(f"i{i}", 64 * MIB)["name"] for i in range(4)]
+        raw = [self.lun(f"r{i}", 64 * MIB)["name"] for i in range(4)]
+        disks = json.loads(self.a.run(["python3", VOLUME, "attach", *names], timeout=600).stdout)
+        try:
+            for d in disks.values():
+                self.a.run(f"printf 'label: gpt\\n,\\n' | sfdisk -q {d} && udevadm settle")
+            self.a.run(f"{SHADOWLUN} create --transportable --bcd /root/bench.xml "
+                       + " ".join(f"{d}1" for d in disks.values()), timeout=900)
+        finally:
+            self.a.run(["python3", VOLUME, "detach", *names], timeout=600)
+        self.b.put("/root/bench.xml", self.a.run("cat /root/bench.xml").stdout)
+        imported = timed_on(self.b, f"{SHADOWLUN} import /root/bench.xml")
+        listed = json.loads(self.b.run(f"{SHADOWLUN} list").stdout)["sets"]
+        self.b.run(f"{SHADOWLUN} delete --set {listed[0]['set_id']}", timeout=600)
+        login = self.raw_login(raw)
+        self.add(Figure("import of a 4-LUN set (shadowlun import)", imported, "s",
+                        "iscsiadm --login + udevadm settle", login))
+
+    def raw_login(self, names: list[str]) -> float:
+        """The raw way on host-b: LUNs masked, a node with automatic scan, login, settle, WWIDs."""
+        b = self.b
+        host = json.loads(b.run("cat /etc/shadowlun/host.json").stdout)
+        iqn = b.run("sed -n 's/^InitiatorName=//p' /etc/iscsi/initiatorname.iscsi").stdout.strip()
+        luns = [self.api.call("PUT", f"/v1/luns/{n}/masks", {"initiator": iqn, "chap_user": host["chap_user"],
+                                                             "chap_secret": host["chap_secret"]}) for n in names]
+        target = self.api.call("GET", "/v1/target")
+        node = f"iscsiadm -m node -T {target['iqn']} -p {target['portals'][0]}"
+        b.run(f"{node} -o new >/dev/null && {node} -o update -n node.session.auth.authmethod -v CHAP && "
+              f"{node} -o update -n node.session.auth.username -v {host['chap_user']} && "
+              f"{node} -o update -n node.session.auth.password -v {host['chap_secret']}")
+        wanted = " ".join(lun["wwid"] for lun in luns)
+        try:
+            return timed_on(b, f"{node} --login; udevadm settle; for w in {wanted}; do "
+                               "grep -qx $w /sys/block/sd*/device/wwid; done")
+        finally:
+            b.run(f"for d in /sys/block/sd*; do grep -q -e {' -e '.join(lun['wwid'] for lun in luns)} "
+                  "$d/device/wwid 2>/dev/null && echo 1 > $d/device/delete; done; "
+                  f"{node} --logout; {node} -o delete; true", check=False)
+            for n in names:
+                self.api.call("DELETE", f"/v1/luns/{n}/masks/{iqn}")
+
+    def iops(self, seconds: int = 8) -> None:
+        self.say(f"random-write IOPS on the array (fio, 4 KiB, iodepth 16, {seconds} s)")
+        arr = self.array
+
+        def fio(dev: str) -> float:
+            out = json.loads(arr.run(FIO.format(dev=dev, seconds=seconds), timeout=300).stdout)
+            return out["jobs"][0]["write"]["iops"]
+
+        thin, lin = f"fio-thin-{self.tag}", f"fio-lin-{self.tag}"
+        arr.run(f"lvcreate -q -V 1G -T {VG}/{POOL} -n {thin} && lvcreate -q -L 512M -n {lin} {VG} -y -Wy -Zy")
+        try:
+            for lv in (thin, lin):  # written once, so the first run does not measure provisioning
+                arr.run(f"dd if=/dev/zero of=/dev/{VG}/{lv} bs=4M count=64 oflag=direct status=none", timeout=300)
+            before = fio(f"/dev/{VG}/{thin}")
+            linear = fio(f"/dev/{VG}/{lin}")
+            arr.run(f"lvcreate -q -s -n {thin}-s {VG}/{thin} && lvcreate -q -s -L 512M -n {lin}-s {VG}/{lin}")
+            after_thin = fio(f"/dev/{VG}/{thin}")
+            after_classic = fio(f"/dev/{VG}/{lin}")
+        finally:
+            arr.run(f"lvremove -q -y {VG}/{thin}-s {VG}/{lin}-s {VG}/{thin} {VG}/{lin}", check=False)
+        self.add(Figure("IOPS after a thin snapshot", after_thin, "iops", "thin, no snapshot", before))
+        self.add(Figure("IOPS after a classic snapshot", after_classic, "iops", "linear, no snapshot", linear))
+
+    def many_snapshots(self, count: int = 500) -> None:
+        self.say(f"commit window of the 1st and the {count}th snapshot of one volume")
+        name = self.lun("many", 64 * MIB)["name"]
+        first = self.array_commit([name])
+        script = "".join(f"lvcreate -q -s -n many-{self.tag}-{i} {VG}/lun-{name}\n" for i in range(count - 2))
+        self.array.put("/tmp/many.lvm", script)
+        self.array.run("lvm < /tmp/many.lvm > /dev/null", timeout=3600)
+        try:
+            last = self.array_commit([name])
+        finally:
+            self.array.run(f"lvremove -q -y --select 'lv_name=~^many-{self.tag}-' {VG}", timeout=3600)
+        self.add(Figure(f"array commit window, {count}th snapshot", last, "s", "1st snapshot", first))
+
+    def cleanup(self) -> list[str]:
+        errors = []
+        self.drop_snapshots(set(self.made))
+        for n in self.made:
+            try:
+                self.api.call("DELETE", f"/v1/luns/{n}")
+            except Exception as e:  # noqa: BLE001 - collected; the rest is still cleaned
+                errors.append(f"{n}: {e}")
+        return errors
+
+
+def run(lab: Lab, say: Callable[[str], None] = print) -> dict:
+    bench = Bench(lab, say)
+    started = time.monotonic()
+    try:
+        bench.commit_window()
+        bench.origin_size()
+        bench.import_time()
+        bench.iops()
+        bench.many_snapshots()
+    finally:
+        errors = bench.cleanup()
+    return {"figures": [{**asdict(f), "ratio": f.ratio} for f in bench.figures],
+            "seconds": time.monotonic() - started, "cleanup_errors": errors}
