@@ -258,10 +258,10 @@ class Coordinator:
         """Read-only in the kernel for every shadow LUN of the volume, whatever udev did; returns
         the volume's device and the flags it carries."""
         disks = [d.removeprefix("/dev/") for d in devices]
-        device, _, parts, attrs = self._volume_on(disks, entry.extents)
+        device, on, parts, attrs = self._volume_on(disks, entry.extents)
         if attrs is None or attrs & READ_ONLY:
             for disk in disks:
-                self.flags.set_read_only(disk, parts if disk == disks[0] else [], True)
+                self.flags.set_read_only(disk, parts if disk == on else [], True)
         return {"device": device, "flags": describe(attrs or 0)}
 
     def _located(self, entry: ImportedSnapshot) -> tuple[list[str], dict]:
