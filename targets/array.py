@@ -466,11 +466,15 @@ class Array:
             if s.state != "committed":
                 raise user_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is {s.state}, not committed")
             try:
-                for m in s.members:
-                    lun = self.store.lun(m.name)
-                    if lun is not None and lun.state == "ready" and lun.set_id == set_id:  # not detached
-                        self._publish(lun)
-                        crash_point("publish-after-first-export")
+                luns = [lun for m in s.members if (lun := self.store.lun(m.name)) is not None
+                        and lun.state == "ready" and lun.set_id == set_id]  # not detached
+                # In batches: one lvchange for every LV, one save of the LIO configuration.
+                active = {lv.name for lv in self.lvm.volumes() if lv.active}
+                self.lvm.activate(*(lun.name for lun in luns if lun.name not in active))
+                for lun in luns:
+                    self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial, save=False)
+                    crash_point("publish-after-first-export")
+                self.lio.save()
             except Exception as e:  # the set stays committed: a retry or the reconcile finishes it
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"publish of set {set_id}: {e}") from e
             return self.set_view(set_id)

@@ -113,8 +113,9 @@ class Lio:
         Path(self.save_file).parent.mkdir(parents=True, exist_ok=True)
         self.rts.RTSRoot().save_to_file(self.save_file)
 
-    def export(self, name: str, device: str, serial: str) -> Export:
-        """Backstore with the array's chosen serial + TPG LUN, masked to nobody yet."""
+    def export(self, name: str, device: str, serial: str, save: bool = True) -> Export:
+        """Backstore with the array's chosen serial + TPG LUN, masked to nobody yet. With
+        save=False the caller saves once after a batch (the save file is rewritten whole)."""
         with locked():
             tpg = self._tpg()
             so = self._find_so(name)
@@ -123,7 +124,8 @@ class Lio:
             elif so.wwn != serial or so.udev_path != device:
                 raise ValueError(f"backstore {name} exists with serial {so.wwn} on {so.udev_path}")
             lun = self._lun_of(tpg, so) or self.rts.LUN(tpg, storage_object=so)
-            self.save()
+            if save:
+                self.save()
             return Export(name, device, serial, lun.lun)
 
     def unexport(self, name: str) -> None:

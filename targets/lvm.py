@@ -176,9 +176,11 @@ class Lvm:
             raise LvmError(["lvm", "lvcreate -s"], 1, f"snapshots not created: {', '.join(missing)}")
         return took
 
-    def activate(self, name: str) -> None:
-        """Thin snapshots skip activation by default; -K activates anyway."""
-        self._run(["lvchange", "-q", "-ay", "-K", f"{self.vg}/{name}"], None)
+    def activate(self, *names: str) -> None:
+        """Thin snapshots skip activation by default; -K activates anyway. Several LVs in one
+        lvchange: one process, one device scan."""
+        if names:
+            self._run(["lvchange", "-q", "-ay", "-K", *(f"{self.vg}/{n}" for n in names)], None)
 
     def remove(self, name: str) -> None:
         self._run(["lvremove", "-q", "-y", f"{self.vg}/{name}"], None)

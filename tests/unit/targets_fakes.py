@@ -131,10 +131,14 @@ class FakeLvm(_Injectable):
             raise LvmError(["lvm", "lvcreate -s"], 1, f"snapshots not created: {', '.join(missing)}")
         return self.window
 
-    def activate(self, name: str) -> None:
-        self._call("activate", name)
-        lv = self.lvs[name]
-        self.lvs[name] = replace(lv, attr=lv.attr[:4] + "a" + lv.attr[5:])
+    def activate(self, *names: str) -> None:
+        self.calls.append(("activate", *names))  # one lvchange for all; it fails as a whole
+        for want, exc in self._fail.get("activate", ()):
+            if want is None or want in names:
+                raise exc
+        for name in names:
+            lv = self.lvs[name]
+            self.lvs[name] = replace(lv, attr=lv.attr[:4] + "a" + lv.attr[5:])
 
     def retag(self, name: str, remove=(), add=None) -> None:
         self._call("retag", name, tuple(remove), dict(add or {}))
@@ -161,6 +165,9 @@ class FakeLio(_Injectable):
 
     # -- test helpers --------------------------------------------------------------------
 
+    def save(self) -> None:
+        self._call("save")
+
     def drop(self, name: str) -> None:
         """Lose an export behind the array's back (e.g. LIO config not restored)."""
         del self._exports[name]
@@ -180,7 +187,7 @@ class FakeLio(_Injectable):
 
     # -- the Lio interface the Array uses ------------------------------------------------
 
-    def export(self, name: str, device: str, serial: str) -> Export:
+    def export(self, name: str, device: str, serial: str, save: bool = True) -> Export:
         self._call("export", name, device, serial)
         have = self._exports.get(name)
         if have is not None:
