@@ -40,20 +40,23 @@ FIO = ("fio --name=bench --filename={dev} --rw=randwrite --bs=4k --direct=1 --io
 @dataclass
 class Figure:
     name: str
-    value: float
+    value: float | None  # None: the operation failed (see `failed`)
     unit: str
     baseline_name: str = ""
     baseline: float | None = None
+    failed: str = ""
 
     @property
     def ratio(self) -> float | None:
         """value / baseline (below 1: better than the baseline for times, worse for IOPS)."""
-        return self.value / self.baseline if self.baseline else None
+        return self.value / self.baseline if self.baseline and self.value is not None else None
 
     def row(self) -> str:
         base = f"{self.baseline:10.3f} {self.unit:<5} {self.baseline_name}" if self.baseline is not None else ""
         ratio = f"{self.ratio:6.2f}" if self.ratio is not None else "      "
-        return f"  {self.name:<44} {self.value:10.3f} {self.unit:<5} {ratio}  {base}"
+        value = f"{self.value:10.3f}" if self.value is not None else "    FAILED"
+        row = f"  {self.name:<44} {value} {self.unit:<5} {ratio}  {base}"
+        return row + (f"\n      ({self.failed})" if self.failed else "")
 
 
 def timed_on(vm: VM, script: str, timeout: float = 900) -> float:
@@ -111,13 +114,18 @@ class Bench:
         try:
             for n in SIZES:
                 chosen = names[:n]
-                out = json.loads(self.a.run(f"{SHADOWLUN} create {' '.join(disks[x] for x in chosen)}",
-                                            timeout=900).stdout)
+                loop = self.raw_snapshots(chosen)
+                single = self.raw_snapshots(chosen[:1])
+                r = self.a.run(f"{SHADOWLUN} create {' '.join(disks[x] for x in chosen)}", check=False, timeout=900)
+                if r.returncode:  # e.g. over the 10 s VSS allows for CommitSnapshots: a figure too
+                    why = json.loads(r.stderr.strip().splitlines()[-1])
+                    self.add(Figure(f"writes held, {n} LUN(s)", None, "s", f"lvcreate -s loop x{n}", loop,
+                                    failed=f"{why['vss']}: {why['message'][:150]}"))
+                    continue
+                out = json.loads(r.stdout)
                 held = out["report"]["seconds"]["writes held"]
                 window = self.api.call("GET", f"/v1/snapshot-sets/{out['set_id']}")["commit_window_s"]
                 self.drop_snapshots(set(chosen))
-                loop = self.raw_snapshots(chosen)
-                single = self.raw_snapshots(chosen[:1])
                 self.add(Figure(f"writes held, {n} LUN(s)", held, "s", f"lvcreate -s loop x{n}", loop))
                 self.add(Figure(f"array commit window, {n} LUN(s)", window, "s", "one lvcreate -s", single))
         finally:
