@@ -137,6 +137,7 @@ class Array:
         self.config, self.store, self.lvm, self.lio = config, store, lvm, lio
         self._op_lock = threading.RLock()  # one changing operation at a time; reads are free
         self._jobs: dict[str, threading.Thread] = {}
+        self._premade: dict[str, list] = {}  # prepared set -> [(origin, snapshot) ThinDevice]
 
     # -- views ---------------------------------------------------------------------------
 
@@ -374,7 +375,42 @@ class Array:
                 serials.add(serial)
                 members.append(SetMember(set_id, sid, origin, SNAPSHOT_PREFIX + sid, serial))
             self.store.add_set(set_id, members)
+            self._premake(set_id, members)
             return self.set_view(set_id)
+
+    def _premake(self, set_id: str, members: list[SetMember]) -> None:
+        """Make the set's snapshots now, outside the commit window, so the commit only has to
+        make them again from the origins' current blocks (`Lvm.repoint_snapshots`), which costs
+        no LVM metadata update. A failure aborts the set and nothing is left."""
+        try:
+            self.lvm.create_snapshots([(m.origin, m.name, self._snapshot_tags(m)) for m in members])
+            devices = self.lvm.thin_devices([m.origin for m in members] + [m.name for m in members])
+            self._premade[set_id] = [(devices.get(m.origin), devices.get(m.name)) for m in members]
+        except Exception as e:
+            errors = self._undo_set(set_id)
+            raise vss_error(HResult.VSS_E_PROVIDER_VETO,
+                            f"snapshot set {set_id}: the snapshots could not be prepared: {e}"
+                            + (f"; cleanup: {'; '.join(errors)}" if errors else "")) from e
+
+    @staticmethod
+    def _snapshot_tags(m: SetMember) -> dict[str, str]:
+        return {KIND_TAG: "snapshot", SET_TAG: m.set_id, SNAPSHOT_TAG: m.snapshot_id}
+
+    def _commit_snapshots(self, s) -> float:
+        """The commit window: the pre-made snapshots made again at this moment. Without them
+        (the agent restarted since the prepare and the reconcile removed them, or an origin is
+        not active), one batch of lvcreate -s, as slow as LVM is but just as consistent."""
+        pairs = self._premade.pop(s.set_id, None)
+        if pairs is None:
+            devices = self.lvm.thin_devices([m.origin for m in s.members] + [m.name for m in s.members])
+            pairs = [(devices.get(m.origin), devices.get(m.name)) for m in s.members]
+        if all(o is not None and o.dm_name and sn is not None and sn.dm_name is None for o, sn in pairs):
+            return self.lvm.repoint_snapshots(pairs)
+        log.warning("set %s: snapshots not pre-made (or an origin inactive); creating them now", s.set_id)
+        for m in s.members:
+            if self.lvm.get(m.name) is not None:
+                self.lvm.remove(m.name)
+        return self.lvm.create_snapshots([(m.origin, m.name, self._snapshot_tags(m)) for m in s.members])
 
     def set_view(self, set_id: str) -> dict:
         s = self.store.snapshot_set(set_id)
@@ -441,9 +477,7 @@ class Array:
                                        set_id=set_id, snapshot_id=m.snapshot_id)
             crash_point("commit-before-snapshots")
             try:
-                window = self.lvm.create_snapshots([
-                    (m.origin, m.name, {KIND_TAG: "snapshot", SET_TAG: set_id,
-                                        SNAPSHOT_TAG: m.snapshot_id}) for m in s.members])
+                window = self._commit_snapshots(s)
                 crash_point("commit-after-snapshots")
             except Exception as e:
                 self._undo_set(s.set_id)
@@ -485,6 +519,7 @@ class Array:
 
     def _undo_set(self, set_id: str) -> list[str]:
         errors = []
+        self._premade.pop(set_id, None)
         s = self.store.snapshot_set(set_id)
         for m in s.members if s else ():
             lun = self.store.lun(m.name)

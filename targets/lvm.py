@@ -86,6 +86,46 @@ class PoolStatus:
         return self.size_bytes - self.used_bytes
 
 
+@dataclass(frozen=True)
+class ThinDevice:
+    """A thin LV as the pool knows it: its device id in the pool, and its device-mapper name
+    when active (None when not)."""
+
+    name: str
+    thin_id: int
+    dm_name: str | None
+
+
+def dm_name(vg: str, lv: str) -> str:
+    """LVM's device-mapper name of an LV: '-' doubled in each part, joined by '-'."""
+    return f"{vg.replace('-', '--')}-{lv.replace('-', '--')}"
+
+
+def parse_thin_devices(report: str, names: Sequence[str]) -> dict[str, ThinDevice]:
+    """From `lvs --reportformat json -o lv_name,thin_id,lv_dm_path,lv_attr`: the named LVs."""
+    wanted = set(names)
+    out = {}
+    for r in json.loads(report)["report"][0]["lv"]:
+        if r["lv_name"] in wanted and r["thin_id"] not in ("", None):
+            active = len(r["lv_attr"]) > 4 and r["lv_attr"][4] == "a"
+            out[r["lv_name"]] = ThinDevice(r["lv_name"], int(r["thin_id"]),
+                                           os.path.basename(r["lv_dm_path"]) if active else None)
+    return out
+
+
+def repoint_script(pool_dm: str, pairs: Sequence[tuple[ThinDevice, ThinDevice]]) -> str:
+    """The shell script of `Lvm.repoint_snapshots`: suspend the active origins (one dmsetup),
+    then per snapshot `delete` and `create_snap` under the same id, then resume (always)."""
+    active = " ".join(o.dm_name for o, _ in pairs if o.dm_name)
+    lines = ["set -e"]
+    if active:
+        lines += [f"trap 'dmsetup resume {active}' EXIT", f"dmsetup suspend {active}"]
+    for origin, snap in pairs:
+        lines += [f'dmsetup message {pool_dm} 0 "delete {snap.thin_id}"',
+                  f'dmsetup message {pool_dm} 0 "create_snap {snap.thin_id} {origin.thin_id}"']
+    return "\n".join(lines) + "\n"
+
+
 def _percent(value: str) -> float | None:
     return float(value) if value not in ("", None) else None
 
@@ -175,6 +215,31 @@ class Lvm:
         if missing:
             raise LvmError(["lvm", "lvcreate -s"], 1, f"snapshots not created: {', '.join(missing)}")
         return took
+
+    def thin_devices(self, names: Sequence[str]) -> dict[str, ThinDevice]:
+        return parse_thin_devices(self._run(["lvs", "--reportformat", "json", "-o",
+                                             "lv_name,thin_id,lv_dm_path,lv_attr", self.vg], None), names)
+
+    def repoint_snapshots(self, pairs: Sequence[tuple[ThinDevice, ThinDevice]]) -> float:
+        """Make each pre-made thin snapshot again from its origin's current blocks, in the pool
+        itself: the commit window without LVM. The snapshots were made by lvcreate before
+        (so LVM's metadata already has them, with these thin ids) and are inactive; the pool
+        gets `delete <id>` + `create_snap <id> <origin id>`, which keeps the ids and so LVM's
+        metadata exactly as it is. Active origins are suspended around the messages (their
+        I/O flushed and held, as lvcreate does), and resumed whatever happens. Returns seconds."""
+        script = repoint_script(f"{dm_name(self.vg, self.pool)}-tpool", pairs)
+        started = time.monotonic()
+        try:
+            self._run(["bash"], script)
+        except LvmError:
+            active = [o.dm_name for o, _ in pairs if o.dm_name]
+            if active:  # the trap resumes them; once more, in case it could not run
+                try:
+                    self._run(["dmsetup", "resume", *active], None)
+                except LvmError:
+                    pass
+            raise
+        return time.monotonic() - started
 
     def activate(self, *names: str) -> None:
         """Thin snapshots skip activation by default; -K activates anyway. Several LVs in one

@@ -21,7 +21,7 @@ from dataclasses import replace
 
 from targets.array import Array, ArrayConfig
 from targets.lio import Export, Mapping
-from targets.lvm import OWNER_TAG, LogicalVolume, LvmError, PoolStatus
+from targets.lvm import OWNER_TAG, LogicalVolume, LvmError, PoolStatus, ThinDevice, dm_name
 from targets.store import Store
 
 TARGET_IQN = "iqn.2026-11.lab.shadowlun:array.target"
@@ -129,6 +129,21 @@ class FakeLvm(_Injectable):
         missing = [name for _, name, _ in snaps if name not in self.lvs]
         if missing:
             raise LvmError(["lvm", "lvcreate -s"], 1, f"snapshots not created: {', '.join(missing)}")
+        return self.window
+
+    def thin_devices(self, names) -> dict:
+        self._call("thin_devices", *names)
+        return {n: ThinDevice(n, int(self.lvs[n].uuid.rsplit("-", 1)[1]),
+                              dm_name(self.vg, n) if self.lvs[n].active else None)
+                for n in names if n in self.lvs}
+
+    def repoint_snapshots(self, pairs) -> float:
+        """Records the pairs; a failure injected for a snapshot name fails the whole batch."""
+        self.calls.append(("repoint_snapshots", [(o.name, sn.name) for o, sn in pairs]))
+        for want, exc in self._fail.get("repoint_snapshots", ()):
+            if want is None or want in {sn.name for _, sn in pairs}:
+                raise exc
+        self.repointed = getattr(self, "repointed", []) + [sn.name for _, sn in pairs]
         return self.window
 
     def activate(self, *names: str) -> None:

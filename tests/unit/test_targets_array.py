@@ -14,7 +14,7 @@ import pytest
 
 import targets.array as array_mod
 from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError
-from targets.array import MAX_LUNS_PER_SET, LunView
+from targets.array import MAX_LUNS_PER_SET, Array, LunView
 from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
 from targets.lio import Mapping, naa_wwid
 from targets.lvm import LvmError
@@ -423,8 +423,25 @@ def test_prepare_set(arr, lvm, lio):
         assert (s["vendor"], s["product"]) == (LIO_VENDOR, LIO_PRODUCT)
     serials = [s["serial"] for s in view["snapshots"]] + [v.serial for v in arr.inventory()]
     assert len({s[:25] for s in serials}) == 4
-    assert lvm.called("create_snapshots") == [] and set(lio.exports()) == {"lun-vol1", "lun-vol2"}
+    # The snapshots are made now, in one batch, inactive and unexported; the commit makes them
+    # again at the freeze point (see the commit tests). They are no LUNs yet.
+    (batch,) = lvm.called("create_snapshots")
+    assert [n for _, n, _ in batch[0]] == [s["target"] for s in view["snapshots"]]
+    assert all(not lvm.lvs[s["target"]].active for s in view["snapshots"])
+    assert set(lio.exports()) == {"lun-vol1", "lun-vol2"}
+    assert {lun.name for lun in arr.store.luns()} == {"lun-vol1", "lun-vol2"}
     assert arr.set_view(set_id) == view
+
+
+def test_prepare_that_cannot_make_a_snapshot_aborts_and_leaves_nothing(arr, lvm, lio):
+    make_volumes(arr, "vol1", "vol2", "vol3")
+    set_id, snaps = sid(), members("vol1", "vol2", "vol3")
+    lvm.inject("create_snapshots", None, name="snap-" + snaps[1]["snapshot_id"])
+    with expect(HResult.VSS_E_PROVIDER_VETO, VssRuntimeError) as e:
+        arr.prepare_set(set_id, snaps)
+    assert "could not be prepared" in e.value.message
+    assert arr.set_view(set_id)["state"] == "aborted"
+    assert not [n for n in lvm.names() if n.startswith("snap-")]
 
 
 def test_prepare_set_normalizes_guids(arr):
@@ -558,16 +575,18 @@ def prepared(arr, *luns):
 
 
 def test_commit_makes_every_snapshot_in_one_batch(arr, lvm, lio):
+    """Prepare made the snapshots with lvcreate (tags, thin ids in LVM's metadata); the commit
+    only makes them again from the origins' current blocks, all in one batch in the pool."""
     set_id, prep = prepared(arr, "vol1", "vol2", "vol3")
-    lvm.window = 0.375
-    view = arr.commit_set(set_id)
-    batches = lvm.called("create_snapshots")
-    assert len(batches) == 1
-    (batch,) = batches[0]
-    assert [(o, n) for o, n, _ in batch] == [("lun-" + s["lun"], s["target"]) for s in prep["snapshots"]]
-    for (_, _, tags), s in zip(batch, prep["snapshots"]):
+    (made,) = lvm.called("create_snapshots")
+    for (_, _, tags), s in zip(made[0], prep["snapshots"]):
         assert tags["shadowlun.set"] == set_id and tags["shadowlun.snapshot"] == s["snapshot_id"]
         assert tags["shadowlun.kind"] == "snapshot"
+    lvm.window = 0.375
+    lvm.calls.clear()
+    view = arr.commit_set(set_id)
+    assert lvm.called("repoint_snapshots") == [([("lun-" + s["lun"], s["target"]) for s in prep["snapshots"]],)]
+    assert lvm.called("create_snapshots") == [] and lvm.called("thin_devices") == []  # looked up at prepare
     assert view["state"] == "committed" and view["commit_window_s"] == 0.375
     assert view["snapshots"] == prep["snapshots"]  # identities chosen at prepare are kept
     # The commit made only the snapshots (the window writes are held); publish exports them.
@@ -605,11 +624,12 @@ def test_commit_unknown_set(arr):
 
 
 def test_commit_of_an_aborted_set(arr, lvm):
-    set_id, _ = prepared(arr, "vol1")
+    set_id, prep = prepared(arr, "vol1")
     assert arr.abort_set(set_id)["state"] == "aborted"
+    assert prep["snapshots"][0]["target"] not in lvm.names()  # the snapshot made in advance went
     with expect(HResult.VSS_E_BAD_STATE):
         arr.commit_set(set_id)
-    assert lvm.called("create_snapshots") == []
+    assert lvm.called("repoint_snapshots") == []
 
 
 def _assert_set_undone(arr, lvm, lio, set_id, prep):
@@ -625,7 +645,7 @@ def _assert_set_undone(arr, lvm, lio, set_id, prep):
 def test_commit_failure_in_the_snapshot_batch(arr, lvm, lio):
     set_id, prep = prepared(arr, "vol1", "vol2", "vol3")
     failing = prep["snapshots"][1]["target"]
-    lvm.inject("create_snapshots", None, name=failing)  # that one is not made, the others are
+    lvm.inject("repoint_snapshots", LvmError(["bash"], 1, f"create_snap of {failing} failed"), name=failing)
     with expect(HResult.VSS_E_PROVIDER_VETO, VssRuntimeError) as e:
         arr.commit_set(set_id)
     assert failing in e.value.message
@@ -636,7 +656,7 @@ def test_commit_failure_in_the_snapshot_batch(arr, lvm, lio):
 
 def test_commit_failure_of_the_whole_batch(arr, lvm, lio):
     set_id, prep = prepared(arr, "vol1", "vol2")
-    lvm.inject("create_snapshots", LvmError(["lvm"], 5, "device-mapper: reload ioctl failed"))
+    lvm.inject("repoint_snapshots", LvmError(["bash"], 1, "device-mapper: message ioctl failed"))
     with expect(HResult.VSS_E_PROVIDER_VETO, VssRuntimeError):
         arr.commit_set(set_id)
     _assert_set_undone(arr, lvm, lio, set_id, prep)
@@ -692,10 +712,34 @@ def test_commit_after_the_origin_was_deleted(arr, lvm):
 
 
 def test_abort_prepared_set(arr, lvm):
-    set_id, _ = prepared(arr, "vol1")
+    set_id, prep = prepared(arr, "vol1")
+    assert prep["snapshots"][0]["target"] in lvm.names()
     assert arr.abort_set(set_id)["state"] == "aborted"
-    assert lvm.called("create_snapshots") == []
+    assert not [n for n in lvm.names() if n.startswith("snap-")]
     assert arr.abort_set(set_id)["state"] == "aborted"  # again: fine
+
+
+def test_commit_after_a_restart_finds_the_snapshots_made_in_advance(arr, lvm, lio):
+    """A new agent process knows nothing of the prepare: it looks the thin ids up."""
+    set_id, prep = prepared(arr, "vol1", "vol2")
+    again = Array(arr.config, arr.store, lvm, lio)
+    lvm.calls.clear()
+    assert again.commit_set(set_id)["state"] == "committed"
+    assert len(lvm.called("thin_devices")) == 1 and len(lvm.called("repoint_snapshots")) == 1
+    assert lvm.called("create_snapshots") == []
+
+
+def test_commit_without_the_snapshots_made_in_advance_makes_them(arr, lvm, lio):
+    """The reconcile of a restarted agent removes LVs that are no LUNs yet; the commit then
+    makes the snapshots with lvcreate, as consistent though slower."""
+    set_id, prep = prepared(arr, "vol1", "vol2")
+    again = Array(arr.config, arr.store, lvm, lio)
+    again.reconcile()
+    assert not {s["target"] for s in prep["snapshots"]} & lvm.names()
+    lvm.calls.clear()
+    assert again.commit_set(set_id)["state"] == "committed"
+    assert lvm.called("repoint_snapshots") == [] and len(lvm.called("create_snapshots")) == 1
+    assert {s["target"] for s in prep["snapshots"]} <= lvm.names()
 
 
 def test_abort_after_commit_removes_the_snapshots(arr, lvm, lio):

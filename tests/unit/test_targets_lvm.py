@@ -11,6 +11,10 @@ import pytest
 from targets import lvm as lvm_mod
 from targets.lvm import (
     CHUNK,
+    ThinDevice,
+    dm_name,
+    parse_thin_devices,
+    repoint_script,
     LV_FIELDS,
     OWNER_TAG,
     Lvm,
@@ -453,3 +457,51 @@ def test_run_lvm_is_bounded(monkeypatch):
 
     with pytest.raises(subprocess.TimeoutExpired):
         run_lvm(["sleep", "5"])
+
+
+# --- the commit window in the pool: pre-made snapshots made again -------------------------------
+
+THIN_REPORT = json.dumps({"report": [{"lv": [
+    {"lv_name": "pool", "thin_id": "", "lv_dm_path": "/dev/mapper/shadowlun-pool", "lv_attr": "twi-aotz--"},
+    {"lv_name": "lun-db-1", "thin_id": "1", "lv_dm_path": "/dev/mapper/shadowlun-lun--db--1", "lv_attr": "Vwi-aotz--"},
+    {"lv_name": "snap-x", "thin_id": "7", "lv_dm_path": "/dev/mapper/shadowlun-snap--x", "lv_attr": "Vwi---tz-k"},
+]}]})
+
+
+def test_thin_devices_and_dm_names():
+    devs = parse_thin_devices(THIN_REPORT, ["lun-db-1", "snap-x", "absent"])
+    assert devs == {"lun-db-1": ThinDevice("lun-db-1", 1, "shadowlun-lun--db--1"),
+                    "snap-x": ThinDevice("snap-x", 7, None)}  # inactive: no dm device
+    assert dm_name("shadowlun", "lun-db-1") == "shadowlun-lun--db--1"
+
+
+def test_repoint_suspends_the_origins_remakes_each_snapshot_and_always_resumes():
+    script = repoint_script("shadowlun-pool-tpool", [(ThinDevice("lun-a", 1, "shadowlun-lun--a"),
+                                                       ThinDevice("snap-a", 7, None)),
+                                                      (ThinDevice("lun-b", 2, "shadowlun-lun--b"),
+                                                       ThinDevice("snap-b", 8, None))])
+    assert script.splitlines() == [
+        "set -e",
+        "trap 'dmsetup resume shadowlun-lun--a shadowlun-lun--b' EXIT",
+        "dmsetup suspend shadowlun-lun--a shadowlun-lun--b",
+        'dmsetup message shadowlun-pool-tpool 0 "delete 7"',
+        'dmsetup message shadowlun-pool-tpool 0 "create_snap 7 1"',
+        'dmsetup message shadowlun-pool-tpool 0 "delete 8"',
+        'dmsetup message shadowlun-pool-tpool 0 "create_snap 8 2"',
+    ]
+
+
+def test_a_failed_repoint_resumes_the_origins_again_and_raises():
+    ran = []
+
+    def run(argv, stdin):
+        ran.append((list(argv), stdin))
+        if argv == ["bash"]:
+            raise LvmError(argv, 1, "device-mapper: message ioctl on shadowlun-pool-tpool failed")
+        return ""
+
+    lvm = Lvm("shadowlun", "pool", run=run)
+    with pytest.raises(LvmError):
+        lvm.repoint_snapshots([(ThinDevice("lun-a", 1, "shadowlun-lun--a"), ThinDevice("snap-a", 7, None))])
+    assert ran[0][0] == ["bash"] and "shadowlun-pool-tpool" in ran[0][1]
+    assert ran[1][0] == ["dmsetup", "resume", "shadowlun-lun--a"]
