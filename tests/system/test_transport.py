@@ -3,6 +3,7 @@ an import the array refuses, reboots between create and import, delete, and resy
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -139,3 +140,35 @@ def test_resync_restores_the_source_bytes(lab, one_volume):
     assert partition_attrs(a, disk) == ""
     assert a.run(f"cat /sys/class/block/{disk.removeprefix('/dev/')}1/ro").stdout.strip() == "0"
     a.run(f"touch {mount}/writable-again")
+
+
+def test_each_snapshot_holds_what_was_written_up_to_the_freeze(lab, one_volume):
+    """The array makes the snapshots when the set is prepared and makes them again in the commit
+    window: what host-a writes after the prepare, before the freeze, is in the shadow copy; what
+    it writes after the commit is not."""
+    a, b = lab.vm("host-a"), lab.vm("host-b")
+    mount = one_volume.mounts[0]
+    a.run("rm -f /tmp/fz.out /tmp/fz.err /tmp/fz.rc; setsid sh -c 'SHADOWLUN_PROVIDER_PAUSE_AT=end_prepare_snapshots:15 "
+          f"python3 -m provider.cli --json create --transportable --bcd /root/fz.xml {mount} > /tmp/fz.out "
+          "2> /tmp/fz.err; echo $? > /tmp/fz.rc' < /dev/null > /dev/null 2>&1 &")
+    deadline = time.monotonic() + 120
+    while "pausing" not in a.run("cat /tmp/fz.err 2>/dev/null || true").stdout:
+        assert time.monotonic() < deadline, a.run("cat /tmp/fz.err", check=False).stdout
+        time.sleep(0.5)
+    # Prepared: the snapshot exists on the array already. Written now, before the freeze:
+    a.run(f"head -c 2M /dev/urandom > {mount}/after-prepare && sync")
+    in_copy = story.sha256(a, f"{mount}/after-prepare")
+    while a.run("test -f /tmp/fz.rc", check=False).returncode != 0:
+        assert time.monotonic() < deadline + 60, a.run("cat /tmp/fz.err", check=False).stdout
+        time.sleep(0.5)
+    assert a.run("cat /tmp/fz.rc").stdout.strip() == "0", a.run("cat /tmp/fz.err").stdout
+    a.run(f"head -c 2M /dev/urandom > {mount}/after-prepare && touch {mount}/after-commit && sync")
+    b.put("/root/fz.xml", a.run("cat /root/fz.xml").stdout)
+    imported = shadowlun(b, "import", "/root/fz.xml")
+    try:
+        snap = imported["snapshots"][0]["snapshot_id"]
+        shadowlun(b, "expose", snap, "/mnt/fz-shadow")
+        assert story.sha256(b, "/mnt/fz-shadow/after-prepare") == in_copy
+        assert b.run("test -e /mnt/fz-shadow/after-commit", check=False).returncode != 0
+    finally:
+        shadowlun(b, "delete", "--set", imported["set_id"])
