@@ -59,6 +59,21 @@ class Figure:
         return row + (f"\n      ({self.failed})" if self.failed else "")
 
 
+API_BATCH = """
+import json, sys
+from targets.client import ArrayAccess, ArrayClient
+client = ArrayClient(ArrayAccess.load())
+print(json.dumps([client.call(m, p, b) for m, p, b in json.loads(sys.stdin.read())]))
+"""
+
+
+def api_batch(vm: VM, calls: list[tuple[str, str, dict | None]]) -> list:
+    """Many agent API calls from one process on the VM (one SSH round trip, one start-up)."""
+    if not calls:
+        return []
+    return json.loads(vm.run(["python3", "-c", API_BATCH], input=json.dumps(calls), timeout=1800).stdout)
+
+
 def timed_on(vm: VM, script: str, timeout: float = 900) -> float:
     """Seconds a shell script takes on the VM, timed there (not over SSH)."""
     out = vm.run(["python3", "-c", "import subprocess, sys, time; t = time.monotonic(); "
@@ -94,9 +109,14 @@ class Bench:
         return self.api.call("POST", f"/v1/snapshot-sets/{set_id}/commit")["commit_window_s"]
 
     def drop_snapshots(self, origins: set[str]) -> None:
-        for lun in self.api.call("GET", "/v1/luns"):
-            if lun["origin"] in origins or lun["origin"] in {f"lun-{o}" for o in origins}:
-                self.api.call("DELETE", f"/v1/luns/{lun['name']}")
+        api_batch(self.a, [("DELETE", f"/v1/luns/{lun['name']}", None) for lun in self.api.call("GET", "/v1/luns")
+                           if lun["origin"] in origins])
+
+    def luns(self, labels: list[str], size: int) -> list[str]:
+        names = [f"b{self.tag}-{label}" for label in labels]
+        api_batch(self.a, [("POST", "/v1/luns", {"name": n, "size_bytes": size}) for n in names])
+        self.made += names
+        return names
 
     def raw_snapshots(self, origins: list[str]) -> float:
         """A loop of one `lvcreate -s` per LV on the array (the naive way), then removed."""
@@ -109,7 +129,7 @@ class Bench:
 
     def commit_window(self) -> None:
         self.say("commit window by number of LUNs (raw LUNs on host-a, `shadowlun create`)")
-        names = [self.lun(f"c{i}", 64 * MIB)["name"] for i in range(max(SIZES))]
+        names = self.luns([f"c{i}" for i in range(max(SIZES))], 64 * MIB)
         disks = json.loads(self.a.run(["python3", VOLUME, "attach", *names], timeout=900).stdout)
         try:
             for n in SIZES:
@@ -140,8 +160,8 @@ class Bench:
 
     def import_time(self) -> None:
         self.say("import: document in hand -> disks verified by WWID, 4 LUNs")
-        names = [self.lun(f"i{i}", 64 * MIB)["name"] for i in range(4)]
-        raw = [self.lun(f"r{i}", 64 * MIB)["name"] for i in range(4)]
+        names = self.luns([f"i{i}" for i in range(4)], 64 * MIB)
+        raw = self.luns([f"r{i}" for i in range(4)], 64 * MIB)
         disks = json.loads(self.a.run(["python3", VOLUME, "attach", *names], timeout=600).stdout)
         try:
             for d in disks.values():
@@ -218,14 +238,12 @@ class Bench:
         self.add(Figure(f"array commit window, {count}th snapshot", last, "s", "1st snapshot", first))
 
     def cleanup(self) -> list[str]:
-        errors = []
-        self.drop_snapshots(set(self.made))
-        for n in self.made:
-            try:
-                self.api.call("DELETE", f"/v1/luns/{n}")
-            except Exception as e:  # noqa: BLE001 - collected; the rest is still cleaned
-                errors.append(f"{n}: {e}")
-        return errors
+        try:
+            self.drop_snapshots(set(self.made))
+            api_batch(self.a, [("DELETE", f"/v1/luns/{n}", None) for n in self.made])
+        except Exception as e:  # noqa: BLE001 - reported by `make bench`
+            return [f"deleting the LUNs made: {e}"]
+        return []
 
 
 def run(lab: Lab, say: Callable[[str], None] = print) -> dict:
