@@ -149,7 +149,7 @@ def test_each_snapshot_holds_what_was_written_up_to_the_freeze(lab, one_volume):
     a, b = lab.vm("host-a"), lab.vm("host-b")
     mount = one_volume.mounts[0]
     a.run("rm -f /tmp/fz.out /tmp/fz.err /tmp/fz.rc; setsid sh -c 'SHADOWLUN_PROVIDER_PAUSE_AT=end_prepare_snapshots:15 "
-          f"python3 -m provider.cli --json create --transportable --bcd /root/fz.xml {mount} > /tmp/fz.out "
+          f"python3 -m provider.cli --json --verbose create --transportable --bcd /root/fz.xml {mount} > /tmp/fz.out "
           "2> /tmp/fz.err; echo $? > /tmp/fz.rc' < /dev/null > /dev/null 2>&1 &")
     deadline = time.monotonic() + 120
     while "pausing" not in a.run("cat /tmp/fz.err 2>/dev/null || true").stdout:
