@@ -115,14 +115,18 @@ def parse_thin_devices(report: str, names: Sequence[str]) -> dict[str, ThinDevic
 
 def repoint_script(pool_dm: str, pairs: Sequence[tuple[ThinDevice, ThinDevice]]) -> str:
     """The shell script of `Lvm.repoint_snapshots`: suspend the active origins (one dmsetup),
-    then per snapshot `delete` and `create_snap` under the same id, then resume (always)."""
+    then per snapshot `delete` and `create_snap` under the same id, the snapshots side by side
+    (the pool serializes the messages; the processes around them overlap), then resume (always).
+    It fails if any message failed."""
     active = " ".join(o.dm_name for o, _ in pairs if o.dm_name)
     lines = ["set -e"]
     if active:
         lines += [f"trap 'dmsetup resume {active}' EXIT", f"dmsetup suspend {active}"]
+    lines.append("pids=")
     for origin, snap in pairs:
-        lines += [f'dmsetup message {pool_dm} 0 "delete {snap.thin_id}"',
-                  f'dmsetup message {pool_dm} 0 "create_snap {snap.thin_id} {origin.thin_id}"']
+        lines.append(f'(dmsetup message {pool_dm} 0 "delete {snap.thin_id}" && '
+                     f'dmsetup message {pool_dm} 0 "create_snap {snap.thin_id} {origin.thin_id}") & pids="$pids $!"')
+    lines += ["failed=0", 'for p in $pids; do wait "$p" || failed=1; done', 'exit "$failed"']
     return "\n".join(lines) + "\n"
 
 

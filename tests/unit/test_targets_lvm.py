@@ -484,11 +484,36 @@ def test_repoint_suspends_the_origins_remakes_each_snapshot_and_always_resumes()
         "set -e",
         "trap 'dmsetup resume shadowlun-lun--a shadowlun-lun--b' EXIT",
         "dmsetup suspend shadowlun-lun--a shadowlun-lun--b",
-        'dmsetup message shadowlun-pool-tpool 0 "delete 7"',
-        'dmsetup message shadowlun-pool-tpool 0 "create_snap 7 1"',
-        'dmsetup message shadowlun-pool-tpool 0 "delete 8"',
-        'dmsetup message shadowlun-pool-tpool 0 "create_snap 8 2"',
+        "pids=",
+        '(dmsetup message shadowlun-pool-tpool 0 "delete 7" && '
+        'dmsetup message shadowlun-pool-tpool 0 "create_snap 7 1") & pids="$pids $!"',
+        '(dmsetup message shadowlun-pool-tpool 0 "delete 8" && '
+        'dmsetup message shadowlun-pool-tpool 0 "create_snap 8 2") & pids="$pids $!"',
+        "failed=0",
+        'for p in $pids; do wait "$p" || failed=1; done',
+        'exit "$failed"',
     ]
+
+
+def test_repoint_script_fails_when_one_message_fails(tmp_path):
+    """Run for real with a fake dmsetup: the second snapshot's create_snap fails; the script
+    exits non-zero after every message ran, and the origins are resumed."""
+    import os
+    import subprocess
+
+    log = tmp_path / "log"
+    fake = tmp_path / "dmsetup"
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\ncase "$*" in *"create_snap 8"*) exit 1;; esac\n')
+    fake.chmod(0o755)
+    script = repoint_script("pool-tpool", [(ThinDevice("a", 1, "o-a"), ThinDevice("s", 7, None)),
+                                           (ThinDevice("b", 2, "o-b"), ThinDevice("t", 8, None))])
+    done = subprocess.run(["bash"], input=script, text=True, capture_output=True,
+                          env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert done.returncode != 0
+    ran = log.read_text().splitlines()
+    assert ran[0] == "suspend o-a o-b" and ran[-1] == "resume o-a o-b"
+    assert sorted(ran[1:-1]) == ["message pool-tpool 0 create_snap 7 1", "message pool-tpool 0 create_snap 8 2",
+                                 "message pool-tpool 0 delete 7", "message pool-tpool 0 delete 8"]
 
 
 def test_a_failed_repoint_resumes_the_origins_again_and_raises():
