@@ -41,7 +41,7 @@ def demo() -> int:
         return 1 if problems else 0
 
 
-def run_bench(json_path: str) -> int:
+def run_bench(json_path: str, only: str | None = None) -> int:
     """`make bench`: each figure beside its baseline from the same run; also written as JSON."""
     import json
 
@@ -49,7 +49,8 @@ def run_bench(json_path: str) -> int:
 
     print("shadowlun benchmarks: each figure and its baseline, measured in one run (ratio = figure / baseline)\n")
     with Lab.up() as lab:
-        result = bench.run(lab, say=lambda s: print(s, flush=True))
+        parts = tuple(only.split(",")) if only else bench.PARTS
+        result = bench.run(lab, say=lambda s: print(s, flush=True), only=parts)
         result["lab"] = {"accelerator": lab.accel, "timings": lab.timings.report()}
     with open(json_path, "w") as f:
         json.dump(result, f, indent=1)
@@ -68,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status")
     sub.add_parser("down")
     sub.add_parser("demo")
-    sub.add_parser("bench").add_argument("--json", default="bench.json", help="where to write the figures")
+    bench_cmd = sub.add_parser("bench")
+    bench_cmd.add_argument("--json", default="bench.json", help="where to write the figures")
+    bench_cmd.add_argument("--only", help="some of: commit_window,origin_size,import_time,iops,many_snapshots")
     ssh = sub.add_parser("ssh")
     ssh.add_argument("name")
     ssh.add_argument("cmd", nargs=argparse.REMAINDER)
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return demo()
     if args.command == "bench":
-        return run_bench(args.json)
+        return run_bench(args.json, args.only)
     lab = Lab.prepare(build=args.command in ("build", "up"))
     if args.command == "build":
         print(lab.image.path)

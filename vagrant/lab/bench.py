@@ -246,15 +246,16 @@ class Bench:
         return []
 
 
-def run(lab: Lab, say: Callable[[str], None] = print) -> dict:
+PARTS = ("commit_window", "origin_size", "import_time", "iops", "many_snapshots")
+
+
+def run(lab: Lab, say: Callable[[str], None] = print, only: tuple[str, ...] = PARTS) -> dict:
     bench = Bench(lab, say)
     started = time.monotonic()
     try:
-        bench.commit_window()
-        bench.origin_size()
-        bench.import_time()
-        bench.iops()
-        bench.many_snapshots()
+        for part in PARTS:
+            if part in only:
+                getattr(bench, part)()
     finally:
         errors = bench.cleanup()
     return {"figures": [{**asdict(f), "ratio": f.ratio} for f in bench.figures],
