@@ -34,7 +34,15 @@ from .catalog import Catalog, ImportedSet, ImportedSnapshot
 from .hresult import HResult, VssError, vss_error
 from .iscsi import DEFAULT_RUNNER, Runner
 from .lun_info import read_lun_info
-from .shadow_flags import READ_ONLY, SHADOW_COPY, SHADOW_FLAGS, GptFlags, describe, partition_name
+from .shadow_flags import (
+    ORIGINALS_DIR,
+    READ_ONLY,
+    SHADOW_COPY,
+    SHADOW_FLAGS,
+    GptFlags,
+    describe,
+    partition_name,
+)
 from .volumes import Extent
 from .vss_types import HardwareOptions, LunInformation, SnapshotContext, VolumeSnapshotAttributes
 
@@ -88,7 +96,8 @@ class Coordinator:
                  read_record: Callable[[str], dict] | None = None,
                  extents: Callable[[str], list[Extent]] | None = None,
                  flags: GptFlags | None = None, runner: Runner = DEFAULT_RUNNER,
-                 list_disks: Callable[[], list[str]] | None = None) -> None:
+                 list_disks: Callable[[], list[str]] | None = None,
+                 originals_dir: Path = ORIGINALS_DIR) -> None:
         if not (resolve and filesystems_on and hold_writes and extents):
             from . import volumes as vol
 
@@ -106,6 +115,7 @@ class Coordinator:
         self.list_disks = list_disks or (lambda: sorted((p.name for p in SYSFS_BLOCK.glob("sd*")),
                                                         key=lambda n: (len(n), n)))
         self.catalog = Catalog(state_dir / "imports")
+        self.originals_dir = originals_dir
 
     # -- the host-wide creation lock and persisted progress --------------------------------
 
@@ -517,7 +527,8 @@ class Coordinator:
 
     def _flag_originals(self, progress: SetProgress, targets: list[tuple[str, int]]) -> None:
         """Set the shadow-copy flags on the originals so the commit captures them; what we add is
-        persisted first, so a crash leaves nothing that `recover` cannot clear."""
+        persisted first, so a crash leaves nothing that `recover` cannot clear. The udev rule is
+        told to leave these disks alone meanwhile (a marker per disk in `originals_dir`)."""
         for disk, number in targets:
             current = (self.flags.partitions(disk) or {}).get(number)
             added = SHADOW_FLAGS & ~(current.attrs if current else 0)
@@ -525,18 +536,27 @@ class Coordinator:
                 progress.flagged.append([disk, number, added])
         self._save(progress)
         for disk, number, added in progress.flagged:
+            self.originals_dir.mkdir(parents=True, exist_ok=True)
+            (self.originals_dir / disk).touch()
             self.flags.set(disk, [number], added)
 
     def _unflag_originals(self, progress: SetProgress) -> None:
+        """Clear what `_flag_originals` added, let udev finish with the disks, and make sure the
+        originals are writable (a reboot inside the window brings them back read-only)."""
         errors = []
         for disk, number, added in progress.flagged:
             try:
+                self.flags.set_read_only(disk, [number], False)
                 self.flags.clear(disk, [number], added)
             except VssError as e:
                 errors.append(f"{disk} partition {number}: {e.message}")
         if errors:
             raise vss_error(HResult.VSS_E_UNEXPECTED, "clearing the shadow-copy flags on the originals "
                                                       f"failed: {'; '.join(errors)}")
+        self._settle()
+        for disk, number, _ in progress.flagged:
+            self.flags.set_read_only(disk, [number], False)
+            (self.originals_dir / disk).unlink(missing_ok=True)
         progress.flagged = []
         self._save(progress)
 

@@ -41,6 +41,10 @@ NAMES = {READ_ONLY: "read-only", SHADOW_COPY: "shadow-copy", HIDDEN: "hidden", N
 _NAMED_BITS = {"RequiredPartition": 0, "NoBlockIOProtocol": 1, "LegacyBIOSBootable": 2}
 
 UDEV_RULE_PATH = Path("/etc/udev/rules.d/61-shadowlun-shadow-copy.rules")
+# While the coordinator has the flags on an original disk (around a commit), a file named after
+# the disk here tells the rule to leave it alone: writing the table makes udev re-read it when
+# no partition is in use, and the originals' partitions must not come back read-only.
+ORIGINALS_DIR = Path("/run/shadowlun/originals")
 # After 60-persistent-storage.rules (its blkid builtin sets ID_PART_ENTRY_*), before udisks' 80-.
 # The first hex digit of the 64-bit flags holds bits 60-63.
 UDEV_RULE = """\
@@ -49,6 +53,7 @@ UDEV_RULE = """\
 # `shadowlun register-provider`; see provider/shadow_flags.py.
 SUBSYSTEM!="block", GOTO="shadowlun_end"
 ENV{DEVTYPE}!="partition", GOTO="shadowlun_end"
+TEST=="/run/shadowlun/originals/$parent", GOTO="shadowlun_end"
 ENV{ID_PART_ENTRY_SCHEME}!="gpt", GOTO="shadowlun_end"
 ENV{ID_PART_ENTRY_FLAGS}=="0x[13579bdf]???????????????", ENV{SHADOWLUN_READ_ONLY}="1"
 ENV{ID_PART_ENTRY_FLAGS}=="0x[4567cdef]???????????????", ENV{UDISKS_IGNORE}="1"

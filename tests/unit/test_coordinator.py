@@ -109,7 +109,8 @@ class Lab:
                                                                if d not in self.unmounted],
                                  hold_writes=self.hold, read_record=self.records.__getitem__,
                                  extents=self.extents, flags=self.gpt, runner=self.runner,
-                                 list_disks=lambda: sorted(self.records))
+                                 list_disks=lambda: sorted(self.records),
+                                 originals_dir=tmp_path / "originals")
 
     def extents(self, volume: str) -> list[Extent]:
         disk = self.resolve(volume)[0]
@@ -131,6 +132,7 @@ class Lab:
     @contextmanager
     def hold(self, mountpoints, timeout):
         self.frozen_attrs = {d: dict(t) for d, t in self.gpt.attrs.items()}
+        self.frozen_markers = sorted(p.name for p in self.coord.originals_dir.glob("*"))
         self.events.append(f"freeze {','.join(mountpoints)}")
         try:
             yield
@@ -285,7 +287,8 @@ def importer(lab, tmp_path, name: str, hide: set[str] = frozenset()):
     coord = Coordinator([provider], state_dir=tmp_path / name, resolve=lab.resolve,
                         filesystems_on=lambda d: [], hold_writes=lab.hold, read_record=record_of,
                         extents=lab.extents, flags=gpt, runner=FakeRunner(),
-                        list_disks=lambda: sorted(impl.initiator.disks.values()))
+                        list_disks=lambda: sorted(impl.initiator.disks.values()),
+                        originals_dir=tmp_path / name / "originals")
     return coord, impl
 
 
@@ -343,6 +346,9 @@ def test_flags_are_on_the_originals_only_while_the_commit_captures_them(tmp_path
     doc, report = lab.coord.create([lab.volume("db", "sdb"), lab.volume("logs", "sdc")], TRANSPORTABLE)
     assert lab.frozen_attrs == {"sdb": {1: SHADOW_FLAGS}, "sdc": {1: SHADOW_FLAGS}}
     assert lab.gpt.attrs == {"sdb": {1: 0}, "sdc": {1: 0}}
+    # Meanwhile the udev rule was told to leave the originals alone; afterwards they are writable.
+    assert lab.frozen_markers == ["sdb", "sdc"] and list(lab.coord.originals_dir.glob("*")) == []
+    assert lab.gpt.read_only == {"sdb": False, "sdb1": False, "sdc": False, "sdc1": False}
     assert report["wall"]["flag originals"][1] <= report["wall"]["writes held"][0]
     assert report["wall"]["unflag originals"][0] >= report["wall"]["writes held"][1]
     # The document says where each volume lies: partition 1, from 1 MiB on.

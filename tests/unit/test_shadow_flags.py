@@ -122,3 +122,11 @@ def test_udev_rule_acts_on_add_only_for_read_only():
     run = [line for line in UDEV_RULE.splitlines() if "RUN+=" in line]
     assert run == ['ACTION=="add", ENV{SHADOWLUN_READ_ONLY}=="1", '
                    'RUN+="/usr/sbin/blockdev --setro /dev/$parent $devnode"']
+
+
+def test_udev_rule_leaves_originals_alone_while_the_coordinator_has_flags_on_them():
+    from provider.shadow_flags import ORIGINALS_DIR
+
+    lines = UDEV_RULE.splitlines()
+    skip = f'TEST=="{ORIGINALS_DIR}/$parent", GOTO="shadowlun_end"'
+    assert skip in lines and lines.index(skip) < min(i for i, x in enumerate(lines) if "ID_PART_ENTRY_FLAGS" in x)
