@@ -32,7 +32,7 @@ from typing import Any, Protocol
 from . import bcd
 from .catalog import Catalog, ImportedSet, ImportedSnapshot
 from .hresult import HResult, VssError, vss_error
-from .iscsi import DEFAULT_RUNNER, Runner
+from .iscsi import DEFAULT_RUNNER, Runner, run_checked
 from .lun_info import read_lun_info
 from .shadow_flags import (
     ORIGINALS_DIR,
@@ -319,11 +319,7 @@ class Coordinator:
             return False
 
     def _run(self, argv: list[str], code: HResult = HResult.VSS_E_UNEXPECTED) -> str:
-        done = self.runner(argv, check=False)
-        if done.returncode:
-            raise vss_error(code, f"{' '.join(argv)} failed (exit {done.returncode}): "
-                                  f"{(done.stderr or done.stdout or '').strip()[-500:]}")
-        return done.stdout
+        return run_checked(self.runner, argv, code)
 
     def expose(self, snapshot_id: str, mount_dir: str | None = None) -> dict:
         """Mount the shadow copy read-only at an empty directory, or (no directory) present its
@@ -424,8 +420,8 @@ class Coordinator:
         provider = self._provider(s.provider_id)
         self._unmount(entry)
         self.catalog.save(s)
-        others = [r for o in self.catalog.sets() for e in o.snapshots if e is not entry
-                  and not (o.set_id == set_id and e.snapshot_id == snapshot_id) for r in e.luns]
+        others = [r for o in self.catalog.sets() for e in o.snapshots
+                  if not (o.set_id == set_id and e.snapshot_id == snapshot_id) for r in e.luns]
         for rec in entry.luns:
             if any(LunInformation.from_dict(rec).matches(LunInformation.from_dict(o)) for o in others):
                 continue  # the LUN still holds another copy

@@ -125,6 +125,18 @@ def _tail(result: CommandResult) -> str:
     return text[-1000:] if text else "no message"
 
 
+def run_checked(runner: Runner, argv: list[str], code: HResult = HResult.VSS_E_UNEXPECTED,
+                tolerated: str | None = None) -> str | None:
+    """The command's stdout; a failure raises `code` with the command and the tail of its output,
+    except one whose stderr says `tolerated` (then None)."""
+    done = runner(argv, check=False)
+    if done.returncode and tolerated and tolerated in (done.stderr or ""):
+        return None
+    if done.returncode:
+        raise vss_error(code, f"{command_text(argv)} failed (exit {done.returncode}): {_tail(done)}")
+    return done.stdout
+
+
 def _veto(message: str) -> VssError:
     return vss_error(HResult.VSS_E_PROVIDER_VETO, message)
 

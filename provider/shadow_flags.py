@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .hresult import HResult, vss_error
-from .iscsi import DEFAULT_RUNNER, Runner, block_name, command_text
+from .iscsi import DEFAULT_RUNNER, Runner, block_name, run_checked
 
 log = logging.getLogger("shadowlun.flags")
 
@@ -112,15 +112,7 @@ class GptFlags:
         return str(self.dev_root / block_name(disk))
 
     def _run(self, argv: list[str], tolerated: str | None = None) -> str | None:
-        """The command's stdout; None when it failed with the `tolerated` message."""
-        done = self.runner(argv, check=False)
-        if done.returncode and tolerated and tolerated in (done.stderr or ""):
-            return None
-        if done.returncode:
-            raise vss_error(HResult.VSS_E_UNEXPECTED,
-                            f"{command_text(argv)} failed (exit {done.returncode}): "
-                            f"{(done.stderr or done.stdout or '').strip()[-500:]}")
-        return done.stdout
+        return run_checked(self.runner, argv, tolerated=tolerated)
 
     def partitions(self, disk: str) -> dict[int, Partition] | None:
         """The disk's GPT partitions by number; None when the disk has no GPT (none, or MBR)."""
