@@ -383,18 +383,24 @@ class Array:
         make them again from the origins' current blocks (`Lvm.repoint_snapshots`), which costs
         no LVM metadata update. A failure aborts the set and nothing is left."""
         try:
-            self.lvm.create_snapshots([(m.origin, m.name, self._snapshot_tags(m)) for m in members])
-            devices = self.lvm.thin_devices([m.origin for m in members] + [m.name for m in members])
-            self._premade[set_id] = [(devices.get(m.origin), devices.get(m.name)) for m in members]
+            self._create_snapshots(members)
+            self._premade[set_id] = self._thin_pairs(members)
         except Exception as e:
             errors = self._undo_set(set_id)
             raise vss_error(HResult.VSS_E_PROVIDER_VETO,
                             f"snapshot set {set_id}: the snapshots could not be prepared: {e}"
                             + (f"; cleanup: {'; '.join(errors)}" if errors else "")) from e
 
-    @staticmethod
-    def _snapshot_tags(m: SetMember) -> dict[str, str]:
-        return {KIND_TAG: "snapshot", SET_TAG: m.set_id, SNAPSHOT_TAG: m.snapshot_id}
+    def _create_snapshots(self, members: list[SetMember]) -> float:
+        """lvcreate -s of every member, tagged as the set's, in one lvm process."""
+        return self.lvm.create_snapshots([
+            (m.origin, m.name, {KIND_TAG: "snapshot", SET_TAG: m.set_id, SNAPSHOT_TAG: m.snapshot_id})
+            for m in members])
+
+    def _thin_pairs(self, members: list[SetMember]) -> list:
+        """(origin, snapshot) ThinDevice of each member, from one lvs (None where an LV is missing)."""
+        devices = self.lvm.thin_devices([m.origin for m in members] + [m.name for m in members])
+        return [(devices.get(m.origin), devices.get(m.name)) for m in members]
 
     def _commit_snapshots(self, s) -> float:
         """The commit window: the pre-made snapshots made again at this moment. Without them
@@ -402,15 +408,14 @@ class Array:
         not active), one batch of lvcreate -s, as slow as LVM is but just as consistent."""
         pairs = self._premade.pop(s.set_id, None)
         if pairs is None:
-            devices = self.lvm.thin_devices([m.origin for m in s.members] + [m.name for m in s.members])
-            pairs = [(devices.get(m.origin), devices.get(m.name)) for m in s.members]
+            pairs = self._thin_pairs(s.members)
         if all(o is not None and o.dm_name and sn is not None and sn.dm_name is None for o, sn in pairs):
             return self.lvm.repoint_snapshots(pairs)
         log.warning("set %s: snapshots not pre-made (or an origin inactive); creating them now", s.set_id)
         for m in s.members:
             if self.lvm.get(m.name) is not None:
                 self.lvm.remove(m.name)
-        return self.lvm.create_snapshots([(m.origin, m.name, self._snapshot_tags(m)) for m in s.members])
+        return self._create_snapshots(s.members)
 
     def set_view(self, set_id: str) -> dict:
         s = self.store.snapshot_set(set_id)
@@ -500,22 +505,21 @@ class Array:
             if s.state != "committed":
                 raise user_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is {s.state}, not committed")
             try:
-                luns = [lun for m in s.members if (lun := self.store.lun(m.name)) is not None
-                        and lun.state == "ready" and lun.set_id == set_id]  # not detached
-                # In batches: one lvchange for every LV, one save of the LIO configuration.
-                active = {lv.name for lv in self.lvm.volumes() if lv.active}
-                self.lvm.activate(*(lun.name for lun in luns if lun.name not in active))
-                for lun in luns:
-                    self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial, save=False)
-                    crash_point("publish-after-first-export")
-                self.lio.save()
+                self._publish(*(lun for m in s.members if (lun := self.store.lun(m.name)) is not None
+                                and lun.state == "ready" and lun.set_id == set_id))  # not detached
             except Exception as e:  # the set stays committed: a retry or the reconcile finishes it
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"publish of set {set_id}: {e}") from e
             return self.set_view(set_id)
 
-    def _publish(self, lun: Lun) -> None:
-        """Activate (thin snapshots skip activation) and export with the stored serial."""
-        self.lio.export(lun.name, self._active_device(lun), lun.serial)
+    def _publish(self, *luns: Lun) -> None:
+        """Activate (thin snapshots skip activation) and export with the stored serials, in
+        batches: one lvs, one lvchange for every LV, one save of the LIO configuration."""
+        active = {lv.name for lv in self.lvm.volumes() if lv.active}
+        self.lvm.activate(*(lun.name for lun in luns if lun.name not in active))
+        for lun in luns:
+            self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial, save=False)
+            crash_point("publish-after-first-export")
+        self.lio.save()
 
     def _undo_set(self, set_id: str) -> list[str]:
         errors = []
