@@ -4,11 +4,11 @@ host-b finds the shadow LUNs from the records alone."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from lab.host_volumes import HostVolumes, initiator
+from lab.story import PausedCreate
 
 MIB = 1 << 20
 WRITER = """
@@ -136,21 +136,11 @@ def test_target_lun_records_equal_what_host_b_reads(lab, volumes_on_host_a):
 def test_provider_server_killed_during_prepare_aborts_the_set(lab, volumes_on_host_a):
     a = lab.vm("host-a")
     api, mounts = volumes_on_host_a["api"], volumes_on_host_a["mounts"]
-    a.run("rm -f /tmp/create.out /tmp/create.err /tmp/create.rc; setsid sh -c 'SHADOWLUN_PROVIDER_PAUSE_AT=end_prepare_snapshots:120 "
-          f"python3 -m provider.cli --json --verbose create {mounts[0]} {mounts[1]} > /tmp/create.out 2> /tmp/create.err; "
-          "echo $? > /tmp/create.rc' < /dev/null > /dev/null 2>&1 &")
-    # Wait until the provider is paused inside EndPrepareSnapshots (the array holds a prepared set).
-    deadline = time.monotonic() + 120
-    while "pausing" not in a.run("cat /tmp/create.err 2>/dev/null || true").stdout:
-        assert time.monotonic() < deadline, a.run("cat /tmp/create.err", check=False).stdout
-        time.sleep(1)
+    create = PausedCreate(a, f"{mounts[0]} {mounts[1]}", pause_s=120)
+    create.wait_paused()  # inside EndPrepareSnapshots: the array holds a prepared set
     a.run("pkill -KILL -f 'provider.server --socket'")
-    deadline = time.monotonic() + 120
-    while a.run("test -f /tmp/create.rc", check=False).returncode != 0:
-        assert time.monotonic() < deadline
-        time.sleep(1)
-    assert a.run("cat /tmp/create.rc").stdout.strip() == "1"
-    err = a.run("cat /tmp/create.err").stdout
+    assert create.wait_done() == 1
+    err = create.stderr()
     assert "VSS_E_UNEXPECTED_PROVIDER_ERROR" in err and "crashed" in err
     set_ids = {line.split("snapshot set ")[1].split()[0] for line in err.splitlines() if "snapshot set " in line}
     assert set_ids, err

@@ -3,13 +3,12 @@ an import the array refuses, reboots between create and import, delete, and resy
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from lab import checks, story
 from lab.host_volumes import HostVolumes, initiator
-from lab.story import shadowlun
+from lab.story import PausedCreate, shadowlun
 
 MIB = 1 << 20
 SHADOW_ATTRS = "GUID:60,61,62,63"
@@ -148,20 +147,12 @@ def test_each_snapshot_holds_what_was_written_up_to_the_freeze(lab, one_volume):
     it writes after the commit is not."""
     a, b = lab.vm("host-a"), lab.vm("host-b")
     mount = one_volume.mounts[0]
-    a.run("rm -f /tmp/fz.out /tmp/fz.err /tmp/fz.rc; setsid sh -c 'SHADOWLUN_PROVIDER_PAUSE_AT=end_prepare_snapshots:15 "
-          f"python3 -m provider.cli --json --verbose create --transportable --bcd /root/fz.xml {mount} > /tmp/fz.out "
-          "2> /tmp/fz.err; echo $? > /tmp/fz.rc' < /dev/null > /dev/null 2>&1 &")
-    deadline = time.monotonic() + 120
-    while "pausing" not in a.run("cat /tmp/fz.err 2>/dev/null || true").stdout:
-        assert time.monotonic() < deadline, a.run("cat /tmp/fz.err", check=False).stdout
-        time.sleep(0.5)
+    create = PausedCreate(a, f"--transportable --bcd /root/fz.xml {mount}", pause_s=15, name="fz")
+    create.wait_paused()
     # Prepared: the snapshot exists on the array already. Written now, before the freeze:
     a.run(f"head -c 2M /dev/urandom > {mount}/after-prepare && sync")
     in_copy = story.sha256(a, f"{mount}/after-prepare")
-    while a.run("test -f /tmp/fz.rc", check=False).returncode != 0:
-        assert time.monotonic() < deadline + 60, a.run("cat /tmp/fz.err", check=False).stdout
-        time.sleep(0.5)
-    assert a.run("cat /tmp/fz.rc").stdout.strip() == "0", a.run("cat /tmp/fz.err").stdout
+    assert create.wait_done() == 0, create.stderr()
     a.run(f"head -c 2M /dev/urandom > {mount}/after-prepare && touch {mount}/after-commit && sync")
     b.put("/root/fz.xml", a.run("cat /root/fz.xml").stdout)
     imported = shadowlun(b, "import", "/root/fz.xml")

@@ -196,3 +196,36 @@ def run(lab: Lab, say: Callable[[str], None] = lambda s: None) -> StoryResult:
                     r.cleanup_errors.append(f"delete {x['name']}: {e}")
         r.cleanup_errors += vols.remove()
     return r
+
+
+class PausedCreate:
+    """`shadowlun create` run in the background on a VM with the provider server held at
+    EndPrepareSnapshots (SHADOWLUN_PROVIDER_PAUSE_AT), so a test can act while the array holds
+    a prepared set: kill the server, or write to the volumes before the freeze."""
+
+    def __init__(self, vm: VM, args: str, pause_s: int, name: str = "create") -> None:
+        self.vm, self.files = vm, {k: f"/tmp/{name}.{k}" for k in ("out", "err", "rc")}
+        vm.run(f"rm -f {' '.join(self.files.values())}; setsid sh -c "
+               f"'SHADOWLUN_PROVIDER_PAUSE_AT=end_prepare_snapshots:{pause_s} {SHADOWLUN} --json --verbose "
+               f"create {args} > {self.files['out']} 2> {self.files['err']}; echo $? > {self.files['rc']}' "
+               "< /dev/null > /dev/null 2>&1 &")
+
+    def stderr(self) -> str:
+        return self.vm.run(f"cat {self.files['err']} 2>/dev/null || true").stdout
+
+    def wait_paused(self, timeout: float = 120) -> None:
+        """Until the provider server says it is pausing (it logs that with --verbose), bounded."""
+        deadline = time.monotonic() + timeout
+        while "pausing" not in self.stderr():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"create never paused within {timeout:g} s: {self.stderr()}")
+            time.sleep(0.5)
+
+    def wait_done(self, timeout: float = 120) -> int:
+        """The CLI's exit status once it ended, bounded."""
+        deadline = time.monotonic() + timeout
+        while self.vm.run(f"test -f {self.files['rc']}", check=False).returncode != 0:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"create still running after {timeout:g} s: {self.stderr()}")
+            time.sleep(0.5)
+        return int(self.vm.run(f"cat {self.files['rc']}").stdout.strip())
