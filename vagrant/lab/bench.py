@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from .agent_api import AgentApi
-from .host_volumes import VOLUME
+from .host_volumes import VOLUME, host_chap, initiator
 from .lab import Lab
 from .vm import VM
 
@@ -95,12 +95,6 @@ class Bench:
         self.figures.append(figure)
         self.say(figure.row())
 
-    def lun(self, label: str, size: int) -> dict:
-        name = f"b{self.tag}-{label}"
-        made = self.api.call("POST", "/v1/luns", {"name": name, "size_bytes": size})
-        self.made.append(name)
-        return made
-
     def array_commit(self, luns: list[str]) -> float:
         """The array's commit window (seconds) of one set of these LUNs, made through the API."""
         set_id = str(uuid.uuid4())
@@ -153,8 +147,7 @@ class Bench:
 
     def origin_size(self) -> None:
         self.say("commit window by origin size (thin, sparse)")
-        small = self.lun("1g", GIB)["name"]
-        large = self.lun("1t", 1 << 40)["name"]
+        (small,), (large,) = self.luns(["1g"], GIB), self.luns(["1t"], 1 << 40)
         w_small, w_large = self.array_commit([small]), self.array_commit([large])
         self.add(Figure("array commit window, 1 TiB origin", w_large, "s", "1 GiB origin", w_small))
 
@@ -181,15 +174,14 @@ class Bench:
     def raw_login(self, names: list[str]) -> float:
         """The raw way on host-b: LUNs masked, a node with automatic scan, login, settle, WWIDs."""
         b = self.b
-        host = json.loads(b.run("cat /etc/shadowlun/host.json").stdout)
-        iqn = b.run("sed -n 's/^InitiatorName=//p' /etc/iscsi/initiatorname.iscsi").stdout.strip()
-        luns = [self.api.call("PUT", f"/v1/luns/{n}/masks", {"initiator": iqn, "chap_user": host["chap_user"],
-                                                             "chap_secret": host["chap_secret"]}) for n in names]
+        (chap_user, chap_secret), iqn = host_chap(b), initiator(b)
+        luns = [self.api.call("PUT", f"/v1/luns/{n}/masks", {"initiator": iqn, "chap_user": chap_user,
+                                                             "chap_secret": chap_secret}) for n in names]
         target = self.api.call("GET", "/v1/target")
         node = f"iscsiadm -m node -T {target['iqn']} -p {target['portals'][0]}"
         b.run(f"{node} -o new >/dev/null && {node} -o update -n node.session.auth.authmethod -v CHAP && "
-              f"{node} -o update -n node.session.auth.username -v {host['chap_user']} && "
-              f"{node} -o update -n node.session.auth.password -v {host['chap_secret']}")
+              f"{node} -o update -n node.session.auth.username -v {chap_user} && "
+              f"{node} -o update -n node.session.auth.password -v {chap_secret}")
         wanted = " ".join(lun["wwid"] for lun in luns)
         try:
             return timed_on(b, f"{node} --login; udevadm settle; for w in {wanted}; do "
@@ -226,7 +218,7 @@ class Bench:
 
     def many_snapshots(self, count: int = 500) -> None:
         self.say(f"commit window of the 1st and the {count}th snapshot of one volume")
-        name = self.lun("many", 64 * MIB)["name"]
+        (name,) = self.luns(["many"], 64 * MIB)
         first = self.array_commit([name])
         script = "".join(f"lvcreate -q -s -n many-{self.tag}-{i} {VG}/lun-{name}\n" for i in range(count - 2))
         self.array.put("/tmp/many.lvm", script)
