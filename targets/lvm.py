@@ -14,7 +14,10 @@ import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+
+from .dm import Control, DmControl, DmError
 
 OWNER_TAG = "shadowlun"
 LV_FIELDS = "lv_name,lv_uuid,lv_size,lv_attr,pool_lv,origin,lv_tags,data_percent,metadata_percent"
@@ -113,23 +116,6 @@ def parse_thin_devices(report: str, names: Sequence[str]) -> dict[str, ThinDevic
     return out
 
 
-def repoint_script(pool_dm: str, pairs: Sequence[tuple[ThinDevice, ThinDevice]]) -> str:
-    """The shell script of `Lvm.repoint_snapshots`: suspend the active origins (one dmsetup),
-    then per snapshot `delete` and `create_snap` under the same id, the snapshots side by side
-    (the pool serializes the messages; the processes around them overlap), then resume (always).
-    It fails if any message failed."""
-    active = " ".join(o.dm_name for o, _ in pairs if o.dm_name)
-    lines = ["set -e"]
-    if active:
-        lines += [f"trap 'dmsetup resume {active}' EXIT", f"dmsetup suspend {active}"]
-    lines.append("pids=")
-    for origin, snap in pairs:
-        lines.append(f'(dmsetup message {pool_dm} 0 "delete {snap.thin_id}" && '
-                     f'dmsetup message {pool_dm} 0 "create_snap {snap.thin_id} {origin.thin_id}") & pids="$pids $!"')
-    lines += ["failed=0", 'for p in $pids; do wait "$p" || failed=1; done', 'exit "$failed"']
-    return "\n".join(lines) + "\n"
-
-
 def _percent(value: str) -> float | None:
     return float(value) if value not in ("", None) else None
 
@@ -180,11 +166,22 @@ def run_lvm(argv: Sequence[str], stdin: str | None = None) -> str:
     return proc.stdout
 
 
-class Lvm:
-    """The array's volume group and thin pool."""
+def _collect(call: Callable[..., None], *args: str) -> list[DmError]:
+    """Cleanup that goes on: the error of one step, as a list, instead of stopping."""
+    try:
+        call(*args)
+    except DmError as e:
+        return [e]
+    return []
 
-    def __init__(self, vg: str, pool: str, run: Runner = run_lvm) -> None:
-        self.vg, self.pool, self._run = vg, pool, run
+
+class Lvm:
+    """The array's volume group and thin pool. `dm` opens the device-mapper control
+    (injectable for unit tests)."""
+
+    def __init__(self, vg: str, pool: str, run: Runner = run_lvm,
+                 dm: Callable[[], AbstractContextManager[Control]] = DmControl) -> None:
+        self.vg, self.pool, self._run, self._dm = vg, pool, run, dm
 
     def volumes(self) -> list[LogicalVolume]:
         return parse_lvs(self._run(["lvs", "--reportformat", "json", "--units", "b", "--nosuffix",
@@ -230,20 +227,39 @@ class Lvm:
         (so LVM's metadata already has them, with these thin ids) and are inactive; the pool
         gets `delete <id>` + `create_snap <id> <origin id>`, which keeps the ids and so LVM's
         metadata exactly as it is. Active origins are suspended around the messages (their
-        I/O flushed and held, as lvcreate does), and resumed whatever happens. Returns seconds."""
-        script = repoint_script(f"{dm_name(self.vg, self.pool)}-tpool", pairs)
+        I/O flushed and held, as lvcreate does), and resumed whatever happens. All of it is
+        DM ioctls from this process (`targets.dm`): no process start-up in the window.
+
+        If a message fails, an id already deleted is given an empty thin device again
+        (`create_thin`), so that the pool and LVM agree and the set's undo can lvremove it.
+        Raises DmError with every failure. Returns the seconds the window took."""
+        pool = f"{dm_name(self.vg, self.pool)}-tpool"
+        suspended: list[str] = []
+        deleted: list[int] = []
+        errors: list[DmError] = []
         started = time.monotonic()
-        try:
-            self._run(["bash"], script)
-        except LvmError:
-            active = [o.dm_name for o, _ in pairs if o.dm_name]
-            if active:  # the trap resumes them; once more, in case it could not run
-                try:
-                    self._run(["dmsetup", "resume", *active], None)
-                except LvmError:
-                    pass
-            raise
-        return time.monotonic() - started
+        with self._dm() as dm:
+            try:
+                for origin, _ in pairs:
+                    if origin.dm_name:
+                        dm.suspend(origin.dm_name)
+                        suspended.append(origin.dm_name)
+                for origin, snap in pairs:
+                    dm.message(pool, f"delete {snap.thin_id}")
+                    deleted.append(snap.thin_id)
+                    dm.message(pool, f"create_snap {snap.thin_id} {origin.thin_id}")
+                    deleted.pop()
+            except DmError as e:
+                errors.append(e)
+            for thin_id in deleted:
+                errors += _collect(dm.message, pool, f"create_thin {thin_id}")
+            for name in suspended:
+                errors += _collect(dm.resume, name)
+            took = time.monotonic() - started
+        if errors:
+            raise DmError(errors[0].what, errors[0].device, errors[0].errno,
+                          also=[str(e) for e in errors[1:]])
+        return took
 
     def activate(self, *names: str) -> None:
         """Thin snapshots skip activation by default; -K activates anyway. Several LVs in one

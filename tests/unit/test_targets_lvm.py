@@ -9,12 +9,12 @@ import sys
 import pytest
 
 from targets import lvm as lvm_mod
+from targets.dm import DmError
 from targets.lvm import (
     CHUNK,
     ThinDevice,
     dm_name,
     parse_thin_devices,
-    repoint_script,
     LV_FIELDS,
     OWNER_TAG,
     Lvm,
@@ -475,58 +475,89 @@ def test_thin_devices_and_dm_names():
     assert dm_name("shadowlun", "lun-db-1") == "shadowlun-lun--db--1"
 
 
-def test_repoint_suspends_the_origins_remakes_each_snapshot_and_always_resumes():
-    script = repoint_script("shadowlun-pool-tpool", [(ThinDevice("lun-a", 1, "shadowlun-lun--a"),
-                                                       ThinDevice("snap-a", 7, None)),
-                                                      (ThinDevice("lun-b", 2, "shadowlun-lun--b"),
-                                                       ThinDevice("snap-b", 8, None))])
-    assert script.splitlines() == [
-        "set -e",
-        "trap 'dmsetup resume shadowlun-lun--a shadowlun-lun--b' EXIT",
-        "dmsetup suspend shadowlun-lun--a shadowlun-lun--b",
-        "pids=",
-        '(dmsetup message shadowlun-pool-tpool 0 "delete 7" && '
-        'dmsetup message shadowlun-pool-tpool 0 "create_snap 7 1") & pids="$pids $!"',
-        '(dmsetup message shadowlun-pool-tpool 0 "delete 8" && '
-        'dmsetup message shadowlun-pool-tpool 0 "create_snap 8 2") & pids="$pids $!"',
-        "failed=0",
-        'for p in $pids; do wait "$p" || failed=1; done',
-        'exit "$failed"',
+class FakeDm:
+    """The device-mapper control as `Lvm.repoint_snapshots` sees it: records each step;
+    the steps in `fail` raise DmError."""
+
+    def __init__(self, *fail: tuple[str, ...]) -> None:
+        self.ran: list[tuple[str, ...]] = []
+        self.fail = set(fail)
+        self.open = False
+
+    def __enter__(self) -> "FakeDm":
+        self.open = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.open = False
+
+    def _step(self, what: str, *step: str) -> None:
+        assert self.open, "used outside `with`"
+        self.ran.append(step)
+        if step in self.fail:
+            raise DmError(what, step[1], 22)
+
+    def suspend(self, name: str) -> None:
+        self._step("suspend", "suspend", name)
+
+    def resume(self, name: str) -> None:
+        self._step("resume", "resume", name)
+
+    def message(self, name: str, text: str, sector: int = 0) -> None:
+        self._step(f"message '{text}'", "message", name, text)
+
+
+PAIRS = [(ThinDevice("lun-a", 1, "shadowlun-lun--a"), ThinDevice("snap-a", 7, None)),
+         (ThinDevice("lun-b", 2, "shadowlun-lun--b"), ThinDevice("snap-b", 8, None))]
+
+
+def repoint(dm: FakeDm, pairs=PAIRS) -> float:
+    def no_commands(argv, stdin):
+        raise AssertionError(f"no command may run in the commit window: {argv}")
+
+    return Lvm("shadowlun", "pool", run=no_commands, dm=lambda: dm).repoint_snapshots(pairs)
+
+
+def test_repoint_suspends_the_origins_remakes_each_snapshot_under_its_id_and_resumes():
+    dm = FakeDm()
+    assert repoint(dm) >= 0
+    assert dm.ran == [
+        ("suspend", "shadowlun-lun--a"), ("suspend", "shadowlun-lun--b"),
+        ("message", "shadowlun-pool-tpool", "delete 7"), ("message", "shadowlun-pool-tpool", "create_snap 7 1"),
+        ("message", "shadowlun-pool-tpool", "delete 8"), ("message", "shadowlun-pool-tpool", "create_snap 8 2"),
+        ("resume", "shadowlun-lun--a"), ("resume", "shadowlun-lun--b"),
     ]
 
 
-def test_repoint_script_fails_when_one_message_fails(tmp_path):
-    """Run for real with a fake dmsetup: the second snapshot's create_snap fails; the script
-    exits non-zero after every message ran, and the origins are resumed."""
-    import os
-    import subprocess
-
-    log = tmp_path / "log"
-    fake = tmp_path / "dmsetup"
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\ncase "$*" in *"create_snap 8"*) exit 1;; esac\n')
-    fake.chmod(0o755)
-    script = repoint_script("pool-tpool", [(ThinDevice("a", 1, "o-a"), ThinDevice("s", 7, None)),
-                                           (ThinDevice("b", 2, "o-b"), ThinDevice("t", 8, None))])
-    done = subprocess.run(["bash"], input=script, text=True, capture_output=True,
-                          env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
-    assert done.returncode != 0
-    ran = log.read_text().splitlines()
-    assert ran[0] == "suspend o-a o-b" and ran[-1] == "resume o-a o-b"
-    assert sorted(ran[1:-1]) == ["message pool-tpool 0 create_snap 7 1", "message pool-tpool 0 create_snap 8 2",
-                                 "message pool-tpool 0 delete 7", "message pool-tpool 0 delete 8"]
+def test_an_inactive_origin_is_not_suspended():
+    dm = FakeDm()
+    repoint(dm, [(ThinDevice("lun-a", 1, None), ThinDevice("snap-a", 7, None))])
+    assert [s[0] for s in dm.ran] == ["message", "message"]
 
 
-def test_a_failed_repoint_resumes_the_origins_again_and_raises():
-    ran = []
+def test_a_failed_create_snap_gives_the_deleted_id_an_empty_thin_resumes_all_and_raises():
+    """The pool must keep every id LVM knows, or the set's undo (lvremove) would fail."""
+    dm = FakeDm(("message", "shadowlun-pool-tpool", "create_snap 8 2"))
+    with pytest.raises(DmError, match="create_snap 8 2"):
+        repoint(dm)
+    assert dm.ran[-3:] == [("message", "shadowlun-pool-tpool", "create_thin 8"),
+                           ("resume", "shadowlun-lun--a"), ("resume", "shadowlun-lun--b")]
+    assert ("message", "shadowlun-pool-tpool", "create_thin 7") not in dm.ran  # 7 was made again
 
-    def run(argv, stdin):
-        ran.append((list(argv), stdin))
-        if argv == ["bash"]:
-            raise LvmError(argv, 1, "device-mapper: message ioctl on shadowlun-pool-tpool failed")
-        return ""
 
-    lvm = Lvm("shadowlun", "pool", run=run)
-    with pytest.raises(LvmError):
-        lvm.repoint_snapshots([(ThinDevice("lun-a", 1, "shadowlun-lun--a"), ThinDevice("snap-a", 7, None))])
-    assert ran[0][0] == ["bash"] and "shadowlun-pool-tpool" in ran[0][1]
-    assert ran[1][0] == ["dmsetup", "resume", "shadowlun-lun--a"]
+def test_a_failed_suspend_resumes_what_was_suspended_and_sends_no_message():
+    dm = FakeDm(("suspend", "shadowlun-lun--b"))
+    with pytest.raises(DmError, match="suspend of shadowlun-lun--b"):
+        repoint(dm)
+    assert dm.ran == [("suspend", "shadowlun-lun--a"), ("suspend", "shadowlun-lun--b"),
+                      ("resume", "shadowlun-lun--a")]
+
+
+def test_every_origin_is_resumed_even_when_one_resume_fails_and_both_failures_are_told():
+    dm = FakeDm(("message", "shadowlun-pool-tpool", "delete 7"), ("resume", "shadowlun-lun--a"))
+    with pytest.raises(DmError) as raised:
+        repoint(dm)
+    assert dm.ran[-2:] == [("resume", "shadowlun-lun--a"), ("resume", "shadowlun-lun--b")]
+    assert str(raised.value).startswith("device-mapper message 'delete 7' of shadowlun-pool-tpool failed")
+    assert "; also: device-mapper resume of shadowlun-lun--a failed" in str(raised.value)
+    assert ("message", "shadowlun-pool-tpool", "create_thin 7") not in dm.ran  # never deleted
