@@ -241,8 +241,11 @@ def main(argv: list[str] | None = None) -> int:
     array = build_array(config)
     array.reconcile()
     token = Path(config.token_file).read_text().strip()
-    uvicorn.run(create_app(array, token), host=config.listen, port=config.port,
-                ssl_certfile=config.cert_file, ssl_keyfile=config.key_file, log_config=None)
+    try:
+        uvicorn.run(create_app(array, token), host=config.listen, port=config.port,
+                    ssl_certfile=config.cert_file, ssl_keyfile=config.key_file, log_config=None)
+    finally:
+        array.lio.flush()  # a burst's save may still be waiting
     return 0
 
 

@@ -513,13 +513,12 @@ class Array:
 
     def _publish(self, *luns: Lun) -> None:
         """Activate (thin snapshots skip activation) and export with the stored serials, in
-        batches: one lvs, one lvchange for every LV, one save of the LIO configuration."""
+        batches: one lvs, one lvchange for every LV (LIO saves once, after the burst)."""
         active = {lv.name for lv in self.lvm.volumes() if lv.active}
         self.lvm.activate(*(lun.name for lun in luns if lun.name not in active))
         for lun in luns:
-            self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial, save=False)
+            self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial)
             crash_point("publish-after-first-export")
-        self.lio.save()
 
     def _undo_set(self, set_id: str) -> list[str]:
         errors = []

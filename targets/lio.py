@@ -4,13 +4,23 @@ Like a real array (and targetd): one target, one TPG with CHAP required and no d
 portals only on the SAN addresses; each exported volume is a block backstore + TPG LUN,
 visible to an initiator only through that initiator's NodeACL + MappedLUN. Every operation
 is create-or-lookup, so a retry changes nothing. rtslib-fb has no locking, so every change
-holds one lock (in-process and a file lock against other processes, e.g. targetcli users),
-and the configuration is saved after each change so target.service restores the same objects.
+holds one lock (in-process and a file lock against other processes, e.g. targetcli users).
+
+The configuration file (what target.service restores at boot) is rewritten whole by rtslib,
+which takes seconds with a hundred LUNs under emulation; it is saved once after a burst of
+changes (`SAVE_QUIET_S` after the last, at most `SAVE_LATEST_S` after the first) and at
+shutdown. The agent's store stays the truth: its reconcile at start re-applies every export
+and mask whatever the file held. Lookups go straight to the object's configfs path instead of
+listing every backstore and LUN, so one change costs the same with 10 or 200 LUNs.
 """
 from __future__ import annotations
 
 import fcntl
+import glob
+import logging
+import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +32,10 @@ LOCK_FILE = Path("/run/lock/shadowlun-lio.lock")
 SAVE_FILE = "/etc/rtslib-fb-target/saveconfig.json"  # what Debian's target service restores
 ISCSI_PORT = 3260
 TPG_TAG = 1
+CONFIGFS = "/sys/kernel/config/target"
+log = logging.getLogger(__name__)
+SAVE_QUIET_S = 1.0
+SAVE_LATEST_S = 10.0
 
 
 def naa_wwid(serial: str) -> str:
@@ -51,15 +65,29 @@ class Export:
 
 
 _thread_lock = threading.RLock()
+_held = threading.local()
 
 
 @contextmanager
 def locked() -> Iterator[None]:
+    """The in-process lock, then the file lock; re-entrant (a nested `locked` in the same
+    thread takes the file lock once: a second flock on a new open file would wait for itself)."""
     with _thread_lock:
+        if getattr(_held, "depth", 0):
+            _held.depth += 1
+            try:
+                yield
+            finally:
+                _held.depth -= 1
+            return
         LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
         with open(LOCK_FILE, "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
-            yield
+            _held.depth = 1
+            try:
+                yield
+            finally:
+                _held.depth = 0
 
 
 class Lio:
@@ -67,6 +95,8 @@ class Lio:
 
     def __init__(self, target_iqn: str, portals: list[str], save_file: str = SAVE_FILE) -> None:
         self.target_iqn, self.portals, self.save_file = target_iqn, portals, save_file
+        self._save_timer: threading.Timer | None = None
+        self._unsaved_since: float | None = None
 
     @property
     def rts(self):
@@ -93,11 +123,20 @@ class Lio:
         return tpg
 
     def _find_so(self, name: str):
-        return next((so for so in self.rts.RTSRoot().storage_objects
-                     if so.name == name and so.plugin == "block"), None)
+        """The block backstore `name`, from its configfs directory (iblock_<n>/<name>)."""
+        found = glob.glob(f"{CONFIGFS}/core/iblock_*/{glob.escape(name)}")
+        return self.rts.tcm.StorageObject.so_from_path(found[0]) if found else None
 
     def _lun_of(self, tpg, so):
-        return next((lun for lun in tpg.luns if lun.storage_object.name == so.name), None)
+        """The TPG LUN whose link points at `so`: one readlink per LUN, no object built for
+        the others."""
+        luns = f"{tpg.path}/lun"
+        for entry in os.scandir(luns):
+            if entry.name.startswith("lun_"):
+                for link in os.scandir(entry.path):
+                    if link.is_symlink() and os.path.realpath(link.path) == so.path:
+                        return self.rts.LUN(tpg, int(entry.name[4:]))
+        return None
 
     @staticmethod
     def _drop_mapping(acl, lun) -> None:
@@ -110,12 +149,41 @@ class Lio:
             acl.delete()
 
     def save(self) -> None:
-        Path(self.save_file).parent.mkdir(parents=True, exist_ok=True)
-        self.rts.RTSRoot().save_to_file(self.save_file)
+        """Write the configuration file now."""
+        with locked():
+            if self._save_timer is not None:
+                self._save_timer.cancel()
+            self._save_timer, self._unsaved_since = None, None
+            Path(self.save_file).parent.mkdir(parents=True, exist_ok=True)
+            self.rts.RTSRoot().save_to_file(self.save_file)
 
-    def export(self, name: str, device: str, serial: str, save: bool = True) -> Export:
-        """Backstore with the array's chosen serial + TPG LUN, masked to nobody yet. With
-        save=False the caller saves once after a batch (the save file is rewritten whole)."""
+    def flush(self) -> None:
+        """Save now if a change is waiting for its save (at shutdown)."""
+        with locked():
+            if self._unsaved_since is not None:
+                self.save()
+
+    def _changed(self) -> None:
+        """Schedule the save of a change: quiet-time debounce, bounded by SAVE_LATEST_S."""
+        with locked():
+            now = time.monotonic()
+            if self._unsaved_since is None:
+                self._unsaved_since = now
+            if self._save_timer is not None:
+                self._save_timer.cancel()
+            delay = max(0.0, min(SAVE_QUIET_S, self._unsaved_since + SAVE_LATEST_S - now))
+            self._save_timer = threading.Timer(delay, self._timed_save)
+            self._save_timer.daemon = True
+            self._save_timer.start()
+
+    def _timed_save(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - the next change or the shutdown saves again
+            log.exception("saving the LIO configuration")
+
+    def export(self, name: str, device: str, serial: str) -> Export:
+        """Backstore with the array's chosen serial + TPG LUN, masked to nobody yet."""
         with locked():
             tpg = self._tpg()
             so = self._find_so(name)
@@ -124,8 +192,7 @@ class Lio:
             elif so.wwn != serial or so.udev_path != device:
                 raise ValueError(f"backstore {name} exists with serial {so.wwn} on {so.udev_path}")
             lun = self._lun_of(tpg, so) or self.rts.LUN(tpg, storage_object=so)
-            if save:
-                self.save()
+            self._changed()
             return Export(name, device, serial, lun.lun)
 
     def unexport(self, name: str) -> None:
@@ -141,7 +208,7 @@ class Lio:
                     self._drop_mapping(acl, lun)
                 lun.delete()
             so.delete()
-            self.save()
+            self._changed()
 
     def mask(self, name: str, initiator: str, chap_user: str, chap_secret: str,
              read_only: bool = False) -> Mapping:
@@ -164,7 +231,7 @@ class Lio:
                 existing = None
             if existing is None:
                 self.rts.MappedLUN(acl, lun.lun, lun, write_protect=read_only)
-            self.save()
+            self._changed()
             return Mapping(initiator, lun.lun, read_only)
 
     def unmask(self, name: str, initiator: str) -> None:
@@ -176,7 +243,7 @@ class Lio:
             if acl is None or lun is None:
                 return
             self._drop_mapping(acl, lun)
-            self.save()
+            self._changed()
 
     def exports(self) -> dict[str, Export]:
         """What LIO has now in our target, by backstore name."""

@@ -180,9 +180,6 @@ class FakeLio(_Injectable):
 
     # -- test helpers --------------------------------------------------------------------
 
-    def save(self) -> None:
-        self._call("save")
-
     def drop(self, name: str) -> None:
         """Lose an export behind the array's back (e.g. LIO config not restored)."""
         del self._exports[name]
@@ -202,7 +199,7 @@ class FakeLio(_Injectable):
 
     # -- the Lio interface the Array uses ------------------------------------------------
 
-    def export(self, name: str, device: str, serial: str, save: bool = True) -> Export:
+    def export(self, name: str, device: str, serial: str) -> Export:
         self._call("export", name, device, serial)
         have = self._exports.get(name)
         if have is not None:

@@ -1265,9 +1265,10 @@ def test_claim_import_by_an_initiator_that_is_not_a_host(arr):
     assert arr.claim_import(serials, STRANGER)["sets"][0]["host"] == STRANGER
 
 
-def test_publish_activates_in_one_lvchange_and_saves_lio_once(arr, lvm, lio):
-    """Publishing a big set must not cost one lvs, one lvchange and one LIO save per LUN: a 16-LUN
-    set took longer than PostCommitSnapshots' 30 s under TCG that way."""
+def test_publish_activates_in_one_lvchange(arr, lvm, lio):
+    """Publishing a big set must not cost one lvs and one lvchange per LUN: a 16-LUN set took
+    longer than PostCommitSnapshots' 30 s under TCG that way (LIO saves once per burst itself,
+    test_targets_lio)."""
     luns = [f"v{i}" for i in range(16)]
     set_id, _ = prepared(arr, *luns)
     arr.commit_set(set_id)
@@ -1275,7 +1276,7 @@ def test_publish_activates_in_one_lvchange_and_saves_lio_once(arr, lvm, lio):
     lio.calls.clear()
     arr.publish_set(set_id)
     assert len(lvm.called("volumes")) == 1 and [len(c) for c in lvm.called("activate")] == [16]
-    assert len(lio.called("export")) == 16 and len(lio.called("save")) == 1
+    assert len(lio.called("export")) == 16
     snaps = [lun for lun in arr.inventory() if lun.kind == "snapshot"]
     assert len(snaps) == 16 and all(lv.active for lv in lvm.volumes() if lv.name.startswith("snap-"))
     assert set(lio.exports()) >= {lun.name for lun in snaps}

@@ -1,0 +1,117 @@
+"""Unit tests of targets.lio without configfs: the save of a burst of changes, and the lookups
+by configfs path (on a temporary tree shaped like /sys/kernel/config/target)."""
+from __future__ import annotations
+
+import os
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from targets import lio as lio_mod
+from targets.lio import Lio
+
+
+class FakeRts:
+    """The parts of rtslib_fb the tested methods touch."""
+
+    def __init__(self) -> None:
+        self.saves: list[str] = []
+        rts = self
+
+        class RTSRoot:
+            def save_to_file(self, path: str) -> None:
+                rts.saves.append(path)
+
+        self.RTSRoot = RTSRoot
+        self.tcm = SimpleNamespace(StorageObject=SimpleNamespace(
+            so_from_path=lambda path: SimpleNamespace(name=os.path.basename(path), path=path)))
+        self.LUN = lambda tpg, lun: SimpleNamespace(lun=lun, tpg=tpg)
+
+
+class TestLio(Lio):
+    __test__ = False
+
+    def __init__(self, tmp_path) -> None:
+        super().__init__("iqn.2026-11.lab.shadowlun:array.target", ["10.87.0.10"],
+                         save_file=str(tmp_path / "etc" / "saveconfig.json"))
+        self.fake = FakeRts()
+
+    @property
+    def rts(self):
+        return self.fake
+
+
+@pytest.fixture
+def quick(monkeypatch):
+    monkeypatch.setattr(lio_mod, "SAVE_QUIET_S", 0.05)
+    monkeypatch.setattr(lio_mod, "SAVE_LATEST_S", 0.3)
+
+
+def wait_for(cond, seconds: float = 3.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, "not within the bound"
+        time.sleep(0.01)
+
+
+def test_a_burst_of_changes_is_saved_once_after_it(tmp_path, quick):
+    lio = TestLio(tmp_path)
+    for _ in range(20):
+        lio._changed()
+    assert lio.fake.saves == []  # not one save per change
+    wait_for(lambda: lio.fake.saves)
+    time.sleep(0.2)
+    assert lio.fake.saves == [lio.save_file]
+    lio.flush()
+    assert len(lio.fake.saves) == 1  # nothing waiting any more
+
+
+def test_a_steady_stream_of_changes_is_still_saved_within_the_bound(tmp_path, quick):
+    lio = TestLio(tmp_path)
+    started = time.monotonic()
+    while not lio.fake.saves:
+        lio._changed()
+        time.sleep(0.01)
+        assert time.monotonic() - started < 2.0, "the debounce never saved"
+
+
+def test_flush_saves_a_waiting_change_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(lio_mod, "SAVE_QUIET_S", 60.0)
+    lio = TestLio(tmp_path)
+    lio.flush()
+    assert lio.fake.saves == []  # nothing changed: nothing written
+    lio._changed()
+    lio.flush()
+    assert lio.fake.saves == [lio.save_file] and lio._save_timer is None
+
+
+def configfs(tmp_path, monkeypatch):
+    root = tmp_path / "target"
+    monkeypatch.setattr(lio_mod, "CONFIGFS", str(root))
+    for index, name in ((0, "lun-a"), (1, "snap-b"), (2, "lun-x[1]")):
+        (root / "core" / f"iblock_{index}" / name).mkdir(parents=True)
+    tpg = root / "iscsi" / "iqn.x" / "tpgt_1"
+    for lun, (index, name) in enumerate(((1, "snap-b"), (0, "lun-a"))):
+        d = tpg / "lun" / f"lun_{lun}"
+        d.mkdir(parents=True)
+        (d / "alua_tg_pt_gp").write_text("")  # a plain file next to the link, as in configfs
+        os.symlink(root / "core" / f"iblock_{index}" / name, d / f"{lun:010x}")
+    return root, SimpleNamespace(path=str(tpg))
+
+
+def test_a_backstore_is_found_by_its_configfs_path(tmp_path, monkeypatch):
+    root, _ = configfs(tmp_path, monkeypatch)
+    lio = TestLio(tmp_path)
+    assert lio._find_so("snap-b").path == str(root / "core" / "iblock_1" / "snap-b")
+    assert lio._find_so("lun-x[1]").name == "lun-x[1]"  # glob characters in a name are literal
+    assert lio._find_so("lun-x1") is None
+    assert lio._find_so("absent") is None
+
+
+def test_the_tpg_lun_of_a_backstore_is_the_one_linking_to_it(tmp_path, monkeypatch):
+    root, tpg = configfs(tmp_path, monkeypatch)
+    lio = TestLio(tmp_path)
+    assert lio._lun_of(tpg, lio._find_so("lun-a")).lun == 1
+    assert lio._lun_of(tpg, lio._find_so("snap-b")).lun == 0
+    assert lio._lun_of(tpg, lio._find_so("lun-x[1]")) is None  # a backstore with no LUN
