@@ -251,10 +251,11 @@ class Lvm:
                     deleted.pop()
             except DmError as e:
                 errors.append(e)
-            for thin_id in deleted:
-                errors += _collect(dm.message, pool, f"create_thin {thin_id}")
-            for name in suspended:
-                errors += _collect(dm.resume, name)
+            finally:  # whatever stopped the loop, the pool keeps LVM's ids and writes flow again
+                for thin_id in deleted:
+                    errors += _collect(dm.message, pool, f"create_thin {thin_id}")
+                for name in suspended:
+                    errors += _collect(dm.resume, name)
             took = time.monotonic() - started
         if errors:
             raise DmError(errors[0].what, errors[0].device, errors[0].errno,

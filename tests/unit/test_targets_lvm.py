@@ -561,3 +561,17 @@ def test_every_origin_is_resumed_even_when_one_resume_fails_and_both_failures_ar
     assert str(raised.value).startswith("device-mapper message 'delete 7' of shadowlun-pool-tpool failed")
     assert "; also: device-mapper resume of shadowlun-lun--a failed" in str(raised.value)
     assert ("message", "shadowlun-pool-tpool", "create_thin 7") not in dm.ran  # never deleted
+
+
+def test_any_other_failure_in_the_window_still_resumes_and_restores_the_id():
+    class Broken(FakeDm):
+        def message(self, name, text, sector=0):
+            super().message(name, text, sector)
+            if text == "create_snap 8 2":
+                raise KeyboardInterrupt  # e.g. the agent stopped mid-window
+
+    dm = Broken()
+    with pytest.raises(KeyboardInterrupt):
+        repoint(dm)
+    assert dm.ran[-3:] == [("message", "shadowlun-pool-tpool", "create_thin 8"),
+                           ("resume", "shadowlun-lun--a"), ("resume", "shadowlun-lun--b")]
