@@ -124,7 +124,7 @@ class Lio:
 
     def _find_so(self, name: str):
         """The block backstore `name`, from its configfs directory (iblock_<n>/<name>)."""
-        found = glob.glob(f"{CONFIGFS}/core/iblock_*/{glob.escape(name)}")
+        found = [p for p in glob.glob(f"{CONFIGFS}/core/iblock_*/{glob.escape(name)}") if os.path.isdir(p)]
         return self.rts.tcm.StorageObject.so_from_path(found[0]) if found else None
 
     def _lun_of(self, tpg, so):
@@ -153,9 +153,10 @@ class Lio:
         with locked():
             if self._save_timer is not None:
                 self._save_timer.cancel()
-            self._save_timer, self._unsaved_since = None, None
+                self._save_timer = None
             Path(self.save_file).parent.mkdir(parents=True, exist_ok=True)
             self.rts.RTSRoot().save_to_file(self.save_file)
+            self._unsaved_since = None  # only once written: a failed save is tried again
 
     def flush(self) -> None:
         """Save now if a change is waiting for its save (at shutdown)."""

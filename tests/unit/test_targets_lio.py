@@ -106,6 +106,8 @@ def test_a_backstore_is_found_by_its_configfs_path(tmp_path, monkeypatch):
     assert lio._find_so("snap-b").path == str(root / "core" / "iblock_1" / "snap-b")
     assert lio._find_so("lun-x[1]").name == "lun-x[1]"  # glob characters in a name are literal
     assert lio._find_so("lun-x1") is None
+    (root / "core" / "iblock_0" / "hba_info").write_text("")  # configfs files next to the backstores
+    assert lio._find_so("hba_info") is None
     assert lio._find_so("absent") is None
 
 
@@ -115,3 +117,21 @@ def test_the_tpg_lun_of_a_backstore_is_the_one_linking_to_it(tmp_path, monkeypat
     assert lio._lun_of(tpg, lio._find_so("lun-a")).lun == 1
     assert lio._lun_of(tpg, lio._find_so("snap-b")).lun == 0
     assert lio._lun_of(tpg, lio._find_so("lun-x[1]")) is None  # a backstore with no LUN
+
+
+def test_a_failed_save_is_tried_again_by_the_next_flush(tmp_path, monkeypatch):
+    monkeypatch.setattr(lio_mod, "SAVE_QUIET_S", 60.0)
+    lio = TestLio(tmp_path)
+    lio._changed()
+    real = lio.fake.RTSRoot
+
+    class Failing:
+        def save_to_file(self, path):
+            raise OSError("disk full")
+
+    lio.fake.RTSRoot = Failing
+    with pytest.raises(OSError):
+        lio.flush()
+    lio.fake.RTSRoot = real
+    lio.flush()
+    assert lio.fake.saves == [lio.save_file]
