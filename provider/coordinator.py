@@ -531,8 +531,9 @@ class Coordinator:
             if added:
                 progress.flagged.append([disk, number, added])
         self._save(progress)
-        for disk, number, added in progress.flagged:
+        if progress.flagged:
             self.originals_dir.mkdir(parents=True, exist_ok=True)
+        for disk, number, added in progress.flagged:
             (self.originals_dir / disk).touch()
             self.flags.set(disk, [number], added)
 

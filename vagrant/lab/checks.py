@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from .vm import VM
 
@@ -32,10 +33,17 @@ def host_objects(vm: VM, target_iqn: str) -> dict[str, set[str]]:
     }
 
 
+def until(condition: Callable[[], bool], timeout: float, why: Callable[[], str], interval: float = 1.0) -> None:
+    """Poll `condition` until it holds; past `timeout` s, TimeoutError with `why()` (called then,
+    so it can show what the VM says at that moment)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(why())
+        time.sleep(interval)
+
+
 def wait_for_agent(host: VM, timeout: float = 90) -> None:
     """Until the array agent answers `host` (after a restart or a reboot of the array), bounded."""
-    deadline = time.monotonic() + timeout
-    while not host.run("python3 -m targets.client GET /v1/pool", check=False).ok:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the array agent did not answer {host.name} within {timeout:g} s")
-        time.sleep(1)
+    until(lambda: host.run("python3 -m targets.client GET /v1/pool", check=False).ok, timeout,
+          lambda: f"the array agent did not answer {host.name} within {timeout:g} s")

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .agent_api import AgentApi
+from .checks import until
 from .host_volumes import HostVolumes
 from .initiator import Node
 from .lab import Lab
@@ -215,17 +216,11 @@ class PausedCreate:
 
     def wait_paused(self, timeout: float = 120) -> None:
         """Until the provider server says it is pausing (it logs that with --verbose), bounded."""
-        deadline = time.monotonic() + timeout
-        while "pausing" not in self.stderr():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"create never paused within {timeout:g} s: {self.stderr()}")
-            time.sleep(0.5)
+        until(lambda: "pausing" in self.stderr(), timeout,
+              lambda: f"create never paused within {timeout:g} s: {self.stderr()}", interval=0.5)
 
     def wait_done(self, timeout: float = 120) -> int:
         """The CLI's exit status once it ended, bounded."""
-        deadline = time.monotonic() + timeout
-        while self.vm.run(f"test -f {self.files['rc']}", check=False).returncode != 0:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"create still running after {timeout:g} s: {self.stderr()}")
-            time.sleep(0.5)
+        until(lambda: self.vm.run(f"test -f {self.files['rc']}", check=False).returncode == 0, timeout,
+              lambda: f"create still running after {timeout:g} s: {self.stderr()}", interval=0.5)
         return int(self.vm.run(f"cat {self.files['rc']}").stdout.strip())
