@@ -282,6 +282,29 @@ def test_restarted_agent_rebuilds_lio_from_its_store(lab, api):
         api.call("DELETE", f"/v1/luns/{vol}")
 
 
+def test_lio_configuration_file_follows_each_burst_of_changes(lab, api):
+    """The agent saves LIO's configuration once after a burst (not per change): what
+    target.service would restore at boot has the new exports within the bound, and loses them
+    after they are deleted."""
+    vols = [name("saved") for _ in range(3)]
+    saved = "/etc/rtslib-fb-target/saveconfig.json"
+
+    def in_file() -> set[str]:
+        config = json.loads(lab.array.run(f"cat {saved}").stdout)
+        return {so["name"] for so in config.get("storage_objects", [])}
+
+    for v in vols:
+        api.call("POST", "/v1/luns", {"name": v, "size_bytes": SIZE})
+    try:
+        checks.until(lambda: {f"lun-{v}" for v in vols} <= in_file(), 30,
+                     lambda: f"{saved} lacks the new exports after 30 s: {sorted(in_file())}")
+    finally:
+        for v in vols:
+            api.call("DELETE", f"/v1/luns/{v}")
+    checks.until(lambda: not {f"lun-{v}" for v in vols} & in_file(), 30,
+                 lambda: f"{saved} still has deleted exports after 30 s: {sorted(in_file())}")
+
+
 def test_nearly_full_pool_refuses_new_work_and_creates_nothing(lab, api):
     vol = name("full")
     api.call("POST", "/v1/luns", {"name": vol, "size_bytes": SIZE})
