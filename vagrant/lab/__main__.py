@@ -47,9 +47,13 @@ def run_bench(json_path: str, only: str | None = None) -> int:
 
     from . import bench
 
+    parts = tuple(only.split(",")) if only else bench.PARTS
+    unknown = [p for p in parts if p not in bench.PARTS]
+    if unknown:  # before anything boots
+        print(f"bench: no part {', '.join(unknown)}; the parts are {','.join(bench.PARTS)}", file=sys.stderr)
+        return 2
     print("shadowlun benchmarks: each figure and its baseline, measured in one run (ratio = figure / baseline)\n")
     with Lab.up() as lab:
-        parts = tuple(only.split(",")) if only else bench.PARTS
         result = bench.run(lab, say=lambda s: print(s, flush=True), only=parts)
         result["lab"] = {"accelerator": lab.accel, "timings": lab.timings.report()}
     with open(json_path, "w") as f:
