@@ -39,7 +39,6 @@ PROVIDER_ID = uuid.UUID("5b1f3a3e-6c2d-4d8e-9a57-3f0e1c4b7a21")
 VERSION_ID = uuid.UUID("0d6f0c1e-2b3a-4c5d-8e9f-a0b1c2d3e4f5")
 PROVIDER_NAME = "shadowlun hardware provider"
 PROVIDER_VERSION = "0.1.0"
-HOST_FILE = Path("/etc/shadowlun/host.json")
 DISK_WAIT_S = 60.0
 
 # What this provider can do: thin snapshots (differential) that travel to other hosts. Full
@@ -58,12 +57,12 @@ class Array(Protocol):
     def luns(self) -> list[dict]: ...
     def target(self) -> dict: ...
     def pool(self) -> dict: ...
-    def prepare_set(self, set_id: str, snapshots: list[dict]) -> dict: ...
+    def prepare_set(self, set_id: str, snapshots: list[dict], transportable: bool = False) -> dict: ...
     def commit_set(self, set_id: str) -> dict: ...
     def publish_set(self, set_id: str) -> dict: ...
     def claim_import(self, serials: list[str], host: str) -> dict: ...
     def abort_set(self, set_id: str) -> dict: ...
-    def mask(self, name: str, initiator: str, chap_user: str, chap_secret: str, read_only: bool = False) -> dict: ...
+    def mask(self, name: str, initiator: str, read_only: bool = False) -> dict: ...
     def unmask(self, name: str, initiator: str) -> dict: ...
     def delete(self, name: str) -> None: ...
     def detach(self, name: str) -> dict: ...
@@ -86,6 +85,9 @@ class Initiator(Protocol):
 
 @dataclass(frozen=True)
 class HostIdentity:
+    """Who this host is to the array: its initiator name and the CHAP credentials the array
+    made for it (from its access file)."""
+
     initiator: str
     chap_user: str
     chap_secret: str
@@ -271,8 +273,10 @@ class ShadowLunProvider:
     def end_prepare_snapshots(self, set_id: str) -> None:
         def work() -> None:
             pending = self._pending(set_id)
+            _, attributes = split_context(pending.context)
             prepared = self.array.prepare_set(str(set_id), [
-                {"snapshot_id": sid, "lun": name} for name, sid in pending.members.items()])
+                {"snapshot_id": sid, "lun": name} for name, sid in pending.members.items()],
+                transportable=bool(attributes & VolumeSnapshotAttributes.VSS_VOLSNAP_ATTR_TRANSPORTABLE))
             pending.serials = {s["lun"]: s["serial"] for s in prepared["snapshots"]}
             pause_point("end_prepare_snapshots")
 
@@ -343,8 +347,7 @@ class ShadowLunProvider:
         self.array.claim_import([lun["serial"] for lun in located], self.host.initiator)
         found = []
         for lun in located:
-            found.append(self.array.mask(lun["name"], self.host.initiator, self.host.chap_user,
-                                         self.host.chap_secret, read_only=False))
+            found.append(self.array.mask(lun["name"], self.host.initiator, read_only=False))
         target = self.array.target()
         disks = []
         for portal in target["portals"][:1]:
@@ -450,6 +453,12 @@ def make() -> ShadowLunProvider:
     from .iscsi import Initiator as IscsiInitiator
     from .iscsi import initiator_name
 
-    host = json.loads(HOST_FILE.read_text())
-    return ShadowLunProvider(ArrayClient(ArrayAccess.load()), IscsiInitiator(),
-                             HostIdentity(initiator_name(), host["chap_user"], host["chap_secret"]))
+    access = ArrayAccess.load()
+    if access.initiator is None or access.chap_user is None or access.chap_secret is None:
+        raise vss_error(HResult.E_ACCESSDENIED, "this host's array access file has no host identity "
+                                                "(initiator, CHAP): it is not a host's own access file")
+    if access.initiator != initiator_name().lower():
+        raise vss_error(HResult.E_ACCESSDENIED, f"the array knows this host as {access.initiator}, but its "
+                                                f"initiator name is {initiator_name()}")
+    return ShadowLunProvider(ArrayClient(access), IscsiInitiator(),
+                             HostIdentity(access.initiator, access.chap_user, access.chap_secret))

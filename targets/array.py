@@ -13,28 +13,27 @@ import ipaddress
 import json
 import logging
 import os
-import re
 import signal
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from provider.hresult import HResult, VssError, vss_error
 from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
 
+from . import names
+from .authority import ADMIN, Caller, denied, new_chap_secret, new_token, require_admin, token_digest
 from .lio import Lio, naa_wwid
 from .lvm import LogicalVolume, Lvm, LvmError, copy_blocks
-from .store import Host, Job, Lun, Mask, SetMember, Store
+from .store import Host, Job, Lun, Mask, SetMember, SnapshotSet, Store
 
 log = logging.getLogger("shadowlun.array")
 
 CONFIG_FILE = Path("/etc/shadowlun/array.json")
 MAX_LUNS_PER_SET = 64
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,47}$")
-IQN_RE = re.compile(r"^iqn\.\d{4}-\d{2}\.[a-z0-9.-]+(:[^\s]+)?$")
-CHAP_RE = re.compile(r"^[A-Za-z0-9._@:+-]{1,255}$")
+MIN_VOLUME_BYTES = 1 << 20
 VOLUME_PREFIX, SNAPSHOT_PREFIX = "lun-", "snap-"
 KIND_TAG, SET_TAG, SNAPSHOT_TAG = "shadowlun.kind", "shadowlun.set", "shadowlun.snapshot"
 CRASH_ENV = "SHADOWLUN_ARRAY_CRASH_AT"
@@ -57,7 +56,10 @@ class ArrayConfig:
     port: int = 8443
     state_dir: str = "/var/lib/shadowlun"
     pool_full_percent: float = 90.0
-    token_file: str = "/etc/shadowlun/agent.token"
+    max_volume_bytes: int = 16 << 40  # one volume's virtual size, at most
+    overcommit_ratio: float = 10.0    # the volumes' and copies' virtual sizes, at most this times the pool
+    token_file: str = "/etc/shadowlun/agent.token"  # the admin's bearer token
+    access_dir: str = "/etc/shadowlun/access"      # <host name>.json: each configured host's access file
     cert_file: str = "/etc/shadowlun/agent.crt"
     key_file: str = "/etc/shadowlun/agent.key"
     hosts: dict[str, str] = field(default_factory=dict)  # initiator -> host name, registered at start
@@ -77,21 +79,6 @@ def san_portals(cidr: str) -> list[str]:
     return sorted(a for a in addrs if a and ipaddress.ip_address(a) in net)
 
 
-def user_error(code: HResult, message: str) -> VssError:
-    return vss_error(code, message)
-
-
-def _require_name(name: str, what: str = "LUN name") -> None:
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        raise user_error(HResult.E_INVALIDARG,
-                         f"{what} {name!r}: use 1-48 of a-z, 0-9 and '-', starting with a letter or digit")
-
-
-def _require_iqn(value: str, what: str = "initiator") -> None:
-    if not isinstance(value, str) or not IQN_RE.match(value):
-        raise user_error(HResult.E_INVALIDARG, f"{what} {value!r} is not an iSCSI qualified name")
-
-
 def _api_name(lv: str) -> str:
     """A LUN's name in the API: a volume without its LV prefix, a snapshot as its LV."""
     return lv.removeprefix(VOLUME_PREFIX)
@@ -104,13 +91,6 @@ def _kind_tags(lv: LogicalVolume, kind: str) -> tuple[list[str], dict[str, str]]
               or (t.startswith(KIND_TAG + "=") and t != f"{KIND_TAG}={kind}")]
     add = {} if f"{KIND_TAG}={kind}" in lv.tags else {KIND_TAG: kind}
     return remove, add
-
-
-def _require_uuid(value: str, what: str) -> str:
-    try:
-        return str(uuid.UUID(str(value)))
-    except ValueError:
-        raise user_error(HResult.E_INVALIDARG, f"{what} {value!r} is not a GUID") from None
 
 
 @dataclass(frozen=True)
@@ -136,12 +116,11 @@ class Array:
     def __init__(self, config: ArrayConfig, store: Store, lvm: Lvm, lio: Lio) -> None:
         self.config, self.store, self.lvm, self.lio = config, store, lvm, lio
         self._op_lock = threading.RLock()  # one changing operation at a time; reads are free
-        self._jobs: dict[str, threading.Thread] = {}
         self._premade: dict[str, list] = {}  # prepared set -> [(origin, snapshot) ThinDevice]
 
-    # -- views ---------------------------------------------------------------------------
+    # -- views and who may see what ------------------------------------------------------
 
-    def _view(self, lun: Lun, exports: dict | None = None) -> LunView:
+    def _view(self, lun: Lun, exports: dict | None = None, caller: Caller = ADMIN) -> LunView:
         exports = self.lio.exports() if exports is None else exports
         export = exports.get(lun.name)
         return LunView(
@@ -150,22 +129,54 @@ class Array:
             origin=_api_name(lun.origin) if lun.origin else None,
             set_id=lun.set_id, snapshot_id=lun.snapshot_id, state=lun.state,
             lun_id=export.lun if export else None,
-            masks=[{"initiator": m.initiator, "read_only": m.read_only} for m in self.store.masks(lun.name)],
+            masks=[{"initiator": m.initiator, "read_only": m.read_only} for m in self.store.masks(lun.name)
+                   if caller.is_admin or m.initiator == caller.initiator],  # a host sees only its own
         )
 
-    def inventory(self) -> list[LunView]:
-        exports = self.lio.exports()
-        return [self._view(lun, exports) for lun in self.store.luns()]
+    def _may_import(self, s: SnapshotSet, initiator: str) -> bool:
+        """A set is imported by the host that made it; a transportable one (or one the admin
+        made) by any host of this array."""
+        return s.owner in (None, initiator) or s.transportable
 
-    def _lun(self, name: str) -> Lun:
-        """A LUN by its API name: a volume name, or a snapshot's name (snap-<snapshot id>)."""
+    def _masked_to(self, lun: Lun, caller: Caller) -> bool:
+        return any(m.initiator == caller.initiator for m in self.store.masks(lun.name))
+
+    def _visible(self, lun: Lun, caller: Caller) -> bool:
+        if caller.is_admin or lun.holder == caller.initiator or self._masked_to(lun, caller):
+            return True
+        s = self.store.snapshot_set(lun.set_id) if lun.kind == "snapshot" and lun.set_id else None
+        return s is not None and s.state == "committed" and self._may_import(s, caller.initiator)
+
+    def _require_use(self, lun: Lun, caller: Caller, action: str) -> None:
+        """Snapshot, copy or resync: the caller's own LUNs (masked to it, or held)."""
+        if not (caller.is_admin or lun.holder == caller.initiator or self._masked_to(lun, caller)):
+            raise denied(caller, f"{action} {_api_name(lun.name)}: it is not masked to this host")
+
+    def _require_holder(self, lun: Lun, caller: Caller, action: str) -> None:
+        """Delete, detach, mask or unmask: what the caller made or imported."""
+        if not (caller.is_admin or lun.holder == caller.initiator):
+            raise denied(caller, f"{action} {_api_name(lun.name)}: this host did not make or import it")
+
+    def inventory(self, caller: Caller = ADMIN) -> list[LunView]:
+        with self._op_lock:
+            exports = self.lio.exports()
+            return [self._view(lun, exports, caller) for lun in self.store.luns() if self._visible(lun, caller)]
+
+    def _lun(self, name: str, caller: Caller = ADMIN) -> Lun:
+        """A LUN by its API name (a volume name, or a snapshot's name snap-<snapshot id>) that
+        the caller may see."""
+        if not isinstance(name, str) or not name.isascii() or len(name) > 64:
+            raise vss_error(HResult.E_INVALIDARG, f"LUN name {name!r} is not a LUN name")
         lun = self.store.lun(name if name.startswith(SNAPSHOT_PREFIX) else VOLUME_PREFIX + name)
         if lun is None or lun.state != "ready":
-            raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no LUN named {name!r} on this array")
+            raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no LUN named {name!r} on this array")
+        if not self._visible(lun, caller):
+            raise denied(caller, f"see LUN {name!r}")
         return lun
 
-    def lun(self, name: str) -> LunView:
-        return self._view(self._lun(name))
+    def lun(self, name: str, caller: Caller = ADMIN) -> LunView:
+        with self._op_lock:
+            return self._view(self._lun(name, caller), caller=caller)
 
     def pool(self) -> dict:
         p = self.lvm.pool_status()
@@ -174,15 +185,35 @@ class Array:
                 "metadata_percent": p.metadata_percent, "full_percent": self.config.pool_full_percent}
 
     def _check_pool(self, need_bytes: int = 0) -> None:
-        """Refuse new work on a nearly full pool (data or metadata), before anything is made."""
+        """Refuse new work on a nearly full pool (data or metadata), before anything is made.
+        Running copies have reserved what they have still to write."""
         p = self.lvm.pool_status()
         limit = self.config.pool_full_percent
-        after = 100.0 * (p.used_bytes + need_bytes) / p.size_bytes if p.size_bytes else 100.0
+        reserved = sum(j.total_bytes - j.done_bytes for j in self.store.jobs("running") if j.kind == "copy")
+        after = 100.0 * (p.used_bytes + reserved + need_bytes) / p.size_bytes if p.size_bytes else 100.0
         if p.data_percent >= limit or p.metadata_percent >= limit or after >= limit:
-            raise user_error(HResult.VSS_E_INSUFFICIENT_STORAGE,
-                             f"thin pool {p.vg}/{p.name} is too full: data {p.data_percent:.1f}%, "
-                             f"metadata {p.metadata_percent:.1f}%, {need_bytes} bytes needed, "
-                             f"limit {limit:.0f}%")
+            raise vss_error(HResult.VSS_E_INSUFFICIENT_STORAGE,
+                            f"thin pool {p.vg}/{p.name} is too full: data {p.data_percent:.1f}%, "
+                            f"metadata {p.metadata_percent:.1f}%, {need_bytes} bytes needed, "
+                            f"{reserved} reserved by running copies, limit {limit:.0f}%")
+
+    def _check_size(self, size_bytes: object, what: str = "size") -> int:
+        """A new volume's or copy's virtual size: bounded, and the pool not overcommitted
+        beyond its ratio (snapshots share their origin's blocks and are not counted)."""
+        if type(size_bytes) is not int or size_bytes < MIN_VOLUME_BYTES or size_bytes % 512:
+            raise vss_error(HResult.E_INVALIDARG, f"{what} {size_bytes!r}: an integer of at least 1 MiB, "
+                                                  f"a multiple of 512")
+        if size_bytes > self.config.max_volume_bytes:
+            raise vss_error(HResult.E_INVALIDARG, f"{what} {size_bytes}: at most "
+                                                  f"{self.config.max_volume_bytes} bytes on this array")
+        p = self.lvm.pool_status()
+        virtual = sum(lun.size_bytes for lun in self.store.luns() if lun.kind != "snapshot")
+        allowed = int(self.config.overcommit_ratio * p.size_bytes)
+        if virtual + size_bytes > allowed:
+            raise vss_error(HResult.VSS_E_INSUFFICIENT_STORAGE,
+                            f"{what} {size_bytes}: the volumes would total {virtual + size_bytes} bytes, "
+                            f"over {self.config.overcommit_ratio:g} times the thin pool ({allowed} bytes)")
+        return size_bytes
 
     def _new_serial(self, also_taken: set[str] = frozenset()) -> str:
         """32 hex digits, unique in its first 25 (LIO's NAA id uses only those) among LUNs,
@@ -197,17 +228,17 @@ class Array:
 
     # -- volumes -------------------------------------------------------------------------
 
-    def create_volume(self, name: str, size_bytes: int) -> LunView:
-        _require_name(name)
-        if not isinstance(size_bytes, int) or size_bytes < (1 << 20) or size_bytes % 512:
-            raise user_error(HResult.E_INVALIDARG, f"size {size_bytes!r}: at least 1 MiB, a multiple of 512")
+    def create_volume(self, name: str, size_bytes: int, caller: Caller = ADMIN) -> LunView:
+        require_admin(caller, "create a volume")
+        names.lun_name(name)
         lv = VOLUME_PREFIX + name
         with self._op_lock:
             existing = self.store.lun(lv)
             if existing is not None:
                 if existing.state == "ready" and existing.size_bytes == size_bytes and existing.kind == "volume":
                     return self._view(existing)  # a retry
-                raise user_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"a LUN named {name!r} exists")
+                raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"a LUN named {name!r} exists")
+            self._check_size(size_bytes)
             self._check_pool()
             lun = self.store.add_lun(lv, "volume", size_bytes, self._new_serial())
             self._make(lun, lambda: self.lvm.create_volume(lv, size_bytes, {KIND_TAG: "volume"}))
@@ -238,11 +269,12 @@ class Array:
             log.error("cleanup: %s", err)
         return errors
 
-    def delete(self, name: str) -> None:
-        lun = self._lun(name)
+    def delete(self, name: str, caller: Caller = ADMIN) -> None:
         with self._op_lock:
+            lun = self._lun(name, caller)
+            self._require_holder(lun, caller, "delete")
             if any(j.state == "running" and lun.name in (j.source, j.target) for j in self.store.jobs()):
-                raise user_error(HResult.VSS_E_VOLUME_IN_USE, f"{name} is in a running copy or resync")
+                raise vss_error(HResult.VSS_E_VOLUME_IN_USE, f"{name} is in a running copy or resync")
             self.store.set_lun_state(lun.name, "deleting")
             errors = self._destroy(lun.name)
             if errors:
@@ -250,131 +282,191 @@ class Array:
 
     # -- masking -------------------------------------------------------------------------
 
-    def mask(self, name: str, initiator: str, chap_user: str, chap_secret: str,
-             read_only: bool = False) -> LunView:
-        """Show the LUN to `initiator`, which must be a registered host (E_ACCESSDENIED)."""
-        _require_iqn(initiator)
-        if not CHAP_RE.match(chap_user or ""):
-            raise user_error(HResult.E_INVALIDARG, "CHAP user: 1-255 printable characters without spaces")
-        if not (12 <= len(chap_secret or "") <= 16) or not CHAP_RE.match(chap_secret):
-            raise user_error(HResult.E_INVALIDARG, "CHAP secret: 12 to 16 characters without spaces")
-        lun = self._lun(name)
+    def mask(self, name: str, initiator: str, read_only: bool = False, caller: Caller = ADMIN) -> LunView:
+        """Show the LUN to `initiator`, a registered host, with that host's CHAP credentials.
+        LIO first, then the store (undone in LIO if the store fails): the two never disagree."""
+        initiator = names.initiator(initiator)
+        if type(read_only) is not bool:
+            raise vss_error(HResult.E_INVALIDARG, f"read_only {read_only!r}: true or false")
         with self._op_lock:
-            self._require_host(initiator)
+            lun = self._lun(name, caller)
+            if not caller.is_admin and initiator != caller.initiator:
+                raise denied(caller, f"mask {name} to another initiator ({initiator})")
+            self._require_holder(lun, caller, "mask")
+            host = self._require_host(initiator)
             self._publish(lun)  # a committed snapshot not published yet is exported now
-            self.store.put_mask(Mask(lun.name, initiator, chap_user, chap_secret, read_only))
-            self.lio.mask(lun.name, initiator, chap_user, chap_secret, read_only)
-            return self._view(lun)
+            had = self.store.masks(lun.name)
+            self.lio.mask(lun.name, initiator, host.chap_user, host.chap_secret, read_only)
+            try:
+                self.store.put_mask(Mask(lun.name, initiator, read_only))
+            except Exception:
+                old = next((m for m in had if m.initiator == initiator), None)
+                if old is None:
+                    self.lio.unmask(lun.name, initiator)
+                else:
+                    self.lio.mask(lun.name, initiator, host.chap_user, host.chap_secret, old.read_only)
+                raise
+            return self._view(lun, caller=caller)
 
-    def unmask(self, name: str, initiator: str) -> LunView:
-        lun = self._lun(name)
+    def unmask(self, name: str, initiator: str, caller: Caller = ADMIN) -> LunView:
+        initiator = names.initiator(initiator)
         with self._op_lock:
+            lun = self._lun(name, caller)
+            if not caller.is_admin and initiator != caller.initiator:
+                raise denied(caller, f"unmask {name} from another initiator ({initiator})")
+            self._require_holder(lun, caller, "unmask")
             self.lio.unmask(lun.name, initiator)
             self.store.remove_mask(lun.name, initiator)
-            return self._view(lun)
+            return self._view(lun, caller=caller)
 
-    # -- hosts: the initiators this array serves -----------------------------------------
+    # -- hosts: the initiators this array serves, and their credentials ------------------
 
     def _host_view(self, host: Host) -> dict:
         return {"initiator": host.initiator, "name": host.name, "added": host.added,
+                "chap_user": host.chap_user,
                 "luns": [_api_name(m.lun) for m in self.store.masks(initiator=host.initiator)]}
 
-    def hosts(self) -> list[dict]:
-        """The registered hosts, each with the LUNs masked to it."""
-        return [self._host_view(h) for h in self.store.hosts()]
+    @staticmethod
+    def _credentials(host: Host, token: str) -> dict:
+        """What the host alone is given: its bearer token and its CHAP credentials."""
+        return {"initiator": host.initiator, "name": host.name, "token": token,
+                "chap_user": host.chap_user, "chap_secret": host.chap_secret}
 
-    def register_host(self, initiator: str, name: str) -> dict:
-        """Allow `initiator` (as host `name`) to be masked to and to import sets. Create-or-
-        lookup: the same initiator and name again is a retry; another name for a registered
-        initiator is VSS_E_OBJECT_ALREADY_EXISTS."""
-        _require_iqn(initiator)
-        _require_name(name, "host name")
+    def hosts(self, caller: Caller = ADMIN) -> list[dict]:
+        """The registered hosts, each with the LUNs masked to it (a host sees only itself)."""
         with self._op_lock:
-            host = self.store.add_host(initiator, name)
-            if host.name != name:
-                raise user_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS,
-                                 f"initiator {initiator} is registered as host {host.name!r}")
-            return self._host_view(host)
+            return [self._host_view(h) for h in self.store.hosts()
+                    if caller.is_admin or h.initiator == caller.initiator]
 
-    def unregister_host(self, initiator: str) -> None:
-        """Forget a host; refused while LUNs are still masked to it (unmask them first)."""
-        _require_iqn(initiator)
+    def caller_for(self, token: str) -> Caller | None:
+        """The registered host whose token this is, or None."""
+        host = self.store.host_by_token(token_digest(token))
+        return Caller(host.name, host.initiator) if host else None
+
+    def register_host(self, initiator: str, name: str, caller: Caller = ADMIN) -> dict:
+        """Allow `initiator` (as host `name`) to be masked to and to import sets, and make its
+        credentials (a bearer token and CHAP secret, in `credentials`, shown this once).
+        Create-or-lookup: the same initiator and name again is a retry and shows no secret (a
+        new token is `issue_token`'s); another name for a registered initiator, or a name
+        another initiator has, is VSS_E_OBJECT_ALREADY_EXISTS."""
+        require_admin(caller, "register hosts")
+        initiator, name = names.initiator(initiator), names.lun_name(name, "host name")
+        with self._op_lock:
+            have = self.store.host(initiator)
+            if have is not None:
+                if have.name != name:
+                    raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS,
+                                    f"initiator {initiator} is registered as host {have.name!r}")
+                return self._host_view(have)
+            if self.store.host_named(name) is not None:
+                raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"a host named {name!r} exists")
+            token = new_token()
+            host = self.store.add_host(initiator, name, name, new_chap_secret(), token_digest(token))
+            return {**self._host_view(host), "credentials": self._credentials(host, token)}
+
+    def issue_token(self, initiator: str, caller: Caller = ADMIN) -> dict:
+        """A new bearer token for a registered host (the old one stops working); its CHAP
+        credentials are unchanged, so its sessions go on."""
+        require_admin(caller, "issue host tokens")
+        initiator = names.initiator(initiator)
         with self._op_lock:
             host = self.store.host(initiator)
             if host is None:
-                raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no host with initiator {initiator} on this array")
+                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no host with initiator {initiator} on this array")
+            token = new_token()
+            self.store.set_host_token(initiator, token_digest(token))
+            return self._credentials(host, token)
+
+    def unregister_host(self, initiator: str, caller: Caller = ADMIN) -> None:
+        """Forget a host; refused while LUNs are still masked to it (unmask them first)."""
+        require_admin(caller, "unregister hosts")
+        initiator = names.initiator(initiator)
+        with self._op_lock:
+            host = self.store.host(initiator)
+            if host is None:
+                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no host with initiator {initiator} on this array")
             luns = [_api_name(m.lun) for m in self.store.masks(initiator=initiator)]
             if luns:
-                raise user_error(HResult.VSS_E_BAD_STATE,
-                                 f"host {host.name!r} ({initiator}) still sees LUNs {', '.join(luns)}; "
-                                 f"unmask them first")
+                raise vss_error(HResult.VSS_E_BAD_STATE,
+                                f"host {host.name!r} ({initiator}) still sees LUNs {', '.join(luns)}; "
+                                f"unmask them first")
             self.store.remove_host(initiator)
 
-    def register_configured_hosts(self) -> list[str]:
-        """At agent start: register the config's hosts (initiator -> name); returns the initiators
-        newly registered. Every entry is checked before any is registered. An initiator already
-        registered under another name keeps it (a warning): start-up does not rename."""
-        wanted = sorted(self.config.hosts.items())
-        for initiator, name in wanted:
-            _require_iqn(initiator, "configured host initiator")
-            _require_name(name, "configured host name")
-        added = []
+    def register_configured_hosts(self) -> dict[str, dict]:
+        """At agent start: register the config's hosts (initiator -> name). Returns the
+        credentials of those newly registered, by initiator, for their access files. Every entry
+        is checked before any is registered. An initiator already registered under another
+        name keeps it (a warning): start-up does not rename."""
+        wanted = sorted((names.initiator(i, "configured host initiator"), names.lun_name(n, "configured host name"))
+                        for i, n in self.config.hosts.items())
+        made = {}
         with self._op_lock:
             for initiator, name in wanted:
                 have = self.store.host(initiator)
                 if have is None:
-                    self.store.add_host(initiator, name)
-                    added.append(initiator)
+                    made[initiator] = self.register_host(initiator, name)["credentials"]
                 elif have.name != name:
                     log.warning("configured host %s (%s) is registered as %r; left as it is",
                                 name, initiator, have.name)
-        if added:
-            log.info("hosts registered from the config: %s", ", ".join(added))
-        return added
+        if made:
+            log.info("hosts registered from the config: %s", ", ".join(made))
+        return made
 
-    def _require_host(self, initiator: str) -> None:
-        if self.store.host(initiator) is None:
-            raise user_error(HResult.E_ACCESSDENIED,
-                             f"initiator {initiator} is not a host of this array; "
-                             f"register it with PUT /v1/hosts/{initiator}")
+    def _require_host(self, initiator: str) -> Host:
+        host = self.store.host(initiator)
+        if host is None:
+            raise vss_error(HResult.E_ACCESSDENIED,
+                            f"initiator {initiator} is not a host of this array; "
+                            f"register it with PUT /v1/hosts/{initiator}")
+        return host
 
     # -- snapshot sets -------------------------------------------------------------------
 
-    def prepare_set(self, set_id: str, snapshots: list[dict]) -> dict:
+    def prepare_set(self, set_id: str, snapshots: list[dict], caller: Caller = ADMIN,
+                    transportable: bool = False) -> dict:
         """Check and record the set; choose every snapshot's name and serial now, so the
-        commit only commits and the target identities are known before any host sees them."""
-        set_id = _require_uuid(set_id, "snapshot set id")
-        if not snapshots:
-            raise user_error(HResult.E_INVALIDARG, "a snapshot set needs at least one LUN")
+        commit only commits and the target identities are known before any host sees them.
+        A host snapshots only its own LUNs; it owns the set. A transportable set may be
+        imported by any host of this array, another only by its owner."""
+        set_id = names.guid(set_id, "snapshot set id")
+        if type(transportable) is not bool:
+            raise vss_error(HResult.E_INVALIDARG, f"transportable {transportable!r}: true or false")
+        if not isinstance(snapshots, list) or not snapshots:
+            raise vss_error(HResult.E_INVALIDARG, "a snapshot set needs at least one LUN")
         if len(snapshots) > MAX_LUNS_PER_SET:
-            raise user_error(HResult.VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED,
+            raise vss_error(HResult.VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED,
                              f"{len(snapshots)} LUNs in one set; at most {MAX_LUNS_PER_SET}")
         wanted: list[tuple[str, str]] = []
         for s in snapshots:
             if not isinstance(s, dict) or set(s) != {"snapshot_id", "lun"}:
-                raise user_error(HResult.E_INVALIDARG, "each snapshot is {snapshot_id, lun}")
-            wanted.append((_require_uuid(s["snapshot_id"], "snapshot id"), self._lun(s["lun"]).name))
+                raise vss_error(HResult.E_INVALIDARG, "each snapshot is {snapshot_id, lun}")
+            wanted.append((names.guid(s["snapshot_id"], "snapshot id"), s["lun"]))
         if len({sid for sid, _ in wanted}) != len(wanted):
-            raise user_error(HResult.E_INVALIDARG, "snapshot ids repeat within the set")
-        if len({lv for _, lv in wanted}) != len(wanted):
-            raise user_error(HResult.E_INVALIDARG, "a LUN appears twice in the set")
+            raise vss_error(HResult.E_INVALIDARG, "snapshot ids repeat within the set")
         with self._op_lock:
+            origins = [self._lun(lun, caller) for _, lun in wanted]
+            for origin in origins:
+                self._require_use(origin, caller, "snapshot")
+            wanted = [(sid, origin.name) for (sid, _), origin in zip(wanted, origins)]
+            if len({lv for _, lv in wanted}) != len(wanted):
+                raise vss_error(HResult.E_INVALIDARG, "a LUN appears twice in the set")
             existing = self.store.snapshot_set(set_id)
             if existing is not None:
-                if [(m.snapshot_id, m.origin) for m in existing.members] == wanted:
+                if [(m.snapshot_id, m.origin) for m in existing.members] == wanted and \
+                        existing.owner == caller.initiator and existing.transportable == transportable:
                     return self.set_view(set_id)  # a retry
-                raise user_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"snapshot set {set_id} exists")
+                raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"snapshot set {set_id} exists")
             in_sets = {m.snapshot_id for s in self.store.sets() for m in s.members}
             for sid, _ in wanted:
                 if sid in in_sets or self.store.lun(SNAPSHOT_PREFIX + sid) is not None:
-                    raise user_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"snapshot {sid} exists")
+                    raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"snapshot {sid} exists")
             self._check_pool()
             members, serials = [], set()
             for sid, origin in wanted:
                 serial = self._new_serial(serials)
                 serials.add(serial)
                 members.append(SetMember(set_id, sid, origin, SNAPSHOT_PREFIX + sid, serial))
-            self.store.add_set(set_id, members)
+            self.store.add_set(set_id, members, caller.initiator, transportable)
             self._premake(set_id, members)
             return self.set_view(set_id)
 
@@ -417,69 +509,97 @@ class Array:
                 self.lvm.remove(m.name)
         return self._create_snapshots(s.members)
 
-    def set_view(self, set_id: str) -> dict:
+    def _set(self, set_id: str, caller: Caller, owner_only: bool = False) -> SnapshotSet:
+        """A snapshot set the caller may see (its owner, its importer, or a host that may
+        import it), or with `owner_only` act on (its owner)."""
+        set_id = names.guid(set_id, "snapshot set id")
         s = self.store.snapshot_set(set_id)
         if s is None:
-            raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no snapshot set {set_id}")
+            raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no snapshot set {set_id}")
+        if caller.is_admin or s.owner == caller.initiator:
+            return s
+        if owner_only:
+            raise denied(caller, f"act on snapshot set {set_id}: another host made it")
         imported = self.store.import_of(set_id)
+        if (imported and imported[0] == caller.initiator) or self._may_import(s, caller.initiator):
+            return s
+        raise denied(caller, f"see snapshot set {set_id}")
+
+    def set_view(self, set_id: str, caller: Caller = ADMIN) -> dict:
+        with self._op_lock:
+            s = self._set(set_id, caller)
+        imported = self.store.import_of(s.set_id)
         return {
             "set_id": s.set_id, "state": s.state, "commit_window_s": s.commit_window_s,
+            "transportable": s.transportable,
             "imported_by": imported[0] if imported else None,
             "snapshots": [{"snapshot_id": m.snapshot_id, "lun": _api_name(m.origin),
                            "target": m.name, "serial": m.serial, "wwid": naa_wwid(m.serial),
                            "vendor": LIO_VENDOR, "product": LIO_PRODUCT} for m in s.members],
         }
 
-    def claim_import(self, serials: list[str], host: str) -> dict:
-        """Before a host locates shadow LUNs: the sets they belong to become that host's import.
-        A set already imported by another host is refused (spec 9.1: a transportable set is
-        imported once); the same host again is a retry. Nothing is claimed unless all can be."""
-        _require_iqn(host, "host")
-        if not serials or not all(isinstance(x, str) for x in serials):
-            raise user_error(HResult.E_INVALIDARG, "serials: a non-empty list of LUN serials")
+    def claim_import(self, serials: list[str], host: str | None = None, caller: Caller = ADMIN) -> dict:
+        """Before a host locates shadow LUNs: the sets they belong to become that host's import,
+        and their shadow LUNs the host's to mask, break and delete. A set already imported by
+        another host is refused (spec 9.1: a transportable set is imported once); the same host
+        again is a retry. A host claims for itself only, and only sets it may import. Nothing is
+        claimed unless all can be."""
+        host = names.initiator(host if host is not None else caller.initiator, "host")
+        if not caller.is_admin and host != caller.initiator:
+            raise denied(caller, f"claim an import for another host ({host})")
+        if (not isinstance(serials, list) or not serials or len(serials) > MAX_LUNS_PER_SET * 4
+                or not all(isinstance(x, str) for x in serials)):
+            raise vss_error(HResult.E_INVALIDARG, "serials: a non-empty list of LUN serials")
         with self._op_lock:
             self._require_host(host)  # only a registered host imports, and before any claim
             set_ids = []
             for serial in serials:
                 lun = self.store.lun_by_serial(serial)
                 if lun is None or lun.state != "ready" or lun.kind != "snapshot":
-                    raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no shadow LUN with serial {serial}")
+                    raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no shadow LUN with serial {serial!r}")
                 if lun.set_id not in set_ids:
                     set_ids.append(lun.set_id)
             for set_id in set_ids:
+                s = self.store.snapshot_set(set_id)
+                if s is None or s.state != "committed":
+                    raise vss_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is not committed")
+                if not self._may_import(s, host):
+                    raise denied(caller, f"import snapshot set {set_id} to {host}: it is not transportable "
+                                         f"and another host made it")
                 taken = self.store.import_of(set_id)
                 if taken is not None and taken[0] != host:
-                    raise user_error(HResult.VSS_E_BAD_STATE,
+                    raise vss_error(HResult.VSS_E_BAD_STATE,
                                      f"snapshot set {set_id} was already imported by {taken[0]} at "
                                      f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(taken[1]))}")
-            claims = [self.store.claim_import(set_id, host) for set_id in set_ids]
+            with self.store.tx():
+                claims = [self.store.claim_import(set_id, host) for set_id in set_ids]
+                for set_id in set_ids:
+                    self.store.set_holder([lun.name for lun in self.store.luns() if lun.set_id == set_id], host)
             return {"sets": [{"set_id": sid, "host": h, "since": since}
                              for sid, (h, since) in zip(set_ids, claims)]}
 
-    def commit_set(self, set_id: str) -> dict:
+    def commit_set(self, set_id: str, caller: Caller = ADMIN) -> dict:
         """Only the snapshots, all of the set in one batch: this is the window in which writes
         are held on the hosts. Activation and export come after, in publish_set (or at the
         first mask, or at the next reconcile): a committed snapshot is 'ready' at once."""
-        set_id = _require_uuid(set_id, "snapshot set id")
         with self._op_lock:
-            s = self.store.snapshot_set(set_id)
-            if s is None:
-                raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no snapshot set {set_id}")
+            s = self._set(set_id, caller, owner_only=True)
+            set_id = s.set_id
             if s.state == "committed":
                 return self.set_view(set_id)  # a retry
             if s.state != "prepared":
-                raise user_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is {s.state}")
+                raise vss_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is {s.state}")
             gone = [_api_name(m.origin) for m in s.members
                     if (o := self.store.lun(m.origin)) is None or o.state != "ready"]
             if gone:
-                raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND,
+                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
                                  f"snapshot set {set_id}: no LUN {', '.join(gone)} any more")
             with self.store.tx():
                 self.store.set_state(set_id, "committing")
                 for m in s.members:
                     origin = self.store.lun(m.origin)
                     self.store.add_lun(m.name, "snapshot", origin.size_bytes, m.serial, origin=m.origin,
-                                       set_id=set_id, snapshot_id=m.snapshot_id)
+                                       set_id=set_id, snapshot_id=m.snapshot_id, holder=s.owner)
             crash_point("commit-before-snapshots")
             try:
                 window = self._commit_snapshots(s)
@@ -494,16 +614,14 @@ class Array:
             log.info("set %s committed: %d snapshots in %.3f s", set_id, len(s.members), window)
             return self.set_view(set_id)
 
-    def publish_set(self, set_id: str) -> dict:
+    def publish_set(self, set_id: str, caller: Caller = ADMIN) -> dict:
         """Activate and export every snapshot of a committed set (masked to nobody yet), so that
         locating them later is quick. Idempotent; outside the commit window."""
-        set_id = _require_uuid(set_id, "snapshot set id")
         with self._op_lock:
-            s = self.store.snapshot_set(set_id)
-            if s is None:
-                raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no snapshot set {set_id}")
+            s = self._set(set_id, caller, owner_only=True)
+            set_id = s.set_id
             if s.state != "committed":
-                raise user_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is {s.state}, not committed")
+                raise vss_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is {s.state}, not committed")
             try:
                 self._publish(*(lun for m in s.members if (lun := self.store.lun(m.name)) is not None
                                 and lun.state == "ready" and lun.set_id == set_id))  # not detached
@@ -534,12 +652,16 @@ class Array:
         self.store.set_state(set_id, "aborted")
         return errors
 
-    def abort_set(self, set_id: str) -> dict:
-        """Undo whatever the set made, whatever its state (abort after commit deletes)."""
-        set_id = _require_uuid(set_id, "snapshot set id")
+    def abort_set(self, set_id: str, caller: Caller = ADMIN) -> dict:
+        """Undo whatever the set made, whatever its state (abort after commit deletes). Only its
+        owner aborts it, and not once another host has imported it: that host holds it now."""
         with self._op_lock:
-            if self.store.snapshot_set(set_id) is None:
-                raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no snapshot set {set_id}")
+            s = self._set(set_id, caller, owner_only=True)
+            set_id = s.set_id
+            imported = self.store.import_of(set_id)
+            if not caller.is_admin and imported and imported[0] != caller.initiator:
+                raise vss_error(HResult.VSS_E_BAD_STATE,
+                                f"snapshot set {set_id} was imported by {imported[0]}: only it may delete it now")
             errors = self._undo_set(set_id)
             if errors:
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, "; ".join(errors))
@@ -547,7 +669,7 @@ class Array:
 
     # -- break: a shadow copy becomes an ordinary LUN ------------------------------------
 
-    def detach(self, name: str) -> LunView:
+    def detach(self, name: str, caller: Caller = ADMIN) -> LunView:
         """The array's side of a break: the snapshot LUN `name` becomes a LUN of kind 'volume',
         no longer in its set (set and snapshot id cleared, origin kept for information). Its
         serial, masks, LV and LIO export stay as they are; its LV loses the snapshot tags. Aborting
@@ -555,9 +677,10 @@ class Array:
         changed the store is put back and nothing has changed. A crash in between is finished by
         the reconcile (the LV's tags follow the store)."""
         with self._op_lock:
-            lun = self._lun(name)
+            lun = self._lun(name, caller)
+            self._require_holder(lun, caller, "detach")
             if lun.kind != "snapshot":
-                raise user_error(HResult.VSS_E_BAD_STATE,
+                raise vss_error(HResult.VSS_E_BAD_STATE,
                                  f"{name} is a {lun.kind}, not a shadow copy: nothing to detach")
             self.store.set_lun_kind(lun.name, "volume")
             crash_point("detach-after-store")
@@ -569,21 +692,25 @@ class Array:
                 self.store.set_lun_kind(lun.name, lun.kind, set_id=lun.set_id, snapshot_id=lun.snapshot_id)
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"could not detach {name}: {e}") from e
             log.info("%s detached from snapshot set %s: an ordinary LUN now", lun.name, lun.set_id)
-            return self._view(self.store.lun(lun.name))
+            return self._view(self.store.lun(lun.name), caller=caller)
 
     # -- long-running jobs: full copy (plex) and resync ---------------------------------
 
-    def start_copy(self, source: str, target: str) -> Job:
-        """A full copy of `source` into a new volume `target`, made on the array."""
-        _require_name(target, "copy name")
-        src = self._lun(source)
+    def start_copy(self, source: str, target: str, caller: Caller = ADMIN) -> Job:
+        """A full copy of `source` into a new volume `target`, made on the array. The copy is
+        the caller's (masked to nobody); the whole size is reserved in the pool until it ends."""
+        names.lun_name(target, "copy name")
         lv = VOLUME_PREFIX + target
         with self._op_lock:
+            src = self._lun(source, caller)
+            self._require_use(src, caller, "copy")
             if self.store.lun(lv) is not None:
-                raise user_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"a LUN named {target!r} exists")
-            self._check_pool(need_bytes=self._mapped_bytes(src))
-            lun = self.store.add_lun(lv, "copy", src.size_bytes, self._new_serial(), origin=src.name)
-            job = self.store.add_job(uuid.uuid4().hex, "copy", src.name, lv, src.size_bytes)
+                raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"a LUN named {target!r} exists")
+            self._check_size(src.size_bytes, "copy size")
+            self._check_pool(need_bytes=src.size_bytes)
+            lun = self.store.add_lun(lv, "copy", src.size_bytes, self._new_serial(), origin=src.name,
+                                     holder=caller.initiator)
+            job = self.store.add_job(uuid.uuid4().hex, "copy", src.name, lv, src.size_bytes, caller.initiator)
             try:
                 self.lvm.create_volume(lv, src.size_bytes, {KIND_TAG: "copy"})
             except Exception as e:
@@ -593,9 +720,10 @@ class Array:
             self._run_job(job, lambda progress: self._copy_then_export(src, lun, progress))
             return job
 
-    def _mapped_bytes(self, lun: Lun) -> int:
+    def _unmapped_bytes(self, lun: Lun) -> int:
+        """What writing every block of the LUN could still take from the pool."""
         lv = self.lvm.get(lun.name)
-        return int(lun.size_bytes * (lv.data_percent or 0.0) / 100) if lv else lun.size_bytes
+        return lun.size_bytes - int(lun.size_bytes * (lv.data_percent or 0.0) / 100) if lv else lun.size_bytes
 
     def _active_device(self, lun: Lun) -> str:
         """The LUN's device node, activating the LV first (thin snapshots skip activation)."""
@@ -611,17 +739,27 @@ class Array:
         self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial)
         self.store.set_lun_state(lun.name, "ready")
 
-    def start_resync(self, snapshot: str, target: str) -> Job:
+    def start_resync(self, snapshot: str, target: str, caller: Caller = ADMIN) -> Job:
         """Revert `target` (usually the snapshot's origin) to the snapshot's bytes, on the array;
-        only differing chunks are written. Hosts must have the target unmounted (the
-        coordinator's job); the array refuses a target already in a running job."""
-        snap, dst = self._lun(snapshot), self._lun(target)
-        if snap.size_bytes > dst.size_bytes:
-            raise user_error(HResult.E_INVALIDARG, f"{target} is smaller than {snapshot}")
+        only differing chunks are written. The source is a shadow copy; a host resyncs only
+        onto its own LUNs, from snapshots it may use. Hosts must have the target unmounted (the
+        coordinator's job); the array refuses a target already in a running job, and a pool
+        that could not take the target's unwritten blocks."""
         with self._op_lock:
+            snap, dst = self._lun(snapshot, caller), self._lun(target, caller)
+            if snap.kind != "snapshot":
+                raise vss_error(HResult.E_INVALIDARG, f"{snapshot} is a {snap.kind}, not a shadow copy: "
+                                                      f"a resync copies a shadow copy back")
+            if snap.name == dst.name:
+                raise vss_error(HResult.E_INVALIDARG, f"{snapshot} cannot be resynced onto itself")
+            self._require_use(dst, caller, "resync onto")
+            if snap.size_bytes > dst.size_bytes:
+                raise vss_error(HResult.E_INVALIDARG, f"{target} is smaller than {snapshot}")
             if any(j.state == "running" and dst.name in (j.source, j.target) for j in self.store.jobs()):
-                raise user_error(HResult.VSS_E_RESYNC_IN_PROGRESS, f"{target} is already being resynced")
-            job = self.store.add_job(uuid.uuid4().hex, "resync", snap.name, dst.name, snap.size_bytes)
+                raise vss_error(HResult.VSS_E_RESYNC_IN_PROGRESS, f"{target} is already being resynced")
+            self._check_pool(need_bytes=self._unmapped_bytes(dst))
+            job = self.store.add_job(uuid.uuid4().hex, "resync", snap.name, dst.name, snap.size_bytes,
+                                     caller.initiator)
             self._run_job(job, lambda progress: copy_blocks(
                 self._active_device(snap), self._active_device(dst), snap.size_bytes, progress,
                 only_changed=True))
@@ -645,13 +783,14 @@ class Array:
                 self.store.update_job(job.job_id, state="failed", error=str(e))
 
         t = threading.Thread(target=body, name=f"job-{job.job_id[:8]}", daemon=True)
-        self._jobs[job.job_id] = t
         t.start()
 
-    def job(self, job_id: str) -> Job:
-        job = self.store.job(job_id)
+    def job(self, job_id: str, caller: Caller = ADMIN) -> Job:
+        job = self.store.job(job_id) if isinstance(job_id, str) and len(job_id) <= 64 else None
         if job is None:
-            raise user_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no job {job_id!r}")
+            raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no job {job_id!r}")
+        if not (caller.is_admin or job.requester == caller.initiator):
+            raise denied(caller, f"see job {job_id}: another host started it")
         return job
 
     # -- reconcile at start --------------------------------------------------------------
@@ -717,7 +856,8 @@ class Array:
                 for mask in self.store.masks(lun.name):
                     m = have.pop(mask.initiator, None)
                     if m is None or m.read_only != mask.read_only or export is None:
-                        self.lio.mask(lun.name, mask.initiator, mask.chap_user, mask.chap_secret, mask.read_only)
+                        host = self.store.host(mask.initiator)
+                        self.lio.mask(lun.name, mask.initiator, host.chap_user, host.chap_secret, mask.read_only)
                         done["rebuilt"].append(f"{lun.name} -> {mask.initiator}")
                 for initiator in have:
                     self.lio.unmask(lun.name, initiator)
@@ -727,6 +867,3 @@ class Array:
         log.info("reconcile: %s", json.dumps({k: v for k, v in done.items() if v}))
         return done
 
-
-def view_dict(view: LunView) -> dict:
-    return asdict(view)

@@ -2,8 +2,11 @@
 
 HTTPS with the array's certificate pinned (the only trusted one), the bearer token in every
 request, every call bounded by a timeout, and agent errors raised again as the VssError they
-carry. Access comes from /etc/shadowlun/array-access.json (url, token, certificate), which
-provisioning copies from the array to each host.
+carry. A host's access comes from /etc/shadowlun/array-access.json: the agent's url and
+certificate, and this host's own token, initiator name and CHAP credentials, which the array
+made when it registered the host (the agent writes it as access/<host>.json on the array, and
+provisioning copies it to that host alone). The admin's file (admin-access.json, on the array)
+has url, token and certificate only.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from urllib.parse import quote
 from provider.hresult import HResult, VssError, vss_error
 
 ACCESS_FILE = Path("/etc/shadowlun/array-access.json")
+ADMIN_ACCESS_FILE = Path("/etc/shadowlun/admin-access.json")
 TIMEOUT_S = 60.0
 
 
@@ -27,11 +31,15 @@ class ArrayAccess:
     url: str
     token: str
     certificate: str  # PEM
+    initiator: str | None = None  # a host's own access: who it is to the array, and its CHAP
+    chap_user: str | None = None
+    chap_secret: str | None = None
 
     @classmethod
     def load(cls, path: Path = ACCESS_FILE) -> "ArrayAccess":
         d = json.loads(path.read_text())
-        return cls(d["url"], d["token"], d["certificate"])
+        return cls(d["url"], d["token"], d["certificate"], d.get("initiator"), d.get("chap_user"),
+                   d.get("chap_secret"))
 
 
 class ArrayClient:
@@ -83,11 +91,8 @@ class ArrayClient:
     def delete(self, name: str) -> None:
         self.call("DELETE", f"/v1/luns/{quote(name)}")
 
-    def mask(self, name: str, initiator: str, chap_user: str, chap_secret: str,
-             read_only: bool = False) -> dict:
-        return self.call("PUT", f"/v1/luns/{quote(name)}/masks", {
-            "initiator": initiator, "chap_user": chap_user, "chap_secret": chap_secret,
-            "read_only": read_only})
+    def mask(self, name: str, initiator: str, read_only: bool = False) -> dict:
+        return self.call("PUT", f"/v1/luns/{quote(name)}/masks", {"initiator": initiator, "read_only": read_only})
 
     def unmask(self, name: str, initiator: str) -> dict:
         return self.call("DELETE", f"/v1/luns/{quote(name)}/masks/{quote(initiator, safe='')}")
@@ -101,11 +106,15 @@ class ArrayClient:
     def register_host(self, initiator: str, name: str) -> dict:
         return self.call("PUT", f"/v1/hosts/{quote(initiator, safe='')}", {"name": name})
 
+    def issue_token(self, initiator: str) -> dict:
+        return self.call("POST", f"/v1/hosts/{quote(initiator, safe='')}/token")
+
     def unregister_host(self, initiator: str) -> None:
         self.call("DELETE", f"/v1/hosts/{quote(initiator, safe='')}")
 
-    def prepare_set(self, set_id: str, snapshots: list[dict]) -> dict:
-        return self.call("POST", "/v1/snapshot-sets", {"set_id": set_id, "snapshots": snapshots})
+    def prepare_set(self, set_id: str, snapshots: list[dict], transportable: bool = False) -> dict:
+        return self.call("POST", "/v1/snapshot-sets",
+                         {"set_id": set_id, "snapshots": snapshots, "transportable": transportable})
 
     def snapshot_set(self, set_id: str) -> dict:
         return self.call("GET", f"/v1/snapshot-sets/{quote(set_id)}")
@@ -147,13 +156,19 @@ class ArrayClient:
 
 
 def main() -> None:
-    """`python3 -m targets.client METHOD PATH [JSON]`: one API call, for tests and operators."""
+    """`python3 -m targets.client [--access FILE] METHOD PATH [JSON]`: one API call, for tests
+    and operators (the admin: `--access /etc/shadowlun/admin-access.json` on the array)."""
+    import argparse
     import sys
 
-    method, path = sys.argv[1], sys.argv[2]
-    body = json.loads(sys.argv[3]) if len(sys.argv) > 3 else None
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--access", type=Path, default=ACCESS_FILE)
+    parser.add_argument("method")
+    parser.add_argument("path")
+    parser.add_argument("body", nargs="?", type=json.loads)
+    args = parser.parse_args()
     try:
-        print(json.dumps(ArrayClient(ArrayAccess.load()).call(method, path, body)))
+        print(json.dumps(ArrayClient(ArrayAccess.load(args.access)).call(args.method, args.path, args.body)))
     except VssError as e:
         print(json.dumps(e.to_dict()), file=sys.stderr)
         sys.exit(2)

@@ -28,7 +28,9 @@ from pathlib import Path
 
 from provider.lun_info import lio_naa_identifier
 
-LOCK_FILE = Path("/run/lock/shadowlun-lio.lock")
+# In a root-only directory: a lock file in world-writable /run/lock could be held (or made a
+# symlink) by any user, blocking every change the agent makes.
+LOCK_FILE = Path("/run/shadowlun/lio.lock")
 SAVE_FILE = "/etc/rtslib-fb-target/saveconfig.json"  # what Debian's target service restores
 ISCSI_PORT = 3260
 TPG_TAG = 1
@@ -80,8 +82,10 @@ def locked() -> Iterator[None]:
             finally:
                 _held.depth -= 1
             return
-        LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
-        with open(LOCK_FILE, "w") as f:
+        LOCK_FILE.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        LOCK_FILE.parent.chmod(0o700)
+        fd = os.open(LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        with open(fd, "w") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             _held.depth = 1
             try:

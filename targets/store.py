@@ -7,6 +7,7 @@ and removes it, and what is 'ready' it rebuilds in LIO and LVM if missing.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -25,13 +26,12 @@ CREATE TABLE IF NOT EXISTS luns (
     set_id      TEXT,
     snapshot_id TEXT UNIQUE,
     state       TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'deleting')),
-    created     REAL NOT NULL
+    created     REAL NOT NULL,
+    holder      TEXT                        -- the host initiator that made or imported it; NULL: the admin's
 );
 CREATE TABLE IF NOT EXISTS masks (
     lun         TEXT NOT NULL REFERENCES luns(name) ON DELETE CASCADE,
-    initiator   TEXT NOT NULL,
-    chap_user   TEXT NOT NULL,
-    chap_secret TEXT NOT NULL,
+    initiator   TEXT NOT NULL REFERENCES hosts(initiator),
     read_only   INTEGER NOT NULL,
     PRIMARY KEY (lun, initiator)
 );
@@ -39,7 +39,9 @@ CREATE TABLE IF NOT EXISTS sets (
     set_id      TEXT PRIMARY KEY,
     state       TEXT NOT NULL CHECK (state IN ('prepared', 'committing', 'committed', 'aborted')),
     created     REAL NOT NULL,
-    commit_window_s REAL
+    commit_window_s REAL,
+    owner       TEXT,                       -- the host initiator that prepared it; NULL: the admin
+    transportable INTEGER NOT NULL DEFAULT 0 -- importable by any host of this array, not only the owner
 );
 CREATE TABLE IF NOT EXISTS set_members (
     set_id      TEXT NOT NULL REFERENCES sets(set_id) ON DELETE CASCADE,
@@ -55,8 +57,11 @@ CREATE TABLE IF NOT EXISTS imports (
 );
 CREATE TABLE IF NOT EXISTS hosts (
     initiator   TEXT PRIMARY KEY,           -- the host's iSCSI initiator name (IQN)
-    name        TEXT NOT NULL,
-    added       REAL NOT NULL
+    name        TEXT NOT NULL UNIQUE,
+    added       REAL NOT NULL,
+    chap_user   TEXT NOT NULL,              -- the CHAP credentials of its NodeACL, made by the array
+    chap_secret TEXT NOT NULL,
+    token_digest TEXT NOT NULL UNIQUE       -- SHA-256 of its bearer token (the token is not kept)
 );
 CREATE TABLE IF NOT EXISTS jobs (
     job_id      TEXT PRIMARY KEY,
@@ -67,9 +72,17 @@ CREATE TABLE IF NOT EXISTS jobs (
     done_bytes  INTEGER NOT NULL DEFAULT 0,
     total_bytes INTEGER NOT NULL,
     error       TEXT,
-    created     REAL NOT NULL
+    created     REAL NOT NULL,
+    requester   TEXT                        -- the host initiator that started it; NULL: the admin
 );
 """
+
+
+SCHEMA_VERSION = 2  # 2: hosts with their credentials, masks without; holders and set owners
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used as it is (e.g. made by an older version)."""
 
 
 @dataclass(frozen=True)
@@ -83,14 +96,13 @@ class Lun:
     snapshot_id: str | None
     state: str
     created: float
+    holder: str | None = None
 
 
 @dataclass(frozen=True)
 class Mask:
     lun: str
     initiator: str
-    chap_user: str
-    chap_secret: str
     read_only: bool
 
 
@@ -99,6 +111,9 @@ class Host:
     initiator: str
     name: str
     added: float
+    chap_user: str
+    chap_secret: str
+    token_digest: str
 
 
 @dataclass(frozen=True)
@@ -116,6 +131,8 @@ class SnapshotSet:
     state: str
     created: float
     commit_window_s: float | None
+    owner: str | None
+    transportable: bool
     members: tuple[SetMember, ...]
 
 
@@ -130,6 +147,7 @@ class Job:
     total_bytes: int
     error: str | None
     created: float
+    requester: str | None = None
 
     @property
     def percent(self) -> float:
@@ -139,11 +157,22 @@ class Job:
 class Store:
     def __init__(self, path: Path | str) -> None:
         if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            # Root's only: the store holds every host's CHAP secret. SQLite gives its -wal and
+            # -shm files the database file's mode.
+            Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            Path(path).parent.chmod(0o700)
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            os.chmod(path, 0o600)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA foreign_keys = ON")
         self._db.execute("PRAGMA journal_mode = WAL") if str(path) != ":memory:" else None
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = self._db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        if tables and version != SCHEMA_VERSION:
+            raise StoreError(f"{path}: a store of schema {version}, not {SCHEMA_VERSION} (an older shadowlun's); "
+                             f"move it aside to start afresh (its LVs are kept and reported by the reconcile)")
         self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._lock = threading.RLock()
 
     @contextmanager
@@ -168,10 +197,12 @@ class Store:
     # -- LUNs -----------------------------------------------------------------------------
 
     def add_lun(self, name: str, kind: str, size_bytes: int, serial: str, *, origin: str | None = None,
-                set_id: str | None = None, snapshot_id: str | None = None, state: str = "creating") -> Lun:
+                set_id: str | None = None, snapshot_id: str | None = None, state: str = "creating",
+                holder: str | None = None) -> Lun:
         with self.tx() as db:
-            db.execute("INSERT INTO luns VALUES (?,?,?,?,?,?,?,?,?)",
-                       (name, kind, size_bytes, serial, origin, set_id, snapshot_id, state, time.time()))
+            db.execute("INSERT INTO luns VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (name, kind, size_bytes, serial, origin, set_id, snapshot_id, state, time.time(),
+                        holder))
         return self.lun(name)  # type: ignore[return-value]
 
     def lun(self, name: str) -> Lun | None:
@@ -190,6 +221,11 @@ class Store:
     def set_lun_state(self, name: str, state: str) -> None:
         with self.tx() as db:
             db.execute("UPDATE luns SET state = ? WHERE name = ?", (state, name))
+
+    def set_holder(self, names: list[str], holder: str | None) -> None:
+        """Who answers for these LUNs now (an import hands a set's shadow LUNs to the importer)."""
+        with self.tx() as db:
+            db.executemany("UPDATE luns SET holder = ? WHERE name = ?", [(holder, n) for n in names])
 
     def remove_lun(self, name: str) -> None:
         with self.tx() as db:
@@ -211,8 +247,8 @@ class Store:
 
     def put_mask(self, mask: Mask) -> None:
         with self.tx() as db:
-            db.execute("INSERT OR REPLACE INTO masks VALUES (?,?,?,?,?)",
-                       (mask.lun, mask.initiator, mask.chap_user, mask.chap_secret, int(mask.read_only)))
+            db.execute("INSERT OR REPLACE INTO masks VALUES (?,?,?)",
+                       (mask.lun, mask.initiator, int(mask.read_only)))
 
     def remove_mask(self, lun: str, initiator: str) -> None:
         with self.tx() as db:
@@ -226,15 +262,29 @@ class Store:
             rows = self._rows("SELECT * FROM masks WHERE initiator = ? ORDER BY lun", initiator)
         else:
             rows = self._rows("SELECT * FROM masks ORDER BY lun, initiator")
-        return [Mask(r[0], r[1], r[2], r[3], bool(r[4])) for r in rows]
+        return [Mask(r[0], r[1], bool(r[2])) for r in rows]
 
     # -- hosts allowed by the array -------------------------------------------------------
 
-    def add_host(self, initiator: str, name: str) -> Host:
-        """Create-or-lookup: the host stored for `initiator` (its first name stands)."""
+    def add_host(self, initiator: str, name: str, chap_user: str, chap_secret: str, token_digest: str) -> Host:
+        """Create-or-lookup: the host stored for `initiator` (its first name and credentials stand)."""
         with self.tx() as db:
-            db.execute("INSERT OR IGNORE INTO hosts VALUES (?, ?, ?)", (initiator, name, time.time()))
+            if db.execute("SELECT 1 FROM hosts WHERE initiator = ?", (initiator,)).fetchone() is None:
+                db.execute("INSERT INTO hosts VALUES (?, ?, ?, ?, ?, ?)",
+                           (initiator, name, time.time(), chap_user, chap_secret, token_digest))
             return Host(*db.execute("SELECT * FROM hosts WHERE initiator = ?", (initiator,)).fetchone())
+
+    def host_by_token(self, token_digest: str) -> Host | None:
+        rows = self._rows("SELECT * FROM hosts WHERE token_digest = ?", token_digest)
+        return Host(*rows[0]) if rows else None
+
+    def host_named(self, name: str) -> Host | None:
+        rows = self._rows("SELECT * FROM hosts WHERE name = ?", name)
+        return Host(*rows[0]) if rows else None
+
+    def set_host_token(self, initiator: str, token_digest: str) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE hosts SET token_digest = ? WHERE initiator = ?", (token_digest, initiator))
 
     def host(self, initiator: str) -> Host | None:
         rows = self._rows("SELECT * FROM hosts WHERE initiator = ?", initiator)
@@ -249,9 +299,11 @@ class Store:
 
     # -- snapshot sets --------------------------------------------------------------------
 
-    def add_set(self, set_id: str, members: list[SetMember]) -> None:
+    def add_set(self, set_id: str, members: list[SetMember], owner: str | None = None,
+                transportable: bool = False) -> None:
         with self.tx() as db:
-            db.execute("INSERT INTO sets VALUES (?, 'prepared', ?, NULL)", (set_id, time.time()))
+            db.execute("INSERT INTO sets VALUES (?, 'prepared', ?, NULL, ?, ?)",
+                       (set_id, time.time(), owner, int(transportable)))
             db.executemany("INSERT INTO set_members VALUES (?,?,?,?,?)",
                            [(m.set_id, m.snapshot_id, m.origin, m.name, m.serial) for m in members])
 
@@ -261,7 +313,8 @@ class Store:
             return None
         members = tuple(SetMember(*r) for r in self._rows(
             "SELECT * FROM set_members WHERE set_id = ? ORDER BY rowid", set_id))
-        return SnapshotSet(*rows[0], members)
+        set_id, state, created, window, owner, transportable = rows[0]
+        return SnapshotSet(set_id, state, created, window, owner, bool(transportable), members)
 
     def sets(self, state: str | None = None) -> list[SnapshotSet]:
         ids = [r[0] for r in (self._rows("SELECT set_id FROM sets WHERE state = ?", state) if state
@@ -288,10 +341,11 @@ class Store:
 
     # -- jobs -----------------------------------------------------------------------------
 
-    def add_job(self, job_id: str, kind: str, source: str, target: str, total_bytes: int) -> Job:
+    def add_job(self, job_id: str, kind: str, source: str, target: str, total_bytes: int,
+                requester: str | None = None) -> Job:
         with self.tx() as db:
-            db.execute("INSERT INTO jobs VALUES (?,?,?,?, 'running', 0, ?, NULL, ?)",
-                       (job_id, kind, source, target, total_bytes, time.time()))
+            db.execute("INSERT INTO jobs VALUES (?,?,?,?, 'running', 0, ?, NULL, ?, ?)",
+                       (job_id, kind, source, target, total_bytes, time.time(), requester))
         return self.job(job_id)  # type: ignore[return-value]
 
     def job(self, job_id: str) -> Job | None:

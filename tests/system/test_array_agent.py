@@ -20,7 +20,7 @@ CHAP = {"host-a": ("host-a", "labsecret-hosta"), "host-b": ("host-b", "labsecret
 
 @pytest.fixture(scope="module")
 def api(lab):
-    return AgentApi(lab.vm("host-a"))
+    return AgentApi.admin(lab)
 
 
 @pytest.fixture(scope="module")

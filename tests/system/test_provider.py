@@ -40,7 +40,7 @@ def volumes_on_host_a(lab):
     """Three array LUNs masked to host-a, each with a GPT partition holding ext4 mounted at
     /mnt/pv<n>-<tag> (set up as an admin would, with the lab's own tooling) and 4 MiB of data;
     everything removed afterwards, with the LUNs the array derived from them."""
-    vols = HostVolumes(lab.vm("host-a"), ["pv0", "pv1", "pv2"])
+    vols = HostVolumes(lab, lab.vm("host-a"), ["pv0", "pv1", "pv2"])
     try:
         vols.create()
         for m in vols.mounts:

@@ -51,7 +51,7 @@ def test_demo_story(lab, timed):
 @pytest.fixture
 def one_volume(lab):
     a = lab.vm("host-a")
-    vols = HostVolumes(a, ["tr"]).create()
+    vols = HostVolumes(lab, a, ["tr"]).create()
     a.run(f"head -c 6M /dev/urandom > {vols.mounts[0]}/data && sync")
     try:
         yield vols

@@ -8,6 +8,7 @@ from dataclasses import asdict
 import pytest
 
 from provider.hardware_provider import HostIdentity, ShadowLunProvider, array_snapshot_id
+from targets.authority import ADMIN
 from provider.hresult import HResult, VssError
 from provider.lun_info import predict_lio_lun_info
 from provider.state_machine import ProviderState
@@ -22,13 +23,14 @@ HOST = HostIdentity("iqn.2026-11.lab.shadowlun:host-a", "host-a", "secret-host-a
 
 
 class InProcessArray:
-    """targets.client.ArrayClient's methods, answered by an in-process Array."""
+    """targets.client.ArrayClient's methods, answered by an in-process Array as `caller` (the
+    admin unless a host is given: what that host's token would get from the agent)."""
 
-    def __init__(self, array) -> None:
-        self.a = array
+    def __init__(self, array, caller=ADMIN) -> None:
+        self.a, self.c = array, caller
 
     def luns(self):
-        return [asdict(v) for v in self.a.inventory()]
+        return [asdict(v) for v in self.a.inventory(self.c)]
 
     def target(self):
         return {"iqn": "iqn.2026-11.lab.shadowlun:array.target", "portals": ["10.87.0.10:3260"]}
@@ -36,44 +38,44 @@ class InProcessArray:
     def pool(self):
         return self.a.pool()
 
-    def prepare_set(self, set_id, snapshots):
-        return self.a.prepare_set(set_id, snapshots)
+    def prepare_set(self, set_id, snapshots, transportable=False):
+        return self.a.prepare_set(set_id, snapshots, self.c, transportable)
 
     def commit_set(self, set_id):
-        return self.a.commit_set(set_id)
+        return self.a.commit_set(set_id, self.c)
 
     def claim_import(self, serials, host):
-        return self.a.claim_import(serials, host)
+        return self.a.claim_import(serials, host, self.c)
 
     def publish_set(self, set_id):
-        return self.a.publish_set(set_id)
+        return self.a.publish_set(set_id, self.c)
 
     def abort_set(self, set_id):
-        return self.a.abort_set(set_id)
+        return self.a.abort_set(set_id, self.c)
 
-    def mask(self, name, initiator, chap_user, chap_secret, read_only=False):
-        return asdict(self.a.mask(name, initiator, chap_user, chap_secret, read_only))
+    def mask(self, name, initiator, read_only=False):
+        return asdict(self.a.mask(name, initiator, read_only, self.c))
 
     def unmask(self, name, initiator):
-        return asdict(self.a.unmask(name, initiator))
+        return asdict(self.a.unmask(name, initiator, self.c))
 
     def delete(self, name):
-        self.a.delete(name)
+        self.a.delete(name, self.c)
 
     def start_resync(self, name, snapshot):
-        return asdict(self.a.start_resync(snapshot, name))
+        return asdict(self.a.start_resync(snapshot, name, self.c))
 
     def job(self, job_id):
-        return asdict(self.a.job(job_id))
+        return asdict(self.a.job(job_id, self.c))
 
     def detach(self, name):
-        return asdict(self.a.detach(name))
+        return asdict(self.a.detach(name, self.c))
 
     def wait_job(self, job_id, timeout, on_progress=None):
         import time
 
         deadline = time.monotonic() + timeout
-        while (job := self.a.job(job_id)).state == "running" and time.monotonic() < deadline:
+        while (job := self.a.job(job_id, self.c)).state == "running" and time.monotonic() < deadline:
             time.sleep(0.01)
         return asdict(job)
 

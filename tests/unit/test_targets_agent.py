@@ -21,10 +21,10 @@ from fastapi.testclient import TestClient
 import targets.array as array_mod
 from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError, http_status, vss_error
 import targets.agent as agent_mod
-from targets.agent import build_array, create_app
+from targets.agent import build_array, create_app, hand_out_access
 from targets.client import ArrayAccess, ArrayClient
 from targets.lio import naa_wwid
-from targets_fakes import HOSTS, IQN1, STRANGER, FakeLio, FakeLvm, MiB, make_config
+from targets_fakes import HOSTS, IQN1, IQN2, STRANGER, FakeLio, FakeLvm, MiB, make_config
 
 # httpx 0.27 deprecates the app= shortcut Starlette 0.27's TestClient uses; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:The 'app' shortcut is now deprecated:DeprecationWarning")
@@ -46,6 +46,7 @@ ROUTES = {
     ("POST", "/v1/luns/{name}/detach"),
     ("GET", "/v1/hosts"),
     ("PUT", "/v1/hosts/{initiator}"),
+    ("POST", "/v1/hosts/{initiator}/token"),
     ("DELETE", "/v1/hosts/{initiator}"),
     ("POST", "/v1/snapshot-sets"),
     ("GET", "/v1/snapshot-sets/{set_id}"),
@@ -68,12 +69,13 @@ REQUESTS = {
     ("GET", "/v1/luns/{name}"): ("/v1/luns/vol1", None),
     ("DELETE", "/v1/luns/{name}"): ("/v1/luns/vol1", None),
     ("PUT", "/v1/luns/{name}/masks"): ("/v1/luns/vol1/masks",
-                                       {"initiator": IQN1, "chap_user": "u", "chap_secret": SECRET}),
+                                       {"initiator": IQN1}),
     ("DELETE", "/v1/luns/{name}/masks/{initiator}"): ("/v1/luns/vol1/masks/" + urllib.parse.quote(IQN1, safe=""),
                                                       None),
     ("POST", "/v1/luns/{name}/detach"): ("/v1/luns/vol1/detach", None),
     ("GET", "/v1/hosts"): ("/v1/hosts", None),
     ("PUT", "/v1/hosts/{initiator}"): ("/v1/hosts/" + urllib.parse.quote(STRANGER, safe=""), {"name": "stranger"}),
+    ("POST", "/v1/hosts/{initiator}/token"): ("/v1/hosts/" + urllib.parse.quote(IQN1, safe="") + "/token", None),
     ("DELETE", "/v1/hosts/{initiator}"): ("/v1/hosts/" + urllib.parse.quote(IQN1, safe=""), None),
     ("POST", "/v1/snapshot-sets"): ("/v1/snapshot-sets",
                                     {"set_id": SET_ID, "snapshots": [{"snapshot_id": SET_ID, "lun": "vol1"}]}),
@@ -202,8 +204,13 @@ def test_other_malformed_bodies(client, path, body):
     vss_body(r, HResult.E_INVALIDARG)
 
 
-def test_mask_malformed_body(client):
-    r = client.put("/v1/luns/vol1/masks", json={"initiator": IQN1}, headers=AUTH)
+@pytest.mark.parametrize("body", [{"read_only": True}, {"initiator": IQN1, "readOnly": True},
+                                  {"initiator": IQN1, "read_only": "yes"}, {"initiator": IQN1, "read_only": 1},
+                                  {"initiator": IQN1, "chap_user": "u", "chap_secret": SECRET}])
+def test_mask_malformed_body(client, body):
+    """Strict: a missing, unknown or loosely typed field is an error (`readOnly` must not give
+    a read-write mask; a host no longer brings its own CHAP credentials)."""
+    r = client.put("/v1/luns/vol1/masks", json=body, headers=AUTH)
     assert r.status_code == 400
     vss_body(r, HResult.E_INVALIDARG)
 
@@ -302,7 +309,7 @@ def test_pool(client, lvm):
 
 def test_mask_and_unmask(client, lio):
     client.post("/v1/luns", json={"name": "vol1", "size_bytes": 64 * MiB}, headers=AUTH)
-    r = client.put("/v1/luns/vol1/masks", json={"initiator": IQN1, "chap_user": "user1", "chap_secret": SECRET,
+    r = client.put("/v1/luns/vol1/masks", json={"initiator": IQN1,
                                                 "read_only": True}, headers=AUTH)
     assert r.status_code == 200 and r.json()["masks"] == [{"initiator": IQN1, "read_only": True}]
     assert lio.mappings("lun-vol1")[IQN1].read_only is True
@@ -311,10 +318,9 @@ def test_mask_and_unmask(client, lio):
     assert lio.mappings("lun-vol1") == {}
 
 
-def test_mask_invalid_secret(client):
+def test_mask_invalid_initiator(client):
     client.post("/v1/luns", json={"name": "vol1", "size_bytes": 64 * MiB}, headers=AUTH)
-    r = client.put("/v1/luns/vol1/masks", json={"initiator": IQN1, "chap_user": "u", "chap_secret": "short"},
-                   headers=AUTH)
+    r = client.put("/v1/luns/vol1/masks", json={"initiator": IQN1 + "\n"}, headers=AUTH)
     assert r.status_code == 400
     vss_body(r, HResult.E_INVALIDARG)
 
@@ -383,6 +389,7 @@ def test_hosts(client):
     assert r.status_code == 200
     host = r.json()
     assert (host["initiator"], host["name"], host["luns"]) == (STRANGER, "stranger", [])
+    assert set(host.pop("credentials")) == {"initiator", "name", "token", "chap_user", "chap_secret"}
     assert client.put(host_path(STRANGER), json={"name": "stranger"}, headers=AUTH).json() == host  # a retry
     assert host in client.get("/v1/hosts", headers=AUTH).json()
     r = client.put(host_path(STRANGER), json={"name": "someone-else"}, headers=AUTH)
@@ -411,7 +418,7 @@ def test_register_host_invalid_is_400(client, arr, path, body):
 
 def test_unregister_a_host_with_masks_is_409(client):
     client.post("/v1/luns", json={"name": "vol1", "size_bytes": 64 * MiB}, headers=AUTH)
-    client.put("/v1/luns/vol1/masks", json={"initiator": IQN1, "chap_user": "u", "chap_secret": SECRET},
+    client.put("/v1/luns/vol1/masks", json={"initiator": IQN1},
                headers=AUTH)
     r = client.delete(host_path(IQN1), headers=AUTH)
     assert r.status_code == 409
@@ -422,7 +429,7 @@ def test_unregister_a_host_with_masks_is_409(client):
 def test_an_initiator_that_is_not_a_host_is_403_not_401(client, arr, lio):
     """Policy (E_ACCESSDENIED for an unregistered initiator) is 403; 401 is only the bearer token's."""
     client.post("/v1/luns", json={"name": "vol1", "size_bytes": 64 * MiB}, headers=AUTH)
-    r = client.put("/v1/luns/vol1/masks", json={"initiator": STRANGER, "chap_user": "u", "chap_secret": SECRET},
+    r = client.put("/v1/luns/vol1/masks", json={"initiator": STRANGER},
                    headers=AUTH)
     assert r.status_code == 403 == http_status(HResult.E_ACCESSDENIED)
     assert "WWW-Authenticate" not in r.headers
@@ -474,20 +481,41 @@ def kernel(monkeypatch):
     return lvm, lio
 
 
-def test_build_array_registers_the_configured_hosts(kernel, tmp_path):
-    config = make_config(state_dir=str(tmp_path), hosts={IQN1: "host1"})
+def access_config(tmp_path, **hosts):
+    cert = tmp_path / "agent.crt"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n")
+    return make_config(state_dir=str(tmp_path / "state"), access_dir=str(tmp_path / "access"),
+                       cert_file=str(cert), listen="10.88.0.10", port=8443, hosts=hosts)
+
+
+def test_the_configured_hosts_get_their_own_access_files(kernel, tmp_path):
+    """Registered at the first start, each host's access file (its token and CHAP) is written,
+    root's only; a restart writes nothing new; a missing file is made again with a new token."""
+    config = access_config(tmp_path, **{IQN1: "host1", IQN2: "host2"})
     arr = build_array(config)
-    first = arr.hosts()
-    assert [(h["initiator"], h["name"]) for h in first] == [(IQN1, "host1")]
-    arr.register_host(STRANGER, "stranger")
+    written = hand_out_access(arr, config)
+    assert sorted(p.name for p in written) == ["host1.json", "host2.json"]
+    assert (tmp_path / "access").stat().st_mode & 0o777 == 0o700
+    one = json.loads((tmp_path / "access" / "host1.json").read_text())
+    assert (tmp_path / "access" / "host1.json").stat().st_mode & 0o777 == 0o600
+    assert one["url"] == "https://10.88.0.10:8443" and one["initiator"] == IQN1
+    assert arr.caller_for(one["token"]).initiator == IQN1
+    assert one["chap_secret"] == arr.store.host(IQN1).chap_secret
     again = build_array(config)  # a restart on the same database: nothing new, nothing lost
-    assert again.hosts() == [first[0], *[h for h in again.hosts() if h["initiator"] == STRANGER]]
-    assert len(again.hosts()) == 2
+    assert hand_out_access(again, config) == [] and len(again.hosts()) == 2
+    (tmp_path / "access" / "host1.json").unlink()
+    assert [p.name for p in hand_out_access(again, config)] == ["host1.json"]
+    new = json.loads((tmp_path / "access" / "host1.json").read_text())
+    assert new["token"] != one["token"] and again.caller_for(one["token"]) is None
+    assert again.caller_for(new["token"]).initiator == IQN1 and new["chap_secret"] == one["chap_secret"]
 
 
-def test_build_array_refuses_a_bad_host_in_the_config(kernel, tmp_path):
-    with pytest.raises(SystemExit, match="not an iSCSI qualified name"):
-        build_array(make_config(state_dir=str(tmp_path), hosts={"host1": "host1"}))
+def test_a_bad_host_in_the_config_is_refused_before_any_is_registered(kernel, tmp_path):
+    config = access_config(tmp_path, **{IQN1: "host1", "host2": "host2"})
+    arr = build_array(config)
+    with pytest.raises(VssUserError, match="not an iSCSI name"):
+        hand_out_access(arr, config)
+    assert arr.hosts() == [] and not (tmp_path / "access").exists()
 
 
 def _wait(client, job_id: str, timeout: float = 5.0) -> dict:
@@ -660,7 +688,7 @@ def bridged(access, client, monkeypatch) -> ArrayClient:
 def test_client_and_agent_together(bridged, lio, copies):
     created = bridged.create_volume("vol1", 64 * MiB)
     assert bridged.lun("vol1") == created and bridged.luns() == [created]
-    assert bridged.mask("vol1", IQN1, "user1", SECRET, read_only=True)["masks"] == [
+    assert bridged.mask("vol1", IQN1, read_only=True)["masks"] == [
         {"initiator": IQN1, "read_only": True}]
     assert bridged.unmask("vol1", IQN1)["masks"] == []
     set_id = sid()
@@ -676,7 +704,7 @@ def test_client_and_agent_together(bridged, lio, copies):
     assert bridged.pool()["full_percent"] == 90.0
     assert bridged.register_host(STRANGER, "stranger")["name"] == "stranger"
     assert {h["initiator"]: h["name"] for h in bridged.hosts()} == {**HOSTS, STRANGER: "stranger"}
-    assert bridged.mask("vol1", STRANGER, "stranger", SECRET)["masks"] == [
+    assert bridged.mask("vol1", STRANGER)["masks"] == [
         {"initiator": STRANGER, "read_only": False}]
     assert bridged.unmask("vol1", STRANGER)["masks"] == []
     assert bridged.unregister_host(STRANGER) is None
@@ -699,7 +727,7 @@ def test_client_gets_the_agents_errors(bridged, access, monkeypatch):
     assert e.value.hresult == HResult.E_ACCESSDENIED
     bridged.create_volume("vol1", MiB)
     with pytest.raises(VssUserError) as e:
-        bridged.mask("vol1", STRANGER, "stranger", SECRET)
+        bridged.mask("vol1", STRANGER)
     assert e.value.hresult == HResult.E_ACCESSDENIED and "not a host of this array" in e.value.message
     with pytest.raises(VssUserError) as e:
         bridged.detach("vol1")

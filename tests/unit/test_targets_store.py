@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from targets.store import Host, Mask, SetMember, Store
+from targets.store import Host, Mask, SetMember, Store, StoreError
 
 SERIAL_A = "0123456789abcdef0123456789abcdef"
 SERIAL_B = "fedcba9876543210fedcba9876543210"
@@ -16,6 +16,13 @@ SERIAL_B = "fedcba9876543210fedcba9876543210"
 @pytest.fixture(params=["memory", "file"])
 def store(request, tmp_path):
     return Store(":memory:") if request.param == "memory" else Store(tmp_path / "x.db")
+
+
+def with_hosts(store: Store) -> Store:
+    """Masks name registered hosts (a foreign key)."""
+    for iqn, name in ((IQN1, "host1"), (IQN2, "host2")):
+        store.add_host(iqn, name, name, f"chap-secret-{name}", f"digest-{name}")
+    return store
 
 
 def _members(set_id: str, *ids: str) -> list[SetMember]:
@@ -118,51 +125,57 @@ IQN2 = "iqn.1991-05.com.microsoft:host2"
 
 
 def test_put_mask_and_list(store):
+    with_hosts(store)
     store.add_lun("lun-a", "volume", 1 << 20, SERIAL_A)
-    store.put_mask(Mask("lun-a", IQN2, "u2", "secret-secret2", False))
-    store.put_mask(Mask("lun-a", IQN1, "u1", "secret-secret1", True))
-    assert store.masks("lun-a") == [Mask("lun-a", IQN1, "u1", "secret-secret1", True),
-                                     Mask("lun-a", IQN2, "u2", "secret-secret2", False)]
+    store.put_mask(Mask("lun-a", IQN2, False))
+    store.put_mask(Mask("lun-a", IQN1, True))
+    assert store.masks("lun-a") == [Mask("lun-a", IQN1, True),
+                                     Mask("lun-a", IQN2, False)]
     assert store.masks() == store.masks("lun-a")
     assert isinstance(store.masks("lun-a")[0].read_only, bool)
 
 
 def test_put_mask_replaces(store):
+    with_hosts(store)
     store.add_lun("lun-a", "volume", 1 << 20, SERIAL_A)
-    store.put_mask(Mask("lun-a", IQN1, "u1", "secret-secret1", False))
-    store.put_mask(Mask("lun-a", IQN1, "u9", "secret-secret9", True))
-    assert store.masks("lun-a") == [Mask("lun-a", IQN1, "u9", "secret-secret9", True)]
+    store.put_mask(Mask("lun-a", IQN1, False))
+    store.put_mask(Mask("lun-a", IQN1, True))
+    assert store.masks("lun-a") == [Mask("lun-a", IQN1, True)]
 
 
 def test_remove_mask(store):
+    with_hosts(store)
     store.add_lun("lun-a", "volume", 1 << 20, SERIAL_A)
-    store.put_mask(Mask("lun-a", IQN1, "u1", "secret-secret1", False))
-    store.put_mask(Mask("lun-a", IQN2, "u2", "secret-secret2", False))
+    store.put_mask(Mask("lun-a", IQN1, False))
+    store.put_mask(Mask("lun-a", IQN2, False))
     store.remove_mask("lun-a", IQN1)
     assert [m.initiator for m in store.masks("lun-a")] == [IQN2]
 
 
 def test_masks_per_lun(store):
+    with_hosts(store)
     store.add_lun("lun-a", "volume", 1 << 20, SERIAL_A)
     store.add_lun("lun-b", "volume", 1 << 20, SERIAL_B)
-    store.put_mask(Mask("lun-a", IQN1, "u", "secret-secret1", False))
-    store.put_mask(Mask("lun-b", IQN1, "u", "secret-secret1", False))
+    store.put_mask(Mask("lun-a", IQN1, False))
+    store.put_mask(Mask("lun-b", IQN1, False))
     assert [m.lun for m in store.masks("lun-b")] == ["lun-b"]
     assert [m.lun for m in store.masks()] == ["lun-a", "lun-b"]
 
 
 def test_masks_cascade_on_lun_removal(store):
+    with_hosts(store)
     store.add_lun("lun-a", "volume", 1 << 20, SERIAL_A)
     store.add_lun("lun-b", "volume", 1 << 20, SERIAL_B)
-    store.put_mask(Mask("lun-a", IQN1, "u", "secret-secret1", False))
-    store.put_mask(Mask("lun-b", IQN1, "u", "secret-secret1", False))
+    store.put_mask(Mask("lun-a", IQN1, False))
+    store.put_mask(Mask("lun-b", IQN1, False))
     store.remove_lun("lun-a")
     assert [m.lun for m in store.masks()] == ["lun-b"]
 
 
 def test_mask_of_an_unknown_lun_is_refused(store):
+    with_hosts(store)
     with pytest.raises(sqlite3.IntegrityError):
-        store.put_mask(Mask("lun-x", IQN1, "u", "secret-secret1", False))
+        store.put_mask(Mask("lun-x", IQN1, False))
 
 
 # --- snapshot sets -----------------------------------------------------------------------------
@@ -259,11 +272,12 @@ def test_job_kind_is_checked(store):
 # --- transactions ------------------------------------------------------------------------------
 
 def test_tx_rolls_back_on_exception(store):
+    with_hosts(store)
     with pytest.raises(RuntimeError):
         with store.tx():
             store.add_lun("lun-a", "volume", 1 << 20, SERIAL_A)
             store.add_set("set-1", _members("set-1", "a"))
-            store.put_mask(Mask("lun-a", IQN1, "u", "secret-secret1", False))
+            store.put_mask(Mask("lun-a", IQN1, False))
             raise RuntimeError("crash")
     assert store.luns() == [] and store.sets() == [] and store.masks() == []
     store.add_lun("lun-a", "volume", 1 << 20, SERIAL_A)  # the connection is usable again
@@ -315,26 +329,27 @@ def test_concurrent_writers(store):
 # --- hosts -------------------------------------------------------------------------------------
 
 def test_hosts_create_or_lookup(store):
-    h = store.add_host(IQN2, "host2")
+    h = store.add_host(IQN2, "host2", "host2", "chap-secret-host2", "digest-host2")
     assert isinstance(h, Host) and (h.initiator, h.name) == (IQN2, "host2") and h.added > 0
-    assert store.add_host(IQN2, "another-name") == h  # the first stands
-    store.add_host(IQN1, "host1")
+    assert store.add_host(IQN2, "another-name", "another-name", "chap-secret-another-name", "digest-another-name") == h  # the first stands
+    store.add_host(IQN1, "host1", "host1", "chap-secret-host1", "digest-host1")
     assert [x.initiator for x in store.hosts()] == [IQN1, IQN2]
     assert store.host(IQN2) == h and store.host("iqn.1991-05.com.microsoft:nobody") is None
 
 
 def test_remove_host(store):
-    store.add_host(IQN1, "host1")
+    store.add_host(IQN1, "host1", "host1", "chap-secret-host1", "digest-host1")
     store.remove_host(IQN1)
     assert store.hosts() == [] and store.host(IQN1) is None
     store.remove_host(IQN1)  # gone already: fine
 
 
 def test_masks_of_an_initiator(store):
+    with_hosts(store)
     for name, serial in (("lun-b", SERIAL_B), ("lun-a", SERIAL_A)):
         store.add_lun(name, "volume", 1 << 20, serial)
-        store.put_mask(Mask(name, IQN1, "u", "secret-secret1", False))
-    store.put_mask(Mask("lun-a", IQN2, "u", "secret-secret2", False))
+        store.put_mask(Mask(name, IQN1, False))
+    store.put_mask(Mask("lun-a", IQN2, False))
     assert [m.lun for m in store.masks(initiator=IQN1)] == ["lun-a", "lun-b"]
     assert [m.lun for m in store.masks(initiator=IQN2)] == ["lun-a"]
     assert store.masks(initiator="iqn.1991-05.com.microsoft:nobody") == []
@@ -345,9 +360,10 @@ def test_masks_of_an_initiator(store):
 def test_persists_across_reopen(tmp_path):
     path = tmp_path / "state" / "x.db"  # the directory is made
     s1 = Store(path)
+    with_hosts(s1)
     s1.add_lun("lun-a", "volume", 1 << 20, SERIAL_A)
     s1.set_lun_state("lun-a", "ready")
-    s1.put_mask(Mask("lun-a", IQN1, "u", "secret-secret1", True))
+    s1.put_mask(Mask("lun-a", IQN1, True))
     s1.add_set("set-1", _members("set-1", "a", "b"))
     s1.set_state("set-1", "committed", commit_window_s=0.5)
     s1.add_job("j1", "copy", "lun-a", "lun-c", 100)
@@ -356,7 +372,7 @@ def test_persists_across_reopen(tmp_path):
 
     s2 = Store(path)
     assert s2.lun("lun-a").state == "ready" and s2.lun("lun-a").serial == SERIAL_A
-    assert s2.masks("lun-a") == [Mask("lun-a", IQN1, "u", "secret-secret1", True)]
+    assert s2.masks("lun-a") == [Mask("lun-a", IQN1, True)]
     s = s2.snapshot_set("set-1")
     assert s.state == "committed" and s.commit_window_s == 0.5 and [m.snapshot_id for m in s.members] == ["a", "b"]
     assert s2.job("j1").done_bytes == 40 and s2.job("j1").state == "running"
@@ -374,22 +390,35 @@ def test_rolled_back_work_is_not_on_disk(tmp_path):
 
 
 def test_foreign_keys_on_after_reopen(tmp_path):
-    Store(tmp_path / "x.db").add_lun("lun-a", "volume", 1 << 20, SERIAL_A)
+    with_hosts(Store(tmp_path / "x.db")).add_lun("lun-a", "volume", 1 << 20, SERIAL_A)
     s2 = Store(tmp_path / "x.db")
-    s2.put_mask(Mask("lun-a", IQN1, "u", "secret-secret1", False))
+    with_hosts(s2)
+    s2.put_mask(Mask("lun-a", IQN1, False))
     s2.remove_lun("lun-a")
     assert s2.masks() == []
 
 
-def test_a_database_from_before_hosts_gets_the_table(tmp_path):
+def test_a_database_of_an_older_schema_is_refused(tmp_path):
+    """An older store (masks with their own CHAP, hosts without credentials) is not opened and
+    silently half-used: the agent stops with a clear message instead."""
     path = tmp_path / "x.db"
-    old = Store(path)
-    old.add_lun("lun-a", "volume", 1 << 20, SERIAL_A, state="ready")
-    old.put_mask(Mask("lun-a", IQN1, "u", "secret-secret1", False))
-    old._db.execute("DROP TABLE hosts")  # as made by a version without hosts
-    del old
-    s2 = Store(path)
-    assert s2.hosts() == [] and s2.lun("lun-a").state == "ready"
-    assert s2.masks("lun-a") == [Mask("lun-a", IQN1, "u", "secret-secret1", False)]
-    s2.add_host(IQN1, "host1")
-    assert Store(path).host(IQN1).name == "host1"
+    Store(path)._db.execute("PRAGMA user_version = 1")
+    with pytest.raises(StoreError, match="schema 1"):
+        Store(path)
+
+
+def test_the_store_is_root_only(tmp_path):
+    path = tmp_path / "state" / "x.db"
+    Store(path).add_lun("lun-a", "volume", 1 << 20, SERIAL_A)
+    assert (path.parent.stat().st_mode & 0o777) == 0o700
+    for f in path.parent.iterdir():
+        assert (f.stat().st_mode & 0o777) == 0o600, f
+
+
+def test_hosts_by_token_and_name(store):
+    with_hosts(store)
+    assert store.host_by_token("digest-host1").initiator == IQN1
+    assert store.host_named("host2").initiator == IQN2
+    assert store.host_by_token("nope") is None and store.host_named("nope") is None
+    store.set_host_token(IQN1, "digest-new")
+    assert store.host_by_token("digest-host1") is None and store.host_by_token("digest-new").name == "host1"

@@ -1,5 +1,9 @@
-"""The array agent's API as the tests use it: called from a host VM with targets.client (the
-machine running the tests is not on the lab's networks, exactly like a real management LAN)."""
+"""The array agent's API as the tests use it, with targets.client run inside a VM (the machine
+running the tests is not on the lab's networks, exactly like a real management LAN).
+
+`AgentApi.admin(lab)` is the admin (on the array, with admin-access.json): provisioning and
+admin tools. `AgentApi(host_vm)` is that host, with its own access file: what its provider may do.
+"""
 from __future__ import annotations
 
 import json
@@ -9,13 +13,20 @@ from provider.hresult import VssError
 from .errors import CommandFailed
 from .vm import VM
 
+ADMIN_ACCESS = "/etc/shadowlun/admin-access.json"
+HOST_ACCESS = "/etc/shadowlun/array-access.json"
+
 
 class AgentApi:
-    def __init__(self, vm: VM) -> None:
-        self.vm = vm
+    def __init__(self, vm: VM, access: str = HOST_ACCESS) -> None:
+        self.vm, self.access = vm, access
+
+    @classmethod
+    def admin(cls, lab) -> AgentApi:
+        return cls(lab.array, ADMIN_ACCESS)
 
     def call(self, method: str, path: str, body: dict | None = None):
-        argv = ["python3", "-m", "targets.client", method, path]
+        argv = ["python3", "-m", "targets.client", "--access", self.access, method, path]
         if body is not None:
             argv.append(json.dumps(body))
         r = self.vm.run(argv, check=False, timeout=180)

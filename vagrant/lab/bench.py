@@ -62,14 +62,15 @@ class Figure:
 
 API_BATCH = """
 import json, sys
-from targets.client import ArrayAccess, ArrayClient
-client = ArrayClient(ArrayAccess.load())
+from targets.client import ADMIN_ACCESS_FILE, ArrayAccess, ArrayClient
+client = ArrayClient(ArrayAccess.load(ADMIN_ACCESS_FILE))
 print(json.dumps([client.call(m, p, b) for m, p, b in json.loads(sys.stdin.read())]))
 """
 
 
 def api_batch(vm: VM, calls: list[tuple[str, str, dict | None]]) -> list:
-    """Many agent API calls from one process on the VM (one SSH round trip, one start-up)."""
+    """Many agent API calls as the admin, from one process on the array VM (one SSH round
+    trip, one start-up)."""
     if not calls:
         return []
     return json.loads(vm.run(["python3", "-c", API_BATCH], input=json.dumps(calls), timeout=1800).stdout)
@@ -87,7 +88,7 @@ class Bench:
     def __init__(self, lab: Lab, say: Callable[[str], None]) -> None:
         self.lab, self.say = lab, say
         self.a, self.b, self.array = lab.vm("host-a"), lab.vm("host-b"), lab.vm("array")
-        self.api = AgentApi(self.a)
+        self.api = AgentApi.admin(lab)
         self.tag = uuid.uuid4().hex[:6]
         self.made: list[str] = []  # LUN names, deleted at the end
         self.figures: list[Figure] = []
@@ -104,14 +105,25 @@ class Bench:
         return self.api.call("POST", f"/v1/snapshot-sets/{set_id}/commit")["commit_window_s"]
 
     def drop_snapshots(self, origins: set[str]) -> None:
-        api_batch(self.a, [("DELETE", f"/v1/luns/{lun['name']}", None) for lun in self.api.call("GET", "/v1/luns")
+        api_batch(self.array, [("DELETE", f"/v1/luns/{lun['name']}", None) for lun in self.api.call("GET", "/v1/luns")
                            if lun["origin"] in origins])
 
     def luns(self, labels: list[str], size: int) -> list[str]:
         names = [f"b{self.tag}-{label}" for label in labels]
-        api_batch(self.a, [("POST", "/v1/luns", {"name": n, "size_bytes": size}) for n in names])
+        api_batch(self.array, [("POST", "/v1/luns", {"name": n, "size_bytes": size}) for n in names])
         self.made += names
         return names
+
+    def attach_to_a(self, names: list[str]) -> dict[str, str]:
+        """The LUNs masked to host-a by the admin, then its disks (name -> /dev/sdX)."""
+        iqn = initiator(self.a)
+        api_batch(self.array, [("PUT", f"/v1/luns/{n}/masks", {"initiator": iqn}) for n in names])
+        return json.loads(self.a.run(["python3", VOLUME, "attach", *names], timeout=900).stdout)
+
+    def detach_from_a(self, names: list[str]) -> None:
+        self.a.run(["python3", VOLUME, "detach", *names], timeout=900)
+        iqn = initiator(self.a)
+        api_batch(self.array, [("DELETE", f"/v1/luns/{n}/masks/{iqn}", None) for n in names])
 
     def raw_snapshots(self, origins: list[str]) -> float:
         """A loop of one `lvcreate -s` per LV on the array (the naive way), then removed."""
@@ -125,7 +137,7 @@ class Bench:
     def commit_window(self) -> None:
         self.say("commit window by number of LUNs (raw LUNs on host-a, `shadowlun create`)")
         names = self.luns([f"c{i}" for i in range(max(SIZES))], 64 * MIB)
-        disks = json.loads(self.a.run(["python3", VOLUME, "attach", *names], timeout=900).stdout)
+        disks = self.attach_to_a(names)
         try:
             for n in SIZES:
                 chosen = names[:n]
@@ -144,7 +156,7 @@ class Bench:
                 self.add(Figure(f"writes held, {n} LUN(s)", held, "s", f"lvcreate -s loop x{n}", loop))
                 self.add(Figure(f"array commit window, {n} LUN(s)", window, "s", "one lvcreate -s", single))
         finally:
-            self.a.run(["python3", VOLUME, "detach", *names], timeout=900)
+            self.detach_from_a(names)
 
     def origin_size(self) -> None:
         self.say("commit window by origin size (thin, sparse)")
@@ -156,14 +168,14 @@ class Bench:
         self.say("import: document in hand -> disks verified by WWID, 4 LUNs")
         names = self.luns([f"i{i}" for i in range(4)], 64 * MIB)
         raw = self.luns([f"r{i}" for i in range(4)], 64 * MIB)
-        disks = json.loads(self.a.run(["python3", VOLUME, "attach", *names], timeout=600).stdout)
+        disks = self.attach_to_a(names)
         try:
             for d in disks.values():
                 self.a.run(f"printf 'label: gpt\\n,\\n' | sfdisk -q {d} && udevadm settle")
             self.a.run(f"{SHADOWLUN} create --transportable --bcd /root/bench.xml "
                        + " ".join(f"{d}1" for d in disks.values()), timeout=900)
         finally:
-            self.a.run(["python3", VOLUME, "detach", *names], timeout=600)
+            self.detach_from_a(names)
         self.b.put("/root/bench.xml", self.a.run("cat /root/bench.xml").stdout)
         imported = timed_on(self.b, f"{SHADOWLUN} import /root/bench.xml")
         listed = json.loads(self.b.run(f"{SHADOWLUN} list").stdout)["sets"]
@@ -176,8 +188,7 @@ class Bench:
         """The raw way on host-b: LUNs masked, a node with automatic scan, login, settle, WWIDs."""
         b = self.b
         (chap_user, chap_secret), iqn = host_chap(b), initiator(b)
-        luns = [self.api.call("PUT", f"/v1/luns/{n}/masks", {"initiator": iqn, "chap_user": chap_user,
-                                                             "chap_secret": chap_secret}) for n in names]
+        luns = [self.api.call("PUT", f"/v1/luns/{n}/masks", {"initiator": iqn}) for n in names]
         target = self.api.call("GET", "/v1/target")
         node = f"iscsiadm -m node -T {target['iqn']} -p {target['portals'][0]}"
         b.run(f"{node} -o new >/dev/null && {node} -o update -n node.session.auth.authmethod -v CHAP && "
@@ -241,7 +252,7 @@ class Bench:
     def cleanup(self) -> list[str]:
         try:
             self.drop_snapshots(set(self.made))
-            api_batch(self.a, [("DELETE", f"/v1/luns/{n}", None) for n in self.made])
+            api_batch(self.array, [("DELETE", f"/v1/luns/{n}", None) for n in self.made])
         except Exception as e:  # noqa: BLE001 - reported by `make bench`
             return [f"deleting the LUNs made: {e}"]
         return []

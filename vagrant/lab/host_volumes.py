@@ -1,6 +1,7 @@
-"""Volumes on a lab host as an admin would set them up, with `provision/volume.py` (the same
-script the README gives Vagrant users): array LUNs masked to the host with its CHAP credentials,
-logged in, each with a GPT partition holding ext4, mounted. Test and demo tooling.
+"""Volumes on a lab host as an admin and the host would set them up, with
+`provision/volume.py` (the same script the README gives Vagrant users): the admin makes array
+LUNs masked to the host (on the array), the host logs in and gives each a GPT partition holding
+ext4, mounted. Test and demo tooling.
 
 `remove()` takes down what `create()` made, and every LUN the array derived from those volumes
 (snapshots, and snapshots a break turned into ordinary LUNs), collecting errors.
@@ -17,9 +18,14 @@ MIB = 1 << 20
 VOLUME = "/shadowlun/vagrant/provision/volume.py"
 
 
+def host_access(vm: VM) -> dict:
+    """The host's own array access: its initiator, token and CHAP credentials."""
+    return json.loads(vm.run("cat /etc/shadowlun/array-access.json").stdout)
+
+
 def host_chap(vm: VM) -> tuple[str, str]:
-    h = json.loads(vm.run("cat /etc/shadowlun/host.json").stdout)
-    return h["chap_user"], h["chap_secret"]
+    access = host_access(vm)
+    return access["chap_user"], access["chap_secret"]
 
 
 def initiator(vm: VM) -> str:
@@ -27,9 +33,9 @@ def initiator(vm: VM) -> str:
 
 
 class HostVolumes:
-    def __init__(self, vm: VM, labels: list[str], size_bytes: int = 64 * MIB,
+    def __init__(self, lab, vm: VM, labels: list[str], size_bytes: int = 64 * MIB,
                  mounts: list[str] | None = None) -> None:
-        self.vm, self.api = vm, AgentApi(vm)
+        self.array, self.vm, self.api = lab.array, vm, AgentApi.admin(lab)
         tag = uuid.uuid4().hex[:6]
         self.names = [f"{label}-{tag}" for label in labels]  # unique on the array, run after run
         self.mounts = mounts or [f"/mnt/{n}" for n in self.names]
@@ -37,9 +43,10 @@ class HostVolumes:
         self.disks: dict[str, str] = {}  # name -> /dev/sdX
 
     def create(self) -> HostVolumes:
+        iqn = initiator(self.vm)
         for n, mount in zip(self.names, self.mounts):
-            made = json.loads(self.vm.run(["python3", VOLUME, "add", n, str(self.size_bytes // MIB), mount],
-                                          timeout=300).stdout)
+            self.array.run(["python3", VOLUME, "make", n, str(self.size_bytes // MIB), iqn], timeout=300)
+            made = json.loads(self.vm.run(["python3", VOLUME, "add", n, mount], timeout=300).stdout)
             self.disks[n] = made["disk"]
         return self
 
@@ -53,8 +60,10 @@ class HostVolumes:
             errors.append(f"deleting derived LUNs: {e}")
         for n, mount in zip(self.names, self.mounts):
             self.vm.run(f"fsfreeze -u {mount} 2>/dev/null; true", check=False)
-            r = self.vm.run(["python3", VOLUME, "remove", n, mount], check=False, timeout=300)
-            if r.returncode:
-                errors.append(f"remove {n}: {r.stderr.strip()[-500:]}")
+            for vm, argv in ((self.vm, ["python3", VOLUME, "remove", n, mount]),
+                             (self.array, ["python3", VOLUME, "destroy", n])):
+                r = vm.run(argv, check=False, timeout=300)
+                if r.returncode:
+                    errors.append(f"{vm.name}: volume.py {argv[2]} {n}: {r.stderr.strip()[-500:]}")
             self.vm.run(f"rmdir {mount} 2>/dev/null; true", check=False)
         return errors

@@ -28,7 +28,8 @@ from .vm import VM
 
 PROVISION_TIMEOUT_S = 300
 AGENT_TIMEOUT_S = 90
-ARRAY_ACCESS = "/etc/shadowlun/array-access.json"
+ARRAY_ACCESS = "/etc/shadowlun/array-access.json"  # a host's own, from the array's access/<host>.json
+HOST_ACCESS_DIR = "/etc/shadowlun/access"
 
 
 def default_run_dir() -> Path:
@@ -158,12 +159,20 @@ class Lab:
                timeout=PROVISION_TIMEOUT_S)
 
     def share_array_access(self) -> None:
-        """Give each host the array agent's URL, token and certificate (as an admin would),
-        then wait, bounded, until every host gets an answer from the agent."""
-        access = self.array.run(f"cat {ARRAY_ACCESS}").stdout
-        for host in self.hosts:
-            host.put(ARRAY_ACCESS, access, mode="0600")
+        """Give each host its own access file (the agent's URL and certificate, the host's token
+        and CHAP credentials), which the agent writes at its start, as an admin would; then
+        wait, bounded, until every host gets an answer from the agent."""
         deadline = time.monotonic() + AGENT_TIMEOUT_S
+        for host in self.hosts:
+            own = f"{HOST_ACCESS_DIR}/{host.name}.json"
+            while not (r := self.array.run(f"cat {own}", check=False)).ok:
+                if time.monotonic() > deadline:
+                    journal = self.array.run("journalctl -u shadowlun-array-agent --no-pager -n 40",
+                                             check=False).stdout
+                    raise LabError(f"array: no {own} after {AGENT_TIMEOUT_S} s (the agent writes it when it "
+                                   f"registers {host.name}); agent journal:\n{journal}")
+                time.sleep(1)
+            host.put(ARRAY_ACCESS, r.stdout, mode="0600")
         for host in self.hosts:
             while not host.run("python3 -m targets.client GET /v1/pool", check=False).ok:
                 if time.monotonic() > deadline:

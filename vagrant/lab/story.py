@@ -98,9 +98,9 @@ def _wwid_of(record: dict) -> str:
 
 def run(lab: Lab, say: Callable[[str], None] = lambda s: None) -> StoryResult:
     a, b = lab.vm("host-a"), lab.vm("host-b")
-    api = AgentApi(a)
+    api = AgentApi.admin(lab)
     r = StoryResult()
-    vols = HostVolumes(a, ["db", "logs"], 64 * MIB, mounts=["/mnt/db", "/mnt/logs"])
+    vols = HostVolumes(lab, a, ["db", "logs"], 64 * MIB, mounts=["/mnt/db", "/mnt/logs"])
     r.volumes = vols.mounts
     try:
         t0 = time.monotonic()

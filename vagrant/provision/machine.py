@@ -161,8 +161,11 @@ def setup_pool(disks: list[dict]) -> None:
 
 
 def setup_agent(entry: dict, topology: dict) -> None:
-    """The array agent: config, bearer token, TLS certificate for the mgmt address, unit.
-    array-access.json (url, token, certificate) is what hosts need; the lab copies it to them."""
+    """The array agent: config, the admin's bearer token, TLS certificate for the mgmt address,
+    unit. admin-access.json (url, admin token, certificate) stays on the array, for admin tools.
+    The agent registers the config's hosts when it starts and writes each one's own access file
+    (its token and CHAP credentials) as access/<host>.json; the lab, or Vagrant, copies it to
+    that host alone, as /etc/shadowlun/array-access.json."""
     etc = Path("/etc/shadowlun")
     mgmt = entry["networks"]["mgmt"]["address"]
     port = 8443
@@ -172,6 +175,8 @@ def setup_agent(entry: dict, topology: dict) -> None:
         "vg": VG, "pool": POOL, "listen": mgmt, "port": port,
         # the hosts the array serves (registered by the agent at start): every lab host
         "hosts": {initiator_name(m["name"]): m["name"] for m in topology["machines"] if m["role"] == "host"},
+        # The lab's 29 GiB pool holds thin volumes of up to 1 TiB (the benchmark's large origin).
+        "overcommit_ratio": 64,
     }
     (etc / "array.json").write_text(json.dumps(config, indent=2) + "\n")
     token, key, cert = etc / "agent.token", etc / "agent.key", etc / "agent.crt"
@@ -185,7 +190,7 @@ def setup_agent(entry: dict, topology: dict) -> None:
             "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "3650",
             "-subj", f"/CN={entry['name']}", "-addext", f"subjectAltName=IP:{mgmt}")
         key.chmod(0o600)
-    access = etc / "array-access.json"
+    access = etc / "admin-access.json"
     access.touch(mode=0o600)
     access.write_text(json.dumps({"url": f"https://{mgmt}:{port}", "token": token.read_text().strip(),
                                   "certificate": cert.read_text()}, indent=2) + "\n")
@@ -197,18 +202,6 @@ def setup_agent(entry: dict, topology: dict) -> None:
     log(f"array agent on https://{mgmt}:{port}")
 
 
-def setup_host_chap(name: str) -> None:
-    """This host's CHAP credentials, which its provider gives the array with every unmask."""
-    path = Path("/etc/shadowlun/host.json")
-    if path.exists():
-        return
-    import secrets
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.write_text(json.dumps({"chap_user": name, "chap_secret": secrets.token_hex(8)}) + "\n")
-
-
 def cmd_setup(args: argparse.Namespace) -> None:
     entry = machine_entry(args.machines, args.name)
     CONFIG.parent.mkdir(parents=True, exist_ok=True)
@@ -218,7 +211,6 @@ def cmd_setup(args: argparse.Namespace) -> None:
     install_network_unit()
     configure_networks(entry["networks"])
     if entry["role"] == "host":
-        setup_host_chap(entry["name"])
         run("python3", "-m", "provider.cli", "register-provider")
     if entry["role"] == "array":
         setup_pool(entry["disks"])

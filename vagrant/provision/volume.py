@@ -1,16 +1,22 @@
 #!/usr/bin/python3
-"""A data volume for a lab host, as its admin would make one: an array LUN (through the agent's
-API) masked to this host with its CHAP credentials, logged in over iSCSI, one GPT partition
-with ext4, mounted. Run as root on a host VM (Vagrant or the QEMU lab), from the checkout:
+"""Data volumes for lab hosts, as an admin and a host would make them, in two halves:
 
-  python3 /shadowlun/vagrant/provision/volume.py add NAME SIZE_MIB MOUNT
+On the array, the admin's half (the admin credential, admin-access.json, never leaves it):
+  python3 /shadowlun/vagrant/provision/volume.py make NAME SIZE_MIB HOST_INITIATOR
+      an array LUN, masked to that host (the array gives the ACL the host's CHAP credentials)
+  python3 /shadowlun/vagrant/provision/volume.py destroy NAME
+      the LUN deleted (unmasked everywhere)
+
+On the host, the host's half (its own array-access.json: its token and CHAP credentials):
+  python3 /shadowlun/vagrant/provision/volume.py add NAME MOUNT
+      logged in over iSCSI, one GPT partition with ext4, mounted
   python3 /shadowlun/vagrant/provision/volume.py remove NAME MOUNT
-  python3 /shadowlun/vagrant/provision/volume.py attach NAME...    existing LUNs, as raw disks
+      unmounted, the disk released (and the session with the last one)
+  python3 /shadowlun/vagrant/provision/volume.py attach NAME...    LUNs masked to it, as raw disks
   python3 /shadowlun/vagrant/provision/volume.py detach NAME...
 
 GPT, because a transportable shadow copy carries its read-only/hidden flags in the GPT
-attributes of the volume's partition. `remove` unmounts, releases the disk (and the session if
-it was the last), and deletes the LUN on the array. Prints JSON.
+attributes of the volume's partition. Prints JSON.
 """
 from __future__ import annotations
 
@@ -20,10 +26,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from provider.iscsi import Initiator, initiator_name
-from targets.client import ArrayAccess, ArrayClient
+from provider.iscsi import Initiator
+from targets.client import ADMIN_ACCESS_FILE, ArrayAccess, ArrayClient
 
-HOST_FILE = Path("/etc/shadowlun/host.json")
 MIB = 1 << 20
 DISK_WAIT_S = 60.0
 
@@ -32,30 +37,41 @@ def sh(*argv: str) -> None:
     subprocess.run(argv, check=True)
 
 
+def make(name: str, size_mib: int, host_initiator: str) -> dict:
+    admin = ArrayClient(ArrayAccess.load(ADMIN_ACCESS_FILE))
+    admin.create_volume(name, size_mib * MIB)
+    return admin.mask(name, host_initiator)
+
+
+def destroy(name: str) -> dict:
+    ArrayClient(ArrayAccess.load(ADMIN_ACCESS_FILE)).delete(name)
+    return {"name": name, "destroyed": True}
+
+
 def attach(names: list[str]) -> dict[str, str]:
-    """Mask existing LUNs to this host, log in (once), scan each and wait for its disk by WWID."""
-    array, initiator = ArrayClient(ArrayAccess.load()), Initiator()
-    chap = json.loads(HOST_FILE.read_text())
-    luns = [array.mask(n, initiator_name(), chap["chap_user"], chap["chap_secret"]) for n in names]
+    """Log in (once) with this host's CHAP credentials, scan each LUN masked to this host and
+    wait for its disk by WWID."""
+    access = ArrayAccess.load()
+    array, initiator = ArrayClient(access), Initiator()
+    luns = [array.lun(n) for n in names]
     target = array.target()
-    host = initiator.login(target["iqn"], target["portals"][0], chap["chap_user"], chap["chap_secret"])
+    host = initiator.login(target["iqn"], target["portals"][0], access.chap_user, access.chap_secret)
     for lun in luns:
+        if lun["lun_id"] is None:
+            raise SystemExit(f"{lun['name']} is not exported")
         initiator.scan_lun(host, lun["lun_id"])
     return {lun["name"]: "/dev/" + initiator.wait_for_disk(lun["wwid"], DISK_WAIT_S) for lun in luns}
 
 
 def detach(names: list[str]) -> None:
-    """Release the disks of these LUNs (and the session with the last one), then unmask them."""
+    """Release the disks of these LUNs (and the session with the last one)."""
     array, initiator = ArrayClient(ArrayAccess.load()), Initiator()
     luns, target = [array.lun(n) for n in names], array.target()
     disks = [d for d in (initiator.find_disk(lun["wwid"]) for lun in luns) if d]
     initiator.disconnect(target["iqn"], target["portals"][0], disks)
-    for n in names:
-        array.unmask(n, initiator_name())
 
 
-def add(name: str, size_mib: int, mount: str) -> dict:
-    ArrayClient(ArrayAccess.load()).create_volume(name, size_mib * MIB)
+def add(name: str, mount: str) -> dict:
     disk = attach([name])[name]
     subprocess.run(["sfdisk", "-q", disk], input="label: gpt\n,\n", text=True, check=True)
     sh("udevadm", "settle")
@@ -68,25 +84,32 @@ def add(name: str, size_mib: int, mount: str) -> dict:
 def remove(name: str, mount: str) -> dict:
     subprocess.run(["umount", mount], check=False, capture_output=True)
     detach([name])
-    ArrayClient(ArrayAccess.load()).delete(name)
     return {"name": name, "removed": True}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("add")
+    m = sub.add_parser("make", help="on the array (admin): a LUN masked to a host")
+    m.add_argument("name")
+    m.add_argument("size_mib", type=int)
+    m.add_argument("host_initiator")
+    sub.add_parser("destroy", help="on the array (admin): delete a LUN").add_argument("name")
+    a = sub.add_parser("add", help="on the host: log in, partition, format, mount")
     a.add_argument("name")
-    a.add_argument("size_mib", type=int)
     a.add_argument("mount")
-    r = sub.add_parser("remove")
+    r = sub.add_parser("remove", help="on the host: unmount and release the disk")
     r.add_argument("name")
     r.add_argument("mount")
     for command in ("attach", "detach"):
-        sub.add_parser(command).add_argument("names", nargs="+")
+        sub.add_parser(command, help="on the host: raw disks").add_argument("names", nargs="+")
     args = parser.parse_args(argv)
-    if args.command == "add":
-        out = add(args.name, args.size_mib, args.mount)
+    if args.command == "make":
+        out = make(args.name, args.size_mib, args.host_initiator)
+    elif args.command == "destroy":
+        out = destroy(args.name)
+    elif args.command == "add":
+        out = add(args.name, args.mount)
     elif args.command == "remove":
         out = remove(args.name, args.mount)
     elif args.command == "attach":
