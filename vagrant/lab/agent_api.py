@@ -35,3 +35,10 @@ class AgentApi:
         if r.returncode == 2 and r.stderr.strip():
             raise VssError.from_dict(json.loads(r.stderr.strip().splitlines()[-1]))
         raise CommandFailed(self.vm.name, " ".join(argv), r.returncode, r.stdout, r.stderr)
+
+
+def install_credentials(host: VM, credentials: dict) -> None:
+    """A host's access file with new credentials (a registration, a new token), as an admin
+    copies them to that host alone."""
+    access = json.loads(host.run(f"cat {HOST_ACCESS}").stdout)
+    host.put(HOST_ACCESS, json.dumps({**access, **credentials}, indent=2) + "\n", mode="0600")
