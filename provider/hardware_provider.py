@@ -366,8 +366,17 @@ class ShadowLunProvider:
         lun = self._lun_for(info, self._inventory_by_serial())
         if lun is None:
             raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"{device}: not a LUN of this array")
+        self._require_shadow(lun, HResult.E_INVALIDARG, f"OnLunEmpty of {device}")
         self._release_on_host(lun, self.array.target())
         self.array.delete(lun["name"])
+
+    @staticmethod
+    def _require_shadow(lun: dict, code: HResult, what: str) -> None:
+        """Production LUNs are never the object of a shadow-copy call (delete, mask, resync
+        source): refused before anything on the host or the array changes."""
+        if lun["kind"] != "snapshot":
+            raise vss_error(code, f"{what} {lun['name']}: a {lun['kind']} LUN, not a shadow copy; "
+                                  f"the provider acts only on shadow LUNs")
 
     def _release_on_host(self, lun: dict, target: dict) -> None:
         """Remove this host's disk of `lun` (if it has one), logging out when it was the
@@ -390,12 +399,16 @@ class ShadowLunProvider:
         if flags & (H.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_PRE_RECOVERY | H.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_POST_RECOVERY):
             return
         inventory = self._inventory_by_serial()
-        target = self.array.target()
-        for d in snapshot_luns:
+        luns = []
+        for d in snapshot_luns:  # all checked before anything changes
             lun = self._lun_for(record(d), inventory)
             if lun is None:
                 raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
                                 f"no LUN with serial {record(d).serial_number!r} on this array")
+            self._require_shadow(lun, HResult.E_INVALIDARG, "OnLunStateChange")
+            luns.append(lun)
+        target = self.array.target()
+        for lun in luns:
             if lun["kind"] == "snapshot":
                 self.array.detach(lun["name"])
             if flags & H.VSS_ONLUNSTATECHANGE_DO_MASK_LUNS:
@@ -413,6 +426,7 @@ class ShadowLunProvider:
             src, dst = self._lun_for(record(s), inventory), self._lun_for(record(t), inventory)
             if src is None or dst is None:
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, "resync needs two LUNs of this array")
+            self._require_shadow(src, HResult.VSS_E_PROVIDER_VETO, "ResyncLuns from")
             pairs.append((src, dst))
         jobs = [self.array.start_resync(dst["name"], src["name"]) for src, dst in pairs]
         handle = str(uuid.uuid4())

@@ -33,7 +33,7 @@ from .array import Array, ArrayConfig, LunView, san_portals
 from .authority import ADMIN, Caller
 from .lio import ISCSI_PORT, Lio
 from .lvm import Lvm
-from .store import Job, Store
+from .store import Job, Store, StoreError
 
 log = logging.getLogger("shadowlun.agent")
 API_VERSION = "1"
@@ -338,8 +338,11 @@ def build_array(config: ArrayConfig) -> Array:
     portals = san_portals(config.san_cidr)
     if not portals:
         raise SystemExit(f"no address of this machine in the SAN network {config.san_cidr}")
-    array = Array(config, Store(Path(config.state_dir) / "array.db"), Lvm(config.vg, config.pool),
-                  Lio(config.target_iqn, portals))
+    try:
+        store = Store(Path(config.state_dir) / "array.db")
+    except StoreError as e:
+        raise SystemExit(str(e)) from None
+    array = Array(config, store, Lvm(config.vg, config.pool), Lio(config.target_iqn, portals))
     return array
 
 

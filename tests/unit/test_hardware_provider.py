@@ -8,7 +8,7 @@ from dataclasses import asdict
 import pytest
 
 from provider.hardware_provider import HostIdentity, ShadowLunProvider, array_snapshot_id
-from targets.authority import ADMIN
+from targets.authority import ADMIN, Caller
 from provider.hresult import HResult, VssError
 from provider.lun_info import predict_lio_lun_info
 from provider.state_machine import ProviderState
@@ -277,10 +277,40 @@ def test_recovery_notifications_change_nothing_and_break_detaches(prov, array):
         assert [lun.kind for lun in array.inventory() if lun.origin] == ["snapshot"]
     prov.on_lun_state_change([target], [recs["db"]], int(HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_READ_WRITE))
     assert [lun.kind for lun in array.inventory() if lun.origin] == ["volume"]
-    prov.on_lun_state_change([target], [recs["db"]], 0)  # a second break of the same LUN: nothing to do
+    with pytest.raises(VssError) as e:  # a second break: an ordinary LUN now, refused
+        prov.on_lun_state_change([target], [recs["db"]], 0)
+    assert e.value.hresult == HResult.E_INVALIDARG
     with pytest.raises(VssError) as e:
         prov.on_lun_state_change([predict_lio_lun_info("f" * 32).to_dict()], [recs["db"]], 0)
     assert e.value.hresult == HResult.VSS_E_OBJECT_NOT_FOUND
+
+
+def test_production_luns_are_never_the_object_of_a_shadow_copy_call(array, lvm):
+    """OnLunEmpty, DO_MASK_LUNS and a resync source given an original's record: refused with the
+    spec's code before anything changes, on the host or on the array, whoever calls (the host
+    holding the LUN, or an admin's provider)."""
+    from targets_fakes import HOST_A
+
+    recs = volumes(array, "db", "logs")
+    for n in ("db", "logs"):
+        array.mask(n, HOST_A)
+    host_a = Caller("host-a", HOST_A)
+    for caller in (ADMIN, host_a):
+        initiator = FakeInitiator()
+        initiator.disks[array.lun("db").wwid] = "sdb"
+        prov = ShadowLunProvider(InProcessArray(array, caller), initiator, HOST)
+        before = (sorted(lvm.lvs), [asdict(v) for v in array.inventory()])
+        for call, code in (
+                (lambda: prov.on_lun_empty("/dev/sdb", recs["db"]), HResult.E_INVALIDARG),
+                (lambda: prov.on_lun_state_change(
+                    [recs["db"]], [recs["db"]], int(HardwareOptions.VSS_ONLUNSTATECHANGE_DO_MASK_LUNS)),
+                 HResult.E_INVALIDARG),
+                (lambda: prov.resync_luns([recs["db"]], [recs["logs"]]), HResult.VSS_E_PROVIDER_VETO)):
+            with pytest.raises(VssError) as e:
+                call()
+            assert e.value.hresult == code and "not a shadow copy" in e.value.message
+        assert (sorted(lvm.lvs), [asdict(v) for v in array.inventory()]) == before
+        assert initiator.calls == [] and initiator.disks  # the host's disk and session untouched
 
 
 def test_resync_is_asynchronous_with_a_status_to_query(prov, array, monkeypatch):
