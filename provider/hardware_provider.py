@@ -27,6 +27,7 @@ from .lun_info import LIO_VENDOR, predict_lio_lun_info, read_lun_info
 from .state_machine import OutOfSequenceError, ProviderMethod, ProviderState, ProviderStateMachine, Verdict
 from .vss_types import (
     LunInformation,
+    REQUESTER_MODIFIERS,
     ProviderCapabilities,
     SnapshotContext,
     VolumeSnapshotAttributes,
@@ -191,11 +192,12 @@ class ShadowLunProvider:
 
     @staticmethod
     def _context_supported(context: int) -> bool:
+        """A named context we implement, with only modifiers a requester may ask for."""
         try:
             ctx, attrs = split_context(context)
         except VssError:
             return False
-        return ctx in SUPPORTED_CONTEXTS and not (attrs & UNSUPPORTED_ATTRIBUTES)
+        return ctx in SUPPORTED_CONTEXTS and not (attrs & (UNSUPPORTED_ATTRIBUTES | ~REQUESTER_MODIFIERS))
 
     # -- IVssProviderNotifications ---------------------------------------------------------
 
@@ -217,8 +219,8 @@ class ShadowLunProvider:
         """All or nothing; FALSE (not an error) for a foreign LUN, an unsupported context, or a
         pool too full to take new work (never accept and fail later)."""
         infos = [record(d) for d in luns]
-        if len(infos) != len(devices):
-            raise vss_error(HResult.E_INVALIDARG, "one LUN record per device")
+        if not infos or len(infos) != len(devices):
+            raise vss_error(HResult.E_INVALIDARG, "one LUN record per device, at least one")
         supported = self._context_supported(context)
         why = "" if supported else f"context {context:#x} is not supported (thin snapshots only, no plex)"
         if supported:
@@ -236,12 +238,24 @@ class ShadowLunProvider:
         """The disk's record as read from sysfs (the same as GetTargetLuns predicted), and whether
         it is ours. An unknown disk is FALSE with success."""
         block = self.sysfs_block / Path(device).name
-        info = read_lun_info(block)
+        try:
+            info = read_lun_info(block)
+        except VssError as e:  # no such disk, or no SCSI disk: not ours (FALSE, S_OK), record untouched
+            log.info("FillInLunInfo(%s): not a LUN of this array: %s", device, e)
+            return {"supported": False, "lun_info": lun_info or {}}
         supported = self._lun_for(info, self._inventory_by_serial()) is not None
         return {"supported": supported, "lun_info": info.to_dict()}
 
     def begin_prepare_snapshot(self, set_id: str, snapshot_id: str, context: int,
                                devices: list[str], luns: list[dict]) -> list[dict]:
+        for what, value in (("snapshot set id", set_id), ("snapshot id", snapshot_id)):
+            try:  # a malformed argument is refused before the creation machine moves
+                uuid.UUID(str(value))
+            except ValueError:
+                raise vss_error(HResult.E_INVALIDARG, f"{what} {value!r} is not a GUID") from None
+        if not devices or len(devices) != len(luns):
+            raise vss_error(HResult.E_INVALIDARG, "one LUN record per device, at least one")
+
         def work() -> list[dict]:
             if not self._context_supported(context):
                 raise vss_error(HResult.VSS_E_UNSUPPORTED_CONTEXT, f"context {context:#x}")
@@ -325,7 +339,7 @@ class ShadowLunProvider:
             for device, d in zip(devices, source_luns, strict=True):
                 lun = self._lun_for(record(d), inventory)
                 if lun is None or lun["name"] not in pending.serials:
-                    raise vss_error(HResult.E_INVALIDARG, f"{device} is not in the snapshot set")
+                    raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"{device} is not in the snapshot set")
                 out.append(predict_lio_lun_info(pending.serials[lun["name"]]).to_dict())
             return out
 

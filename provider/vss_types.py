@@ -69,6 +69,12 @@ _A = VolumeSnapshotAttributes
 CONTEXT_BITS = (_A.VSS_VOLSNAP_ATTR_PERSISTENT | _A.VSS_VOLSNAP_ATTR_CLIENT_ACCESSIBLE
                 | _A.VSS_VOLSNAP_ATTR_NO_AUTO_RELEASE | _A.VSS_VOLSNAP_ATTR_NO_WRITERS)
 
+# The modifier bits a requester may OR into a context (spec 3.2, "requester may OR in"); the others
+# (HARDWARE_ASSISTED, IMPORTED, EXPOSED_*, ...) are set by VSS itself and never asked for.
+REQUESTER_MODIFIERS = (_A.VSS_VOLSNAP_ATTR_NO_AUTORECOVERY | _A.VSS_VOLSNAP_ATTR_TRANSPORTABLE
+                       | _A.VSS_VOLSNAP_ATTR_NOT_TRANSACTED | _A.VSS_VOLSNAP_ATTR_DIFFERENTIAL
+                       | _A.VSS_VOLSNAP_ATTR_PLEX | _A.VSS_VOLSNAP_ATTR_ROLLBACK_RECOVERY
+                       | _A.VSS_VOLSNAP_ATTR_TXF_RECOVERY)
 
 @enum.unique
 class SnapshotContext(enum.IntEnum):

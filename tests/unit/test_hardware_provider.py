@@ -423,3 +423,55 @@ def test_every_creation_call_from_every_state_keeps_provider_and_array_in_step(a
         assert e.hresult in (HResult.VSS_E_PROVIDER_VETO, HResult.VSS_E_OBJECT_NOT_FOUND,
                              HResult.E_INVALIDARG), e
     check_array_agrees(prov, array, lvm)
+
+
+# --- the edge codes of spec section 5 ----------------------------------------------------------
+
+def test_fill_in_lun_info_of_an_absent_or_unknown_device_is_false_with_success(prov, tmp_path):
+    record_in = {"serial_number": "x"}
+    assert prov.fill_in_lun_info("/dev/sdzz", record_in) == {"supported": False, "lun_info": record_in}
+    prov.sysfs_block = tmp_path  # a device that is there but no SCSI disk
+    (tmp_path / "vda").mkdir()
+    assert prov.fill_in_lun_info("/dev/vda")["supported"] is False
+
+
+def test_get_target_luns_of_a_lun_outside_the_set_vetoes(prov, array):
+    recs = volumes(array, "db", "logs")
+    set_id, snap = new_id(), new_id()
+    prov.begin_prepare_snapshot(set_id, snap, BACKUP, ["/dev/sdb"], [recs["db"]])
+    prov.end_prepare_snapshots(set_id)
+    for step in (prov.pre_commit_snapshots, prov.commit_snapshots):
+        step(set_id)
+    prov.post_commit_snapshots(set_id, 1)
+    with pytest.raises(VssError) as e:
+        prov.get_target_luns(["/dev/sdc"], [recs["logs"]])
+    assert e.value.hresult == HResult.VSS_E_PROVIDER_VETO
+
+
+@pytest.mark.parametrize("set_id, snapshot_id", [("not-a-guid", None), (None, "{nope}"), (None, ""), (None, 7)])
+def test_a_malformed_id_in_begin_prepare_is_invalidarg_and_changes_nothing(prov, array, lvm, set_id, snapshot_id):
+    recs = volumes(array, "db")
+    held, snap = new_id(), new_id()
+    prov.begin_prepare_snapshot(held, snap, BACKUP, ["/dev/sdb"], [recs["db"]])
+    state = prov.sm.state
+    with pytest.raises(VssError) as e:
+        prov.begin_prepare_snapshot(set_id or held, new_id() if snapshot_id is None else snapshot_id, BACKUP,
+                                    ["/dev/sdb"], [recs["db"]])
+    assert e.value.hresult == HResult.E_INVALIDARG
+    assert (prov.sm.state, str(prov.sm.set_id)) == (state, held)  # the set in preparation goes on
+    prov.end_prepare_snapshots(held)
+    assert array.set_view(held)["state"] == "prepared"
+
+
+@pytest.mark.parametrize("attribute", ["VSS_VOLSNAP_ATTR_HARDWARE_ASSISTED", "VSS_VOLSNAP_ATTR_IMPORTED",
+                                       "VSS_VOLSNAP_ATTR_EXPOSED_LOCALLY", "VSS_VOLSNAP_ATTR_NOT_SURFACED"])
+def test_bits_only_vss_sets_are_not_supported(prov, array, attribute):
+    recs = volumes(array, "db")
+    context = BACKUP | int(getattr(VolumeSnapshotAttributes, attribute))
+    assert prov.are_luns_supported(context, ["/dev/sdb"], [recs["db"]])["supported"] is False
+
+
+def test_are_luns_supported_of_no_lun_is_invalidarg(prov):
+    with pytest.raises(VssError) as e:
+        prov.are_luns_supported(BACKUP, [], [])
+    assert e.value.hresult == HResult.E_INVALIDARG
