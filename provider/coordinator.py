@@ -580,6 +580,9 @@ class Coordinator:
         if len(set(volume_names)) != len(volume_names):
             raise vss_error(HResult.E_INVALIDARG, "a volume is named twice")
         with self.creation_lock():
+            if len(set(volume_names)) > bcd.MAX_SNAPSHOTS:  # the document's limit, before anything is made
+                raise vss_error(HResult.VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED,
+                                f"{len(set(volume_names))} volumes in one set; at most {bcd.MAX_SNAPSHOTS}")
             volumes = [self._volume(v) for v in volume_names]
             luns = {d for v in volumes for d in v.disks}
             if len(luns) > MAX_LUNS_PER_SET:

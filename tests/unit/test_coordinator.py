@@ -230,6 +230,19 @@ def test_at_most_64_luns(tmp_path):
     assert lab.events == []
 
 
+def test_at_most_64_volumes_even_on_fewer_luns(tmp_path, monkeypatch):
+    """65 volumes on one LUN: refused before anything is resolved, frozen or made (the document
+    holds at most 64 snapshots), instead of failing after the commit."""
+    lab = Lab(tmp_path)
+    lab.volume("db", "sdb")
+    for resolver in (lab, lab.coord):  # 65 partitions of sdb
+        monkeypatch.setattr(resolver, "resolve", lambda volume: ["sdb"])
+    with pytest.raises(VssError) as e:
+        lab.coord.create([f"/mnt/part{i}" for i in range(65)])
+    assert e.value.hresult == HResult.VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED
+    assert lab.events == [] and lab.snapshots() == [] and lab.array.store.sets() == []
+
+
 def test_bad_volume_names(tmp_path):
     lab = Lab(tmp_path)
     for vols, code in [([], HResult.E_INVALIDARG), (["/mnt/x", "/mnt/x"], HResult.E_INVALIDARG),
