@@ -25,6 +25,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, Extra, Field, StrictBool, StrictInt, StrictStr
 
 from provider.hresult import HResult, VssError, http_status, vss_error
@@ -184,6 +185,12 @@ def create_app(array: Array, admin_token: str) -> FastAPI:
         log.exception("unexpected error: %r", e)
         err = vss_error(HResult.VSS_E_UNEXPECTED_PROVIDER_ERROR, f"{type(e).__name__}: {e}")
         return JSONResponse(err.to_dict(), status_code=500)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
+        """No such route or method, or a body that is no JSON: still the VSS error form."""
+        code = HResult.VSS_E_OBJECT_NOT_FOUND if e.status_code == 404 else HResult.E_INVALIDARG
+        return JSONResponse(vss_error(code, str(e.detail)).to_dict(), status_code=e.status_code)
 
     @app.exception_handler(RequestValidationError)
     async def bad_request(_: Request, e: RequestValidationError) -> JSONResponse:

@@ -34,7 +34,7 @@ log = logging.getLogger("shadowlun.array")
 CONFIG_FILE = Path("/etc/shadowlun/array.json")
 MAX_LUNS_PER_SET = 64
 MIN_VOLUME_BYTES = 1 << 20
-VOLUME_PREFIX, SNAPSHOT_PREFIX = "lun-", "snap-"
+VOLUME_PREFIX, SNAPSHOT_PREFIX = "lun-", names.SNAPSHOT_PREFIX
 KIND_TAG, SET_TAG, SNAPSHOT_TAG = "shadowlun.kind", "shadowlun.set", "shadowlun.snapshot"
 CRASH_ENV = "SHADOWLUN_ARRAY_CRASH_AT"
 
@@ -547,9 +547,9 @@ class Array:
         host = names.initiator(host if host is not None else caller.initiator, "host")
         if not caller.is_admin and host != caller.initiator:
             raise denied(caller, f"claim an import for another host ({host})")
-        if (not isinstance(serials, list) or not serials or len(serials) > MAX_LUNS_PER_SET * 4
-                or not all(isinstance(x, str) for x in serials)):
+        if not isinstance(serials, list) or not serials or len(serials) > MAX_LUNS_PER_SET * 4:
             raise vss_error(HResult.E_INVALIDARG, "serials: a non-empty list of LUN serials")
+        serials = [names.serial(x) for x in serials]
         with self._op_lock:
             self._require_host(host)  # only a registered host imports, and before any claim
             set_ids = []

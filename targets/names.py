@@ -20,6 +20,8 @@ INITIATOR_RE = re.compile(
     r"|naa\.(?:[0-9a-f]{16}|[0-9a-f]{32})",                                          # NAA 64/128 bits
     re.ASCII)
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,47}", re.ASCII)
+SERIAL_RE = re.compile(r"[0-9a-f]{32}", re.ASCII)
+SNAPSHOT_PREFIX = "snap-"  # the API names a snapshot LUN snap-<snapshot id>: no volume may look like one
 
 
 def _invalid(message: str) -> VssUserError:
@@ -39,8 +41,17 @@ def initiator(value: object, what: str = "initiator") -> str:
 
 
 def lun_name(value: object, what: str = "LUN name") -> str:
-    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-        raise _invalid(f"{what} {value!r}: use 1-48 of a-z, 0-9 and '-', starting with a letter or digit")
+    """A name the admin or a host gives a volume, a copy or a host."""
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value) or value.startswith(SNAPSHOT_PREFIX):
+        raise _invalid(f"{what} {value!r}: use 1-48 of a-z, 0-9 and '-', starting with a letter or digit "
+                       f"(and not with {SNAPSHOT_PREFIX!r}, which names shadow copies)")
+    return value
+
+
+def serial(value: object) -> str:
+    """A unit serial this array chose: 32 lower-case hex digits."""
+    if not isinstance(value, str) or not SERIAL_RE.fullmatch(value):
+        raise _invalid(f"serial {value!r} is not one of this array's (32 hex digits)")
     return value
 
 

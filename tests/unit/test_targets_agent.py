@@ -735,3 +735,12 @@ def test_client_gets_the_agents_errors(bridged, access, monkeypatch):
     with pytest.raises(VssError) as e:
         bridged.call("GET", "/v1/no-such-route")
     assert e.value.hresult == HResult.VSS_E_UNEXPECTED  # FastAPI's own 404 body is not a VSS error
+
+
+@pytest.mark.parametrize("method, path, content, status", [
+    ("GET", "/v1/nothing-here", None, 404), ("PATCH", "/v1/luns", None, 405),
+    ("POST", "/v1/luns", b"[" * 5000, 400)])
+def test_errors_outside_the_routes_are_in_the_vss_form_too(client, method, path, content, status):
+    r = client.request(method, path, content=content, headers={**AUTH, "Content-Type": "application/json"})
+    assert r.status_code == status
+    assert set(r.json()) == {"hresult", "vss", "message"}
