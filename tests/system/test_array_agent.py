@@ -10,12 +10,12 @@ import pytest
 
 from lab import checks
 from lab.agent_api import AgentApi
+from lab.host_volumes import host_chap
 from lab.initiator import Node
 from provider.hresult import HResult, VssError, VssUserError
 
 MIB = 1 << 20
 SIZE = 32 * MIB
-CHAP = {"host-a": ("host-a", "labsecret-hosta"), "host-b": ("host-b", "labsecret-hostb")}
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def device_sha(lab, lv: str) -> str:
 
 def login(lab, vm, target) -> Node:
     node = Node(vm, target, lab.array.machine.addresses["san"])
-    node.create(*CHAP[vm.name])
+    node.create(*host_chap(vm))  # the CHAP credentials the array made for this host
     return node
 
 
@@ -89,14 +89,13 @@ def test_snapshot_set_visible_with_predicted_wwids_masked_to_one_host(lab, api, 
         write_random(lab, f"lun-{v}")
 
     b, a = lab.vm("host-b"), lab.vm("host-a")
-    chap_b = CHAP["host-b"]
     for t in predicted:
         lun = api.call("PUT", f"/v1/luns/{t}/masks",
-                       {"initiator": initiator(b), "chap_user": chap_b[0], "chap_secret": chap_b[1]})
+                       {"initiator": initiator(b)})
         assert lun["wwid"] == predicted[t]
     # host-a gets one volume of its own, so it has an ACL and a session, yet sees no snapshot.
     api.call("PUT", f"/v1/luns/{vols[0]}/masks",
-             {"initiator": initiator(a), "chap_user": CHAP["host-a"][0], "chap_secret": CHAP["host-a"][1]})
+             {"initiator": initiator(a)})
 
     node_b, node_a = login(lab, b, target), login(lab, a, target)
     try:
@@ -129,16 +128,17 @@ def test_snapshot_set_visible_with_predicted_wwids_masked_to_one_host(lab, api, 
 
 WATCH_JOB = """
 import json, sys
-from targets.client import ArrayAccess, ArrayClient
+from targets.client import ADMIN_ACCESS_FILE, ArrayAccess, ArrayClient
 seen = []
-job = ArrayClient(ArrayAccess.load()).wait_job(sys.argv[1], 300, lambda j: seen.append(j["percent"]))
+job = ArrayClient(ArrayAccess.load(ADMIN_ACCESS_FILE)).wait_job(sys.argv[1], 300, lambda j: seen.append(j["percent"]))
 print(json.dumps({"job": job, "seen": seen}))
 """
 
 
-def watch_job(host, job_id: str) -> tuple[dict, list[float]]:
-    """Poll a job from inside a host (twice a second, no SSH per poll): final job, percentages."""
-    out = json.loads(host.run(["python3", "-c", WATCH_JOB, job_id], timeout=330).stdout)
+def watch_job(vm, job_id: str) -> tuple[dict, list[float]]:
+    """Poll a job as the admin, from inside the array VM (twice a second, no SSH per poll):
+    final job, percentages."""
+    out = json.loads(vm.run(["python3", "-c", WATCH_JOB, job_id], timeout=330).stdout)
     return out["job"], out["seen"]
 
 
@@ -149,7 +149,7 @@ def test_full_copy_with_progress(lab, api, timed):
     try:
         job = api.call("POST", f"/v1/luns/{src}/copy", {"target": dst})
         with timed("array: full copy of 256 MiB (64 MiB data)"):
-            job, seen = watch_job(lab.vm("host-a"), job["job_id"])
+            job, seen = watch_job(lab.array, job["job_id"])
         assert job["state"] == "done", job
         assert job["percent"] == 100.0 and seen == sorted(seen)
         assert any(0 < p < 100 for p in seen), f"no progress between 0 and 100 reported: {seen}"
@@ -182,7 +182,7 @@ def test_resync_restores_the_origin_bytes(lab, api):
     try:
         assert write_random(lab, f"lun-{vol}") != original
         job = api.call("POST", f"/v1/luns/{vol}/resync", {"snapshot": f"snap-{snap_id}"})
-        job, _ = watch_job(lab.vm("host-a"), job["job_id"])
+        job, _ = watch_job(lab.array, job["job_id"])
         assert job["state"] == "done", job
         assert device_sha(lab, f"lun-{vol}") == original
     finally:
@@ -205,7 +205,7 @@ def test_bad_input_gets_its_vss_code_and_changes_nothing(lab, api):
         expect_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, api.call, "POST", "/v1/luns",
                      {"name": vol, "size_bytes": 2 * SIZE})
         expect_error(HResult.E_INVALIDARG, api.call, "PUT", f"/v1/luns/{vol}/masks",
-                     {"initiator": "not an iqn", "chap_user": "u", "chap_secret": "labsecret-hostb"})
+                     {"initiator": "not an iqn"})
         expect_error(HResult.VSS_E_OBJECT_NOT_FOUND, api.call, "POST", f"/v1/snapshot-sets/{uuid.uuid4()}/commit")
         expect_error(HResult.E_INVALIDARG, api.call, "POST", "/v1/snapshot-sets/not-a-guid/commit")
         expect_error(HResult.VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED, api.call, "POST", "/v1/snapshot-sets",
@@ -269,7 +269,7 @@ def test_restarted_agent_rebuilds_lio_from_its_store(lab, api):
     b = lab.vm("host-b")
     lun = api.call("POST", "/v1/luns", {"name": vol, "size_bytes": SIZE})
     api.call("PUT", f"/v1/luns/{vol}/masks",
-             {"initiator": initiator(b), "chap_user": CHAP["host-b"][0], "chap_secret": CHAP["host-b"][1]})
+             {"initiator": initiator(b)})
     try:
         lab.array.run("systemctl stop shadowlun-array-agent && targetctl clear")
         assert f"lun-{vol}" not in array_objects(lab)["backstores"]
@@ -368,7 +368,7 @@ def test_array_reboot_keeps_luns_serials_and_masking(lab, api, target):
     api.call("POST", "/v1/snapshot-sets", {"set_id": set_id, "snapshots": [{"snapshot_id": snap_id, "lun": vol}]})
     api.call("POST", f"/v1/snapshot-sets/{set_id}/commit")
     snap = api.call("PUT", f"/v1/luns/snap-{snap_id}/masks",
-                    {"initiator": initiator(b), "chap_user": CHAP["host-b"][0], "chap_secret": CHAP["host-b"][1]})
+                    {"initiator": initiator(b)})
     before = array_objects(lab)
     try:
         lab.array.reboot()
@@ -410,7 +410,7 @@ def test_predicted_snapshot_record_equals_what_a_host_reads(lab, api, target):
         {"snapshot_id": snap_id, "lun": vol}]})["snapshots"][0]
     api.call("POST", f"/v1/snapshot-sets/{set_id}/commit")
     lun = api.call("PUT", f"/v1/luns/snap-{snap_id}/masks",
-                   {"initiator": initiator(b), "chap_user": CHAP["host-b"][0], "chap_secret": CHAP["host-b"][1]})
+                   {"initiator": initiator(b)})
     node = login(lab, b, target)
     try:
         assert node.login()
