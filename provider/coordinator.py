@@ -367,11 +367,16 @@ class Coordinator:
         """The set leaves VSS: its LUNs become ordinary disks of this host, no longer shadow
         copies (the array forgets them as such too). Without `writable` they stay read-only and
         hidden (only the shadow-copy flag is cleared); with it every flag is cleared and the disks
-        are writable (BreakSnapshotSetEx MAKE_READ_WRITE). Exposures are unmounted first."""
+        are writable (BreakSnapshotSetEx MAKE_READ_WRITE). All or nothing on this host: the disks
+        keep their flags and exposures until the provider has agreed (a refusal leaves an intact
+        shadow copy); a break that stops after that can be run again."""
         s = self.catalog.require_set(set_id)
         provider = self._provider(s.provider_id)
         located = [(e, *self._located(e)) for e in s.snapshots]  # all present, or nothing changes
         clear = SHADOW_FLAGS if writable else SHADOW_COPY
+        notify = HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_READ_WRITE if writable else 0
+        provider.call("on_lun_state_change", snapshot_luns=[r for e in s.snapshots for r in e.luns],
+                      original_luns=[r for e in s.snapshots for r in e.sources], flags=int(notify))
         out = []
         for entry, disks, vol in located:
             self._unmount(entry)
@@ -381,9 +386,6 @@ class Coordinator:
                 if not writable:
                     self.flags.set_read_only(disk, vol["partitions"] if disk == vol["disk"] else [], True)
             out.append({"snapshot_id": entry.snapshot_id, "volume": entry.volume, "device": vol["device"]})
-        notify = HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_READ_WRITE if writable else 0
-        provider.call("on_lun_state_change", snapshot_luns=[r for e in s.snapshots for r in e.luns],
-                      original_luns=[r for e in s.snapshots for r in e.sources], flags=int(notify))
         self.catalog.remove(set_id)
         return {"set_id": set_id, "writable": writable, "volumes": out}
 

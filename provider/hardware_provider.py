@@ -385,10 +385,12 @@ class ShadowLunProvider:
         self.array.delete(lun["name"])
 
     @staticmethod
-    def _require_shadow(lun: dict, code: HResult, what: str) -> None:
+    def _require_shadow(lun: dict, code: HResult, what: str, broken_too: bool = False) -> None:
         """Production LUNs are never the object of a shadow-copy call (delete, mask, resync
-        source): refused before anything on the host or the array changes."""
-        if lun["kind"] != "snapshot":
+        source): refused before anything on the host or the array changes. `broken_too`: a
+        shadow copy already broken (an ordinary LUN taken from one) is accepted, so that a break
+        can be run again."""
+        if not (lun["kind"] == "snapshot" or (broken_too and lun["kind"] == "volume" and lun["origin"])):
             raise vss_error(code, f"{what} {lun['name']}: a {lun['kind']} LUN, not a shadow copy; "
                                   f"the provider acts only on shadow LUNs")
 
@@ -419,7 +421,7 @@ class ShadowLunProvider:
             if lun is None:
                 raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
                                 f"no LUN with serial {record(d).serial_number!r} on this array")
-            self._require_shadow(lun, HResult.E_INVALIDARG, "OnLunStateChange")
+            self._require_shadow(lun, HResult.E_INVALIDARG, "OnLunStateChange", broken_too=True)
             luns.append(lun)
         target = self.array.target()
         for lun in luns:

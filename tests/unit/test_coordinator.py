@@ -472,6 +472,24 @@ def test_break_makes_ordinary_luns(tmp_path, writable):
     assert len(shadows) == 2 and {v.kind for v in shadows} == {"volume"}
 
 
+def test_a_break_the_provider_refuses_changes_nothing_on_the_host(tmp_path):
+    """break --writable whose provider call fails: the flags, the read-only setting and the
+    catalog are as before (an intact shadow copy, not an unprotected one); run again once the
+    provider agrees, it breaks."""
+    lab, doc, coord_b, impl_b, _ = imported(tmp_path)
+    flags, read_only = {d: dict(p) for d, p in coord_b.flags.attrs.items()}, dict(coord_b.flags.read_only)
+    lab.array.lio.inject("unmask", RuntimeError("not reached"))  # any array failure will do:
+    lab.array.lvm.inject("retag", RuntimeError("the array could not detach"))
+    with pytest.raises(VssError):
+        coord_b.break_set(doc.set_id, writable=True)
+    assert coord_b.flags.attrs == flags and coord_b.flags.read_only == read_only
+    assert [s["set_id"] for s in coord_b.list_sets()] == [doc.set_id]
+    lab.array.lvm.clear_failures()
+    lab.array.lio.clear_failures()
+    assert coord_b.break_set(doc.set_id, writable=True)["writable"] is True
+    assert coord_b.list_sets() == []
+
+
 def test_delete_a_snapshot_then_the_set(tmp_path):
     lab, doc, coord_b, impl_b, _ = imported(tmp_path)
     first, second = (s.snapshot_id for s in doc.snapshots)
