@@ -164,6 +164,12 @@ class ShadowLunProvider:
             if isinstance(e, VssError):
                 raise
             raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"{method.spec_name}: {e}") from e
+        if call.cancelled.is_set():
+            # An abort (or unload, or a new set) came while this ran, e.g. during a long
+            # EndPrepareSnapshots: what the work made after the abort's cleanup goes too, and
+            # the call does not report a success the requester no longer expects.
+            self._discard(str(call.set_id or held or set_id))
+            raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"{method.spec_name} was interrupted by an abort")
         self.sm.succeeded(method)
         return result
 

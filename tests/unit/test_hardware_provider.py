@@ -473,3 +473,41 @@ def test_are_luns_supported_of_no_lun_is_invalidarg(prov):
     with pytest.raises(VssError) as e:
         prov.are_luns_supported(BACKUP, [], [])
     assert e.value.hresult == HResult.E_INVALIDARG
+
+
+def test_an_abort_during_a_slow_end_prepare_interrupts_it_and_leaves_nothing(array, lvm):
+    """AbortSnapshots while EndPrepareSnapshots waits on the array: EndPrepare does not answer
+    S_OK afterwards, and the set it prepared after the abort's cleanup is gone too."""
+    import threading
+
+    class SlowArray(InProcessArray):
+        started, release = threading.Event(), threading.Event()
+
+        def prepare_set(self, *args, **kwargs):
+            self.started.set()
+            assert self.release.wait(10)
+            return super().prepare_set(*args, **kwargs)
+
+    slow = SlowArray(array)
+    prov = ShadowLunProvider(slow, FakeInitiator(), HOST)
+    recs = volumes(array, "db")
+    set_id = new_id()
+    prov.begin_prepare_snapshot(set_id, new_id(), BACKUP, ["/dev/sdb"], [recs["db"]])
+    outcome = {}
+
+    def end_prepare():
+        try:
+            prov.end_prepare_snapshots(set_id)
+            outcome["result"] = "S_OK"
+        except VssError as e:
+            outcome["result"] = e.hresult
+
+    t = threading.Thread(target=end_prepare)
+    t.start()
+    assert slow.started.wait(10)
+    prov.abort_snapshots(set_id)
+    slow.release.set()
+    t.join(10)
+    assert outcome["result"] == HResult.VSS_E_PROVIDER_VETO
+    assert array.set_view(set_id)["state"] == "aborted"
+    assert [lv for lv in lvm.lvs if lv.startswith("snap-")] == []

@@ -734,7 +734,7 @@ def test_client_gets_the_agents_errors(bridged, access, monkeypatch):
     assert e.value.hresult == HResult.VSS_E_BAD_STATE
     with pytest.raises(VssError) as e:
         bridged.call("GET", "/v1/no-such-route")
-    assert e.value.hresult == HResult.VSS_E_UNEXPECTED  # FastAPI's own 404 body is not a VSS error
+    assert e.value.hresult == HResult.VSS_E_OBJECT_NOT_FOUND  # no such route: a VSS error too
 
 
 @pytest.mark.parametrize("method, path, content, status", [
