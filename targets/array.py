@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provider.hresult import HResult, VssError, vss_error
+from provider.hresult import HResult, vss_error
 from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
 
 from . import names

@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
+from targets import names
 from targets.array import Array, ArrayConfig
 from targets.lio import Export, Mapping
 from targets.lvm import OWNER_TAG, LogicalVolume, LvmError, PoolStatus, ThinDevice, dm_name
@@ -255,3 +256,37 @@ def make_array(store: Store | None = None, lvm: FakeLvm | None = None, lio: Fake
                 lvm if lvm is not None else FakeLvm(), lio if lio is not None else FakeLio())
     arr.register_configured_hosts()
     return arr
+
+
+def assert_consistent(arr: Array) -> None:
+    """Store, LVM and LIO agree: every LUN is ready and has its LV; every volume is exported with
+    its serial (a committed snapshot is exported at publish or its first mask, so a snapshot
+    may not be yet, nor one detached before that; when it is, with its serial); store masks are
+    exactly LIO's mappings, only to registered hosts, whose names the checks accept unchanged;
+    no LV or export the store does not know (a prepared set's pre-made snapshots are its
+    members'); every aborted set left nothing."""
+    luns = {lun.name: lun for lun in arr.store.luns()}
+    exports = arr.lio.exports()
+    premade = {m.name for s in arr.store.sets("prepared") for m in s.members}
+    assert all(lun.state == "ready" for lun in luns.values()), [x for x in luns.values() if x.state != "ready"]
+    for lun in luns.values():
+        assert lun.name in arr.lvm.lvs, f"{lun.name}: in the store, no LV"
+        e = exports.get(lun.name)
+        if e is not None or not (lun.kind == "snapshot" or lun.kind == "volume" and lun.origin):
+            assert e is not None and e.serial == lun.serial, f"{lun.name}: export {e}, store serial {lun.serial}"
+    unknown = set(arr.lvm.lvs) - set(luns) - premade
+    assert not unknown, f"LVs the store does not know: {unknown}"
+    assert set(exports) <= set(luns), f"exports the store does not know: {set(exports) - set(luns)}"
+    stored = {(m.lun, m.initiator, m.read_only) for m in arr.store.masks()}
+    mapped = {(e.name, m.initiator, m.read_only) for e in exports.values() for m in e.mappings}
+    assert stored == mapped, f"store only: {stored - mapped}; LIO only: {mapped - stored}"
+    hosts = {h.initiator for h in arr.store.hosts()}
+    assert {m.initiator for m in arr.store.masks()} <= hosts
+    for h in arr.store.hosts():
+        assert names.initiator(h.initiator) == h.initiator and names.lun_name(h.name) == h.name
+    for s in arr.store.sets("aborted"):
+        for m in s.members:
+            lun = arr.store.lun(m.name)
+            assert (lun is None or lun.set_id != s.set_id) and (m.name in arr.lvm.lvs) == (lun is not None), \
+                f"aborted set {s.set_id} left {m.name}"
+    assert not arr.store.sets("committing")

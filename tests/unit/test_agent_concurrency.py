@@ -26,10 +26,9 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from targets import names
 from targets.agent import create_app
 from targets.array import Array
-from targets_fakes import HOST_A, HOST_B, TARGET_IQN, FakeLio, FakeLvm, MiB, make_array
+from targets_fakes import HOST_A, HOST_B, TARGET_IQN, FakeLio, FakeLvm, MiB, assert_consistent, make_array
 
 # httpx 0.27 deprecates the app= shortcut Starlette 0.27's TestClient uses; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:The 'app' shortcut is now deprecated:DeprecationWarning")
@@ -44,40 +43,6 @@ SETS = [str(uuid.UUID(int=0xC0FFEE00 + i, version=4)) for i in range(6)]
 KERNEL_LATENCY_S = 0.001  # each LVM / LIO change takes this long, as lvcreate or a configfs write does
 OK = {200, 201, 202, 204}
 REFUSED = {400, 403, 404, 409, 507}
-
-
-def assert_consistent(arr: Array) -> None:
-    """Store, LVM and LIO agree: every LUN is ready and has its LV; every volume is exported with
-    its serial (a committed snapshot is exported at publish or its first mask, so a snapshot
-    may not be yet, nor
-    one detached before that; when it is, with its serial); store masks are exactly LIO's mappings, only
-    to registered hosts; no LV or export the store does not know (a prepared set's pre-made
-    snapshots are its members'); every aborted set left nothing."""
-    luns = {lun.name: lun for lun in arr.store.luns()}
-    exports = arr.lio.exports()
-    premade = {m.name for s in arr.store.sets("prepared") for m in s.members}
-    assert all(lun.state == "ready" for lun in luns.values()), [x for x in luns.values() if x.state != "ready"]
-    for lun in luns.values():
-        assert lun.name in arr.lvm.lvs, f"{lun.name}: in the store, no LV"
-        e = exports.get(lun.name)
-        if e is not None or not (lun.kind == "snapshot" or lun.kind == "volume" and lun.origin):
-            assert e is not None and e.serial == lun.serial, f"{lun.name}: export {e}, store serial {lun.serial}"
-    unknown = set(arr.lvm.lvs) - set(luns) - premade
-    assert not unknown, f"LVs the store does not know: {unknown}"
-    assert set(exports) <= set(luns), f"exports the store does not know: {set(exports) - set(luns)}"
-    stored = {(m.lun, m.initiator, m.read_only) for m in arr.store.masks()}
-    mapped = {(e.name, m.initiator, m.read_only) for e in exports.values() for m in e.mappings}
-    assert stored == mapped, f"store only: {stored - mapped}; LIO only: {mapped - stored}"
-    hosts = {h.initiator for h in arr.store.hosts()}
-    assert {m.initiator for m in arr.store.masks()} <= hosts
-    for h in hosts:
-        assert names.initiator(h) == h
-    for s in arr.store.sets("aborted"):
-        for m in s.members:
-            lun = arr.store.lun(m.name)
-            assert (lun is None or lun.set_id != s.set_id) and (m.name in arr.lvm.lvs) == (lun is not None), \
-                f"aborted set {s.set_id} left {m.name}"
-    assert not arr.store.sets("committing")
 
 
 def _slow(cls: type, methods: tuple[str, ...]) -> type:

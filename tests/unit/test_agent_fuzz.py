@@ -33,11 +33,10 @@ from hypothesis import strategies as st
 
 import targets.array as array_mod
 from provider.hresult import HResult, http_status
-from targets import names
 from targets.agent import MAX_BODY_BYTES, create_app
 from targets.array import Array
 from targets.store import Store
-from targets_fakes import HOST_A, HOST_B, HOST_C, IQN1, STRANGER, TARGET_IQN, MiB, make_array
+from targets_fakes import HOST_A, HOST_B, HOST_C, IQN1, STRANGER, TARGET_IQN, MiB, assert_consistent, make_array
 
 # httpx 0.27 deprecates the app= shortcut Starlette 0.27's TestClient uses; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:The 'app' shortcut is now deprecated:DeprecationWarning")
@@ -215,30 +214,6 @@ def changes(before: dict, after: dict) -> dict:
             out[key] = ({"gone": [x for x in b if x not in a][:5], "new": [x for x in a if x not in b][:5]}
                         if isinstance(b, list) else (b, a))
     return out
-
-
-def assert_consistent(arr: Array) -> None:
-    """Store, LVM and LIO agree: every LUN is ready and has its LV; every volume or copy is
-    exported with its serial (a committed snapshot is exported at publish or first mask, so a
-    snapshot may not be yet, nor one detached before that); store masks are exactly LIO's
-    mappings; no LV or export the store does not know (a prepared set's pre-made snapshots are
-    known by its members); every stored host name is one the name checks accept unchanged."""
-    luns = {lun.name: lun for lun in arr.store.luns()}
-    exports = arr.lio.exports()
-    premade = {m.name for s in arr.store.sets("prepared") for m in s.members}
-    assert all(lun.state == "ready" for lun in luns.values()), [x for x in luns.values() if x.state != "ready"]
-    for lun in luns.values():
-        assert lun.name in arr.lvm.lvs, f"{lun.name}: no LV"
-        e = exports.get(lun.name)
-        if e is not None or not (lun.kind == "snapshot" or lun.kind == "volume" and lun.origin):
-            assert e is not None and e.serial == lun.serial, f"{lun.name}: export {e} for serial {lun.serial}"
-    assert set(arr.lvm.lvs) <= set(luns) | premade, set(arr.lvm.lvs) - set(luns) - premade
-    assert set(exports) <= set(luns), set(exports) - set(luns)
-    stored = {(m.lun, m.initiator, m.read_only) for m in arr.store.masks()}
-    mapped = {(e.name, m.initiator, m.read_only) for e in exports.values() for m in e.mappings}
-    assert stored == mapped
-    for h in arr.store.hosts():
-        assert names.initiator(h.initiator) == h.initiator and names.lun_name(h.name) == h.name
 
 
 # --- hostile values ------------------------------------------------------------------------------

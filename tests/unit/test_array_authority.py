@@ -11,7 +11,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 import targets.array as array_mod
-from provider.hresult import HResult
 from targets.agent import create_app
 from targets_fakes import HOST_A, HOST_B, HOST_C, MiB
 

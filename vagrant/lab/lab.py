@@ -22,6 +22,7 @@ from pathlib import Path
 from . import accel as accel_mod
 from . import image as image_mod
 from . import topology
+from .checks import until
 from .errors import LabError
 from .switch import Switch
 from .vm import VM
@@ -162,25 +163,21 @@ class Lab:
         """Give each host its own access file (the agent's URL and certificate, the host's token
         and CHAP credentials), which the agent writes at its start, as an admin would; then
         wait, bounded, until every host gets an answer from the agent."""
+        def journal() -> str:
+            return self.array.run("journalctl -u shadowlun-array-agent --no-pager -n 40", check=False).stdout
+
         deadline = time.monotonic() + AGENT_TIMEOUT_S
         for host in self.hosts:
             own = f"{HOST_ACCESS_DIR}/{host.name}.json"
-            while not (r := self.array.run(f"cat {own}", check=False)).ok:
-                if time.monotonic() > deadline:
-                    journal = self.array.run("journalctl -u shadowlun-array-agent --no-pager -n 40",
-                                             check=False).stdout
-                    raise LabError(f"array: no {own} after {AGENT_TIMEOUT_S} s (the agent writes it when it "
-                                   f"registers {host.name}); agent journal:\n{journal}")
-                time.sleep(1)
-            host.put(ARRAY_ACCESS, r.stdout, mode="0600")
+            until(lambda: self.array.run(f"test -s {own}", check=False).ok, deadline - time.monotonic(),
+                  lambda: f"array: no {own} after {AGENT_TIMEOUT_S} s (the agent writes it when it registers "
+                          f"{host.name}); agent journal:\n{journal()}")
+            host.put(ARRAY_ACCESS, self.array.run(f"cat {own}").stdout, mode="0600")
         for host in self.hosts:
-            while not host.run("python3 -m targets.client GET /v1/pool", check=False).ok:
-                if time.monotonic() > deadline:
-                    journal = self.array.run("journalctl -u shadowlun-array-agent --no-pager -n 40",
-                                             check=False).stdout
-                    raise LabError(f"{host.name}: no answer from the array agent after {AGENT_TIMEOUT_S} s;"
-                                   f" agent journal:\n{journal}")
-                time.sleep(1)
+            until(lambda: host.run("python3 -m targets.client GET /v1/pool", check=False).ok,
+                  deadline - time.monotonic(),
+                  lambda: f"{host.name}: no answer from the array agent after {AGENT_TIMEOUT_S} s; "
+                          f"agent journal:\n{journal()}")
 
     def down(self, quiet: bool = False) -> None:
         """Stop every VM and switch; errors are collected so one stuck VM does not keep the rest up."""
