@@ -142,7 +142,7 @@ class ShadowLunProvider:
         """Run one creation call through the state machine: discard a superseded set first, do
         the work unless it is a no-op, and report success or failure. The array is told to
         delete a set exactly when the machine says it is discarded or aborted."""
-        held = self.sm.set_id
+        held, handed_out = self.sm.set_id, self.sm.handed_out
         try:
             call = self.sm.begin(method, set_id)
         except OutOfSequenceError as e:
@@ -158,7 +158,10 @@ class ShadowLunProvider:
             result = work()
         except Exception as e:
             after = self.sm.failed(method)
-            if after is ProviderState.ABORTED and method is not ProviderMethod.ABORT_SNAPSHOTS:
+            # A failed new sequence that reuses a handed-out set's id is refused; the set that
+            # VSS already has in its document is not the failed call's to delete.
+            reused = method is ProviderMethod.BEGIN_PREPARE_SNAPSHOT and handed_out and str(held) == str(set_id)
+            if after is ProviderState.ABORTED and method is not ProviderMethod.ABORT_SNAPSHOTS and not reused:
                 self._discard(str(self.sm.set_id or held or set_id))
             log.error("%s(%s) failed: %s", method.spec_name, set_id or "", e)
             if isinstance(e, VssError):
@@ -421,14 +424,18 @@ class ShadowLunProvider:
         if flags & (H.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_PRE_RECOVERY | H.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_POST_RECOVERY):
             return
         inventory = self._inventory_by_serial()
-        luns = []
+        luns: dict[str, dict] = {}
         for d in snapshot_luns:  # all checked before anything changes
             lun = self._lun_for(record(d), inventory)
             if lun is None:
                 raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
                                 f"no LUN with serial {record(d).serial_number!r} on this array")
             self._require_shadow(lun, HResult.E_INVALIDARG, "OnLunStateChange", broken_too=True)
-            luns.append(lun)
+            if not any(m["initiator"] == self.host.initiator for m in lun["masks"]):
+                raise vss_error(HResult.E_INVALIDARG, f"OnLunStateChange of {lun['name']}: not imported by "
+                                                      f"this host ({self.host.initiator})")
+            luns[lun["name"]] = lun  # the same LUN twice is one
+        luns = list(luns.values())
         target = self.array.target()
         for lun in luns:
             if lun["kind"] == "snapshot":
@@ -449,7 +456,14 @@ class ShadowLunProvider:
             if src is None or dst is None:
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, "resync needs two LUNs of this array")
             self._require_shadow(src, HResult.VSS_E_PROVIDER_VETO, "ResyncLuns from")
+            if not any(m["initiator"] == self.host.initiator for m in dst["masks"]):
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"ResyncLuns onto {dst['name']}: not a LUN of this host")
             pairs.append((src, dst))
+        for taken in ({src["name"] for src, _ in pairs}, {dst["name"] for _, dst in pairs}):
+            if len(taken) != len(pairs):  # all checked before any copy starts
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, "ResyncLuns: a LUN appears twice")
+        if {src["name"] for src, _ in pairs} & {dst["name"] for _, dst in pairs}:
+            raise vss_error(HResult.VSS_E_PROVIDER_VETO, "ResyncLuns: a LUN is both a source and a destination")
         jobs = [self.array.start_resync(dst["name"], src["name"]) for src, dst in pairs]
         handle = str(uuid.uuid4())
         with self._lock:

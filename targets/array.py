@@ -654,14 +654,16 @@ class Array:
 
     def abort_set(self, set_id: str, caller: Caller = ADMIN) -> dict:
         """Undo whatever the set made, whatever its state (abort after commit deletes). Only its
-        owner aborts it, and not once another host has imported it: that host holds it now."""
+        owner aborts it, and not once a host (another, or its own) has imported it: that host
+        holds it now."""
         with self._op_lock:
             s = self._set(set_id, caller, owner_only=True)
             set_id = s.set_id
             imported = self.store.import_of(set_id)
-            if not caller.is_admin and imported and imported[0] != caller.initiator:
+            if not caller.is_admin and imported:  # by another host, or by this one: it lives on a host now
                 raise vss_error(HResult.VSS_E_BAD_STATE,
-                                f"snapshot set {set_id} was imported by {imported[0]}: only it may delete it now")
+                                f"snapshot set {set_id} was imported by {imported[0]}: an abort changes nothing "
+                                f"now; the importing host deletes or breaks its copies")
             errors = self._undo_set(set_id)
             if errors:
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, "; ".join(errors))

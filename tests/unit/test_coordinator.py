@@ -120,6 +120,7 @@ class Lab:
 
     def volume(self, name: str, disk: str) -> str:
         view = self.array.create_volume(name, 64 * MIB)
+        self.array.mask(name, HOST.initiator)  # the host's own LUN
         self.records[disk] = predict_lio_lun_info(view.serial).to_dict()
         return f"/mnt/{disk}"
 

@@ -122,9 +122,11 @@ def prov(array):
 
 
 def volumes(array, *names):
+    """Production LUNs of the host (masked to it), and the record FillInLunInfo reads for each."""
     out = {}
     for n in names:
         view = array.create_volume(n, 64 * MIB)
+        array.mask(n, HOST.initiator)
         out[n] = predict_lio_lun_info(view.serial).to_dict()  # what FillInLunInfo reads for it
     return out
 
@@ -271,6 +273,7 @@ def test_recovery_notifications_change_nothing_and_break_detaches(prov, array):
     recs = volumes(array, "db")
     create(prov, {"v": [recs["db"]]})
     target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]
+    prov.locate_luns([target])  # a break is of copies this host imported
     for flag in (HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_PRE_RECOVERY,
                  HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_POST_RECOVERY):
         prov.on_lun_state_change([target], [recs["db"]], int(flag))
