@@ -49,7 +49,8 @@ from provider.rpc import (
 
 log = logging.getLogger("shadowlun.provider.proxy")
 
-START_TIMEOUT_S = 15.0   # from spawning the server to its socket answering
+START_TIMEOUT_S = 30.0   # from spawning the server to its socket answering (its imports take seconds
+                         # in a TCG VM whose host is busy)
 PING_TIMEOUT_S = 2.0
 STOP_TIMEOUT_S = 5.0     # SIGTERM to SIGKILL
 CRASH_WAIT_S = 1.0       # after a broken connection: how long to wait for the server's exit status
