@@ -134,6 +134,7 @@ class ShadowLunProvider:
         self.sm = ProviderStateMachine()
         self._sets: dict[str, PendingSet] = {}
         self._asyncs: dict[str, list[str]] = {}  # IVssAsync handle of a resync -> array job ids
+        self._handed_out: set[str] = set()  # sets whose targets GetTargetLuns described (VSS has them)
         self._lock = threading.RLock()
 
     # -- plumbing --------------------------------------------------------------------------
@@ -142,7 +143,7 @@ class ShadowLunProvider:
         """Run one creation call through the state machine: discard a superseded set first, do
         the work unless it is a no-op, and report success or failure. The array is told to
         delete a set exactly when the machine says it is discarded or aborted."""
-        held, handed_out = self.sm.set_id, self.sm.handed_out
+        held = self.sm.set_id
         try:
             call = self.sm.begin(method, set_id)
         except OutOfSequenceError as e:
@@ -160,7 +161,7 @@ class ShadowLunProvider:
             after = self.sm.failed(method)
             # A failed new sequence that reuses a handed-out set's id is refused; the set that
             # VSS already has in its document is not the failed call's to delete.
-            reused = method is ProviderMethod.BEGIN_PREPARE_SNAPSHOT and handed_out and str(held) == str(set_id)
+            reused = method is ProviderMethod.BEGIN_PREPARE_SNAPSHOT and str(set_id) in self._handed_out
             if after is ProviderState.ABORTED and method is not ProviderMethod.ABORT_SNAPSHOTS and not reused:
                 self._discard(str(self.sm.set_id or held or set_id))
             log.error("%s(%s) failed: %s", method.spec_name, set_id or "", e)
@@ -350,6 +351,8 @@ class ShadowLunProvider:
                 if lun is None or lun["name"] not in pending.serials:
                     raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"{device} is not in the snapshot set")
                 out.append(predict_lio_lun_info(pending.serials[lun["name"]]).to_dict())
+            with self._lock:
+                self._handed_out.add(str(self.sm.set_id))
             return out
 
         return self._creation(ProviderMethod.GET_TARGET_LUNS, None, work)
@@ -458,6 +461,9 @@ class ShadowLunProvider:
             self._require_shadow(src, HResult.VSS_E_PROVIDER_VETO, "ResyncLuns from")
             if not any(m["initiator"] == self.host.initiator for m in dst["masks"]):
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"ResyncLuns onto {dst['name']}: not a LUN of this host")
+            if src["size_bytes"] > dst["size_bytes"]:
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"ResyncLuns onto {dst['name']}: smaller than "
+                                                             f"{src['name']}")
             pairs.append((src, dst))
         for taken in ({src["name"] for src, _ in pairs}, {dst["name"] for _, dst in pairs}):
             if len(taken) != len(pairs):  # all checked before any copy starts

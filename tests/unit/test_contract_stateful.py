@@ -30,8 +30,15 @@ After every step:
 At least 2,000 steps a run (the test counts them); the answers of every call are printed with
 -s. CONTRACT_NO_SHRINK=1 reports a failure without shrinking it (quicker while developing).
 
-Product bugs the machine found are pinned as strict xfail regression tests at the end of this
-file; the machine steps around exactly those paths (each place says which test pins it).
+The five product bugs the machine first found are fixed; each has a regression test at the end
+of this file, and the machine walks those paths again: a break (OnLunStateChange) or a resync of
+several LUNs of any kind, one twice, the other host's, is all or nothing; a BeginPrepareSnapshot
+may reuse the held set's id, also a created set's handed out and imported; aborts (late, by a
+restarted provider, a discard by the state machine) reach sets any host imported, which the
+array refuses to delete (the import invariant below holds them). Two later bugs are fixed and
+pinned too: a second refused BeginPrepareSnapshot reusing a handed-out set's id kept the set
+only once, and a resync onto a smaller destination started the earlier pairs (the machine's
+LUNs all have one size, so only its regression test reaches that path).
 
 Only hypothesis APIs of 6.36 (Debian's) are used. The falsifying example is printed as a
 sequence of steps, with the blob to reproduce it (`print_blob=True`).
@@ -63,7 +70,7 @@ from provider.coordinator import Coordinator
 from provider.hardware_provider import PROVIDER_ID, HostIdentity, ShadowLunProvider
 from provider.hresult import HResult, VssError, vss_error
 from provider.lun_info import predict_lio_lun_info
-from provider.state_machine import TRANSITIONS, ProviderMethod, ProviderState, SetMatch
+from provider.state_machine import ProviderState
 from provider.volumes import Extent
 from provider.vss_types import HardwareOptions, SnapshotContext, VolumeSnapshotAttributes
 from targets.authority import Caller
@@ -384,32 +391,6 @@ class ContractMachine(RuleBasedStateMachine):
         ok = held is not None and (sm.state.in_progress or (sm.state is ProviderState.CREATED and not sm.handed_out))
         return lambda before, after: {str(held)} if ok else set()
 
-    def owner_imported(self, set_id: str) -> bool:
-        s = self.arr.store.snapshot_set(set_id)
-        imported = self.arr.store.import_of(set_id) if s else None
-        return bool(imported) and imported[0] == s.owner
-
-    def discards_owner_import(self, h: str, method: str, set_id: str | None = None) -> bool:
-        """Would this call make host h's provider delete a set that its creating host has
-        already imported? The array lets it (BUG, pinned by
-        test_abort_by_a_fresh_provider_deletes_a_set_its_host_imported and
-        test_late_abort_of_an_old_set_deletes_it_though_imported); the machine steps around it."""
-        sm = self.providers[h].sm
-        held = sm.set_id
-        doomed = set()
-        if method == "abort_snapshots" and (held is None or str(held) != str(set_id)):
-            doomed.add(str(set_id))  # the provider deletes a set it does not hold, on the array
-        if held is not None:
-            pm = ProviderMethod(method)
-            match = SetMatch.NONE if not pm.takes_set_id else (
-                SetMatch.CURRENT if str(held) == str(set_id) else SetMatch.OTHER)
-            rule = TRANSITIONS.get((sm.state, pm, match))
-            if rule is not None and rule.handed_out is not None and sm.handed_out:
-                rule = rule.handed_out
-            if rule is not None and rule.discard:
-                doomed.add(str(held))
-        return any(self.owner_imported(x) for x in doomed)
-
     # -- drawing arguments ------------------------------------------------------------------------
 
     def draw_records(self, data, h: str, shadow_bias: bool = True, max_size: int = 2) -> list[dict]:
@@ -470,13 +451,12 @@ class ContractMachine(RuleBasedStateMachine):
     def begin_prepare_snapshot(self, h, context, new_set, data):
         sm = self.providers[h].sm
         held = sm.set_id
-        # The id of the created set again deletes that set when the call fails (BUG, pinned by
-        # test_a_refused_begin_prepare_with_the_created_sets_id_deletes_that_set): a new id then.
-        reuse = not new_set and held is not None and sm.state is not ProviderState.CREATED
+        # The held set's id again, whatever its state (also a created set handed out, even
+        # imported: a refusal then keeps it, see
+        # test_a_refused_begin_prepare_reusing_the_created_sets_id_keeps_that_set), or a new one.
+        reuse = not new_set and held is not None
         set_id = str(held) if reuse else self.new_id()
         recs = self.draw_records(data, h, shadow_bias=False)
-        if self.discards_owner_import(h, "begin_prepare_snapshot", set_id):
-            return
         self.checked("BeginPrepareSnapshot", lambda: self.provider_call(
             h, "begin_prepare_snapshot", set_id=set_id, snapshot_id=self.new_id(), context=context,
             devices=[self.device_of(h, r) for r in recs], luns=recs), self.held_before(h))
@@ -491,10 +471,6 @@ class ContractMachine(RuleBasedStateMachine):
         params = {"set_id": set_id}
         if method == "post_commit_snapshots":
             params["snapshot_count"] = 1
-        if self.discards_owner_import(h, method, set_id):
-            params["set_id"] = set_id = self.new_id()  # (see discards_owner_import) an unknown set instead
-            if self.discards_owner_import(h, method, set_id):
-                return
         self.checked(method, lambda: self.provider_call(h, method, **params), self.held_before(h))
 
     @rule(h=HOST_KEYS, restart=st.booleans(), data=st.data())
@@ -508,16 +484,12 @@ class ContractMachine(RuleBasedStateMachine):
         set_id = data.draw(st.sampled_from(imported[-6:] if imported and data.draw(st.integers(0, 3)) else known[-6:]))
         if restart:
             self.providers[h] = self.new_provider(h)
-        if self.discards_owner_import(h, "abort_snapshots", set_id):
-            return
         self.checked("abort_snapshots", lambda: self.provider_call(h, "abort_snapshots", set_id=set_id),
                      self.held_before(h))
 
     @rule(h=HOST_KEYS, data=st.data())
     def get_target_luns(self, h, data):
         recs = self.draw_records(data, h, shadow_bias=False)
-        if self.discards_owner_import(h, "get_target_luns"):
-            return
         self.checked("GetTargetLuns", lambda: self.provider_call(
             h, "get_target_luns", devices=[self.device_of(h, r) for r in recs], source_luns=recs),
             self.held_before(h))
@@ -531,8 +503,6 @@ class ContractMachine(RuleBasedStateMachine):
         names = data.draw(st.lists(st.sampled_from(own), min_size=1, max_size=2, unique=True))
         volumes = [names] if not two_volumes or len(names) < 2 else [[names[0]], [names[1]]]
         set_id = self.new_id()
-        if self.discards_owner_import(h, "begin_prepare_snapshot", set_id):
-            return
         for vol in volumes:
             recs = [self.records[n] for n in vol]
             out = self.checked("BeginPrepareSnapshot", lambda: self.provider_call(
@@ -575,42 +545,44 @@ class ContractMachine(RuleBasedStateMachine):
 
     @rule(h=HOST_KEYS, flags=st.sampled_from(STATE_CHANGE_FLAGS), data=st.data())
     def on_lun_state_change(self, h, flags, data):
-        snaps = self.draw_records(data, h)
+        mine = sorted(n for n, ini in self.located.items() if ini == HOSTS[h][1])
+        if mine and data.draw(st.booleans()):  # LUNs this host imported (a break that may succeed)
+            picks = data.draw(st.lists(st.sampled_from(mine), min_size=1, max_size=3))
+            snaps = [predict_lio_lun_info(self.arr.store.lun(n).serial).to_dict() for n in picks]
+            if data.draw(st.booleans()):  # and one more of any kind: if refused, none may be broken
+                snaps += self.draw_records(data, h, max_size=1)
+        else:
+            snaps = self.draw_records(data, h)
         originals = self.draw_records(data, h, shadow_bias=False, max_size=len(snaps))
-        recovery = H.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_PRE_RECOVERY | H.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_POST_RECOVERY
-        if len(snaps) > 1 and not flags & recovery:
-            # A break of several LUNs detaches them one by one and stops at the first the array
-            # refuses, keeping the earlier ones broken (BUG, pinned by
-            # test_a_refused_break_of_two_luns_has_broken_the_first): only breaks of several
-            # distinct LUNs that this host holds, shadow copies or broken ones, are sent; else
-            # the first alone.
-            luns = [self.arr.store.lun_by_serial(r.get("serial_number")) for r in snaps]
-            if len({r.get("serial_number") for r in snaps}) != len(snaps) or not all(
-                    lun and lun.origin and lun.holder == HOSTS[h][1] for lun in luns):
-                snaps = snaps[:1]
+        # Several LUNs of any kind, the same one twice, the other host's: a break is all or
+        # nothing (test_a_refused_break_of_two_luns_breaks_neither).
         self.checked(f"OnLunStateChange({flags:#x})", lambda: self.provider_call(
             h, "on_lun_state_change", snapshot_luns=snaps, original_luns=originals, flags=flags))
 
     @rule(h=HOST_KEYS, data=st.data())
     def resync_luns(self, h, data):
-        sources = self.draw_records(data, h)
         own = [n for n, ini in PRODUCTION.items() if ini == HOSTS[h][1]]
+        own_snaps = [lun.serial for lun in self.arr.store.luns()
+                     if lun.kind == "snapshot" and lun.origin in {"lun-" + n for n in own}]
+        if own_snaps and data.draw(st.booleans()):  # shadow copies of this host's LUNs
+            sources = [predict_lio_lun_info(x).to_dict()
+                       for x in data.draw(st.lists(st.sampled_from(own_snaps[-8:]), min_size=1, max_size=2))]
+        else:
+            sources = self.draw_records(data, h)
         targets = data.draw(st.lists(st.sampled_from(own * 3 + sorted(PRODUCTION)), min_size=len(sources),
                                      max_size=len(sources)))
-        if data.draw(st.booleans()):  # sometimes onto shadow LUNs or unknown records
+        how = data.draw(st.integers(0, 2))
+        if how == 0:  # sometimes onto shadow LUNs or unknown records
             targets = [r for r in self.draw_records(data, h, max_size=len(sources))]
             targets = (targets * len(sources))[:len(sources)]
+        elif how == 1:  # each shadow LUN onto its origin (a resync that may succeed), else as drawn
+            origins = [(lun := self.arr.store.lun_by_serial(r.get("serial_number"))) and lun.origin for r in sources]
+            targets = [self.records[o[len("lun-"):]] if o and o[len("lun-"):] in PRODUCTION else self.records[n]
+                       for o, n in zip(origins, targets)]
         else:
             targets = [self.records[n] for n in targets]
-
-        # Pairs are resynced one by one, and a pair the array refuses after an earlier one has
-        # started leaves that resync running, copying onto its target (BUG, pinned by
-        # test_a_refused_resync_has_started_copying_the_first_pair): distinct LUNs only, else the
-        # first pair alone. (With one target twice, whether the second is refused depends on the
-        # first job's thread: not a test hypothesis could replay.)
-        serials = [r.get("serial_number") for r in sources + targets]
-        if len(sources) > 1 and len(set(serials)) != len(serials):
-            sources, targets = sources[:1], targets[:1]
+        # Several pairs of any LUNs, one twice, a LUN both source and target: all pairs are
+        # checked before any starts (test_a_refused_resync_of_two_pairs_starts_neither).
 
         def resync():
             started = self.provider_call(h, "resync_luns", source_luns=sources, target_luns=targets)
@@ -630,8 +602,6 @@ class ContractMachine(RuleBasedStateMachine):
 
     @rule(h=HOST_KEYS)
     def on_unload(self, h):
-        if self.discards_owner_import(h, "on_unload"):
-            return
         self.checked("OnUnload", lambda: self.provider_call(h, "on_unload"), self.held_before(h))
 
     # -- rules: the coordinator ---------------------------------------------------------------------
@@ -641,8 +611,6 @@ class ContractMachine(RuleBasedStateMachine):
         own = [n for n, ini in PRODUCTION.items() if ini == HOSTS[h][1]]
         names = data.draw(st.lists(st.sampled_from(own * 4 + ["b1" if h == "a" else "a1"]),
                                    min_size=1, max_size=2, unique=True))
-        if self.discards_owner_import(h, "begin_prepare_snapshot", self.new_id()):
-            return
         held = self.held_before(h)
 
         def made_or_held(before, after):
@@ -660,8 +628,6 @@ class ContractMachine(RuleBasedStateMachine):
         other host (later steps expose, break, delete or resync it)."""
         own = [n for n, ini in PRODUCTION.items() if ini == HOSTS[h][1]]
         names = data.draw(st.lists(st.sampled_from(own), min_size=1, max_size=2, unique=True))
-        if self.discards_owner_import(h, "begin_prepare_snapshot", self.new_id()):
-            return
         held = self.held_before(h)
         out = self.checked("coordinator create", lambda: self.coords[h].create([f"/mnt/{n}" for n in names], context),
                            lambda before, after: {r["set_id"] for r in after["tables"]["sets"]} - {
@@ -868,7 +834,7 @@ def test_contract_holds_for_random_call_sequences_from_two_hosts(patched):
     assert steps >= MIN_STEPS, f"only {steps} steps ran; raise max_examples or stateful_step_count"
 
 
-# -- the product bugs the machine found, each pinned (the machine steps around each path) ----------
+# -- regression tests of the product bugs the machine found (fixed; the machine walks these paths) --
 
 @pytest.fixture
 def lab(patched):
@@ -894,28 +860,24 @@ def shadow_luns(m: ContractMachine) -> list[tuple[str, str]]:
     return sorted((lun.name, lun.kind) for lun in m.arr.store.luns() if lun.origin)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: OnLunStateChange (break) of several LUNs detaches them one by one; "
-                                       "when the array refuses a later one, the earlier ones stay broken")
-def test_a_refused_break_of_two_luns_has_broken_the_first(lab):
+def test_a_refused_break_of_two_luns_breaks_neither(lab):
     """host-b imported its own set (b1); host-a made a transportable set (a1), not imported.
-    host-b breaks both shadow LUNs in one call: refused (E_ACCESSDENIED, host-b does not hold
-    a1's), but b1's shadow LUN was detached (kind 'volume') before the refusal."""
+    host-b breaks both shadow LUNs in one call: refused (host-b has not imported a1's), and
+    neither is broken: OnLunStateChange checks every LUN before it detaches any."""
     _, mine = full_create(lab, "b", ["b1"])
     lab.providers["b"].locate_luns(mine)
     _, theirs = full_create(lab, "a", ["a1"], BACKUP | TRANSPORTABLE)
     before = shadow_luns(lab)
     with pytest.raises(VssError):
         lab.providers["b"].on_lun_state_change([mine[0], theirs[0]], [lab.records["b1"], lab.records["a1"]], 0)
-    assert shadow_luns(lab) == before  # got: b1's shadow LUN is kind 'volume' now
+    assert shadow_luns(lab) == before  # both still kind 'snapshot'
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a BeginPrepareSnapshot that reuses the id of the created (handed out, "
-                                       "imported) set and fails deletes that set on the array")
-def test_a_refused_begin_prepare_with_the_created_sets_id_deletes_that_set(lab):
+def test_a_refused_begin_prepare_reusing_the_created_sets_id_keeps_that_set(lab):
     """host-a creates a set (GetTargetLuns done: handed out) and locates its LUNs. A
-    BeginPrepareSnapshot with the same set id and a LUN not of this array: refused
-    (VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER) — and the provider's failure path discards 'the
-    held set', which is the created one: its imported shadow LUN is deleted."""
+    BeginPrepareSnapshot with the same set id and a LUN not of this array is refused
+    (VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER), and the created set, which VSS has in its
+    document and the host imported, is kept: the failed call discards nothing of it."""
     set_id, targets = full_create(lab, "a", ["a1"])
     lab.providers["a"].locate_luns(targets)
     before = shadow_luns(lab)
@@ -923,37 +885,42 @@ def test_a_refused_begin_prepare_with_the_created_sets_id_deletes_that_set(lab):
     with pytest.raises(VssError) as e:
         lab.providers["a"].begin_prepare_snapshot(set_id, lab.new_id(), BACKUP, ["/dev/sdzz"], [unknown])
     assert e.value.hresult == HResult.VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER
-    assert shadow_luns(lab) == before  # got: [] (the set is 'aborted', its LV and export gone)
+    assert shadow_luns(lab) == before
+    assert lab.arr.store.snapshot_set(set_id).state == "committed"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: AbortSnapshots from a fresh provider instance deletes a set its "
-                                       "creating host has already imported (located)")
-def test_abort_by_a_fresh_provider_deletes_a_set_its_host_imported(lab):
+def test_abort_by_a_fresh_provider_keeps_a_set_its_host_imported(lab):
     """host-a creates a set and locates it (imports it on the creating host); its provider
-    server restarts; VSS's AbortSnapshots of that set (S_OK) deletes the imported LUN, which the
-    host still has as a disk. The array refuses this for another host's import, not for its own."""
+    server restarts; VSS's AbortSnapshots of that set (S_OK) changes nothing: the array refuses
+    the abort of an imported set (by any host, its own too), the provider logs it. The imported
+    LUN stays, held by and masked to host-a."""
     set_id, targets = full_create(lab, "a", ["a1"])
     disks = lab.providers["a"].locate_luns(targets)
+    before = lab.snapshot()
     lab.new_provider("a").abort_snapshots(set_id)
-    assert lab.arr.store.lun(disks[0]["lun"]) is not None  # got: None, the set 'aborted'
+    lun = lab.arr.store.lun(disks[0]["lun"])
+    assert lun is not None and lun.holder == HOST_A
+    assert HOST_A in {m.initiator for m in lab.arr.store.masks(lun.name)}
+    assert lab.snapshot() == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a late AbortSnapshots of an old set, from the instance that now "
-                                       "holds a newer set, deletes the old set though it was imported (issue 13 #2)")
-def test_late_abort_of_an_old_set_deletes_it_though_imported(lab):
+def test_late_abort_of_an_old_set_keeps_it_when_imported(lab):
+    """A late AbortSnapshots of an old set that host-a imported, from the instance that now
+    holds a newer set (issue 13 #2): S_OK, and it changes nothing (the array refuses the abort
+    of an imported set; the newer set is not touched either)."""
     old, targets = full_create(lab, "a", ["a1"])
     disks = lab.providers["a"].locate_luns(targets)
     full_create(lab, "a", ["a2"])
+    before = lab.snapshot()
     lab.providers["a"].abort_snapshots(old)  # S_OK, a no-op for the state machine (OTHER set)
-    assert lab.arr.store.lun(disks[0]["lun"]) is not None  # got: None
+    assert lab.arr.store.lun(disks[0]["lun"]) is not None
+    assert lab.snapshot() == before
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: ResyncLuns starts the pairs one by one; when the array refuses a "
-                                       "later pair, the earlier resync is left running and writes its target")
-def test_a_refused_resync_has_started_copying_the_first_pair(lab, monkeypatch):
+def test_a_refused_resync_of_two_pairs_starts_neither(lab, monkeypatch):
     """host-a resyncs its shadow copy of a1 onto a1 twice in one call (two pairs, one target):
-    refused with VSS_E_RESYNC_IN_PROGRESS for the second pair, but the first pair's job was
-    started and copies onto the production LUN a1 (a job row, blocks written)."""
+    refused, and no resync was started (no job row, no block written): ResyncLuns checks every
+    pair before it starts any."""
     release = threading.Event()
     written = []
 
@@ -965,13 +932,57 @@ def test_a_refused_resync_has_started_copying_the_first_pair(lab, monkeypatch):
     monkeypatch.setattr(array_module, "copy_blocks", slow_copy)
     _, targets = full_create(lab, "a", ["a1"])
     try:
-        with pytest.raises(VssError) as e:
+        with pytest.raises(VssError):
             lab.providers["a"].resync_luns([targets[0], targets[0]], [lab.records["a1"]] * 2, wait=False)
-        assert e.value.hresult == HResult.VSS_E_RESYNC_IN_PROGRESS
         deadline = time.monotonic() + 1
         while not written and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert lab.arr.store.jobs() == [] and written == []  # got: one resync job onto lun-a1, copying
+        assert lab.arr.store.jobs() == [] and written == []
+    finally:
+        release.set()
+        lab.settle()
+
+
+def test_a_second_refused_begin_prepare_reusing_the_created_sets_id_keeps_that_set(lab):
+    """host-a creates a set (GetTargetLuns done: handed out, committed, not imported yet).
+    BeginPrepareSnapshot with the same set id and a LUN not of this array, twice: both refused
+    (VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER), and the set stays (VSS has it in its document):
+    the provider remembers which sets it handed out, whatever state a refusal left it in."""
+    set_id, _ = full_create(lab, "a", ["a1"])
+    before = shadow_luns(lab)
+    unknown = predict_lio_lun_info(UNKNOWN_SERIALS[0]).to_dict()
+    for _ in range(2):
+        with pytest.raises(VssError) as e:
+            lab.providers["a"].begin_prepare_snapshot(set_id, lab.new_id(), BACKUP, ["/dev/sdzz"], [unknown])
+        assert e.value.hresult == HResult.VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER
+    assert shadow_luns(lab) == before  # got: [] after the second refusal
+    assert lab.arr.store.snapshot_set(set_id).state == "committed"  # got: 'aborted'
+
+
+def test_a_resync_refused_for_a_smaller_destination_starts_no_pair(lab, monkeypatch):
+    """host-a has a third production LUN a3 of 32 MiB (the machine's LUNs are all 64 MiB, so it
+    cannot reach this). It resyncs its shadow copies of a1 and a2 (64 MiB) onto a1 and a3 in one
+    call: refused (a3 is smaller than its source) before any pair starts."""
+    release = threading.Event()
+    written = []
+
+    def slow_copy(src, dst, size, progress=None, only_changed=False):
+        written.append(dst)
+        release.wait(5)
+        return size
+
+    monkeypatch.setattr(array_module, "copy_blocks", slow_copy)
+    small = lab.arr.create_volume("a3", 32 * MIB)
+    lab.arr.mask("a3", HOST_A)
+    _, targets = full_create(lab, "a", ["a1", "a2"])
+    try:
+        with pytest.raises(VssError):
+            lab.providers["a"].resync_luns(targets, [lab.records["a1"], predict_lio_lun_info(small.serial).to_dict()],
+                                           wait=False)
+        deadline = time.monotonic() + 1
+        while not written and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert lab.arr.store.jobs() == [] and written == []  # got: a resync job onto lun-a1, copying
     finally:
         release.set()
         lab.settle()
