@@ -26,6 +26,7 @@ from provider.hresult import HResult, VssError, VssUserError, http_status, vss_e
 from .array import Array, ArrayConfig, LunView, san_portals
 from .lio import ISCSI_PORT, Lio
 from .lvm import Lvm
+from .reconcile import Reconciler
 from .store import Job, Store
 
 log = logging.getLogger("shadowlun.agent")
@@ -85,7 +86,9 @@ def lun_dict(view: LunView) -> dict:
     return asdict(view)
 
 
-def create_app(array: Array, token: str) -> FastAPI:
+def create_app(array: Array, token: str, keeper: Reconciler | None = None) -> FastAPI:
+    """The API over `array`; `keeper` is the reconciler that brought it up (its health)."""
+    keeper = keeper or Reconciler(array)
     app = FastAPI(title="shadowlun array agent", version=API_VERSION,
                   description="LVM thin volumes and snapshots served as iSCSI LUNs by LIO.")
     bearer = HTTPBearer(auto_error=False)
@@ -214,6 +217,25 @@ def create_app(array: Array, token: str) -> FastAPI:
     def job(job_id: str) -> dict:
         return job_dict(array.job(job_id))
 
+    # admin-only
+    @app.get("/v1/health", dependencies=guard,
+             summary="what is not as wanted: an unconfirmed store, LVs set aside, LUNs that did not come up")
+    def health() -> dict:
+        return keeper.health()
+
+    # admin-only
+    @app.post("/v1/store/confirm", dependencies=guard,
+              summary="confirm that this store is the array's: cleanup is allowed again (reconciles)")
+    def confirm_store() -> dict:
+        return keeper.confirm_store()
+
+    # admin-only
+    @app.delete("/v1/set-aside/{lv}", dependencies=guard, status_code=204, response_class=Response,
+                summary="remove an LV set aside at start (tagged as ours, unknown to the store)")
+    def remove_set_aside(lv: str) -> Response:
+        keeper.remove_set_aside(lv)
+        return Response(status_code=204)
+
     return app
 
 
@@ -239,11 +261,13 @@ def main(argv: list[str] | None = None) -> int:
 
     config = ArrayConfig.load(args.config)
     array = build_array(config)
-    array.reconcile()
+    keeper = Reconciler(array)
+    keeper.reconcile()
     token = Path(config.token_file).read_text().strip()
     try:
-        uvicorn.run(create_app(array, token), host=config.listen, port=config.port,
-                    ssl_certfile=config.cert_file, ssl_keyfile=config.key_file, log_config=None)
+        with keeper.expiring():
+            uvicorn.run(create_app(array, token, keeper), host=config.listen, port=config.port,
+                        ssl_certfile=config.cert_file, ssl_keyfile=config.key_file, log_config=None)
     finally:
         array.lio.flush()  # a burst's save may still be waiting
     return 0
