@@ -61,6 +61,8 @@ class Reconciler:
             "set_aside", "failed_luns", "errors")}
         with a._op_lock:
             resumed, failures = a.lvm.resume_suspended()
+            if resumed:
+                log.warning("resumed devices left suspended (an agent killed in a commit): %s", ", ".join(resumed))
             done["resumed"] = resumed
             done["errors"] += [str(e) for e in failures]
             lvs = a.lvm.volumes()
