@@ -31,9 +31,10 @@ from pydantic import BaseModel, Extra, Field, StrictBool, StrictInt, StrictStr
 from provider.hresult import HResult, VssError, http_status, vss_error
 
 from .array import Array, ArrayConfig, LunView, san_portals
-from .authority import ADMIN, Caller
+from .authority import ADMIN, Caller, require_admin
 from .lio import ISCSI_PORT, Lio
 from .lvm import Lvm
+from .reconcile import Reconciler
 from .store import Job, Store, StoreError
 
 log = logging.getLogger("shadowlun.agent")
@@ -160,7 +161,9 @@ def lun_dict(view: LunView) -> dict:
     return asdict(view)
 
 
-def create_app(array: Array, admin_token: str) -> FastAPI:
+def create_app(array: Array, admin_token: str, keeper: Reconciler | None = None) -> FastAPI:
+    """The API over `array`; `keeper` is the reconciler that brought it up (its health)."""
+    keeper = keeper or Reconciler(array)
     bearer = HTTPBearer(auto_error=False)  # for the OpenAPI description; Gate has checked it
     app = FastAPI(title="shadowlun array agent", version=API_VERSION, dependencies=[Depends(bearer)],
                   description="LVM thin volumes and snapshots served as iSCSI LUNs by LIO. "
@@ -300,6 +303,25 @@ def create_app(array: Array, admin_token: str) -> FastAPI:
     def job(job_id: str, c: Caller = who) -> dict:
         return job_dict(array.job(job_id, c))
 
+    @app.get("/v1/health",
+             summary="what is not as wanted: an unconfirmed store, LVs set aside, LUNs that did not come up (admin)")
+    def health(c: Caller = who) -> dict:
+        require_admin(c, "see the array's health")
+        return keeper.health()
+
+    @app.post("/v1/store/confirm",
+              summary="confirm that this store is the array's: cleanup is allowed again, reconciles (admin)")
+    def confirm_store(c: Caller = who) -> dict:
+        require_admin(c, "confirm the store")
+        return keeper.confirm_store()
+
+    @app.delete("/v1/set-aside/{lv}", status_code=204, response_class=Response,
+                summary="remove an LV set aside at start: tagged as ours, unknown to the store (admin)")
+    def remove_set_aside(lv: str, c: Caller = who) -> Response:
+        require_admin(c, "remove LVs set aside")
+        keeper.remove_set_aside(lv)
+        return Response(status_code=204)
+
     app.add_middleware(Gate, authenticate=authenticate)
     return app
 
@@ -325,7 +347,11 @@ def hand_out_access(array: Array, config: ArrayConfig) -> list[Path]:
     """Each configured host's access file, `<access_dir>/<name>.json`: the agent's URL and
     certificate with the host's own token and CHAP credentials, for an admin (or the lab, or
     Vagrant) to copy to that host and no other. Made when the host is registered, and again
-    with a new token when the file is missing (the token is kept nowhere else)."""
+    with a new token when the file is missing (the token is kept nowhere else). Nothing while
+    the store is not known to be this array's: new tokens there would only replace good files."""
+    if not array.store_trusted:
+        log.warning("hosts not registered and no access file written: the store is not confirmed")
+        return []
     made = array.register_configured_hosts()
     certificate = Path(config.cert_file).read_text()
     written = []
@@ -363,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # whatever the agent writes (store, access files) is root's only
     config = ArrayConfig.load(args.config)
     array = build_array(config)
-    array.reconcile()
+    keeper = Reconciler(array)
+    keeper.reconcile()
     try:
         for path in hand_out_access(array, config):
             log.info("access file for a host: %s", path)
@@ -371,8 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"array config: hosts: {e.message}") from None
     token = Path(config.token_file).read_text().strip()
     try:
-        uvicorn.run(create_app(array, token), host=config.listen, port=config.port,
-                    ssl_certfile=config.cert_file, ssl_keyfile=config.key_file, log_config=None)
+        with keeper.expiring():
+            uvicorn.run(create_app(array, token, keeper), host=config.listen, port=config.port,
+                        ssl_certfile=config.cert_file, ssl_keyfile=config.key_file, log_config=None)
     finally:
         array.lio.flush()  # a burst's save may still be waiting
     return 0

@@ -12,8 +12,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
-import signal
 import threading
 import time
 import uuid
@@ -25,8 +23,9 @@ from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
 
 from . import names
 from .authority import ADMIN, Caller, denied, new_chap_secret, new_token, require_admin, token_digest
+from .faults import crash_point
 from .lio import Lio, naa_wwid
-from .lvm import LogicalVolume, Lvm, LvmError, copy_blocks
+from .lvm import LogicalVolume, Lvm, copy_blocks
 from .store import Host, Job, Lun, Mask, SetMember, SnapshotSet, Store
 
 log = logging.getLogger("shadowlun.array")
@@ -36,14 +35,6 @@ MAX_LUNS_PER_SET = 64
 MIN_VOLUME_BYTES = 1 << 20
 VOLUME_PREFIX, SNAPSHOT_PREFIX = "lun-", names.SNAPSHOT_PREFIX
 KIND_TAG, SET_TAG, SNAPSHOT_TAG = "shadowlun.kind", "shadowlun.set", "shadowlun.snapshot"
-CRASH_ENV = "SHADOWLUN_ARRAY_CRASH_AT"
-
-
-def crash_point(name: str) -> None:
-    """Fault injection for the system tests: die here (SIGKILL, no cleanup) when asked."""
-    if os.environ.get(CRASH_ENV) == name:
-        log.warning("crash point %s reached: killing the agent as asked by %s", name, CRASH_ENV)
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass
@@ -58,6 +49,7 @@ class ArrayConfig:
     pool_full_percent: float = 90.0
     max_volume_bytes: int = 16 << 40  # one volume's virtual size, at most
     overcommit_ratio: float = 10.0    # the volumes' and copies' virtual sizes, at most this times the pool
+    prepared_set_max_age_s: float = 1800.0  # a set prepared and never committed is aborted after this
     token_file: str = "/etc/shadowlun/agent.token"  # the admin's bearer token
     access_dir: str = "/etc/shadowlun/access"      # <host name>.json: each configured host's access file
     cert_file: str = "/etc/shadowlun/agent.crt"
@@ -117,6 +109,10 @@ class Array:
         self.config, self.store, self.lvm, self.lio = config, store, lvm, lio
         self._op_lock = threading.RLock()  # one changing operation at a time; reads are free
         self._premade: dict[str, list] = {}  # prepared set -> [(origin, snapshot) ThinDevice]
+        self._jobs: dict[str, threading.Thread] = {}  # job id -> its thread (a reconcile spares live ones)
+        # False while the store is not known to be this array's (targets.reconcile decides at
+        # start): then nothing that removes or overwrites data runs.
+        self.store_trusted = True
 
     # -- views and who may see what ------------------------------------------------------
 
@@ -215,6 +211,19 @@ class Array:
                             f"over {self.config.overcommit_ratio:g} times the thin pool ({allowed} bytes)")
         return size_bytes
 
+    def _require_trusted(self, what: str) -> None:
+        if not self.store_trusted:
+            raise vss_error(HResult.VSS_E_BAD_STATE,
+                             f"{what}: refused until an admin confirms this array's store "
+                             f"(GET /v1/health, then POST /v1/store/confirm)")
+
+    def _require_no_lv(self, lv: str) -> None:
+        """A new LUN's LV name must be free in LVM too: an LV the store does not know (set aside
+        at start) would otherwise be removed by the failed create's cleanup."""
+        if self.lvm.get(lv) is not None:
+            raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS,
+                             f"an LV named {lv} exists on the array, unknown to its store (see GET /v1/health)")
+
     def _new_serial(self, also_taken: set[str] = frozenset()) -> str:
         """32 hex digits, unique in its first 25 (LIO's NAA id uses only those) among LUNs,
         the snapshots of prepared sets, and `also_taken` (the set being prepared)."""
@@ -239,6 +248,7 @@ class Array:
                     return self._view(existing)  # a retry
                 raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"a LUN named {name!r} exists")
             self._check_size(size_bytes)
+            self._require_no_lv(lv)
             self._check_pool()
             lun = self.store.add_lun(lv, "volume", size_bytes, self._new_serial())
             self._make(lun, lambda: self.lvm.create_volume(lv, size_bytes, {KIND_TAG: "volume"}))
@@ -256,11 +266,14 @@ class Array:
             raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"could not create {lun.name}: {e}") from e
 
     def _destroy(self, lv: str) -> list[str]:
-        """Remove export, LV and store rows of one LUN, collecting errors rather than stopping."""
+        """Remove export, LV and store rows of one LUN, collecting errors rather than stopping.
+        If the export or the LV stays, so does the row, as 'deleting': the reconcile at the next
+        start finishes it from the store's record (it never removes LVs the store does not know)."""
         errors = []
         for what, fn in (("LIO export", lambda: self.lio.unexport(lv)),
                          ("LV", lambda: self.lvm.get(lv) and self.lvm.remove(lv)),
-                         ("store", lambda: self.store.remove_lun(lv))):
+                         ("store", lambda: self.store.set_lun_state(lv, "deleting") if errors
+                          else self.store.remove_lun(lv))):
             try:
                 fn()
             except Exception as e:  # noqa: BLE001 - collected and reported
@@ -273,6 +286,7 @@ class Array:
         with self._op_lock:
             lun = self._lun(name, caller)
             self._require_holder(lun, caller, "delete")
+            self._require_trusted(f"delete of {name}")
             if any(j.state == "running" and lun.name in (j.source, j.target) for j in self.store.jobs()):
                 raise vss_error(HResult.VSS_E_VOLUME_IN_USE, f"{name} is in a running copy or resync")
             self.store.set_lun_state(lun.name, "deleting")
@@ -496,8 +510,8 @@ class Array:
 
     def _commit_snapshots(self, s) -> float:
         """The commit window: the pre-made snapshots made again at this moment. Without them
-        (the agent restarted since the prepare and the reconcile removed them, or an origin is
-        not active), one batch of lvcreate -s, as slow as LVM is but just as consistent."""
+        (removed behind the agent's back since the prepare, or an origin is not active), one
+        batch of lvcreate -s, as slow as LVM is but just as consistent."""
         pairs = self._premade.pop(s.set_id, None)
         if pairs is None:
             pairs = self._thin_pairs(s.members)
@@ -664,6 +678,7 @@ class Array:
                 raise vss_error(HResult.VSS_E_BAD_STATE,
                                 f"snapshot set {set_id} was imported by {imported[0]}: an abort changes nothing "
                                 f"now; the importing host deletes or breaks its copies")
+            self._require_trusted(f"abort of snapshot set {set_id}")
             errors = self._undo_set(set_id)
             if errors:
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, "; ".join(errors))
@@ -708,6 +723,7 @@ class Array:
             self._require_use(src, caller, "copy")
             if self.store.lun(lv) is not None:
                 raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"a LUN named {target!r} exists")
+            self._require_no_lv(lv)
             self._check_size(src.size_bytes, "copy size")
             self._check_pool(need_bytes=src.size_bytes)
             lun = self.store.add_lun(lv, "copy", src.size_bytes, self._new_serial(), origin=src.name,
@@ -749,6 +765,7 @@ class Array:
         that could not take the target's unwritten blocks."""
         with self._op_lock:
             snap, dst = self._lun(snapshot, caller), self._lun(target, caller)
+            self._require_trusted(f"resync of {target}")
             if snap.kind != "snapshot":
                 raise vss_error(HResult.E_INVALIDARG, f"{snapshot} is a {snap.kind}, not a shadow copy: "
                                                       f"a resync copies a shadow copy back")
@@ -785,6 +802,7 @@ class Array:
                 self.store.update_job(job.job_id, state="failed", error=str(e))
 
         t = threading.Thread(target=body, name=f"job-{job.job_id[:8]}", daemon=True)
+        self._jobs[job.job_id] = t
         t.start()
 
     def job(self, job_id: str, caller: Caller = ADMIN) -> Job:
@@ -794,78 +812,4 @@ class Array:
         if not (caller.is_admin or job.requester == caller.initiator):
             raise denied(caller, f"see job {job_id}: another host started it")
         return job
-
-    # -- reconcile at start --------------------------------------------------------------
-
-    def reconcile(self) -> dict:
-        """Repair LVM and LIO toward the store; remove what interrupted operations left."""
-        done: dict[str, list[str]] = {"removed": [], "rebuilt": [], "failed_jobs": [], "aborted_sets": [],
-                                      "errors": []}
-        with self._op_lock:
-            for job in self.store.jobs("running"):
-                self.store.update_job(job.job_id, state="failed", error="interrupted: the agent restarted")
-                done["failed_jobs"].append(job.job_id)
-                if job.kind == "copy":
-                    done["errors"] += self._destroy(job.target)
-                    done["removed"].append(job.target)
-            for s in self.store.sets("committing"):
-                done["errors"] += self._undo_set(s.set_id)
-                done["aborted_sets"].append(s.set_id)
-            for lun in self.store.luns():
-                if lun.state in ("creating", "deleting"):
-                    done["errors"] += self._destroy(lun.name)
-                    done["removed"].append(lun.name)
-            known = {lun.name for lun in self.store.luns()}
-            for lv in self.lvm.volumes():
-                if lv.owned and lv.name not in known:
-                    try:
-                        self.lio.unexport(lv.name)
-                        self.lvm.remove(lv.name)
-                        done["removed"].append(lv.name)
-                    except (LvmError, OSError) as e:
-                        done["errors"].append(f"{lv.name}: {e}")
-            exports = self.lio.exports()
-            for name, export in exports.items():
-                if name.startswith((VOLUME_PREFIX, SNAPSHOT_PREFIX)) and name not in known:
-                    self.lio.unexport(name)
-                    done["removed"].append(f"LIO {name}")
-            for name in self.lio.orphan_backstores():
-                if name.startswith((VOLUME_PREFIX, SNAPSHOT_PREFIX)):
-                    self.lio.unexport(name)
-                    done["removed"].append(f"LIO backstore {name}")
-            exports = self.lio.exports()
-            for lun in self.store.luns("ready"):
-                lv = self.lvm.get(lun.name)
-                if lv is None:
-                    done["errors"].append(f"{lun.name}: its LV is gone; left in the store for an operator")
-                    continue
-                if not lv.active:
-                    self.lvm.activate(lun.name)
-                if lun.kind != "snapshot" and (lv.tag(SET_TAG) or lv.tag(SNAPSHOT_TAG)):
-                    try:  # an interrupted detach: the store says it is no snapshot any more
-                        self.lvm.retag(lun.name, *_kind_tags(lv, lun.kind))
-                        done["rebuilt"].append(f"{lun.name} tags")
-                    except LvmError as e:
-                        done["errors"].append(f"{lun.name}: tags: {e}")
-                export = exports.get(lun.name)
-                if export is None or export.serial != lun.serial:
-                    if export is not None:
-                        self.lio.unexport(lun.name)
-                    self.lio.export(lun.name, lv.device, lun.serial)
-                    export = None  # its mappings went with it: re-apply every mask below
-                    done["rebuilt"].append(lun.name)
-                have = {m.initiator: m for m in (export.mappings if export else ())}
-                for mask in self.store.masks(lun.name):
-                    m = have.pop(mask.initiator, None)
-                    if m is None or m.read_only != mask.read_only or export is None:
-                        host = self.store.host(mask.initiator)
-                        self.lio.mask(lun.name, mask.initiator, host.chap_user, host.chap_secret, mask.read_only)
-                        done["rebuilt"].append(f"{lun.name} -> {mask.initiator}")
-                for initiator in have:
-                    self.lio.unmask(lun.name, initiator)
-                    done["removed"].append(f"{lun.name} -> {initiator}")
-        for err in done["errors"]:
-            log.error("reconcile: %s", err)
-        log.info("reconcile: %s", json.dumps({k: v for k, v in done.items() if v}))
-        return done
 

@@ -4,7 +4,7 @@ The commit window suspends the origins, sends thin-pool messages and resumes the
 dmsetup that is 2N+2 process start-ups inside the window, plus a wait for udev at each resume;
 that, not the kernel's work, made the window grow by a quarter of a second per LUN in the lab.
 No maintained Python binding of these ioctls exists (libblockdev's dm plugin has neither suspend
-nor message), so the three we need are here, on the kernel's stable ABI (linux/dm-ioctl.h,
+nor message), so the few we need are here, on the kernel's stable ABI (linux/dm-ioctl.h,
 interface version 4). Like `dmsetup --noudevsync`, nothing waits for udev: the window does not
 create or remove device nodes.
 """
@@ -26,6 +26,8 @@ NAME_MAX = 127  # name[128], NUL-terminated
 VERSION = (4, 0, 0)  # the kernel accepts any minor up to its own within major 4
 
 SUSPEND_FLAG = 1 << 1  # DM_SUSPEND_FLAG: with DEV_SUSPEND, suspend; without it, resume
+INACTIVE_PRESENT_FLAG = 1 << 6  # DM_INACTIVE_PRESENT_FLAG: a loaded table waits for a resume
+FLAGS_FIELD = 7  # index of `flags` in HEADER's fields
 
 
 def _iowr(nr: int) -> int:
@@ -34,6 +36,7 @@ def _iowr(nr: int) -> int:
 
 
 DEV_SUSPEND = _iowr(6)
+DEV_STATUS = _iowr(7)
 TARGET_MSG = _iowr(14)
 
 
@@ -70,6 +73,7 @@ class Control(Protocol):
     def suspend(self, name: str) -> None: ...
     def resume(self, name: str) -> None: ...
     def message(self, name: str, text: str, sector: int = 0) -> None: ...
+    def status(self, name: str) -> int: ...
 
 
 class DmControl:
@@ -108,6 +112,12 @@ class DmControl:
 
     def resume(self, name: str) -> None:
         self._call("resume", DEV_SUSPEND, pack(name), name)
+
+    def status(self, name: str) -> int:
+        """The device's flags (as `dmsetup info`): SUSPEND_FLAG, INACTIVE_PRESENT_FLAG, ..."""
+        buf = pack(name)
+        self._call("status", DEV_STATUS, buf, name)
+        return HEADER.unpack_from(buf)[FLAGS_FIELD]
 
     def message(self, name: str, text: str, sector: int = 0) -> None:
         """A target message (as `dmsetup message NAME SECTOR TEXT`); the thin pool commits its

@@ -9,6 +9,7 @@ Names and tags tie LVs to the array's store: every LV the array makes carries th
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -16,8 +17,10 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 
-from .dm import Control, DmControl, DmError
+from .dm import INACTIVE_PRESENT_FLAG, SUSPEND_FLAG, Control, DmControl, DmError
+from .faults import crash_point
 
 OWNER_TAG = "shadowlun"
 LV_FIELDS = "lv_name,lv_uuid,lv_size,lv_attr,pool_lv,origin,lv_tags,data_percent,metadata_percent"
@@ -104,6 +107,22 @@ def dm_name(vg: str, lv: str) -> str:
     return f"{vg.replace('-', '--')}-{lv.replace('-', '--')}"
 
 
+def vg_dm_names(vg: str, sys_block: Path) -> list[str]:
+    """Device-mapper names of the VG's active LVs (and their layers), from sysfs: no command,
+    no device opened, so nothing blocks on a suspended device. A name of another VG whose name
+    starts with this one's is not taken: LVM doubles '-' in names, and no LV name starts with '-'."""
+    prefix = dm_name(vg, "")
+    names = []
+    for path in sorted(sys_block.glob("dm-*/dm/name")):
+        try:
+            name = path.read_text().strip()
+        except OSError:  # removed meanwhile
+            continue
+        if name.startswith(prefix) and not name[len(prefix):].startswith("-"):
+            names.append(name)
+    return names
+
+
 def parse_thin_devices(report: str, names: Sequence[str]) -> dict[str, ThinDevice]:
     """From `lvs --reportformat json -o lv_name,thin_id,lv_dm_path,lv_attr`: the named LVs."""
     wanted = set(names)
@@ -147,6 +166,11 @@ def pool_status(lvs: list[LogicalVolume], pool: str) -> PoolStatus:
     return PoolStatus(lv.vg, pool, lv.size_bytes, lv.data_percent or 0.0, lv.metadata_percent or 0.0)
 
 
+def parse_vg_tags(report: str) -> tuple[str, ...]:
+    """The tags of the one VG in `vgs --reportformat json -o vg_tags VG`."""
+    return tuple(t for t in json.loads(report)["report"][0]["vg"][0]["vg_tags"].split(",") if t)
+
+
 def tags_args(tags: dict[str, str] | None) -> list[str]:
     """--addtag for the owner tag and each key=value (LVM tags allow [A-Za-z0-9_+.=-])."""
     out = ["--addtag", OWNER_TAG]
@@ -180,8 +204,9 @@ class Lvm:
     (injectable for unit tests)."""
 
     def __init__(self, vg: str, pool: str, run: Runner = run_lvm,
-                 dm: Callable[[], AbstractContextManager[Control]] = DmControl) -> None:
-        self.vg, self.pool, self._run, self._dm = vg, pool, run, dm
+                 dm: Callable[[], AbstractContextManager[Control]] = DmControl,
+                 sys_block: Path = Path("/sys/block")) -> None:
+        self.vg, self.pool, self._run, self._dm, self._sys_block = vg, pool, run, dm, sys_block
 
     def volumes(self) -> list[LogicalVolume]:
         return parse_lvs(self._run(["lvs", "--reportformat", "json", "--units", "b", "--nosuffix",
@@ -244,6 +269,7 @@ class Lvm:
                     if origin.dm_name:
                         dm.suspend(origin.dm_name)
                         suspended.append(origin.dm_name)
+                crash_point("commit-window")  # a killed agent leaves these suspended: see resume_suspended
                 for origin, snap in pairs:
                     dm.message(pool, f"delete {snap.thin_id}")
                     deleted.append(snap.thin_id)
@@ -261,6 +287,38 @@ class Lvm:
             raise DmError(errors[0].what, errors[0].device, errors[0].errno,
                           also=[str(e) for e in errors[1:]])
         return took
+
+    def resume_suspended(self) -> tuple[list[str], list[DmError]]:
+        """Resume every suspended device of the VG: what an agent killed inside the commit window
+        left holding its hosts' I/O. A device with a loaded table waiting (an lvm command
+        interrupted between load and resume) is not resumed, which would switch tables behind
+        LVM: it is reported for an operator. Returns (resumed, failures); every device is tried."""
+        resumed: list[str] = []
+        errors: list[DmError] = []
+        with self._dm() as dm:
+            for name in vg_dm_names(self.vg, self._sys_block):
+                try:
+                    flags = dm.status(name)
+                    if flags & SUSPEND_FLAG and flags & INACTIVE_PRESENT_FLAG:
+                        raise DmError("resume (a loaded table waits; left for an operator)", name, errno.EBUSY)
+                    if flags & SUSPEND_FLAG:
+                        dm.resume(name)
+                        resumed.append(name)
+                except DmError as e:
+                    errors.append(e)
+        return resumed, errors
+
+    def vg_tags(self) -> tuple[str, ...]:
+        return parse_vg_tags(self._run(["vgs", "--reportformat", "json", "-o", "vg_tags", self.vg], None))
+
+    def retag_vg(self, remove: Sequence[str] = (), add: Sequence[str] = ()) -> None:
+        """Delete the VG tags `remove` and add `add` (whole tags), in one vgchange."""
+        argv = ["vgchange", "-q"]
+        for tag in remove:
+            argv += ["--deltag", tag]
+        for tag in add:
+            argv += ["--addtag", tag]
+        self._run([*argv, self.vg], None)
 
     def activate(self, *names: str) -> None:
         """Thin snapshots skip activation by default; -K activates anyway. Several LVs in one

@@ -75,6 +75,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     created     REAL NOT NULL,
     requester   TEXT                        -- the host initiator that started it; NULL: the admin
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key         TEXT PRIMARY KEY,           -- 'array_id': the array this store belongs to
+    value       TEXT NOT NULL
+);
 """
 
 
@@ -362,3 +366,19 @@ class Store:
         with self.tx() as db:
             db.execute("UPDATE jobs SET done_bytes = COALESCE(?, done_bytes), state = COALESCE(?, state), "
                        "error = COALESCE(?, error) WHERE job_id = ?", (done_bytes, state, error, job_id))
+
+    # -- identity: which array this store belongs to ------------------------------------------
+
+    def array_id(self) -> str | None:
+        """The id of the array this store was made for (also a tag of its volume group), so that
+        an agent started on an empty or another array's store can tell."""
+        rows = self._rows("SELECT value FROM meta WHERE key = 'array_id'")
+        return rows[0][0] if rows else None
+
+    def set_array_id(self, array_id: str) -> None:
+        with self.tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('array_id', ?)", (array_id,))
+
+    def is_empty(self) -> bool:
+        """No LUN and no snapshot set: what a new (or lost) store looks like."""
+        return not self._rows("SELECT 1 FROM luns UNION ALL SELECT 1 FROM sets LIMIT 1")

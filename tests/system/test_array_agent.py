@@ -9,8 +9,8 @@ import uuid
 import pytest
 
 from lab import checks
-from lab.agent_api import AgentApi
-from lab.host_volumes import host_chap
+from lab.agent_api import ADMIN_ACCESS, AgentApi
+from lab.host_volumes import HostVolumes, host_chap
 from lab.initiator import Node
 from provider.hresult import HResult, VssError, VssUserError
 
@@ -226,7 +226,7 @@ def restart_agent(lab, env: str | None = None) -> None:
         a.run(f"rm -f {dropin}")
     a.run("systemctl daemon-reload && systemctl restart shadowlun-array-agent")
     try:
-        checks.wait_for_agent(lab.vm("host-a"))
+        checks.wait_for_agent(a, access=ADMIN_ACCESS)  # the admin: hosts' tokens are in the store
     except TimeoutError as e:
         raise AssertionError(a.run("journalctl -u shadowlun-array-agent -n 30 --no-pager").stdout) from e
 
@@ -424,3 +424,83 @@ def test_predicted_snapshot_record_equals_what_a_host_reads(lab, api, target):
         node.remove()
         api.call("POST", f"/v1/snapshot-sets/{set_id}/abort")
         api.call("DELETE", f"/v1/luns/{vol}")
+
+
+STATE = "/var/lib/shadowlun"
+ASIDE = "/var/lib/shadowlun.aside"
+UNIT = "shadowlun-array-agent"
+
+
+def reads_and_writes(host, mount: str, name: str, timeout: int = 120) -> str:
+    """Write 4 MiB to a file on the host's volume past the page cache, read it back from the
+    disk; bounded, so held I/O fails the test instead of hanging it. Returns its sha256."""
+    r = host.run(f"timeout {timeout} sh -c 'dd if=/dev/urandom of={mount}/{name} bs=1M count=4 "
+                 f"oflag=direct conv=fsync status=none && sha256sum {mount}/{name} && "
+                 f"dd if={mount}/{name} iflag=direct bs=1M status=none | sha256sum'",
+                 check=False, timeout=timeout + 30)
+    assert r.ok, f"I/O on {mount} failed or hung: {r.stderr}"
+    written, read = (line.split()[0] for line in r.stdout.splitlines())
+    assert written == read
+    return written
+
+
+def test_agent_started_on_a_moved_store_removes_nothing_and_serves_on(lab, api):
+    """A wrong or lost store (moved aside): the agent comes up, removes no LV and no export,
+    sets every LV aside and says why; with the store back every volume is served as before."""
+    a = lab.vm("host-a")
+    vols = HostVolumes(lab, a, ["keep"]).create()
+    mount = vols.mounts[0]
+    try:
+        kept = reads_and_writes(a, mount, "before")
+        before, luns = array_objects(lab), api.call("GET", "/v1/luns")
+        lab.array.run(f"systemctl stop {UNIT} && mkdir -p {ASIDE} && mv {STATE}/array.db* {ASIDE}/")
+        try:
+            restart_agent(lab)
+            health = api.call("GET", "/v1/health")
+            assert health["store"]["trusted"] is False and "empty" in health["store"]["problem"], health
+            assert {x["lv"] for x in health["set_aside"]} == before["lvs"]
+            assert api.call("GET", "/v1/luns") == [] and array_objects(lab) == before
+            reads_and_writes(a, mount, "while-aside")
+        finally:
+            lab.array.run(f"systemctl stop {UNIT} && rm -f {STATE}/array.db* && mv {ASIDE}/array.db* {STATE}/ "
+                          f"&& rmdir {ASIDE}")
+            restart_agent(lab)
+        health = api.call("GET", "/v1/health")
+        assert health["store"]["trusted"] is True and health["set_aside"] == [], health
+        assert api.call("GET", "/v1/luns") == luns and array_objects(lab) == before
+        assert a.run(f"sha256sum {mount}/before").stdout.split()[0] == kept
+        reads_and_writes(a, mount, "after")
+    finally:
+        assert vols.remove() == []
+
+
+def test_agent_killed_inside_the_commit_window_resumes_the_origins_at_restart(lab, api):
+    """SIGKILL between the origins' suspend and their resume: systemd starts the agent again,
+    which resumes them before anything else (host-a's writes complete), aborts the set, and
+    leaves no snapshot LV and no LIO object."""
+    a = lab.vm("host-a")
+    vols = HostVolumes(lab, a, ["window"]).create()
+    mount, vol = vols.mounts[0], vols.names[0]
+    origin = f"shadowlun-lun--{vol.replace('-', '--')}"
+    set_id = str(uuid.uuid4())
+    try:
+        before = array_objects(lab)
+        restart_agent(lab, "SHADOWLUN_ARRAY_CRASH_AT=commit-window")
+        api.call("POST", "/v1/snapshot-sets", {"set_id": set_id, "snapshots": [
+            {"snapshot_id": str(uuid.uuid4()), "lun": vol}]})
+        expect_error(HResult.VSS_E_PROVIDER_VETO, api.call, "POST", f"/v1/snapshot-sets/{set_id}/commit")
+        reads_and_writes(a, mount, "after-crash")  # held while suspended, bounded
+        checks.wait_for_agent(a)
+        log = lab.array.run(f"journalctl -u {UNIT} --no-pager -n 300").stdout
+        assert "crash point commit-window reached" in log
+        assert f"resumed devices left suspended (an agent killed in a commit): {origin}\n" in log, log[-3000:]
+        suspended = lab.array.run("dmsetup info -c --noheadings -o name,suspended").stdout
+        assert not [line for line in suspended.splitlines() if line.startswith("shadowlun-")
+                    and line.split(":")[-1].strip() != "Active"], suspended
+        assert api.call("GET", f"/v1/snapshot-sets/{set_id}")["state"] == "aborted"
+        assert array_objects(lab) == before, "the interrupted commit left objects behind"
+        health = api.call("GET", "/v1/health")
+        assert health["store"]["trusted"] and health["failed_luns"] == [], health
+    finally:
+        restart_agent(lab)
+        assert vols.remove() == []

@@ -4,7 +4,8 @@ and targets.agent. They keep the behaviour the Array relies on, not the kernel's
 - FakeLvm: thin LVs in a dict, a thin pool whose data/metadata percent a test sets, LvmError on
   a name that exists (as lvcreate fails), a snapshot batch that makes what it can and then
   reports the missing ones (as the lvm shell runs on past a failed command), inactive thin
-  snapshots until activate() (as lvcreate -s without -K), tags changed by retag() (as lvchange);
+  snapshots until activate() (as lvcreate -s without -K), tags changed by retag() (as lvchange),
+  VG tags, and dm devices a test marks `suspended` that resume_suspended() resumes;
 - FakeLio: exports with their serial and host mappings, create-or-lookup export (ValueError on
   a backstore with another serial), mask() refused on what is not exported, unexport() drops
   the mappings with the LUN, orphan backstores a test can plant.
@@ -70,6 +71,8 @@ class FakeLvm(_Injectable):
         self.metadata_percent = 0.0
         self.window = 0.125  # what create_snapshots reports as the batch's seconds
         self.lvs: dict[str, LogicalVolume] = {}
+        self.tags: list[str] = []  # the VG's
+        self.suspended: set[str] = set()  # dm names, as an agent killed in the commit window leaves them
         self._uuids = itertools.count(1)
 
     # -- test helpers --------------------------------------------------------------------
@@ -164,6 +167,20 @@ class FakeLvm(_Injectable):
         tags = [t for t in lv.tags if t not in remove]
         tags += [f"{k}={v}" for k, v in (add or {}).items() if f"{k}={v}" not in tags]
         self.lvs[name] = replace(lv, tags=tuple(tags))
+
+    def resume_suspended(self) -> tuple[list[str], list]:
+        self._call("resume_suspended")
+        resumed = sorted(self.suspended)
+        self.suspended.clear()
+        return resumed, []
+
+    def vg_tags(self) -> tuple[str, ...]:
+        self._call("vg_tags")
+        return tuple(self.tags)
+
+    def retag_vg(self, remove=(), add=()) -> None:
+        self._call("retag_vg", tuple(remove), tuple(add))
+        self.tags = [t for t in self.tags if t not in remove] + [t for t in add if t not in self.tags]
 
     def remove(self, name: str) -> None:
         self._call("remove", name)

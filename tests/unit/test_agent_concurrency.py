@@ -27,6 +27,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from targets.agent import create_app
+from targets.reconcile import Reconciler
 from targets.array import Array
 from targets_fakes import HOST_A, HOST_B, TARGET_IQN, FakeLio, FakeLvm, MiB, assert_consistent, make_array
 
@@ -215,7 +216,7 @@ def test_parallel_mixed_requests_keep_store_lvm_and_lio_consistent(quiet) -> Non
     # snapshots (remade at commit) and exports committed snapshots not published yet, as designed
     premade = {m.name for s in arr.store.sets("prepared") for m in s.members}
     unexported = {lun.name for lun in arr.store.luns() if lun.name not in arr.lio.exports()}
-    done = arr.reconcile()
+    done = Reconciler(arr).reconcile()
     assert not done["errors"] and not done["failed_jobs"] and not done["aborted_sets"], done
     assert set(done["removed"]) <= premade, done
     assert set(done["rebuilt"]) <= unexported, done

@@ -296,6 +296,7 @@ PATH_PARAMS = {
     "initiator": initiators,
     "set_id": guids,
     "job_id": st.one_of(st.just(Ref("job_a")), st.sampled_from(["abc", "0" * 32, "0" * 65]), hostile_text),
+    "lv": st.one_of(st.sampled_from(["lun-vol-a", "snap-x", "pool", "lun-" + "a" * 200]), hostile_text),
 }
 ROUTES = [  # (method, path template, body kind): every route of create_app
     ("GET", "/v1/pool", None),
@@ -320,6 +321,9 @@ ROUTES = [  # (method, path template, body kind): every route of create_app
     ("POST", "/v1/luns/{name}/copy", "copy"),
     ("POST", "/v1/luns/{name}/resync", "resync"),
     ("GET", "/v1/jobs/{job_id}", None),
+    ("GET", "/v1/health", None),
+    ("POST", "/v1/store/confirm", None),
+    ("DELETE", "/v1/set-aside/{lv}", None),
 ]
 
 

@@ -57,6 +57,9 @@ ROUTES = {
     ("POST", "/v1/luns/{name}/copy"),
     ("POST", "/v1/luns/{name}/resync"),
     ("GET", "/v1/jobs/{job_id}"),
+    ("GET", "/v1/health"),
+    ("POST", "/v1/store/confirm"),
+    ("DELETE", "/v1/set-aside/{lv}"),
 }
 
 # A well-formed request for each route (the objects need not exist).
@@ -87,6 +90,9 @@ REQUESTS = {
     ("POST", "/v1/luns/{name}/copy"): ("/v1/luns/vol1/copy", {"target": "full1"}),
     ("POST", "/v1/luns/{name}/resync"): ("/v1/luns/vol1/resync", {"snapshot": "snap-x"}),
     ("GET", "/v1/jobs/{job_id}"): ("/v1/jobs/abc", None),
+    ("GET", "/v1/health"): ("/v1/health", None),
+    ("POST", "/v1/store/confirm"): ("/v1/store/confirm", None),
+    ("DELETE", "/v1/set-aside/{lv}"): ("/v1/set-aside/lun-stray", None),
 }
 
 

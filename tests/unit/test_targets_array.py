@@ -18,6 +18,7 @@ from targets.array import MAX_LUNS_PER_SET, Array, LunView
 from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
 from targets.lio import Mapping, naa_wwid
 from targets.lvm import LvmError
+from targets.reconcile import Reconciler
 from targets.store import Mask
 from targets_fakes import HOST_B, HOSTS, IQN1, IQN2, STRANGER, GiB, MiB, FakeLio, FakeLvm, make_array
 
@@ -227,7 +228,7 @@ def test_delete_failure_is_reported_and_left_for_reconcile(arr, lvm, lio):
     lun = arr.store.lun("lun-vol1")
     assert lun is None or lun.state == "deleting"
     lvm.clear_failures()
-    restarted(arr).reconcile()  # ...and for good at the next start
+    reconcile(restarted(arr))  # ...and for good at the next start
     assert "lun-vol1" not in lvm.lvs and arr.store.lun("lun-vol1") is None
 
 
@@ -679,7 +680,7 @@ def test_publish_failure_in_activation_keeps_the_committed_set(arr, lvm, lio):
     with expect(HResult.VSS_E_PROVIDER_VETO, VssRuntimeError):
         arr.publish_set(set_id)
     lvm.clear_failures()
-    arr.reconcile()  # after a restart: ready snapshots are activated and exported
+    reconcile(arr)  # after a restart: ready snapshots are activated and exported
     assert {s["target"] for s in prep["snapshots"]} <= set(lio.exports())
 
 
@@ -724,13 +725,25 @@ def test_commit_after_a_restart_finds_the_snapshots_made_in_advance(arr, lvm, li
     assert lvm.called("create_snapshots") == []
 
 
-def test_commit_without_the_snapshots_made_in_advance_makes_them(arr, lvm, lio):
-    """The reconcile of a restarted agent removes LVs that are no LUNs yet; the commit then
-    makes the snapshots with lvcreate, as consistent though slower."""
+def test_a_restart_keeps_the_snapshots_made_in_advance_for_the_commit(arr, lvm, lio):
+    """A prepared set's snapshots are the store's (its members): the reconcile of a restarted
+    agent keeps them, and the commit makes them again in the pool as usual."""
     set_id, prep = prepared(arr, "vol1", "vol2")
     again = Array(arr.config, arr.store, lvm, lio)
-    again.reconcile()
-    assert not {s["target"] for s in prep["snapshots"]} & lvm.names()
+    done = reconcile(again)
+    assert {s["target"] for s in prep["snapshots"]} <= lvm.names() and done["set_aside"] == []
+    lvm.calls.clear()
+    assert again.commit_set(set_id)["state"] == "committed"
+    assert len(lvm.called("repoint_snapshots")) == 1 and lvm.called("create_snapshots") == []
+
+
+def test_commit_without_the_snapshots_made_in_advance_makes_them(arr, lvm, lio):
+    """Snapshots made in advance and lost since (removed behind the agent's back): the commit
+    makes them with lvcreate, as consistent though slower."""
+    set_id, prep = prepared(arr, "vol1", "vol2")
+    for s in prep["snapshots"]:
+        del lvm.lvs[s["target"]]
+    again = Array(arr.config, arr.store, lvm, lio)
     lvm.calls.clear()
     assert again.commit_set(set_id)["state"] == "committed"
     assert lvm.called("repoint_snapshots") == [] and len(lvm.called("create_snapshots")) == 1
@@ -866,7 +879,7 @@ def test_a_detached_lun_stays_a_volume_after_a_restart(arr, lvm, lio):
     view = arr.detach(target)
     lvm.calls.clear(), lio.calls.clear()
     again = restarted(arr)
-    done = again.reconcile()
+    done = reconcile(again)
     assert all(v == [] for v in done.values()), done
     assert again.lun(target) == view
     assert lvm.called("remove") == [] and lvm.called("retag") == [] and lio.called("unexport") == []
@@ -879,13 +892,13 @@ def test_reconcile_finishes_an_interrupted_detach(arr, lvm, lio, crash_at):
         arr.detach(target)
     assert arr.store.lun(target).kind == "volume" and lvm.lvs[target].tag("shadowlun.set")
     crash_at(None)
-    done = restarted(arr).reconcile()
+    done = reconcile(restarted(arr))
     assert f"{target} tags" in done["rebuilt"]
     lv = lvm.lvs[target]
     assert lv.tag("shadowlun.set") is None and lv.tag("shadowlun.snapshot") is None
     assert lv.tag("shadowlun.kind") == "volume" and lv.owned
     assert target in lio.exports() and arr.lun(target).kind == "volume"
-    assert all(v == [] for v in restarted(arr).reconcile().values())
+    assert all(v == [] for v in reconcile(restarted(arr)).values())
 
 
 def test_reconcile_reports_tags_it_cannot_change(arr, lvm, crash_at):
@@ -894,7 +907,7 @@ def test_reconcile_reports_tags_it_cannot_change(arr, lvm, crash_at):
     with pytest.raises(Crash):
         arr.detach(target)
     lvm.inject("retag", LvmError(["lvchange"], 5, "metadata update failed"))
-    done = restarted(arr).reconcile()
+    done = reconcile(restarted(arr))
     assert any(target in e and "metadata update failed" in e for e in done["errors"])
     assert arr.store.lun(target).kind == "volume"
 
@@ -1049,6 +1062,11 @@ def crash_at(monkeypatch):
     return arm
 
 
+def reconcile(arr) -> dict:
+    """The agent's reconcile at start (targets.reconcile), over this array."""
+    return Reconciler(arr).reconcile()
+
+
 def restarted(arr):
     """The agent again, after a restart: the same store, kernel state and config."""
     return make_array(arr.store, arr.lvm, arr.lio)
@@ -1057,7 +1075,7 @@ def restarted(arr):
 def test_reconcile_of_a_clean_array_does_nothing(arr, lvm, lio):
     make_volumes(arr, "vol1")
     arr.mask("vol1", IQN1)
-    done = arr.reconcile()
+    done = reconcile(arr)
     assert all(v == [] for v in done.values()), done
     assert lio.called("unexport") == [] and lvm.called("remove") == []
 
@@ -1067,7 +1085,7 @@ def test_reconcile_removes_a_creating_lun_with_its_lv(arr, lvm, lio, crash_at):
     with pytest.raises(Crash):
         arr.create_volume("vol1", 64 * MiB)
     assert "lun-vol1" in lvm.lvs and arr.store.lun("lun-vol1").state == "creating"
-    done = restarted(arr).reconcile()
+    done = reconcile(restarted(arr))
     assert "lun-vol1" in done["removed"]
     assert "lun-vol1" not in lvm.lvs and arr.store.lun("lun-vol1") is None and "lun-vol1" not in lio.exports()
     crash_at(None)
@@ -1076,7 +1094,7 @@ def test_reconcile_removes_a_creating_lun_with_its_lv(arr, lvm, lio, crash_at):
 
 def test_reconcile_removes_a_creating_lun_without_its_lv(arr, lvm, store):
     store.add_lun("lun-vol1", "volume", MiB, "ab" * 16)
-    done = arr.reconcile()
+    done = reconcile(arr)
     assert "lun-vol1" in done["removed"] and done["errors"] == []
     assert store.lun("lun-vol1") is None
 
@@ -1084,7 +1102,7 @@ def test_reconcile_removes_a_creating_lun_without_its_lv(arr, lvm, store):
 def test_reconcile_removes_a_deleting_lun(arr, lvm, lio, store):
     make_volumes(arr, "vol1")
     store.set_lun_state("lun-vol1", "deleting")
-    arr.reconcile()
+    reconcile(arr)
     assert "lun-vol1" not in lvm.lvs and "lun-vol1" not in lio.exports() and store.lun("lun-vol1") is None
 
 
@@ -1095,26 +1113,31 @@ def test_reconcile_aborts_a_committing_set(arr, lvm, lio, crash_at, point):
     with pytest.raises(Crash):
         arr.commit_set(set_id)
     assert arr.set_view(set_id)["state"] == "committing"
-    done = restarted(arr).reconcile()
+    done = reconcile(restarted(arr))
     assert done["aborted_sets"] == [set_id]
     _assert_set_undone(arr, lvm, lio, set_id, prep)
     assert {lun.name for lun in arr.store.luns()} == {"lun-vol1", "lun-vol2"}
 
 
-def test_reconcile_removes_owned_lvs_not_in_the_store(arr, lvm, lio):
+def test_reconcile_sets_aside_owned_lvs_not_in_the_store(arr, lvm, lio):
+    """Tagged as ours, unknown to the store: reported, not removed, and an export they already
+    have is left (a host may be using it)."""
     make_volumes(arr, "vol1")
     lvm.add_lv("lun-stray", owned=True)
     lvm.add_lv("snap-stray", tags={"shadowlun.set": "x"}, owned=True, origin="lun-vol1")
-    lio.plant("lun-stray", "/dev/shadowlun/lun-stray", "ef" * 16)
-    done = arr.reconcile()
-    assert {"lun-stray", "snap-stray"} <= set(done["removed"])
-    assert lvm.names() == {"lun-vol1"} and set(lio.exports()) == {"lun-vol1"}
+    lio.plant("lun-stray", "/dev/shadowlun/lun-stray", "ef" * 16, [Mapping(IQN1, 1, False)])
+    done = reconcile(arr)
+    assert done["set_aside"] == ["lun-stray", "snap-stray"] and done["removed"] == []
+    assert lvm.names() == {"lun-vol1", "lun-stray", "snap-stray"} and lvm.called("remove") == []
+    assert set(lio.mappings("lun-stray")) == {IQN1} and lio.called("unexport") == []
+    assert all(c[0] != "lun-stray" for c in lio.called("export"))
+    assert [lun.name for lun in arr.inventory()] == ["vol1"]
 
 
 def test_reconcile_leaves_unowned_lvs(arr, lvm, lio):
     lvm.add_lv("root", owned=False)
     lvm.add_lv("lun-someone-elses", owned=False)
-    done = arr.reconcile()
+    done = reconcile(arr)
     assert lvm.names() == {"root", "lun-someone-elses"}
     assert lvm.called("remove") == [] and done["removed"] == []
 
@@ -1123,7 +1146,7 @@ def test_reconcile_unexports_our_exports_not_in_the_store(arr, lio):
     lio.plant("lun-ghost", "/dev/shadowlun/lun-ghost", "ab" * 16)
     lio.plant("other-backstore", "/dev/sdz", "cd" * 16)  # not ours by name: left alone
     lio.orphans |= {"snap-half", "foreign"}
-    done = arr.reconcile()
+    done = reconcile(arr)
     assert set(lio.exports()) == {"other-backstore"}
     assert lio.orphan_backstores() == ["foreign"]
     assert "LIO lun-ghost" in done["removed"] and "LIO backstore snap-half" in done["removed"]
@@ -1135,7 +1158,7 @@ def test_reconcile_reexports_a_ready_lun_with_its_serial_and_masks(arr, lvm, lio
     arr.mask("vol1", IQN2)
     lio.drop("lun-vol1")
     lio.chap.clear()
-    done = restarted(arr).reconcile()
+    done = reconcile(restarted(arr))
     assert "lun-vol1" in done["rebuilt"]
     export = lio.exports()["lun-vol1"]
     assert export.serial == view.serial and export.device == "/dev/shadowlun/lun-vol1"
@@ -1147,14 +1170,14 @@ def test_reconcile_reexports_a_ready_lun_with_its_serial_and_masks(arr, lvm, lio
 def test_reconcile_activates_an_inactive_ready_lv(arr, lvm):
     make_volumes(arr, "vol1")
     lvm.add_lv("lun-vol1", 64 * MiB, active=False)
-    arr.reconcile()
+    reconcile(arr)
     assert lvm.lvs["lun-vol1"].active
 
 
 def test_reconcile_reports_a_ready_lun_whose_lv_is_gone(arr, lvm, store):
     make_volumes(arr, "vol1")
     del lvm.lvs["lun-vol1"]
-    done = arr.reconcile()
+    done = reconcile(arr)
     assert any("lun-vol1" in e for e in done["errors"])
     assert store.lun("lun-vol1").state == "ready"  # left for an operator, not forgotten
 
@@ -1163,7 +1186,7 @@ def test_reconcile_unmasks_mappings_not_in_the_store(arr, lio):
     make_volumes(arr, "vol1")
     arr.mask("vol1", IQN1)
     lio.mask("lun-vol1", IQN2, "u", SECRET)
-    done = arr.reconcile()
+    done = reconcile(arr)
     assert set(lio.mappings("lun-vol1")) == {IQN1}
     assert f"lun-vol1 -> {IQN2}" in done["removed"]
     assert [m.initiator for m in arr.store.masks("lun-vol1")] == [IQN1]
@@ -1173,7 +1196,7 @@ def test_reconcile_fixes_a_mapping_with_the_wrong_access(arr, lio):
     make_volumes(arr, "vol1")
     arr.mask("vol1", IQN1, read_only=True)
     lio.mask("lun-vol1", IQN1, "u", SECRET, read_only=False)
-    arr.reconcile()
+    reconcile(arr)
     assert lio.mappings("lun-vol1")[IQN1].read_only is True
 
 
@@ -1183,7 +1206,7 @@ def test_reconcile_reexports_a_lun_with_the_wrong_serial_and_its_masks(arr, lio)
     lio.drop("lun-vol1")
     lio.plant("lun-vol1", "/dev/shadowlun/lun-vol1", "00" * 16, [Mapping(IQN1, 0, True)])
     lio.chap.clear()
-    done = arr.reconcile()
+    done = reconcile(arr)
     assert "lun-vol1" in done["rebuilt"]
     export = lio.exports()["lun-vol1"]
     assert export.serial == view.serial
@@ -1199,7 +1222,7 @@ def test_reconcile_fails_running_jobs(arr, lvm, store):
     store.add_job("j-copy", "copy", "lun-vol2", "lun-full1", 100)
     store.add_job("j-done", "copy", "lun-vol2", "lun-old", 100)
     store.update_job("j-done", state="done")
-    done = restarted(arr).reconcile()
+    done = reconcile(restarted(arr))
     assert sorted(done["failed_jobs"]) == ["j-copy", "j-resync"]
     for j in ("j-resync", "j-copy"):
         job = store.job(j)
@@ -1214,10 +1237,11 @@ def test_reconcile_twice_changes_nothing_the_second_time(arr, lvm, lio, crash_at
     arr.mask("vol1", IQN1)
     lio.drop("lun-vol1")
     lvm.add_lv("lun-stray")
-    restarted(arr).reconcile()
+    reconcile(restarted(arr))
     lvm.calls.clear(), lio.calls.clear()
-    done = restarted(arr).reconcile()
-    assert all(v == [] for v in done.values()), done
+    done = reconcile(restarted(arr))
+    assert done["set_aside"] == ["lun-stray"], done  # reported again: not a change
+    assert all(v == [] for k, v in done.items() if k != "set_aside"), done
     assert lio.called("export") == [] and lio.called("mask") == [] and lvm.called("remove") == []
 
 

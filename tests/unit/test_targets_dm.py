@@ -13,11 +13,13 @@ from targets.dm import DmControl, DmError
 # From the kernel's uapi header, as compiled by C (_IOWR(0xfd, nr, struct dm_ioctl), 312 bytes).
 DM_DEV_SUSPEND = 0xC138FD06
 DM_TARGET_MSG = 0xC138FD0E
+DM_DEV_STATUS = 0xC138FD07
 
 
 def test_ioctl_numbers_and_header_size_are_the_kernels():
     assert dm.HEADER.size == 312
-    assert (dm.DEV_SUSPEND, dm.TARGET_MSG) == (DM_DEV_SUSPEND, DM_TARGET_MSG)
+    assert (dm.DEV_SUSPEND, dm.TARGET_MSG, dm.DEV_STATUS) == (DM_DEV_SUSPEND, DM_TARGET_MSG, DM_DEV_STATUS)
+    assert (dm.SUSPEND_FLAG, dm.INACTIVE_PRESENT_FLAG) == (2, 64)  # DM_SUSPEND_FLAG, DM_INACTIVE_PRESENT_FLAG
 
 
 def fields(buf: bytes) -> dict:
@@ -65,6 +67,16 @@ def test_a_message_carries_sector_and_nul_terminated_text_after_the_header():
     text = buf[320:].split(b"\0", 1)[0]
     assert (sector, text) == (0, b"create_snap 7 1")
     assert len(buf) - 320 - len(text) > 1  # room left for the target's answer
+
+
+def test_status_returns_the_flags_the_kernel_wrote_into_the_header():
+    def kernel(fd: int, request: int, buf: bytearray) -> int:
+        assert request == DM_DEV_STATUS and fields(buf)["name"] == "shadowlun-lun--a"
+        struct.pack_into("=I", buf, 28, dm.SUSPEND_FLAG | 1 << 5)  # `flags`, after 7 u32 fields
+        return 0
+
+    with DmControl(ioctl=kernel, opener=lambda path: -1) as c:
+        assert c.status("shadowlun-lun--a") == dm.SUSPEND_FLAG | 1 << 5
 
 
 @pytest.mark.parametrize("name", ["", "x" * 128, "a\0b"])

@@ -575,3 +575,72 @@ def test_any_other_failure_in_the_window_still_resumes_and_restores_the_id():
         repoint(dm)
     assert dm.ran[-3:] == [("message", "shadowlun-pool-tpool", "create_thin 8"),
                            ("resume", "shadowlun-lun--a"), ("resume", "shadowlun-lun--b")]
+
+
+def test_the_commit_window_has_a_crash_point_between_suspend_and_the_messages(monkeypatch):
+    """Where the lab test kills the agent: origins suspended, the pool not yet told anything."""
+    dm = FakeDm()
+    monkeypatch.setattr(lvm_mod, "crash_point", lambda name: dm.ran.append(("crash point", name)))
+    repoint(dm)
+    assert dm.ran[2:4] == [("crash point", "commit-window"), ("message", "shadowlun-pool-tpool", "delete 7")]
+
+
+# --- what a killed commit left: suspended devices, resumed at start ------------------------------
+
+def sysfs(tmp_path, names: dict[str, str]):
+    """/sys/block with dm-N/dm/name for each (dm-N, name)."""
+    for dev, name in names.items():
+        (tmp_path / dev / "dm").mkdir(parents=True)
+        (tmp_path / dev / "dm" / "name").write_text(name + "\n")
+    (tmp_path / "sda").mkdir()
+    return tmp_path
+
+
+def test_vg_dm_names_are_this_vgs_only(tmp_path):
+    root = sysfs(tmp_path, {"dm-0": "shadowlun-pool_tmeta", "dm-1": "shadowlun-lun--db",
+                            "dm-2": "shadowlun--x-lun--a", "dm-3": "other-lv", "dm-4": "shadowlunx-a"})
+    assert lvm_mod.vg_dm_names("shadowlun", root) == ["shadowlun-pool_tmeta", "shadowlun-lun--db"]
+    assert lvm_mod.vg_dm_names("shadowlun-x", root) == ["shadowlun--x-lun--a"]
+
+
+class StatusDm(FakeDm):
+    def __init__(self, flags: dict[str, int], *fail) -> None:
+        super().__init__(*fail)
+        self.flags = flags
+
+    def status(self, name: str) -> int:
+        self._step("status", "status", name)
+        return self.flags[name]
+
+
+def test_resume_suspended_resumes_only_suspended_devices_of_the_vg(tmp_path):
+    root = sysfs(tmp_path, {"dm-1": "shadowlun-lun--a", "dm-2": "shadowlun-lun--b", "dm-3": "shadowlun-lun--c",
+                            "dm-4": "other-lun"})
+    dm = StatusDm({"shadowlun-lun--a": 2 | 32, "shadowlun-lun--b": 32, "shadowlun-lun--c": 2 | 64 | 32})
+    lv = Lvm("shadowlun", "pool", run=lambda argv, stdin: pytest.fail(f"no command: {argv}"), dm=lambda: dm,
+             sys_block=root)
+    resumed, errors = lv.resume_suspended()
+    assert resumed == ["shadowlun-lun--a"]
+    assert ("resume", "shadowlun-lun--a") in dm.ran and ("resume", "shadowlun-lun--c") not in dm.ran
+    assert [e.device for e in errors] == ["shadowlun-lun--c"] and "operator" in str(errors[0])
+
+
+def test_resume_suspended_tries_every_device_and_reports_each_failure(tmp_path):
+    root = sysfs(tmp_path, {"dm-1": "shadowlun-lun--a", "dm-2": "shadowlun-lun--b"})
+    dm = StatusDm({"shadowlun-lun--a": 2, "shadowlun-lun--b": 2}, ("resume", "shadowlun-lun--a"))
+    resumed, errors = Lvm("shadowlun", "pool", dm=lambda: dm, sys_block=root).resume_suspended()
+    assert resumed == ["shadowlun-lun--b"] and [e.device for e in errors] == ["shadowlun-lun--a"]
+
+
+VGS_REPORT = """{"report": [{"vg": [{"vg_tags":"shadowlun.array=ab12,other"}]}]}"""
+
+
+def test_vg_tags_and_retag_vg():
+    answers = {"vgs": VGS_REPORT}
+    calls = []
+    lv = Lvm(VG, "pool", run=lambda argv, stdin: calls.append(list(argv)) or answers.get(argv[0], ""))
+    assert lv.vg_tags() == ("shadowlun.array=ab12", "other")
+    assert calls[0] == ["vgs", "--reportformat", "json", "-o", "vg_tags", VG]
+    lv.retag_vg(remove=["shadowlun.array=ab12"], add=["shadowlun.array=cd34"])
+    assert calls[1] == ["vgchange", "-q", "--deltag", "shadowlun.array=ab12", "--addtag", "shadowlun.array=cd34", VG]
+    assert lvm_mod.parse_vg_tags("""{"report": [{"vg": [{"vg_tags":""}]}]}""") == ()

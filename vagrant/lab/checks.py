@@ -43,7 +43,9 @@ def until(condition: Callable[[], bool], timeout: float, why: Callable[[], str],
         time.sleep(interval)
 
 
-def wait_for_agent(host: VM, timeout: float = 90) -> None:
-    """Until the array agent answers `host` (after a restart or a reboot of the array), bounded."""
-    until(lambda: host.run("python3 -m targets.client GET /v1/pool", check=False).ok, timeout,
-          lambda: f"the array agent did not answer {host.name} within {timeout:g} s")
+def wait_for_agent(vm: VM, timeout: float = 90, access: str | None = None) -> None:
+    """Until the array agent answers `vm` (after a restart or a reboot of the array), bounded;
+    with the VM's own access file, or `access` (e.g. the admin's, on the array)."""
+    argv = ["python3", "-m", "targets.client"] + (["--access", access] if access else []) + ["GET", "/v1/pool"]
+    until(lambda: vm.run(argv, check=False).ok, timeout,
+          lambda: f"the array agent did not answer {vm.name} within {timeout:g} s")
