@@ -4,7 +4,7 @@ One snapshot set in creation per host (a lock; the second requester gets
 VSS_E_SNAPSHOT_SET_IN_PROGRESS). It resolves each volume to its LUNs and reads their records
 from the devices (step 1a), picks the provider by AreLunsSupported, walks it through the creation
 sequence, holds writes (FIFREEZE on every filesystem of the set) only around CommitSnapshots with
-a 10 s watchdog, aborts the whole set on any failure, and writes the Backup Components Document.
+a 10 s watchdog (and a thaw guard process, for a coordinator that is killed), aborts the whole set on any failure, and writes the Backup Components Document.
 Each set's progress is persisted before each step, so a set left by a crash of the coordinator
 or the provider server is aborted at the next start (`recover()`).
 
@@ -618,8 +618,9 @@ class Coordinator:
                 progress.state = "committing"
                 self._save(progress)
                 mountpoints = [m for v in volumes for m in v.mountpoints]
+                hold = self.hold_writes(mountpoints, timeout=HOLD_WRITES_TIMEOUT_S)  # starts the thaw guard
                 hold_started = time.time()
-                with self.hold_writes(mountpoints, timeout=HOLD_WRITES_TIMEOUT_S):
+                with hold:
                     frozen_at = time.time()
                     step("CommitSnapshots", lambda: provider.call("commit_snapshots", set_id=set_id))
                     thawing_at = time.time()
