@@ -396,7 +396,7 @@ class Freezer:
                          for m in stuck]
             self._stop()  # first, so that a freeze returning late thaws itself (see _freeze_one)
             cleanup = self._thaw_all()
-            self._release_guard(thawed=not (cleanup or stuck))  # a stuck freeze: the guard thaws it too
+            self._release_guard(thawed=not cleanup)  # a stuck freeze thaws itself when it returns
             message = "could not hold writes: " + "; ".join(failures + cleanup)
             raise vss_error(HResult.VSS_E_FLUSH_WRITES_TIMEOUT if stuck else HResult.VSS_E_UNEXPECTED, message)
         self.frozen_at = time.monotonic()
