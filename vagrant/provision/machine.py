@@ -189,6 +189,14 @@ def setup_agent(entry: dict, topology: dict) -> None:
     access.touch(mode=0o600)
     access.write_text(json.dumps({"url": f"https://{mgmt}:{port}", "token": token.read_text().strip(),
                                   "certificate": cert.read_text()}, indent=2) + "\n")
+    # TEMP until main's per-host credentials (issue 12) land: the per-host access files the
+    # Vagrantfile copies, /etc/shadowlun/access/HOST.json, here all the shared file's copies.
+    for m in topology["machines"]:
+        if m["role"] == "host":
+            (etc / "access").mkdir(mode=0o700, exist_ok=True)
+            per_host = etc / "access" / f"{m['name']}.json"
+            per_host.touch(mode=0o600)
+            per_host.write_text(access.read_text())
     unit = Path("/shadowlun/targets/shadowlun-array-agent.service")
     shutil.copyfile(unit, Path("/etc/systemd/system") / unit.name)
     run("systemctl", "daemon-reload")
