@@ -9,8 +9,8 @@ run confined (confined.py). The machines are reached as `vagrant ssh` reaches th
 configuration `vagrant ssh-config` prints, and offer what the story uses of the QEMU lab's
 machines: a name, `run` (as root, through sudo) and `put`. Everything lives in one run
 directory, Vagrant's own state included (VAGRANT_HOME, the .vagrant folder), so a run leaves
-nothing behind: `down` destroys the machines, stops libvirtd and removes the namespace,
-whatever failed before.
+nothing behind but its logs (vagrant.log, console/NAME.log): `down` destroys the machines,
+stops libvirtd, removes the namespace and the disk images, whatever failed before.
 """
 from __future__ import annotations
 
@@ -41,6 +41,7 @@ VAGRANT_CLI_TIMEOUT_S = 120
 # their indented details are not.
 PROGRESS = re.compile(r"==> ([\w.-]+: [A-Z].*)")
 LOG_TAIL_LINES = 60
+BULK = ("vagrant.d", "libvirt/lib", "boot")   # what a finished run need not keep
 
 
 def default_run_dir() -> Path:
@@ -219,6 +220,8 @@ class VagrantLab:
             except Exception as e:  # noqa: BLE001 - collected; the namespace still goes below
                 errors.append(f"vagrant destroy: {e}")
         errors += self.confinement.stop()
+        for bulk in BULK:  # the box twice over (Vagrant's copy, libvirt's pool); logs stay
+            shutil.rmtree(self.run_dir / bulk, ignore_errors=True)
         return errors
 
     @classmethod
