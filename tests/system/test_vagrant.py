@@ -32,7 +32,7 @@ def test_the_story_on_vagrant_machines(request, timings):
                                      capture_output=True, text=True, check=True).stdout.split()
             users = {vm.name: vm.run("id -un; test -d /home/vagrant && echo has-vagrant-user").stdout.split()
                      for vm in lab.vms.values()}
-            with timings.measure("vagrant: transport story"):
+            with timings.measure("vagrant: story"):
                 r = story.run(lab, say=log)
     timings.entries.extend((f"vagrant: {name}", secs, note) for name, secs, note in lab.timings.entries)
 

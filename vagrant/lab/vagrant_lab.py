@@ -177,7 +177,7 @@ class VagrantLab:
 
     def boot(self) -> None:
         """Box (cached), namespace and libvirtd, `vagrant up`, then the machines as ssh reaches them."""
-        with self.timings.measure("vagrant box"):
+        with self.timings.measure("box"):
             self.box, built = box_mod.ensure_box(self.topo.suite, self.log)
         self.run_dir.mkdir(parents=True)
         self.run_dir.chmod(0o755)  # QEMU (libvirt's user) opens the kernel copies and consoles here
@@ -185,12 +185,12 @@ class VagrantLab:
         (self.run_dir / "boot").mkdir()
         for f in (self.box.kernel, self.box.initrd):  # libvirt takes ownership of these: copies
             shutil.copy(f, self.run_dir / "boot" / f.name)
-        with self.timings.measure("libvirtd in its namespace"):
+        with self.timings.measure("libvirtd (namespace)"):
             self.confinement.start()
-        with self.timings.measure("vagrant box add"):
+        with self.timings.measure("box add"):
             self.vagrant("box", "add", "--name", self.box.name, str(self.box.file), timeout=600)
         self.log(f"vagrant: up {', '.join(self.topo.names)} from box {self.box.name} in {self.run_dir}")
-        with self.timings.measure("vagrant up (all machines)", "libvirt"):
+        with self.timings.measure("up (all machines)", "libvirt"):
             self.vagrant("up", "--provider=libvirt", timeout=UP_TIMEOUT_S)
         config = self.run_dir / "ssh_config"
         config.write_text(self.vagrant("ssh-config"))
@@ -203,7 +203,7 @@ class VagrantLab:
                 "-o", "ControlMaster=auto", "-o", f"ControlPath={control}/%C", "-o", "ControlPersist=300",
                 "-o", "LogLevel=ERROR", m.name])
             self.vms[m.name] = VagrantVM(m, tuple(argv))
-        with self.timings.measure("array agent to hosts"):
+        with self.timings.measure("agent to hosts"):
             for host in self.hosts:
                 if not host.run(f"test -s {ARRAY_ACCESS}", check=False).ok:
                     raise LabError(f"{host.name}: no {ARRAY_ACCESS} after `vagrant up` (the Vagrantfile's "
@@ -215,7 +215,7 @@ class VagrantLab:
         errors: list[str] = []
         if self.box is not None and self.confinement.holder is not None:
             try:
-                with self.timings.measure("vagrant destroy"):
+                with self.timings.measure("destroy"):
                     self.vagrant("destroy", "-f", timeout=DESTROY_TIMEOUT_S)
             except Exception as e:  # noqa: BLE001 - collected; the namespace still goes below
                 errors.append(f"vagrant destroy: {e}")
