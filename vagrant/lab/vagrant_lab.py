@@ -144,7 +144,7 @@ class VagrantLab:
                 raise LabError(f"`vagrant {' '.join(args)}` did not finish within {timeout:.0f} s; "
                                f"{self.vagrant_log} ends:\n{self.tail()}{self.consoles()}")
             self._progress(seen)
-        text = self.vagrant_log.read_text(errors="replace")[start:]
+        text = self.vagrant_log.read_bytes()[start:].decode(errors="replace")  # start: a byte offset
         if proc.returncode:
             raise LabError(f"`vagrant {' '.join(args)}` failed (exit {proc.returncode}); "
                            f"{self.vagrant_log} ends:\n{self.tail()}{self.consoles()}")
