@@ -151,14 +151,15 @@ class VagrantLab:
         return text
 
     def _progress(self, offset: int) -> int:
-        with open(self.vagrant_log, errors="replace") as f:
+        """Logs the status lines completed since byte `offset`; the offset after them."""
+        with open(self.vagrant_log, "rb") as f:
             f.seek(offset)
             chunk = f.read()
-        done = chunk.rfind("\n") + 1
-        for line in chunk[:done].splitlines():
+        done = chunk.rfind(b"\n") + 1
+        for line in chunk[:done].decode(errors="replace").splitlines():
             if (status := PROGRESS.fullmatch(line)):
                 self.log(f"vagrant: {status.group(1)}")
-        return offset + len(chunk[:done].encode())
+        return offset + done
 
     def tail(self, lines: int = LOG_TAIL_LINES) -> str:
         try:
