@@ -2,11 +2,12 @@
 #   make test   set up this Debian 12 machine, run the unit tests and the lab system tests
 #   make demo   set up, boot the lab, run the main scenario with readable progress
 #   make bench  set up, boot the lab, print the benchmark figures (and bench.json)
+#   make vagrant-demo  set up, `vagrant up` the same machines (local box, libvirt), tell the story
 VENV ?= .venv
 PY := $(VENV)/bin/python
 LAB := PYTHONPATH=vagrant $(PY) -m lab
 
-.PHONY: setup test unit system demo bench lab-up lab-status lab-down
+.PHONY: setup test unit system demo vagrant-demo bench lab-up lab-status lab-down
 
 setup: $(VENV)/.installed
 
@@ -28,6 +29,9 @@ system: setup
 
 demo: setup
 	$(LAB) demo
+
+vagrant-demo: setup
+	$(LAB) vagrant-demo
 
 bench: setup
 	$(LAB) bench --json bench.json

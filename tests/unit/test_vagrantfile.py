@@ -27,7 +27,10 @@ VAGRANTFILE = VAGRANT_DIR / "Vagrantfile"
 MACHINES_FILE = VAGRANT_DIR / "machines.json"
 PROVISION = VAGRANT_DIR / "provision"
 GUEST_CHECKOUT = "/shadowlun"  # where the QEMU lab mounts the checkout, and Vagrant syncs it
-ARRAY_ACCESS = "/etc/shadowlun/array-access.json"  # machine.py writes it on the array; hosts need it
+ARRAY_ACCESS = "/etc/shadowlun/array-access.json"  # where a host reads its access to the array agent
+ACCESS_DIR = "/etc/shadowlun/access"  # on the array: HOST.json, one per host (machine.py writes them)
+LOCAL_BOX_ENV = ("SHADOWLUN_VAGRANT_BOX", "SHADOWLUN_VAGRANT_KERNEL", "SHADOWLUN_VAGRANT_INITRD",
+                 "SHADOWLUN_VAGRANT_DRIVER", "SHADOWLUN_VAGRANT_CONSOLE_DIR")
 
 RUBY = shutil.which("ruby")
 VAGRANT = shutil.which("vagrant")
@@ -367,9 +370,11 @@ def _edited(topology: dict) -> dict:
     return t
 
 
-def _evaluate(tmp_path: Path, topology: dict, scenario: dict | None = None) -> subprocess.CompletedProcess:
+def _evaluate(tmp_path: Path, topology: dict, scenario: dict | None = None,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Evaluate a copy of the Vagrantfile beside `topology` (so no real disk image is seen),
-    then play `scenario` if given (see HARNESS)."""
+    then play `scenario` if given (see HARNESS). The local box's variables are only those of
+    `env`, never the caller's."""
     vdir = tmp_path / "checkout" / "vagrant"
     vdir.mkdir(parents=True, exist_ok=True)
     shutil.copy(VAGRANTFILE, vdir / "Vagrantfile")
@@ -379,11 +384,12 @@ def _evaluate(tmp_path: Path, topology: dict, scenario: dict | None = None) -> s
     if scenario is not None:
         (tmp_path / "scenario.json").write_text(json.dumps(scenario))
         argv.append(str(tmp_path / "scenario.json"))
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    clean = {k: v for k, v in os.environ.items() if k not in LOCAL_BOX_ENV}
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, env={**clean, **(env or {})})
 
 
-def _record(tmp_path: Path, topology: dict) -> tuple[list[dict], Path]:
-    out = _evaluate(tmp_path, topology)
+def _record(tmp_path: Path, topology: dict, env: dict[str, str] | None = None) -> tuple[list[dict], Path]:
+    out = _evaluate(tmp_path, topology, env=env)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout), tmp_path / "checkout" / "vagrant"
 
@@ -501,10 +507,16 @@ def test_provisioners_run_common_sh_then_machine_py_setup_as_root(recorded):
 
 # --- evaluated: the hosts get the array's access file -----------------------------------------
 
-ACCESS = json.dumps({"url": "https://192.0.2.10:8443", "token": "t0ken-Xy_z",
-                     "certificate": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"},
-                    indent=2) + "\n"
-ARRAY_FILE = {"content": ACCESS, "owner": "root", "group": "root", "mode": "0600"}
+def _access(host: str) -> dict:
+    """A host's access file: its own token (the array writes one file per host)."""
+    content = json.dumps({"url": "https://192.0.2.10:8443", "token": f"t0ken-Xy_z-{host}",
+                          "certificate": "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"},
+                         indent=2) + "\n"
+    return {"content": content, "owner": "root", "group": "root", "mode": "0600"}
+
+
+def _array_files(hosts: list[str]) -> dict:
+    return {f"{ACCESS_DIR}/{host}.json": _access(host) for host in hosts}
 
 
 def _roles(topo: dict) -> tuple[str, list[str]]:
@@ -518,15 +530,15 @@ def _play(tmp_path: Path, topo: dict, steps: list[dict]) -> tuple[dict, Path]:
     return json.loads(out.stdout), tmp_path / "checkout" / "vagrant"
 
 
-def _up(*names, access=False) -> dict:
-    """A step: the machines are running (and have the array's access file, with access)."""
-    files = {"files": {ARRAY_ACCESS: dict(ARRAY_FILE)}} if access else {}
-    return {"set": {n: {"state": "running", **files} for n in names}}
+def _up(*names, files: dict | None = None) -> dict:
+    """A step: the machines are running (and have these files)."""
+    have = {"files": copy.deepcopy(files)} if files else {}
+    return {"set": {n: {"state": "running", **have} for n in names}}
 
 
 def _assert_hosts_have_the_access_file(result, hosts, vdir):
-    for host in hosts:
-        assert result["world"][host]["files"].get(ARRAY_ACCESS) == ARRAY_FILE, (host, result["ui"])
+    for host in hosts:  # each its own, not another host's
+        assert result["world"][host]["files"].get(ARRAY_ACCESS) == _access(host), (host, result["ui"])
     for run in result["runs"]:
         # `vagrant` is run in the Vagrantfile's directory (its project), and the token and
         # certificate never go on a command line.
@@ -549,12 +561,12 @@ def topo(request, topology):
 def test_hosts_coming_up_after_the_array_copy_its_access_file(tmp_path, topo, command):
     array, hosts = _roles(topo)
     assert hosts
-    steps = [_up(array, access=True), {"fire": [array, command]}]
+    steps = [_up(array, files=_array_files(hosts)), {"fire": [array, command]}]
     for host in hosts:
         steps += [_up(host), {"fire": [host, command]}]
     result, vdir = _play(tmp_path, topo, steps)
     _assert_hosts_have_the_access_file(result, hosts, vdir)
-    assert result["world"][array]["files"] == {ARRAY_ACCESS: ARRAY_FILE}
+    assert result["world"][array]["files"] == _array_files(hosts)
     assert not _warnings(result), result["ui"]
 
 
@@ -565,7 +577,7 @@ def test_the_array_coming_up_last_gives_its_access_file_to_the_running_hosts(tmp
     steps = [_up(array)]                       # running, still being provisioned: no file yet
     for host in hosts:
         steps += [_up(host), {"fire": [host, "up"]}]
-    steps += [_up(array, access=True), {"fire": [array, "up"]}]
+    steps += [_up(array, files=_array_files(hosts)), {"fire": [array, "up"]}]
     result, vdir = _play(tmp_path, topo, steps)
     _assert_hosts_have_the_access_file(result, hosts, vdir)
     early = _warnings(result)
@@ -592,14 +604,14 @@ def test_a_host_without_the_array_says_what_to_run(tmp_path, topo):
 def test_the_array_skips_hosts_that_are_not_running(tmp_path, topo):
     array, hosts = _roles(topo)
     down, running = hosts[0], hosts[1:]
-    result, vdir = _play(tmp_path, topo, [_up(array, *running), _up(array, access=True),
+    result, vdir = _play(tmp_path, topo, [_up(array, *running), _up(array, files=_array_files(hosts)),
                                           {"fire": [array, "up"]}])
     _assert_hosts_have_the_access_file(result, running, vdir)
     assert ARRAY_ACCESS not in result["world"][down]["files"]
     assert not [r for r in result["runs"] if down in r["command"]]
     assert not _warnings(result), result["ui"]
     # ... and that host copies it itself when it comes up.
-    result, vdir = _play(tmp_path, topo, [_up(array, *running), _up(array, access=True),
+    result, vdir = _play(tmp_path, topo, [_up(array, *running), _up(array, files=_array_files(hosts)),
                                           {"fire": [array, "up"]},
                                           _up(down), {"fire": [down, "up"]}])
     _assert_hosts_have_the_access_file(result, hosts, vdir)
@@ -612,14 +624,14 @@ def test_the_triggers_do_nothing_for_a_machine_that_is_not_running(tmp_path, top
                       + [{"fire": [h, "provision"]} for h in hosts])
     assert result["runs"] == [] and result["ui"] == []
     result, _ = _play(tmp_path, topo,
-                      [_up(array, access=True)] + [{"fire": [h, "up"]} for h in hosts])
+                      [_up(array, files=_array_files(hosts))] + [{"fire": [h, "up"]} for h in hosts])
     assert result["runs"] == [] and result["ui"] == []
 
 
 def test_a_host_that_cannot_install_the_file_says_what_to_run(tmp_path, topo):
     array, hosts = _roles(topo)
     host = hosts[-1]
-    result, _ = _play(tmp_path, topo, [_up(array, *hosts, access=True),
+    result, _ = _play(tmp_path, topo, [_up(*hosts), _up(array, files=_array_files(hosts)),
                                        {"set": {host: {"ssh": False}}}, {"fire": [host, "up"]}])
     (w,) = _warnings(result)
     assert w["machine"] == host and f"vagrant provision {host}" in w["message"], w
@@ -631,13 +643,13 @@ def test_a_host_that_cannot_install_the_file_says_what_to_run(tmp_path, topo):
 ])
 def test_an_unusable_access_file_is_not_copied(tmp_path, topo, access, why):
     array, hosts = _roles(topo)
-    unusable = {ARRAY_ACCESS: dict(ARRAY_FILE, content=access)}
+    unusable = {path: dict(f, content=access) for path, f in _array_files(hosts).items()}
     steps = [_up(array, *hosts), {"set": {array: {"files": unusable}}}]
     steps += [{"fire": [host, "up"]} for host in hosts] + [{"fire": [array, "up"]}]
     result, _ = _play(tmp_path, topo, steps)
     for host in hosts:
         assert ARRAY_ACCESS not in result["world"][host]["files"]
-    assert len(_warnings(result)) == len(hosts) + 1
+    assert len(_warnings(result)) == 2 * len(hosts)  # each host's trigger, and the array's per host
     assert all(why in w["message"] for w in _warnings(result)), result["ui"]
 
 
@@ -648,7 +660,7 @@ def test_the_access_file_triggers_follow_the_roles_not_the_names(tmp_path, topo)
     for i, m in enumerate(renamed["machines"]):
         m["name"] = f"{m['role']}-renamed-{i}"
     array, hosts = _roles(renamed)
-    steps = [_up(array, *hosts, access=True)] + [{"fire": [h, "up"]} for h in hosts]
+    steps = [_up(*hosts), _up(array, files=_array_files(hosts))] + [{"fire": [h, "up"]} for h in hosts]
     result, vdir = _play(tmp_path, renamed, steps)
     _assert_hosts_have_the_access_file(result, hosts, vdir)
     assert not _warnings(result), result["ui"]
@@ -680,3 +692,71 @@ def test_vagrant_validates_it(tmp_path):
     out = subprocess.run([VAGRANT, "validate", "--ignore-provider"], cwd=vdir, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "validated successfully" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_host_whose_file_the_array_lacks_gets_none_and_the_others_theirs(tmp_path, topo):
+    """One file per host: a missing one is that host's problem only, and both sides say which file."""
+    array, hosts = _roles(topo)
+    lacking, served = hosts[0], hosts[1:]
+    result, vdir = _play(tmp_path, topo, [_up(*hosts), _up(array, files=_array_files(served)),
+                                          {"fire": [array, "up"]}, {"fire": [lacking, "up"]}])
+    _assert_hosts_have_the_access_file(result, served, vdir)
+    assert ARRAY_ACCESS not in result["world"][lacking]["files"]
+    warned = _warnings(result)
+    assert [w["machine"] for w in warned] == [array, lacking], result["ui"]
+    assert all(f"{ACCESS_DIR}/{lacking}.json" in w["message"] for w in warned), warned
+    assert f"vagrant provision {array}" in warned[0]["message"]
+
+
+# --- evaluated: the local box (SHADOWLUN_VAGRANT_BOX), and libvirt's driver --------------------
+
+def _libvirt_settings(calls: list[dict]) -> dict:
+    """What the Vagrantfile sets on libvirt for every machine (its top-level provider block)."""
+    return {c["method"].rstrip("="): c["args"][0]
+            for c in calls if c["on"] == "config.vm.provider(libvirt)#0" and c["method"].endswith("=")}
+
+
+@needs_ruby
+def test_without_the_local_box_it_is_the_public_box_as_before(tmp_path, topology):
+    calls, _ = _record(tmp_path, topology)
+    assert [c["args"] for c in _calls(calls, "config.vm", "box=")] == [[topology["box"]]]
+    settings = _libvirt_settings(calls)
+    assert not {"kernel", "initrd", "cmd_line", "management_network_mode"} & set(settings)
+    assert settings["driver"] == ("kvm" if Path("/dev/kvm").is_char_device() else "qemu")
+    assert not [c for c in calls if c["method"] == "serial"]
+
+
+@needs_ruby
+def test_the_local_box_boots_its_kernel_on_an_isolated_management_network(tmp_path, topology):
+    kernel, initrd = tmp_path / "vmlinuz", tmp_path / "initrd.img"
+    kernel.write_bytes(b"k")
+    initrd.write_bytes(b"i")
+    consoles = tmp_path / "console"
+    calls, _ = _record(tmp_path, topology, env={
+        "SHADOWLUN_VAGRANT_BOX": "shadowlun/lab-0123", "SHADOWLUN_VAGRANT_KERNEL": str(kernel),
+        "SHADOWLUN_VAGRANT_INITRD": str(initrd), "SHADOWLUN_VAGRANT_DRIVER": "qemu",
+        "SHADOWLUN_VAGRANT_CONSOLE_DIR": str(consoles)})
+    assert [c["args"] for c in _calls(calls, "config.vm", "box=")] == [["shadowlun/lab-0123"]]
+    assert _libvirt_settings(calls) == {
+        "driver": "qemu", "cpu_mode": "custom", "cpu_model": "qemu64",
+        "kernel": str(kernel), "initrd": str(initrd), "cmd_line": "root=/dev/vda rw console=ttyS0",
+        "management_network_mode": "none"}
+    for m in topology["machines"]:
+        (serial,) = _calls(calls, f"config.vm.define({m['name']})#0.vm.provider(libvirt)#0", "serial")
+        assert serial["kw"] == {"type": "file", "source": {"path": str(consoles / f"{m['name']}.log")}}
+    # The lab networks stay private and unforwarded, whichever box.
+    for c in calls:
+        if c["method"] == "network" and c["args"] == ["private_network"]:
+            assert c["kw"]["libvirt__forward_mode"] == "none" and c["kw"]["libvirt__dhcp_enabled"] is False
+
+
+@needs_ruby
+@pytest.mark.parametrize("missing", ["SHADOWLUN_VAGRANT_KERNEL", "SHADOWLUN_VAGRANT_INITRD"])
+def test_the_local_box_without_its_kernel_or_initrd_is_refused(tmp_path, topology, missing):
+    env = {"SHADOWLUN_VAGRANT_BOX": "shadowlun/lab-0123"}
+    for var in ("SHADOWLUN_VAGRANT_KERNEL", "SHADOWLUN_VAGRANT_INITRD"):
+        if var != missing:
+            (tmp_path / var).write_bytes(b"x")
+            env[var] = str(tmp_path / var)
+    out = _evaluate(tmp_path, topology, env=env)
+    assert out.returncode != 0 and missing in out.stderr and "not set" in out.stderr, out.stderr

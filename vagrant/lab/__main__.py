@@ -6,6 +6,7 @@
   python -m lab ssh NAME [CMD]   a shell (or a command) in a VM
   python -m lab down             stop the lab
   python -m lab demo             boot the lab and tell the transport story with progress
+  python -m lab vagrant-demo     the same story on machines `vagrant up` brought up (libvirt)
   python -m lab bench [--json F] boot the lab, measure, print the figures, write them as JSON
 """
 from __future__ import annotations
@@ -16,12 +17,15 @@ import sys
 from .lab import Lab
 
 
-def demo() -> int:
-    """The transport story, narrated: a transportable shadow copy moves from host-a to host-b."""
+def demo(vagrant: bool = False) -> int:
+    """The transport story, narrated: a transportable shadow copy moves from host-a to host-b,
+    on the QEMU lab or (vagrant) on machines Vagrant brought up and destroys afterwards."""
     from . import story  # needs the project (provider, targets) importable, as `make` arranges
+    from .vagrant_lab import VagrantLab
 
-    print("shadowlun lab demo: a transportable shadow copy made on host-a moves to host-b\n")
-    with Lab.up() as lab:
+    where = "Vagrant machines (libvirt)" if vagrant else "the lab"
+    print(f"shadowlun demo on {where}: a transportable shadow copy made on host-a moves to host-b\n")
+    with (VagrantLab.up() if vagrant else Lab.up()) as lab:
         r = story.run(lab, say=lambda s: print(s, flush=True))
         print()
         print(f"  {'volume':<10} {'host-a at snapshot time':<26} {'host-b read (shadow copy)':<26} "
@@ -73,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status")
     sub.add_parser("down")
     sub.add_parser("demo")
+    sub.add_parser("vagrant-demo")
     bench_cmd = sub.add_parser("bench")
     bench_cmd.add_argument("--json", default="bench.json", help="where to write the figures")
     bench_cmd.add_argument("--only", help="some of: commit_window,origin_size,import_time,iops,many_snapshots")
@@ -81,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     ssh.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
 
-    if args.command == "demo":
-        return demo()
+    if args.command in ("demo", "vagrant-demo"):
+        return demo(vagrant=args.command == "vagrant-demo")
     if args.command == "bench":
         return run_bench(args.json, args.only)
     lab = Lab.prepare(build=args.command in ("build", "up"))

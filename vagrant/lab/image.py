@@ -122,24 +122,30 @@ def host_apt_sources() -> list[str]:
 
 def ensure_image(suite: str, log: Callable[[str], None] = print) -> tuple[Image, bool]:
     """The cached image for these inputs, built first if missing. Returns (image, built)."""
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
     key = input_key(suite)
-    image = Image(root / f"image-{key}")
-    if image.is_complete():
-        return image, False
-    # Two test runs at once must not build twice or see half an image.
-    with open(root / "build.lock", "w") as lock:
+    image = Image(cache_root() / f"image-{key}")
+    return image, ensure_cached(image, "build.lock", lambda partial: build(partial, suite, key, log))
+
+
+def ensure_cached(item: Image, lock_name: str, build_into: Callable[[Path], None]) -> bool:
+    """`item`'s cache folder, built by `build_into` if not complete yet; True if built now.
+    Two test runs at once must not build twice or see half a build: a lock, and a partial
+    folder renamed into place when done."""
+    root = item.path.parent
+    root.mkdir(parents=True, exist_ok=True)
+    if item.is_complete():
+        return False
+    with open(root / lock_name, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if image.is_complete():
-            return image, False
-        partial = root / f"image-{key}.partial"
+        if item.is_complete():
+            return False
+        partial = root / f"{item.path.name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
-        build(partial, suite, key, log)
-        shutil.rmtree(image.path, ignore_errors=True)  # an incomplete leftover, never a good image
-        partial.rename(image.path)
-    return image, True
+        build_into(partial)
+        shutil.rmtree(item.path, ignore_errors=True)  # an incomplete leftover, never a good build
+        partial.rename(item.path)
+    return True
 
 
 def _run(argv: list[str], log_file: Path, timeout: float, what: str) -> None:

@@ -54,20 +54,7 @@ class SSH:
     ) -> Result:
         """Run a shell command line (or an argv, quoted for the remote shell) as root."""
         line = command if isinstance(command, str) else shlex.join(command)
-        binary = isinstance(input, bytes)
-        try:
-            proc = subprocess.run(
-                [*self.argv(), line], input=input, capture_output=True, timeout=timeout,
-                text=not binary, stdin=None if input is not None else subprocess.DEVNULL,
-            )
-        except subprocess.TimeoutExpired:
-            raise LabError(f"{self.vm}: command did not finish within {timeout:.0f} s: {line}") from None
-        out, err = (proc.stdout, proc.stderr) if not binary else (
-            proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
-        result = Result(proc.returncode, out, err)
-        if check and proc.returncode != 0:
-            raise CommandFailed(self.vm, line, proc.returncode, out, err)
-        return result
+        return run_remote(self.vm, self.argv(), line, check=check, timeout=timeout, input=input)
 
     def close(self) -> None:
         subprocess.run([*self.argv("-O", "exit")], capture_output=True, timeout=10,
@@ -76,3 +63,23 @@ class SSH:
     def interactive(self, command: list[str] | None = None) -> int:
         """An interactive shell (or command) for a developer: `python -m lab ssh host-b`."""
         return subprocess.call([*self.argv("-t"), *([" ".join(command)] if command else [])])
+
+
+def run_remote(vm: str, ssh_argv: list[str], line: str, *, check: bool = True,
+               timeout: float = DEFAULT_TIMEOUT_S, input: str | bytes | None = None) -> Result:
+    """`line` run by the remote shell that `ssh_argv` (an ssh command without its command)
+    reaches: bounded, with its output; CommandFailed on a non-zero exit when `check`."""
+    binary = isinstance(input, bytes)
+    try:
+        proc = subprocess.run(
+            [*ssh_argv, line], input=input, capture_output=True, timeout=timeout,
+            text=not binary, stdin=None if input is not None else subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{vm}: command did not finish within {timeout:.0f} s: {line}") from None
+    out, err = (proc.stdout, proc.stderr) if not binary else (
+        proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+    result = Result(proc.returncode, out, err)
+    if check and proc.returncode != 0:
+        raise CommandFailed(vm, line, proc.returncode, out, err)
+    return result

@@ -28,6 +28,7 @@ INSTALLED = Path("/usr/local/sbin/shadowlun-machine")
 UNIT = Path("/etc/systemd/system/shadowlun-lab-net.service")
 IQN_PREFIX = "iqn.2026-11.lab.shadowlun"
 LINK_WAIT_S = 20.0
+AGENT_START_TIMEOUT_S = 120  # the agent under TCG: imports, reconcile, then the access files
 VG, POOL = "shadowlun", "pool"
 
 UNIT_TEXT = f"""[Unit]
@@ -199,7 +200,19 @@ def setup_agent(entry: dict, topology: dict) -> None:
     run("systemctl", "daemon-reload")
     run("systemctl", "enable", unit.name)
     run("systemctl", "restart", unit.name)
-    log(f"array agent on https://{mgmt}:{port}")
+    # Provisioning ends when every host's own access file is there (the agent writes them when
+    # it registers the hosts, seconds after it starts), so whatever copies them next (the lab,
+    # or the Vagrantfile's triggers) finds them.
+    wanted = [etc / "access" / f"{m['name']}.json" for m in topology["machines"] if m["role"] == "host"]
+    deadline = time.monotonic() + AGENT_START_TIMEOUT_S
+    while not all(p.exists() for p in wanted):
+        if time.monotonic() > deadline:
+            journal = subprocess.run(["journalctl", "-u", unit.name, "--no-pager", "-n", "30"],
+                                     capture_output=True, text=True).stdout
+            sys.exit(f"the array agent wrote no {', '.join(str(p) for p in wanted if not p.exists())} within "
+                     f"{AGENT_START_TIMEOUT_S} s; its journal:\n{journal}")
+        time.sleep(1)
+    log(f"array agent on https://{mgmt}:{port}; access files for {', '.join(p.stem for p in wanted)}")
 
 
 def cmd_setup(args: argparse.Namespace) -> None:
