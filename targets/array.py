@@ -384,21 +384,23 @@ class Array:
         require_admin(caller, "issue host tokens")
         initiator = names.initiator(initiator)
         with self._op_lock:
-            host = self.store.host(initiator)
-            if host is None:
-                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no host with initiator {initiator} on this array")
+            host = self._registered(initiator)
             token = new_token()
             self.store.set_host_token(initiator, token_digest(token))
             return self._credentials(host, token)
+
+    def _registered(self, initiator: str) -> Host:
+        host = self.store.host(initiator)
+        if host is None:
+            raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no host with initiator {initiator} on this array")
+        return host
 
     def unregister_host(self, initiator: str, caller: Caller = ADMIN) -> None:
         """Forget a host; refused while LUNs are still masked to it (unmask them first)."""
         require_admin(caller, "unregister hosts")
         initiator = names.initiator(initiator)
         with self._op_lock:
-            host = self.store.host(initiator)
-            if host is None:
-                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no host with initiator {initiator} on this array")
+            host = self._registered(initiator)
             luns = [_api_name(m.lun) for m in self.store.masks(initiator=initiator)]
             if luns:
                 raise vss_error(HResult.VSS_E_BAD_STATE,
