@@ -917,12 +917,9 @@ def test_late_abort_of_an_old_set_keeps_it_when_imported(lab):
     assert lab.snapshot() == before
 
 
-def test_a_refused_resync_of_two_pairs_starts_neither(lab, monkeypatch):
-    """host-a resyncs its shadow copy of a1 onto a1 twice in one call (two pairs, one target):
-    refused, and no resync was started (no job row, no block written): ResyncLuns checks every
-    pair before it starts any."""
-    release = threading.Event()
-    written = []
+def slow_copies(monkeypatch) -> tuple[threading.Event, list]:
+    """The array's block copies held until the event is set; the destinations they started on."""
+    release, written = threading.Event(), []
 
     def slow_copy(src, dst, size, progress=None, only_changed=False):
         written.append(dst)
@@ -930,6 +927,14 @@ def test_a_refused_resync_of_two_pairs_starts_neither(lab, monkeypatch):
         return size
 
     monkeypatch.setattr(array_module, "copy_blocks", slow_copy)
+    return release, written
+
+
+def test_a_refused_resync_of_two_pairs_starts_neither(lab, monkeypatch):
+    """host-a resyncs its shadow copy of a1 onto a1 twice in one call (two pairs, one target):
+    refused, and no resync was started (no job row, no block written): ResyncLuns checks every
+    pair before it starts any."""
+    release, written = slow_copies(monkeypatch)
     _, targets = full_create(lab, "a", ["a1"])
     try:
         with pytest.raises(VssError):
@@ -963,15 +968,7 @@ def test_a_resync_refused_for_a_smaller_destination_starts_no_pair(lab, monkeypa
     """host-a has a third production LUN a3 of 32 MiB (the machine's LUNs are all 64 MiB, so it
     cannot reach this). It resyncs its shadow copies of a1 and a2 (64 MiB) onto a1 and a3 in one
     call: refused (a3 is smaller than its source) before any pair starts."""
-    release = threading.Event()
-    written = []
-
-    def slow_copy(src, dst, size, progress=None, only_changed=False):
-        written.append(dst)
-        release.wait(5)
-        return size
-
-    monkeypatch.setattr(array_module, "copy_blocks", slow_copy)
+    release, written = slow_copies(monkeypatch)
     small = lab.arr.create_volume("a3", 32 * MIB)
     lab.arr.mask("a3", HOST_A)
     _, targets = full_create(lab, "a", ["a1", "a2"])
