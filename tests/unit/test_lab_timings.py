@@ -191,3 +191,20 @@ def test_prepare_without_build_names_the_cached_image_and_reads_accel_from_state
     lab = Lab.prepare(run, log=lambda m: None, build=False)
     assert lab.accel == "kvm" and all(vm.accel == "kvm" for vm in lab.vms.values())
     assert not (tmp_path / "cache").exists()
+
+
+def test_down_removes_each_vms_disks_and_keeps_consoles_and_other_directories(prepared):
+    """Teardown deletes only the VMs' own disks: a switch's directory, which a stopping
+    vde_switch removes on its own, is never listed (that race once failed a CI teardown)."""
+    lab, _, _ = prepared
+    for vm in lab.vms.values():
+        vm.dir.mkdir(parents=True)
+        (vm.dir / "root.qcow2").write_text("disk")
+        vm.console_log.write_text("console")
+    elsewhere = lab.run_dir / "switch-san" / "left.qcow2"
+    elsewhere.parent.mkdir()
+    elsewhere.write_text("not a VM's")
+    lab.down()
+    for vm in lab.vms.values():
+        assert not (vm.dir / "root.qcow2").exists() and vm.console_log.read_text() == "console"
+    assert elsewhere.exists()

@@ -251,3 +251,15 @@ def test_run_on_a_live_vm_keeps_the_command_failure(tmp_path, failing_ssh):
     with pytest.raises(CommandFailed) as e:
         vm.run("true")
     assert e.value.returncode == 255 and "connection refused" in e.value.stderr
+
+
+def test_switch_stop_waits_until_the_process_has_exited(tmp_path):
+    import subprocess
+    import threading
+
+    proc = subprocess.Popen(["sleep", "60"])
+    threading.Thread(target=proc.wait, daemon=True).start()  # reaps it, as init would a daemon
+    s = Switch("san", tmp_path / "switch-san")
+    s.pidfile.write_text(str(proc.pid))
+    s.stop()
+    assert proc.poll() is not None and not s.pidfile.exists()

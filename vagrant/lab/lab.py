@@ -190,9 +190,12 @@ class Lab:
         for s in self.switches.values():
             s.stop()
         self._state_file().unlink(missing_ok=True)
-        # A stopped lab is never resumed (boot starts afresh); keep the console logs only.
-        for disk in self.run_dir.glob("*/*.qcow2"):
-            disk.unlink()
+        # A stopped lab is never resumed (boot starts afresh); keep the console logs only. Each
+        # VM's own directory: a glob over run_dir would also list the switches' directories,
+        # which a stopping vde_switch removes under it.
+        for vm in self.vms.values():
+            for disk in vm.dir.glob("*.qcow2"):
+                disk.unlink(missing_ok=True)
         if errors and not quiet:
             raise LabError("lab teardown: " + "; ".join(errors))
 

@@ -16,6 +16,7 @@ from .process import alive_pid
 from .errors import LabError
 
 START_TIMEOUT_S = 10
+STOP_TIMEOUT_S = 10
 
 
 @dataclass
@@ -46,7 +47,14 @@ class Switch:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        """SIGTERM, then wait (bounded) until it has exited, so that nothing later races its
+        removal of the control directory; SIGKILL if it has not."""
         pid = self.pid()
         if pid:
             os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            while self.pid() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.pid():
+                os.kill(pid, signal.SIGKILL)
         self.pidfile.unlink(missing_ok=True)
