@@ -4,7 +4,7 @@ One snapshot set in creation per host (a lock; the second requester gets
 VSS_E_SNAPSHOT_SET_IN_PROGRESS). It resolves each volume to its LUNs and reads their records
 from the devices (step 1a), picks the provider by AreLunsSupported, walks it through the creation
 sequence, holds writes (FIFREEZE on every filesystem of the set) only around CommitSnapshots with
-a 10 s watchdog, aborts the whole set on any failure, and writes the Backup Components Document.
+a 10 s watchdog (and a thaw guard process, for a coordinator that is killed), aborts the whole set on any failure, and writes the Backup Components Document.
 Each set's progress is persisted before each step, so a set left by a crash of the coordinator
 or the provider server is aborted at the next start (`recover()`).
 
@@ -145,7 +145,8 @@ class Coordinator:
                 p = SetProgress(**json.loads(path.read_text()))
                 if p.state in ("preparing", "committing", "committed"):
                     provider = self._provider(p.provider_id)
-                    self._abort(provider, p.set_id)
+                    if not self._abort(provider, p.set_id):
+                        continue  # still there: the next recover tries again
                     p.state = "aborted"
                     self._save(p)
                     aborted.append(p.set_id)
@@ -155,22 +156,28 @@ class Coordinator:
         return aborted
 
     @staticmethod
-    def _abort(provider: Provider, set_id: str) -> None:
-        """AbortSnapshots, once more after restarting a provider server that died (a fresh
-        server holds nothing, yet still deletes what the array has of the set)."""
+    def _abort(provider: Provider, set_id: str) -> bool:
+        """AbortSnapshots, once more after restarting a provider server that died or was killed
+        hung (a fresh server holds nothing, yet still deletes what the array has of the set).
+        False (logged) when it did not go through: the set stays for `recover`."""
         try:
             provider.call("abort_snapshots", set_id=set_id)
-            return
+            return True
         except VssError as e:
+            if e.hresult == HResult.VSS_E_OBJECT_NOT_FOUND:
+                return True  # nothing of it left to abort
             if e.hresult != HResult.VSS_E_UNEXPECTED_PROVIDER_ERROR or not hasattr(provider, "start"):
                 log.error("abort of %s: %s", set_id, e)
-                return
+                return False
             log.warning("abort of %s: provider server gone (%s); restarting it", set_id, e)
         try:
             provider.start()
             provider.call("abort_snapshots", set_id=set_id)
+            return True
         except VssError as e:
-            log.error("abort of %s after restarting the provider server: %s", set_id, e)
+            log.error("abort of %s after restarting the provider server: %s; `shadowlun recover` "
+                      "tries again", set_id, e)
+            return False
 
     def _provider(self, provider_id: str) -> Provider:
         for p in self.providers:
@@ -618,8 +625,9 @@ class Coordinator:
                 progress.state = "committing"
                 self._save(progress)
                 mountpoints = [m for v in volumes for m in v.mountpoints]
+                hold = self.hold_writes(mountpoints, timeout=HOLD_WRITES_TIMEOUT_S)  # starts the thaw guard
                 hold_started = time.time()
-                with self.hold_writes(mountpoints, timeout=HOLD_WRITES_TIMEOUT_S):
+                with hold:
                     frozen_at = time.time()
                     step("CommitSnapshots", lambda: provider.call("commit_snapshots", set_id=set_id))
                     thawing_at = time.time()
@@ -639,9 +647,9 @@ class Coordinator:
                 step("PostFinalCommitSnapshots", lambda: provider.call("post_final_commit_snapshots", set_id=set_id))
             except BaseException as e:
                 log.error("snapshot set %s failed, aborting it: %s", set_id, e)
-                self._abort(provider, set_id)
-                progress.state = "aborted"
-                self._save(progress)
+                if self._abort(provider, set_id):
+                    progress.state = "aborted"
+                    self._save(progress)
                 if progress.flagged:
                     try:
                         self._unflag_originals(progress)

@@ -311,8 +311,12 @@ class ShadowLunProvider:
 
     def commit_snapshots(self, set_id: str) -> dict:
         """Only the commit: the array snapshots every LUN of the set in one batch."""
-        return self._creation(ProviderMethod.COMMIT_SNAPSHOTS, set_id,
-                              lambda: {"commit_window_s": self.array.commit_set(str(set_id))["commit_window_s"]})
+        def work() -> dict:
+            window = self.array.commit_set(str(set_id))["commit_window_s"]
+            pause_point("commit_snapshots")  # the requester's filesystems are frozen here
+            return {"commit_window_s": window}
+
+        return self._creation(ProviderMethod.COMMIT_SNAPSHOTS, set_id, work)
 
     def post_commit_snapshots(self, set_id: str, snapshot_count: int = 0) -> None:
         """Writes flow again: now the array activates and exports the new snapshots."""

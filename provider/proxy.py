@@ -7,7 +7,8 @@
   `start_timeout` seconds, then calls OnLoad once (§2.2, §17.1 "OnLoad/OnUnload");
 * call(method, timeout, **params) makes one call on its own connection, so calls may overlap
   (AbortSnapshots during a long EndPrepareSnapshots, §5.2.9), bounded by a per-call deadline
-  (DEFAULT_TIMEOUTS, from §16.1) after which the coordinator may kill() the hung server (§17.1);
+  (DEFAULT_TIMEOUTS, from §16.1) after which a server this proxy started is hung: it is killed
+  (§17.1 "kills/restarts a hung provider"), and the next start() makes a new one;
 * on_unload(force) before stop(), which ends a server this proxy started (SIGTERM, then SIGKILL).
 
 Failures of the transport are VssRuntimeError VSS_E_UNEXPECTED_PROVIDER_ERROR: a dead server
@@ -134,7 +135,8 @@ assert set(DEFAULT_TIMEOUTS) == set(PROVIDER_METHODS)
 
 
 class ProviderTimeoutError(VssRuntimeError):
-    """VSS_E_UNEXPECTED_PROVIDER_ERROR: the provider did not answer in time; the coordinator may kill() it."""
+    """VSS_E_UNEXPECTED_PROVIDER_ERROR: the provider did not answer in time (its server was killed if
+    this proxy started it)."""
 
 
 def translate_error(method: str, error: VssError, provider: str = "provider") -> VssError:
@@ -306,16 +308,32 @@ class ProviderProxy:
         `timeout` (seconds) defaults to DEFAULT_TIMEOUTS[method]. Raises the provider's VssError
         after translate_error(), E_INVALIDARG for a method outside the contract (nothing is sent),
         VSS_E_UNEXPECTED_PROVIDER_ERROR when the server crashed or broke the protocol, and
-        ProviderTimeoutError when the deadline passed.
+        ProviderTimeoutError when the deadline passed (see _hung).
         """
         if method not in ALLOWED_CODES:
             raise vss_error(HResult.E_INVALIDARG, f"{method!r} is not a provider method")
         limit = self.timeouts[method] if timeout is None else timeout
-        response = self._roundtrip(method, params, limit)
+        try:
+            response = self._roundtrip(method, params, limit)
+        except ProviderTimeoutError as e:
+            raise self._hung(e) from None
         assert response is not None
         if response.error is None:
             return response.result
         raise translate_error(method, response.error, self.name)
+
+    def _hung(self, error: ProviderTimeoutError) -> ProviderTimeoutError:
+        """A call overran its deadline: the server is hung (§17.1). One started here is killed, so
+        that it does not go on holding the set (or run a late commit) while the coordinator aborts
+        with a new one. DECISION: a server found running is not ours to kill (systemd's, or another
+        coordinator's, whose calls would die with it): it is only reported."""
+        with self._lock:
+            proc = self._process
+        if proc is None:
+            return error
+        log.error("provider server %s (pid %d) is hung: killing it", self.name, proc.pid)
+        self.kill()
+        return ProviderTimeoutError(error.hresult, f"{error.message}; its server (pid {proc.pid}) was killed")
 
     def _ping(self, timeout: float) -> dict[str, Any] | None:
         """The PING answer, or None when nothing listens. A refusal (E_ACCESSDENIED) is raised."""

@@ -1,6 +1,7 @@
 """What the coordinator needs of a host's volumes: which SCSI disks (LUNs) carry a volume, which
 filesystems live on given disks, and holding their writes (FIFREEZE/FITHAW) around
-CommitSnapshots, the Linux equivalent of VSS's flush-and-hold with its 10 s watchdog.
+CommitSnapshots, the Linux equivalent of VSS's flush-and-hold with its 10 s watchdog (in the
+requester, and out of it in `provider.thaw_guard`, for a requester that is killed).
 
 A volume is a mount point or a block device path. Everything is read from sysfs and mountinfo,
 not from lsblk or udev links: sysfs is what the kernel has now, and the stack below a volume
@@ -9,20 +10,19 @@ not from lsblk or udev links: sysfs is what the kernel has now, and the stack be
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .hresult import HResult, VssError, vss_error
 from .lun_info import is_supported
+from .thaw_guard import FIFREEZE, FITHAW, MARGIN_S, Ioctl, ThawGuard, fs_ioctl
 
 log = logging.getLogger("shadowlun.volumes")
 
@@ -30,8 +30,6 @@ SYSFS = Path("/sys")
 MOUNTINFO = Path("/proc/self/mountinfo")
 DEV = Path("/dev")
 
-FIFREEZE = 0xC0045877  # _IOWR('X', 119, int)
-FITHAW = 0xC0045878    # _IOWR('X', 120, int)
 HOLD_WRITES_TIMEOUT = 10.0  # s; VSS kernel support cancels a hold after 10 s (spec §3)
 
 # What a non-SCSI whole disk is, by kernel name prefix, for the refusal message.
@@ -290,11 +288,7 @@ def filesystems_on(disks: Iterable[str], sysfs_root: Path = SYSFS, mounts_file: 
 
 # --- holding writes ----------------------------------------------------------------------------
 
-Ioctl = Callable[[int, int], Any]
-
-
-def _fs_ioctl(fd: int, request: int) -> Any:
-    return fcntl.ioctl(fd, request, 0)
+GuardFactory = Callable[[list[str], float], ThawGuard]  # (mount points, seconds) -> a started guard
 
 
 def _explain(e: OSError, action: str) -> str:
@@ -313,15 +307,21 @@ class Freezer:
 
     A watchdog thaws everything by itself when the hold lasts `timeout` s (VSS kernel support
     does the same at 10 s), so a stuck commit cannot leave the host's filesystems frozen; `thaw()`
-    then raises VSS_E_HOLD_WRITES_TIMEOUT. `ioctl` and `timer` (threading.Timer-like: (seconds,
-    callback) with start() and cancel()) are injectable for tests.
+    then raises VSS_E_HOLD_WRITES_TIMEOUT. That watchdog dies with this process, so each hold also
+    has a thaw guard (`provider.thaw_guard`), a process that thaws when this one dies or hangs
+    during the hold; it is started by arm() (or freeze()), before the hold, and told when writes
+    flow again. `ioctl`, `timer` (threading.Timer-like: (seconds, callback) with start() and
+    cancel()) and `guard` are injectable for tests.
     """
 
-    def __init__(self, timeout: float = HOLD_WRITES_TIMEOUT, ioctl: Ioctl = _fs_ioctl,
-                 timer: Callable[[float, Callable[[], None]], Any] = threading.Timer) -> None:
+    def __init__(self, timeout: float = HOLD_WRITES_TIMEOUT, ioctl: Ioctl = fs_ioctl,
+                 timer: Callable[[float, Callable[[], None]], Any] = threading.Timer,
+                 guard: GuardFactory = ThawGuard.start) -> None:
         self.timeout = timeout
         self._ioctl = ioctl
         self._timer_factory = timer
+        self._guard_factory = guard
+        self._guard: ThawGuard | None = None
         self._lock = threading.Lock()
         self._frozen: dict[str, int] = {}   # mount point -> open fd, in freezing order
         self._order: list[str] = []         # mount points as requested (thawed in reverse)
@@ -337,6 +337,28 @@ class Freezer:
         with self._lock:
             return [m for m in self._order if m in self._frozen]
 
+    def arm(self, mountpoints: Iterable[str]) -> None:
+        """Start the thaw guard of the next freeze of `mountpoints` now, so that its start-up is
+        not part of the hold. VSS_E_UNEXPECTED when it does not start: nothing is frozen then."""
+        order = list(dict.fromkeys(mountpoints))
+        if self._guard is not None:
+            if self._guard.mountpoints == order:
+                return
+            self._guard.release(thawed=True)  # armed for other mount points, never held
+        try:
+            self._guard = self._guard_factory(order, self.timeout + MARGIN_S)
+        except RuntimeError as e:
+            self._guard = None
+            raise vss_error(HResult.VSS_E_UNEXPECTED, f"the thaw guard of {', '.join(order)} did not start, "
+                                                      f"so writes are not held: {e}") from None
+
+    def _release_guard(self, thawed: bool) -> None:
+        """Tell the guard the hold is over (once: the watchdog thread may race the thaw)."""
+        with self._lock:
+            guard, self._guard = self._guard, None
+        if guard is not None:
+            guard.release(thawed)
+
     def freeze(self, mountpoints: Iterable[str]) -> None:
         """Freeze every filesystem, concurrently (one thread each), so all hold at about the
         same instant. On any failure those already frozen are thawed and VssRuntimeError
@@ -346,6 +368,14 @@ class Freezer:
         with self._lock:
             if self._holding:
                 raise vss_error(HResult.VSS_E_BAD_STATE, "writes are already held by this freezer")
+        self.arm(order)
+        assert self._guard is not None
+        try:
+            self._guard.hold()
+        except RuntimeError as e:
+            self._release_guard(thawed=True)
+            raise vss_error(HResult.VSS_E_UNEXPECTED, f"writes are not held: the thaw guard: {e}") from None
+        with self._lock:
             self._holding, self.watchdog_fired, self._order = True, False, order
             self.watchdog_errors = []
         errors: dict[str, str] = {}
@@ -366,6 +396,7 @@ class Freezer:
                          for m in stuck]
             self._stop()  # first, so that a freeze returning late thaws itself (see _freeze_one)
             cleanup = self._thaw_all()
+            self._release_guard(thawed=not cleanup)  # a stuck freeze thaws itself when it returns
             message = "could not hold writes: " + "; ".join(failures + cleanup)
             raise vss_error(HResult.VSS_E_FLUSH_WRITES_TIMEOUT if stuck else HResult.VSS_E_UNEXPECTED, message)
         self.frozen_at = time.monotonic()
@@ -421,6 +452,7 @@ class Freezer:
         held = self.frozen
         log.error("writes held longer than %g s on %s: thawing them", self.timeout, ", ".join(held))
         self.watchdog_errors.extend(self._thaw_all())
+        self._release_guard(thawed=not self.watchdog_errors)
 
     def _stop(self) -> None:
         """End the hold: no freeze is kept after this, and the watchdog is off."""
@@ -439,6 +471,7 @@ class Freezer:
         self._stop()
         errors = self._thaw_all()
         fired = self.watchdog_fired
+        self._release_guard(thawed=not (errors or self.watchdog_errors))
         held = f" after {time.monotonic() - self.frozen_at:.3f} s" if self.frozen_at is not None else ""
         self.frozen_at = None
         if fired:
@@ -451,25 +484,32 @@ class Freezer:
         log.info("writes released%s", held)
 
 
-@contextmanager
-def hold_writes(mountpoints: Iterable[str], timeout: float = HOLD_WRITES_TIMEOUT, *,
-                freezer: Freezer | None = None) -> Iterator[Freezer]:
-    """Hold writes on `mountpoints` for the duration of the block, with a `timeout` s watchdog.
+class hold_writes:  # noqa: N801 - used like the context manager function it was
+    """Hold writes on `mountpoints` for the duration of a `with` block, with a `timeout` s watchdog.
 
-    If the block fails, its error is raised, unless the watchdog fired (then the
-    VSS_E_HOLD_WRITES_TIMEOUT is the cause, raised from the block's error); a thaw failure is
-    added to the block's error as a note.
+    The thaw guard is started when this is made, before the block, so that its start-up is not
+    in the hold: make it right before `with`. If the block fails, its error is raised, unless the
+    watchdog fired (then the VSS_E_HOLD_WRITES_TIMEOUT is the cause, raised from the block's
+    error); a thaw failure is added to the block's error as a note.
     """
-    freezer = freezer or Freezer(timeout)
-    freezer.freeze(mountpoints)
-    try:
-        yield freezer
-    except BaseException as body:
+
+    def __init__(self, mountpoints: Iterable[str], timeout: float = HOLD_WRITES_TIMEOUT, *,
+                 freezer: Freezer | None = None) -> None:
+        self.mountpoints = list(mountpoints)
+        self.freezer = freezer or Freezer(timeout)
+        self.freezer.arm(self.mountpoints)
+
+    def __enter__(self) -> Freezer:
+        self.freezer.freeze(self.mountpoints)
+        return self.freezer
+
+    def __exit__(self, kind: type[BaseException] | None, body: BaseException | None, tb: Any) -> None:
+        if body is None:
+            self.freezer.thaw()
+            return
         try:
-            freezer.thaw()
+            self.freezer.thaw()
         except VssError as e:
             if e.hresult == HResult.VSS_E_HOLD_WRITES_TIMEOUT:
                 raise e from body
             body.add_note(f"also: {e}")
-        raise
-    freezer.thaw()

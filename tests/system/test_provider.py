@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from lab.checks import until
 from lab.host_volumes import HostVolumes, initiator
 from lab.story import PausedCreate
 
@@ -22,6 +23,22 @@ while not os.path.exists(stop):
     print(f"{t0:.6f} {time.time():.6f}", flush=True)
     time.sleep(0.02)
 """
+
+
+def start_writer(vm, path: str) -> None:
+    """WRITER on `path` in the background, its ticks in /tmp/ticks.txt; stop_writer() ends it."""
+    vm.run(f"rm -f /tmp/stop-writer; setsid python3 -c '{WRITER}' {path} /tmp/stop-writer "
+           f"> /tmp/ticks.txt 2>&1 < /dev/null & sleep 1")
+
+
+def stop_writer(vm) -> list[tuple[float, float]]:
+    """(started, done) of each write, in the VM's clock."""
+    vm.run("touch /tmp/stop-writer; sleep 0.5")
+    return read_ticks(vm)
+
+
+def read_ticks(vm) -> list[tuple[float, float]]:
+    return [tuple(map(float, line.split())) for line in vm.run("cat /tmp/ticks.txt").stdout.split("\n") if line]
 
 
 def snapshot_luns(api) -> list[dict]:
@@ -54,14 +71,12 @@ def test_set_of_three_luns_through_the_out_of_process_server_holds_writes_only_i
         lab, volumes_on_host_a, timings):
     a = lab.vm("host-a")
     api, mounts = volumes_on_host_a["api"], volumes_on_host_a["mounts"]
-    a.run(f"rm -f /tmp/stop-writer; setsid python3 -c '{WRITER}' {mounts[0]}/ticks /tmp/stop-writer "
-          f"> /tmp/ticks.txt 2>&1 < /dev/null & sleep 1")
+    start_writer(a, f"{mounts[0]}/ticks")
     try:
         out = json.loads(cli(a, "create", "--transportable", "--bcd", "/root/set.xml", *mounts).stdout)
     finally:
-        a.run("touch /tmp/stop-writer; sleep 0.5")
+        ticks = stop_writer(a)
     wall, secs = out["report"]["wall"], out["report"]["seconds"]
-    ticks = [tuple(map(float, line.split())) for line in a.run("cat /tmp/ticks.txt").stdout.split("\n") if line]
 
     # Writes flowed while the set was prepared, and none completed while the filesystems were frozen.
     prep = wall["EndPrepareSnapshots"]
@@ -216,4 +231,85 @@ def test_transportable_set_imports_once_on_another_host_with_the_bytes_of_snapsh
             assert wwid not in a.run("cat /sys/block/*/device/wwid 2>/dev/null || true").stdout
     finally:
         cli(b, "delete", "--set", out["set_id"])
+    assert not [lun for lun in snapshot_luns(api) if lun["origin"] in names]
+
+
+def progress_of(vm, state: str) -> list[str]:
+    """The ids of the sets this host's coordinator persisted in `state`."""
+    return json.loads(vm.run(["python3", "-c", "import glob, json, sys; print(json.dumps([p['set_id'] for p in "
+                              "(json.load(open(f)) for f in glob.glob('/var/lib/shadowlun/coordinator/sets/*.json')) "
+                              "if p['state'] == sys.argv[1]]))", state]).stdout)
+
+
+def held_write(ticks: list[tuple[float, float]], at: float) -> tuple[float, float]:
+    """The write under way at `at`, during a freeze: the writer writes every 20 ms, so it started
+    at most ~20 ms after the freeze (or before it) and completed when writes flowed again."""
+    under_way = [t for t in ticks if t[0] < at < t[1]]
+    assert under_way, f"no write was under way at {at:.3f}: {[t for t in ticks if abs(t[0] - at) < 15]}"
+    return under_way[0]
+
+
+def test_create_killed_while_frozen_is_thawed_by_its_guard_and_recover_cleans_the_set(lab, volumes_on_host_a):
+    """Issue 13 point 10: `shadowlun create` SIGKILLed while its filesystems are frozen (the provider
+    held in CommitSnapshots, after the array's commit): its own watchdog dies with it, the thaw
+    guard thaws at once, an independent writer's held write completes within 12 s of the freeze,
+    and `recover` aborts the set: nothing of it is left on the array."""
+    a = lab.vm("host-a")
+    api, mounts, names = volumes_on_host_a["api"], volumes_on_host_a["mounts"], volumes_on_host_a["names"]
+    start_writer(a, f"{mounts[0]}/ticks")
+    left_before = set(progress_of(a, "committing"))  # by an earlier run that failed, for recover to abort too
+    try:
+        create = PausedCreate(a, f"{mounts[0]} {mounts[1]}", pause_s=60, name="killed", point="commit_snapshots")
+        create.wait_paused()  # inside CommitSnapshots: writes are held
+        killed_at = float(a.run("pkill -KILL -f '^python3 -m provider[.]cli' && date +%s.%N").stdout)
+        assert create.wait_done() == 137  # the shell's report of a SIGKILL
+        until(lambda: any(done > killed_at for _, done in read_ticks(a)), 15,
+              lambda: f"no write completed in 15 s after the kill: {create.stderr()[-2000:]}", interval=0.5)
+        ticks = stop_writer(a)
+        [set_id] = set(progress_of(a, "committing")) - left_before
+        assert api.call("GET", f"/v1/snapshot-sets/{set_id}")["state"] == "committed"
+        assert [lun for lun in snapshot_luns(api) if lun["set_id"] == set_id]
+
+        started, done = held_write(ticks, killed_at)
+        assert 0.3 < killed_at - started < 10, "not killed during the hold, before the requester's own watchdog"
+        assert done - started < 11.9, f"writes held {done - started:.1f} s"
+        err = create.stderr()
+        assert "shadowlun-thaw-guard: the requester went away during the hold without thawing" in err, err
+        assert f"{mounts[0]}: thawed" in err and f"{mounts[1]}: thawed" in err, err
+        assert a.run("pgrep -f 'provider[.]thaw_guard' || true").stdout.strip() == "", "the guard lingers"
+
+        # The provider server (its own session) outlived the requester, still paused: recover uses it.
+        assert set_id in json.loads(cli(a, "recover").stdout)["aborted"]
+        assert progress_of(a, "committing") == []
+        assert api.call("GET", f"/v1/snapshot-sets/{set_id}")["state"] == "aborted"
+        assert not [lun for lun in snapshot_luns(api) if lun["origin"] in names]
+        a.run(f"touch {mounts[1]}/after-recover")
+    finally:
+        a.run("touch /tmp/stop-writer; pkill -KILL -f '[p]rovider.server --socket'; true")
+
+
+def test_a_provider_hung_in_commit_is_killed_at_its_deadline_and_the_set_aborted(lab, volumes_on_host_a):
+    """Issue 13 point 10: CommitSnapshots overruns its 10 s deadline: the requester's watchdog
+    thaws, the hung server is killed, a new one aborts the set, and the requester answers
+    VSS_E_HOLD_WRITES_TIMEOUT with nothing left on the array or running."""
+    a = lab.vm("host-a")
+    api, mounts, names = volumes_on_host_a["api"], volumes_on_host_a["mounts"], volumes_on_host_a["names"]
+    start_writer(a, f"{mounts[0]}/ticks")
+    try:
+        create = PausedCreate(a, mounts[0], pause_s=60, name="hung", point="commit_snapshots")
+        create.wait_paused()
+        assert create.wait_done(timeout=60) == 1
+        thawed_at = float(a.run("date +%s.%N").stdout)
+        assert a.run("pgrep -f '[p]rovider.server --socket|provider[.]thaw_guard' || true").stdout.strip() == ""
+    finally:
+        ticks = stop_writer(a)
+        a.run("pkill -KILL -f '[p]rovider.server --socket'; true")
+    err = create.stderr()
+    assert json.loads(err.strip().splitlines()[-1])["vss"] == "VSS_E_HOLD_WRITES_TIMEOUT", err
+    assert "is hung: killing it" in err, err
+    started, done = held_write(ticks, thawed_at - 11)  # the write held from the freeze to the watchdog
+    assert 9 < done - started < 11.9, f"writes held {done - started:.1f} s"
+    set_ids = {line.split("snapshot set ")[1].split()[0] for line in err.splitlines() if "snapshot set " in line}
+    assert len(set_ids) == 1 and set_ids <= set(progress_of(a, "aborted")), err
+    assert api.call("GET", f"/v1/snapshot-sets/{set_ids.pop()}")["state"] == "aborted"
     assert not [lun for lun in snapshot_luns(api) if lun["origin"] in names]

@@ -1,6 +1,7 @@
 """The coordinator over the real provider and array logic (in process, LVM/LIO faked)."""
 from __future__ import annotations
 
+import json
 import threading
 from contextlib import contextmanager
 
@@ -271,6 +272,29 @@ def test_recover_aborts_a_set_left_by_a_crash(tmp_path, server_restarted):
     assert lab.coord.recover() == [set_id]
     assert lab.snapshots() == []
     assert lab.coord.recover() == []
+
+
+def test_a_set_whose_abort_failed_is_left_for_recover(tmp_path):
+    """The abort after a failed commit did not go through (a provider server killed hung that
+    would not start again, say): the set keeps its progress, and `recover` aborts it."""
+    lab = Lab(tmp_path, fail="commit_snapshots")
+    vol = lab.volume("db", "sdb")
+    call = lab.provider.call
+
+    def abort_fails_once(method, **params):
+        if method == "abort_snapshots" and lab.events.count("abort_snapshots") == 0:
+            lab.events.append(method)
+            raise vss_error(HResult.VSS_E_PROVIDER_VETO, "abort failed (injected)")
+        return call(method, **params)
+
+    lab.provider.call = abort_fails_once
+    with pytest.raises(VssError):
+        lab.coord.create([vol])
+    [progress] = (tmp_path / "sets").glob("*.json")
+    left = json.loads(progress.read_text())
+    assert left["state"] == "committing"
+    assert lab.coord.recover() == [left["set_id"]]
+    assert json.loads(progress.read_text())["state"] == "aborted" and lab.snapshots() == []
 
 
 # -- import ---------------------------------------------------------------------------------

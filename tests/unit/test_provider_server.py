@@ -422,6 +422,7 @@ def test_abort_runs_while_a_slow_end_prepare_waits(served, proxy):
 
 
 def test_a_missed_deadline_is_a_timeout_error_and_the_server_goes_on(served, proxy):
+    """A server found running (here, in this process) is not the proxy's to kill."""
     fake, _server = served
     started = time.monotonic()
     with pytest.raises(ProviderTimeoutError) as e:
@@ -575,6 +576,30 @@ def test_server_killed_mid_call_is_an_unexpected_provider_error(sockdir, monkeyp
     with pytest.raises(VssRuntimeError) as e:
         proxy.call("commit_snapshots", set_id=SET_ID)
     assert e.value.hresult is H.VSS_E_UNEXPECTED_PROVIDER_ERROR
+
+
+def test_a_started_server_that_misses_a_deadline_is_killed_and_restarted_by_the_next_start(sockdir, monkeypatch):
+    """§17.1: a hung provider is killed at its deadline (the call answers
+    VSS_E_UNEXPECTED_PROVIDER_ERROR); a server found running is not (see the test above)."""
+    server_env(monkeypatch)
+    sock = sockdir / "hung.sock"
+    proxy = ProviderProxy(registration(sock, server_argv(sock)), start_timeout=10)
+    proxy.start()
+    hung = proxy.process
+    assert hung is not None
+    try:
+        started = time.monotonic()
+        with pytest.raises(ProviderTimeoutError) as e:
+            proxy.call("end_prepare_snapshots", 0.3, set_id=SET_ID, wait=30.0)
+        assert time.monotonic() - started < 5.0
+        assert e.value.hresult is H.VSS_E_UNEXPECTED_PROVIDER_ERROR
+        assert e.value.message.endswith(f"within 0.3 s; its server (pid {hung.pid}) was killed")
+        assert hung.returncode == -signal.SIGKILL and proxy.process is None
+        proxy.start()  # as the coordinator does before its abort
+        assert proxy.process is not None and proxy.process.pid != hung.pid
+        assert proxy.call("commit_snapshots", set_id=SET_ID) == {"committed": SET_ID}
+    finally:
+        proxy.stop()
 
 
 def test_a_server_that_fails_to_start_is_reported_with_its_stderr(sockdir, monkeypatch):

@@ -409,3 +409,78 @@ def test_freezing_twice_is_a_bad_state(mps: list[str]) -> None:
     freezer.thaw()
     freezer.freeze(mps[1:])  # reusable after a thaw
     freezer.thaw()
+
+
+# --- the Freezer and its thaw guard (provider.thaw_guard) --------------------------------------------
+
+class FakeGuard:
+    """Records the guard's life among the ioctl calls: started, hold, released(thawed)."""
+
+    def __init__(self, ioctl: FakeIoctl, fail: str = "") -> None:
+        self.ioctl, self.fail = ioctl, fail
+        self.started: list[tuple[list[str], float]] = []
+
+    def __call__(self, mountpoints: list[str], seconds: float) -> FakeGuard:
+        if self.fail == "start":
+            raise RuntimeError("it exited with status 1")
+        self.started.append((mountpoints, seconds))
+        self.mountpoints = mountpoints
+        return self
+
+    def hold(self) -> None:
+        if self.fail == "hold":
+            raise RuntimeError("the guard (pid 1) is gone: Broken pipe")
+        self.ioctl.calls.append(("GUARD", "hold"))
+
+    def release(self, thawed: bool) -> None:
+        self.ioctl.calls.append(("GUARD", f"released, thawed={thawed}"))
+
+
+def test_the_guard_is_armed_before_the_hold_and_released_after_the_thaw(mps: list[str]) -> None:
+    ioctl = FakeIoctl()
+    guard = FakeGuard(ioctl)
+    hold = hold_writes(mps, freezer=Freezer(ioctl=ioctl, timer=FakeTimer, guard=guard))
+    assert guard.started == [(mps, 10.5)] and ioctl.calls == []  # started when made, before `with`
+    with hold:
+        assert ioctl.calls[0] == ("GUARD", "hold") and sorted(ioctl.calls[1:]) == [("FREEZE", m) for m in mps]
+    assert ioctl.calls[4:] == [("THAW", m) for m in reversed(mps)] + [("GUARD", "released, thawed=True")]
+    assert len(guard.started) == 1
+
+
+def test_the_guard_thaws_again_when_the_requester_could_not(mps: list[str]) -> None:
+    ioctl = FakeIoctl(fail={(FITHAW, mps[1]): errno.EIO})
+    freezer = Freezer(ioctl=ioctl, timer=FakeTimer, guard=FakeGuard(ioctl))
+    freezer.freeze(mps)
+    with pytest.raises(VssRuntimeError):
+        freezer.thaw()
+    assert ioctl.calls[-1] == ("GUARD", "released, thawed=False")
+
+
+def test_the_watchdog_releases_the_guard_once(mps: list[str]) -> None:
+    ioctl = FakeIoctl()
+    freezer = Freezer(ioctl=ioctl, timer=FakeTimer, guard=FakeGuard(ioctl))
+    freezer.freeze(mps)
+    FakeTimer.last.fire()
+    assert ioctl.calls[-1] == ("GUARD", "released, thawed=True")
+    with pytest.raises(VssRuntimeError):
+        freezer.thaw()
+    assert [c for c in ioctl.calls if c[0] == "GUARD"] == [("GUARD", "hold"), ("GUARD", "released, thawed=True")]
+
+
+def test_a_failed_freeze_releases_the_guard(mps: list[str]) -> None:
+    ioctl = FakeIoctl(fail={(FIFREEZE, mps[1]): errno.EOPNOTSUPP})
+    freezer = Freezer(ioctl=ioctl, timer=FakeTimer, guard=FakeGuard(ioctl))
+    with pytest.raises(VssRuntimeError):
+        freezer.freeze(mps)
+    assert ioctl.calls[-1] == ("GUARD", "released, thawed=True")
+
+
+@pytest.mark.parametrize("fail", ["start", "hold"])
+def test_no_freeze_without_a_guard(mps: list[str], fail: str) -> None:
+    ioctl = FakeIoctl()
+    freezer = Freezer(ioctl=ioctl, timer=FakeTimer, guard=FakeGuard(ioctl, fail=fail))
+    with pytest.raises(VssRuntimeError) as e:
+        freezer.freeze(mps)
+    assert e.value.hresult == HResult.VSS_E_UNEXPECTED and "writes are not held" in e.value.message
+    assert not [c for c in ioctl.calls if c[0] == "FREEZE"] and freezer.frozen == []
+    freezer.thaw()  # nothing held: nothing to do

@@ -200,14 +200,16 @@ def run(lab: Lab, say: Callable[[str], None] = lambda s: None) -> StoryResult:
 
 
 class PausedCreate:
-    """`shadowlun create` run in the background on a VM with the provider server held at
-    EndPrepareSnapshots (SHADOWLUN_PROVIDER_PAUSE_AT), so a test can act while the array holds
-    a prepared set: kill the server, or write to the volumes before the freeze."""
+    """`shadowlun create` run in the background on a VM with the provider server held at a pause
+    point (SHADOWLUN_PROVIDER_PAUSE_AT), so a test can act meanwhile: at EndPrepareSnapshots the
+    array holds a prepared set (kill the server, or write to the volumes before the freeze); at
+    CommitSnapshots the volumes are frozen (kill the requester)."""
 
-    def __init__(self, vm: VM, args: str, pause_s: int, name: str = "create") -> None:
+    def __init__(self, vm: VM, args: str, pause_s: int, name: str = "create",
+                 point: str = "end_prepare_snapshots") -> None:
         self.vm, self.files = vm, {k: f"/tmp/{name}.{k}" for k in ("out", "err", "rc")}
         vm.run(f"rm -f {' '.join(self.files.values())}; setsid sh -c "
-               f"'SHADOWLUN_PROVIDER_PAUSE_AT=end_prepare_snapshots:{pause_s} {SHADOWLUN} --json --verbose "
+               f"'SHADOWLUN_PROVIDER_PAUSE_AT={point}:{pause_s} {SHADOWLUN} --json --verbose "
                f"create {args} > {self.files['out']} 2> {self.files['err']}; echo $? > {self.files['rc']}' "
                "< /dev/null > /dev/null 2>&1 &")
 
