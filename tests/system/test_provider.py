@@ -260,8 +260,8 @@ def test_create_killed_while_frozen_is_thawed_by_its_guard_and_recover_cleans_th
     left_before = set(progress_of(a, "committing"))  # by an earlier run that failed, for recover to abort too
     try:
         create = PausedCreate(a, f"{mounts[0]} {mounts[1]}", pause_s=60, name="killed", point="commit_snapshots")
-        create.wait_paused()  # inside CommitSnapshots: writes are held
-        killed_at = float(a.run("pkill -KILL -f '^python3 -m provider[.]cli' && date +%s.%N").stdout)
+        create.kill_when_paused()  # inside CommitSnapshots, while writes are held
+        killed_at = create.killed_at()
         assert create.wait_done() == 137  # the shell's report of a SIGKILL
         until(lambda: any(done > killed_at for _, done in read_ticks(a)), 15,
               lambda: f"no write completed in 15 s after the kill: {create.stderr()[-2000:]}", interval=0.5)

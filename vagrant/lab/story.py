@@ -207,7 +207,7 @@ class PausedCreate:
 
     def __init__(self, vm: VM, args: str, pause_s: int, name: str = "create",
                  point: str = "end_prepare_snapshots") -> None:
-        self.vm, self.files = vm, {k: f"/tmp/{name}.{k}" for k in ("out", "err", "rc")}
+        self.vm, self.files = vm, {k: f"/tmp/{name}.{k}" for k in ("out", "err", "rc", "killed")}
         vm.run(f"rm -f {' '.join(self.files.values())}; setsid sh -c "
                f"'SHADOWLUN_PROVIDER_PAUSE_AT={point}:{pause_s} {SHADOWLUN} --json --verbose "
                f"create {args} > {self.files['out']} 2> {self.files['err']}; echo $? > {self.files['rc']}' "
@@ -226,3 +226,18 @@ class PausedCreate:
         until(lambda: self.vm.run(f"test -f {self.files['rc']}", check=False).returncode == 0, timeout,
               lambda: f"create still running after {timeout:g} s: {self.stderr()}", interval=0.5)
         return int(self.vm.run(f"cat {self.files['rc']}").stdout.strip())
+
+    def kill_when_paused(self) -> None:
+        """SIGKILL the requester from inside the VM as soon as the server says it is pausing:
+        a kill driven over SSH polls could come only after the requester's own 10 s watchdog
+        under TCG load, and so would not test a requester that died during the hold."""
+        err, at = self.files["err"], self.files["killed"]
+        self.vm.run(f"setsid sh -c 'until grep -q pausing {err} 2>/dev/null; do sleep 0.05; done; "
+                    f"pkill -KILL -f \"^python3 -m provider[.]cli\"; date +%s.%N > {at}' "
+                    "< /dev/null > /dev/null 2>&1 &")
+
+    def killed_at(self, timeout: float = 120) -> float:
+        """When kill_when_paused killed the requester (the VM's clock), bounded."""
+        until(lambda: self.vm.run(f"test -s {self.files['killed']}", check=False).returncode == 0, timeout,
+              lambda: f"create not killed within {timeout:g} s: {self.stderr()}", interval=0.5)
+        return float(self.vm.run(f"cat {self.files['killed']}").stdout)
