@@ -280,7 +280,13 @@ def create_app(array: Array, admin_token: str, keeper: Reconciler | None = None)
     def publish(set_id: str, c: Caller = who) -> dict:
         return array.publish_set(set_id, c)
 
-    @app.post("/v1/snapshot-sets/{set_id}/abort", summary="undo the set (its owner, before another host imports it)")
+    @app.post("/v1/snapshot-sets/{set_id}/hand-out",
+              summary="the requester has the set whole: from now on deleted, never aborted (its owner)")
+    def hand_out(set_id: str, c: Caller = who) -> dict:
+        return array.hand_out_set(set_id, c)
+
+    @app.post("/v1/snapshot-sets/{set_id}/abort",
+              summary="undo the set (its owner, before it is handed out or imported)")
     def abort(set_id: str, c: Caller = who) -> dict:
         return array.abort_set(set_id, c)
 

@@ -547,7 +547,7 @@ class Array:
         imported = self.store.import_of(s.set_id)
         return {
             "set_id": s.set_id, "state": s.state, "commit_window_s": s.commit_window_s,
-            "transportable": s.transportable,
+            "transportable": s.transportable, "handed_out": s.handed_out,
             "imported_by": imported[0] if imported else None,
             "snapshots": [{"snapshot_id": m.snapshot_id, "lun": _api_name(m.origin),
                            "target": m.name, "serial": m.serial, "wwid": naa_wwid(m.serial),
@@ -645,6 +645,17 @@ class Array:
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"publish of set {set_id}: {e}") from e
             return self.set_view(set_id)
 
+    def hand_out_set(self, set_id: str, caller: Caller = ADMIN) -> dict:
+        """The set's requester has it whole (PostFinalCommitSnapshots succeeded): from now on
+        it is removed by deleting its shadow copies, never by an abort. Idempotent; only a
+        committed set, by its owner."""
+        with self._op_lock:
+            s = self._set(set_id, caller, owner_only=True)
+            if s.state != "committed":
+                raise vss_error(HResult.VSS_E_BAD_STATE, f"snapshot set {s.set_id} is {s.state}, not committed")
+            self.store.hand_out(s.set_id)
+            return self.set_view(s.set_id)
+
     def _publish(self, *luns: Lun) -> None:
         """Activate (thin snapshots skip activation) and export with the stored serials, in
         batches: one lvs, one lvchange for every LV (LIO saves once, after the burst)."""
@@ -669,9 +680,10 @@ class Array:
         return errors
 
     def abort_set(self, set_id: str, caller: Caller = ADMIN) -> dict:
-        """Undo whatever the set made, whatever its state (abort after commit deletes). Only its
-        owner aborts it, and not once a host (another, or its own) has imported it: that host
-        holds it now."""
+        """Undo whatever the set made: before it was handed out (abort after commit deletes).
+        Only its owner aborts it, and not once it was handed out to its requester or imported
+        by a host: a late abort (a retry, another provider instance) must not delete a shadow
+        copy that a document already describes. The admin may abort any set."""
         with self._op_lock:
             s = self._set(set_id, caller, owner_only=True)
             set_id = s.set_id
@@ -680,6 +692,11 @@ class Array:
                 raise vss_error(HResult.VSS_E_BAD_STATE,
                                 f"snapshot set {set_id} was imported by {imported[0]}: an abort changes nothing "
                                 f"now; the importing host deletes or breaks its copies")
+            if not caller.is_admin and s.handed_out is not None:
+                raise vss_error(HResult.VSS_E_BAD_STATE,
+                                f"snapshot set {set_id} was handed out to its requester at "
+                                f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(s.handed_out))}: an abort "
+                                f"changes nothing now; deleting its shadow copies removes it")
             self._require_trusted(f"abort of snapshot set {set_id}")
             errors = self._undo_set(set_id)
             if errors:

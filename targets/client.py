@@ -125,6 +125,9 @@ class ArrayClient:
     def publish_set(self, set_id: str) -> dict:
         return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/publish")
 
+    def hand_out_set(self, set_id: str) -> dict:
+        return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/hand-out")
+
     def claim_import(self, serials: list[str], host: str) -> dict:
         return self.call("POST", "/v1/imports", {"serials": serials, "host": host})
 

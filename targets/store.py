@@ -41,7 +41,9 @@ CREATE TABLE IF NOT EXISTS sets (
     created     REAL NOT NULL,
     commit_window_s REAL,
     owner       TEXT,                       -- the host initiator that prepared it; NULL: the admin
-    transportable INTEGER NOT NULL DEFAULT 0 -- importable by any host of this array, not only the owner
+    transportable INTEGER NOT NULL DEFAULT 0, -- importable by any host of this array, not only the owner
+    handed_out  REAL                        -- when its requester got it whole (PostFinalCommitSnapshots):
+                                            -- from then on only a delete, never an abort, removes it
 );
 CREATE TABLE IF NOT EXISTS set_members (
     set_id      TEXT NOT NULL REFERENCES sets(set_id) ON DELETE CASCADE,
@@ -82,7 +84,8 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
-SCHEMA_VERSION = 2  # 2: hosts with their credentials, masks without; holders and set owners
+SCHEMA_VERSION = 3  # 2: hosts with their credentials, masks without; holders and set owners. 3: handed_out
+MIGRATIONS = {2: "ALTER TABLE sets ADD COLUMN handed_out REAL"}  # from version N to N + 1
 
 
 class StoreError(RuntimeError):
@@ -137,6 +140,7 @@ class SnapshotSet:
     commit_window_s: float | None
     owner: str | None
     transportable: bool
+    handed_out: float | None
     members: tuple[SetMember, ...]
 
 
@@ -172,12 +176,28 @@ class Store:
         self._db.execute("PRAGMA journal_mode = WAL") if str(path) != ":memory:" else None
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         tables = self._db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        while tables and version in MIGRATIONS:
+            with self._migration():
+                self._db.execute(MIGRATIONS[version])
+                version += 1
+                self._db.execute(f"PRAGMA user_version = {version}")
         if tables and version != SCHEMA_VERSION:
             raise StoreError(f"{path}: a store of schema {version}, not {SCHEMA_VERSION} (an older shadowlun's); "
                              f"move it aside to start afresh (its LVs are kept and reported by the reconcile)")
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._lock = threading.RLock()
+
+    @contextmanager
+    def _migration(self) -> Iterator[None]:
+        """One schema step, all or nothing (SQLite's DDL is transactional)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -306,7 +326,7 @@ class Store:
     def add_set(self, set_id: str, members: list[SetMember], owner: str | None = None,
                 transportable: bool = False) -> None:
         with self.tx() as db:
-            db.execute("INSERT INTO sets VALUES (?, 'prepared', ?, NULL, ?, ?)",
+            db.execute("INSERT INTO sets VALUES (?, 'prepared', ?, NULL, ?, ?, NULL)",
                        (set_id, time.time(), owner, int(transportable)))
             db.executemany("INSERT INTO set_members VALUES (?,?,?,?,?)",
                            [(m.set_id, m.snapshot_id, m.origin, m.name, m.serial) for m in members])
@@ -317,8 +337,8 @@ class Store:
             return None
         members = tuple(SetMember(*r) for r in self._rows(
             "SELECT * FROM set_members WHERE set_id = ? ORDER BY rowid", set_id))
-        set_id, state, created, window, owner, transportable = rows[0]
-        return SnapshotSet(set_id, state, created, window, owner, bool(transportable), members)
+        set_id, state, created, window, owner, transportable, handed_out = rows[0]
+        return SnapshotSet(set_id, state, created, window, owner, bool(transportable), handed_out, members)
 
     def sets(self, state: str | None = None) -> list[SnapshotSet]:
         ids = [r[0] for r in (self._rows("SELECT set_id FROM sets WHERE state = ?", state) if state
@@ -329,6 +349,13 @@ class Store:
         with self.tx() as db:
             db.execute("UPDATE sets SET state = ?, commit_window_s = COALESCE(?, commit_window_s) "
                        "WHERE set_id = ?", (state, commit_window_s, set_id))
+
+    def hand_out(self, set_id: str) -> float:
+        """Mark the set as its requester's for good (once; the first time is kept)."""
+        with self.tx() as db:
+            db.execute("UPDATE sets SET handed_out = COALESCE(handed_out, ?) WHERE set_id = ?",
+                       (time.time(), set_id))
+            return db.execute("SELECT handed_out FROM sets WHERE set_id = ?", (set_id,)).fetchone()[0]
 
     # -- imports: a transportable set is imported by one host only -------------------------
 

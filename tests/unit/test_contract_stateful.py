@@ -14,7 +14,8 @@ After every step:
   block was copied onto one except by a resync its own host asked for, and never from one
   (data changes are modelled by the calls of `targets.array.copy_blocks`, recorded);
 - no imported set lost: once host X located a shadow LUN it stays on the array, held by X (and
-  masked to X unless X broke it with DO_MASK_LUNS) until X deletes it;
+  masked to X unless X broke it with DO_MASK_LUNS) until X deletes it; no set handed out to
+  its requester (PostFinalCommitSnapshots) is ever aborted;
 - the store, the LVM fake and the LIO fake agree (no LV, export or mapping without its row, and
   the reverse; a committed snapshot, or a broken one, is exported only at publish or first mask,
   and the pre-made snapshot LVs of a prepared set have no row in `luns` but are members of the set);
@@ -423,9 +424,9 @@ class ContractMachine(RuleBasedStateMachine):
             options += [st.just(str(held))] * 3
         if known:
             options.append(st.sampled_from(known[-6:]))
-        imported = [x for x in known if self.arr.store.import_of(x)]
-        if imported:  # the sets an abort must never lose
-            options += [st.sampled_from(imported[-6:])] * 2
+        kept = [s.set_id for s in self.arr.store.sets() if s.handed_out or self.arr.store.import_of(s.set_id)]
+        if kept:  # the sets an abort must never lose: handed out to their requester, or imported
+            options += [st.sampled_from(kept[-6:])] * 2
         return data.draw(st.one_of(*options))
 
     def device_of(self, h: str, record: dict) -> str:
@@ -478,10 +479,10 @@ class ContractMachine(RuleBasedStateMachine):
         """AbortSnapshots of a set VSS no longer holds: an imported one, mostly, by a restarted
         provider server or by the instance that now holds another set."""
         known = [x.set_id for x in self.arr.store.sets()]
-        imported = [x for x in known if self.arr.store.import_of(x)]
+        kept = [x.set_id for x in self.arr.store.sets() if x.handed_out or self.arr.store.import_of(x.set_id)]
         if not known:
             return
-        set_id = data.draw(st.sampled_from(imported[-6:] if imported and data.draw(st.integers(0, 3)) else known[-6:]))
+        set_id = data.draw(st.sampled_from(kept[-6:] if kept and data.draw(st.integers(0, 3)) else known[-6:]))
         if restart:
             self.providers[h] = self.new_provider(h)
         self.checked("abort_snapshots", lambda: self.provider_call(h, "abort_snapshots", set_id=set_id),
@@ -783,6 +784,7 @@ class ContractMachine(RuleBasedStateMachine):
             if s.state == "aborted":
                 assert not [lv for lv in lvs.values() if lv.tag("shadowlun.set") == set_id], \
                     f"aborted set {set_id} still has LVs"
+                assert s.handed_out is None, f"set {set_id}, handed out to its requester, was aborted"
             imported = store.import_of(set_id)
             if imported:
                 for m in s.members:

@@ -53,6 +53,9 @@ class InProcessArray:
     def abort_set(self, set_id):
         return self.a.abort_set(set_id, self.c)
 
+    def hand_out_set(self, set_id):
+        return self.a.hand_out_set(set_id, self.c)
+
     def mask(self, name, initiator, read_only=False):
         return asdict(self.a.mask(name, initiator, read_only, self.c))
 
@@ -227,6 +230,75 @@ def test_abort_of_a_set_this_instance_does_not_hold_still_cleans_the_array(array
     fresh = ShadowLunProvider(InProcessArray(array), FakeInitiator(), HOST)
     fresh.abort_snapshots(set_id)
     assert not [lv for lv in lvm.volumes() if lv.name.startswith("snap-")]
+
+
+def finish(prov, recs: list[dict], set_id: str) -> None:
+    """GetTargetLuns to PostFinalCommitSnapshots: the requester has the set whole."""
+    prov.get_target_luns([f"/dev/sd{chr(98 + i)}" for i in range(len(recs))], recs)
+    prov.pre_final_commit_snapshots(set_id)
+    prov.post_final_commit_snapshots(set_id)
+
+
+def snapshot_state(array, lvm) -> tuple:
+    return (sorted(lv.name for lv in lvm.volumes() if lv.name.startswith("snap-")),
+            sorted((v.name, v.state) for v in array.inventory() if v.kind == "snapshot"))
+
+
+def test_a_late_abort_of_a_handed_out_set_changes_nothing_on_any_instance(array, lvm):
+    """Issue 13 point 2: once PostFinalCommitSnapshots told the array, neither the creating
+    instance (spec: CREATED + AbortSnapshots is ignored) nor a fresh one (the CLI's next server),
+    nor a late abort while that instance prepares a new set, deletes it. S_OK, and logged."""
+    recs = volumes(array, "db", "logs")
+    old = ShadowLunProvider(InProcessArray(array, Caller("host-a", HOST.initiator)), FakeInitiator(), HOST)
+    set_id, _ = create(old, {"v": [recs["db"]]})
+    finish(old, [recs["db"]], set_id)
+    assert array.set_view(set_id)["handed_out"] is not None
+    before = snapshot_state(array, lvm)
+    old.abort_snapshots(set_id)
+    fresh = ShadowLunProvider(InProcessArray(array, Caller("host-a", HOST.initiator)), FakeInitiator(), HOST)
+    fresh.abort_snapshots(set_id)
+    second = new_id()
+    old.begin_prepare_snapshot(second, new_id(), BACKUP, ["/dev/sdc"], [recs["logs"]])
+    old.abort_snapshots(set_id)  # late, while `second` prepares
+    assert array.set_view(set_id)["state"] == "committed"
+    after = snapshot_state(array, lvm)
+    assert set(before[0]) <= set(after[0]) and set(before[1]) <= set(after[1])
+    old.end_prepare_snapshots(second)  # the new set goes on untouched
+    assert array.set_view(second)["state"] == "prepared"
+
+
+def test_a_failure_before_the_hand_out_still_aborts_the_set(array, lvm):
+    """Point 6: a failure after GetTargetLuns but before the requester has the set cleans up."""
+    recs = volumes(array, "db")
+    prov = ShadowLunProvider(InProcessArray(array, Caller("host-a", HOST.initiator)), FakeInitiator(), HOST)
+    set_id, _ = create(prov, {"v": [recs["db"]]})
+    prov.get_target_luns(["/dev/sdb"], [recs["db"]])
+    fresh = ShadowLunProvider(InProcessArray(array, Caller("host-a", HOST.initiator)), FakeInitiator(), HOST)
+    fresh.abort_snapshots(set_id)  # the coordinator's recover after a crash before PostFinalCommit
+    assert array.set_view(set_id)["state"] == "aborted"
+    assert snapshot_state(array, lvm) == ([], [])
+
+
+def test_hand_out_is_its_owners_and_only_of_a_committed_set(array):
+    recs = volumes(array, "db")
+    owner = Caller("host-a", HOST.initiator)
+    prov = ShadowLunProvider(InProcessArray(array, owner), FakeInitiator(), HOST)
+    set_id = new_id()
+    prov.begin_prepare_snapshot(set_id, new_id(), BACKUP, ["/dev/sdb"], [recs["db"]])
+    prov.end_prepare_snapshots(set_id)
+    with pytest.raises(VssError) as e:
+        array.hand_out_set(set_id, owner)
+    assert e.value.hresult == HResult.VSS_E_BAD_STATE
+    prov.pre_commit_snapshots(set_id)
+    prov.commit_snapshots(set_id)
+    array.register_host("iqn.2026-11.lab.shadowlun:host-b", "host-b")
+    with pytest.raises(VssError) as e:
+        array.hand_out_set(set_id, Caller("host-b", "iqn.2026-11.lab.shadowlun:host-b"))
+    assert e.value.hresult == HResult.E_ACCESSDENIED and array.set_view(set_id)["handed_out"] is None
+    first = array.hand_out_set(set_id, owner)["handed_out"]
+    assert array.hand_out_set(set_id, owner)["handed_out"] == first  # idempotent: the first time kept
+    array.abort_set(set_id)  # the admin still can
+    assert array.set_view(set_id)["state"] == "aborted"
 
 
 def test_locate_luns_unmasks_read_write_logs_in_and_finds_each_disk(prov, array):

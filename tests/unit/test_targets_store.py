@@ -407,6 +407,32 @@ def test_a_database_of_an_older_schema_is_refused(tmp_path):
         Store(path)
 
 
+def test_a_store_of_schema_2_is_migrated_and_keeps_its_sets(tmp_path):
+    """Schema 2 (sets without `handed_out`) becomes 3 in place: every row kept, none handed out."""
+    import sqlite3
+
+    path = tmp_path / "x.db"
+    db = sqlite3.connect(path)
+    db.executescript(_schema_2())
+    db.execute("INSERT INTO sets VALUES ('s1', 'committed', 1.0, 0.5, NULL, 1)")
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    s = Store(path)
+    got = s.snapshot_set("s1")
+    assert (got.state, got.commit_window_s, got.transportable, got.handed_out) == ("committed", 0.5, True, None)
+    assert s.hand_out("s1") > 0 and s.snapshot_set("s1").handed_out is not None
+    assert Store(path).snapshot_set("s1").handed_out is not None  # version 3 now: opened as is
+
+
+def _schema_2() -> str:
+    """Version 2's tables: this version's without the column version 3 added."""
+    from targets.store import SCHEMA
+
+    head, tail = SCHEMA.split("    transportable INTEGER NOT NULL DEFAULT 0,", 1)
+    return head + "    transportable INTEGER NOT NULL DEFAULT 0\n);" + tail.split(");", 1)[1]
+
+
 def test_the_store_is_root_only(tmp_path):
     path = tmp_path / "state" / "x.db"
     Store(path).add_lun("lun-a", "volume", 1 << 20, SERIAL_A)
