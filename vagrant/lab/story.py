@@ -233,11 +233,12 @@ class PausedCreate:
         under TCG load, and so would not test a requester that died during the hold."""
         err, at = self.files["err"], self.files["killed"]
         self.vm.run(f"setsid sh -c 'until grep -q pausing {err} 2>/dev/null; do sleep 0.05; done; "
-                    f"pkill -KILL -f \"^python3 -m provider[.]cli\"; date +%s.%N > {at}' "
+                    f"date +%s.%N > {at}.new; pkill -KILL -f \"^python3 -m provider[.]cli\"; mv {at}.new {at}' "
                     "< /dev/null > /dev/null 2>&1 &")
 
     def killed_at(self, timeout: float = 120) -> float:
-        """When kill_when_paused killed the requester (the VM's clock), bounded."""
+        """When kill_when_paused killed the requester (the VM's clock, read just before the
+        kill: the guard may thaw before a clock read after it), bounded."""
         until(lambda: self.vm.run(f"test -s {self.files['killed']}", check=False).returncode == 0, timeout,
               lambda: f"create not killed within {timeout:g} s: {self.stderr()}", interval=0.5)
         return float(self.vm.run(f"cat {self.files['killed']}").stdout)
