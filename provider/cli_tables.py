@@ -26,6 +26,10 @@ def _created(r: dict) -> list:
         out.append(f"writes held {held:.2f} s")
     if r.get("bcd"):
         out.append(f"Backup Components Document: {r['bcd']}")
+    if "exec_status" in r:
+        out.append(f"the command exited with status {r['exec_status']}")
+    if "released" in r:
+        out.append(f"released (auto-release context): {len(r['released'])} shadow copies deleted")
     return out
 
 

@@ -34,6 +34,7 @@ from .catalog import Catalog, ImportedSet, ImportedSnapshot
 from .hresult import HResult, VssError, vss_error
 from .iscsi import DEFAULT_RUNNER, Runner, run_checked
 from .lun_info import read_lun_info
+from .requester_holds import RequesterHolds, is_auto_release
 from .shadow_flags import (
     ORIGINALS_DIR,
     READ_ONLY,
@@ -115,6 +116,7 @@ class Coordinator:
         self.list_disks = list_disks or (lambda: sorted((p.name for p in SYSFS_BLOCK.glob("sd*")),
                                                         key=lambda n: (len(n), n)))
         self.catalog = Catalog(state_dir / "imports")
+        self.holds = RequesterHolds(state_dir / "held")
         self.originals_dir = originals_dir
 
     # -- the host-wide creation lock and persisted progress --------------------------------
@@ -153,6 +155,12 @@ class Coordinator:
                     log.warning("aborted snapshot set %s left by a crash", p.set_id)
                 if p.flagged:
                     self._unflag_originals(p)
+            for hold in self.holds.all():
+                if not hold.requester_alive():  # its requester died without releasing it
+                    self.release(hold.set_id)
+                    aborted.append(hold.set_id)
+                    log.warning("released auto-release snapshot set %s of a requester that is gone",
+                                hold.set_id)
         return aborted
 
     @staticmethod
@@ -198,48 +206,78 @@ class Coordinator:
             raise vss_error(HResult.VSS_E_NONTRANSPORTABLE_BCD,
                             f"snapshot set {doc.set_id} was not created transportable")
         with self.creation_lock():
-            done = self.catalog.get(doc.set_id)
-            if done is not None:
-                raise vss_error(HResult.VSS_E_BAD_STATE,
-                                f"snapshot set {doc.set_id} was already imported on this host at {done.imported}")
-            provider = self._provider(doc.provider_id)
-            wanted = [m.destination for s in doc.snapshots for m in s.luns]
-            arrived = provider.call("locate_luns", luns=wanted)
-            seen = {}
-            for disk in arrived:
-                info = provider.call("fill_in_lun_info", device=disk["device"], lun_info=None)
-                if info["supported"]:
-                    seen[disk["device"]] = LunInformation.from_dict(info["lun_info"])
-            self._settle()
-            snapshots, missing, entries = [], [], []
-            for s in doc.snapshots:
-                devices = []
-                for m in s.luns:
-                    want = LunInformation.from_dict(m.destination)
-                    device = next((d for d, got in seen.items() if got.matches(want)), None)
-                    devices.append(device)
-                entry = ImportedSnapshot(
-                    snapshot_id=s.snapshot_id, volume=s.volume_name,
-                    luns=[m.destination for m in s.luns], sources=[m.source for m in s.luns],
-                    extents=[{"lun_index": e.lun_index, "offset_bytes": e.offset_bytes,
-                              "length_bytes": e.length_bytes} for e in s.extents])
-                if all(devices):
-                    volume = self._enforce(entry, devices)
-                    snapshots.append({"snapshot_id": s.snapshot_id, "volume": s.volume_name,
-                                      "devices": devices, **volume})
-                    entries.append(entry)
-                else:
-                    missing.append({"snapshot_id": s.snapshot_id, "volume": s.volume_name,
-                                    "why": "a shadow LUN did not arrive or did not match its record"})
-            if not snapshots:
-                raise vss_error(HResult.VSS_E_NO_SNAPSHOTS_IMPORTED,
-                                f"no shadow copy of set {doc.set_id} could be imported: {missing}")
-            self.catalog.save(ImportedSet(
-                set_id=doc.set_id, provider_id=doc.provider_id, context=doc.context,
-                originating_host=doc.originating_host, created=doc.created,
-                imported=bcd.utc_timestamp(), fingerprint=bcd.fingerprint(doc), snapshots=entries))
-            status = HResult.VSS_S_SOME_SNAPSHOTS_NOT_IMPORTED if missing else HResult.S_OK
-            return ImportResult(doc.set_id, status, snapshots, missing)
+            return self._import(doc)
+
+    def _import(self, doc: bcd.BackupComponentsDocument) -> ImportResult:
+        """The import itself, under the creation lock: by import_document on any host, and by
+        create on the creating host for a set that is not transportable (auto-import)."""
+        done = self.catalog.get(doc.set_id)
+        if done is not None:
+            raise vss_error(HResult.VSS_E_BAD_STATE,
+                            f"snapshot set {doc.set_id} was already imported on this host at {done.imported}")
+        provider = self._provider(doc.provider_id)
+        wanted = [m.destination for s in doc.snapshots for m in s.luns]
+        arrived = provider.call("locate_luns", luns=wanted)
+        seen = {}
+        for disk in arrived:
+            info = provider.call("fill_in_lun_info", device=disk["device"], lun_info=None)
+            if info["supported"]:
+                seen[disk["device"]] = LunInformation.from_dict(info["lun_info"])
+        self._settle()
+        snapshots, missing, entries = [], [], []
+        for s in doc.snapshots:
+            devices = []
+            for m in s.luns:
+                want = LunInformation.from_dict(m.destination)
+                device = next((d for d, got in seen.items() if got.matches(want)), None)
+                devices.append(device)
+            entry = self._catalog_entry(s)
+            if all(devices):
+                volume = self._enforce(entry, devices)
+                snapshots.append({"snapshot_id": s.snapshot_id, "volume": s.volume_name,
+                                  "devices": devices, **volume})
+                entries.append(entry)
+            else:
+                missing.append({"snapshot_id": s.snapshot_id, "volume": s.volume_name,
+                                "why": "a shadow LUN did not arrive or did not match its record"})
+        if not snapshots:
+            raise vss_error(HResult.VSS_E_NO_SNAPSHOTS_IMPORTED,
+                            f"no shadow copy of set {doc.set_id} could be imported: {missing}")
+        self.catalog.save(self._catalog_set(doc, entries))
+        status = HResult.VSS_S_SOME_SNAPSHOTS_NOT_IMPORTED if missing else HResult.S_OK
+        return ImportResult(doc.set_id, status, snapshots, missing)
+
+    @staticmethod
+    def _catalog_entry(s: bcd.SnapshotRecord) -> ImportedSnapshot:
+        return ImportedSnapshot(
+            snapshot_id=s.snapshot_id, volume=s.volume_name,
+            luns=[m.destination for m in s.luns], sources=[m.source for m in s.luns],
+            extents=[{"lun_index": e.lun_index, "offset_bytes": e.offset_bytes,
+                      "length_bytes": e.length_bytes} for e in s.extents])
+
+    @staticmethod
+    def _catalog_set(doc: bcd.BackupComponentsDocument, entries: list[ImportedSnapshot]) -> ImportedSet:
+        return ImportedSet(
+            set_id=doc.set_id, provider_id=doc.provider_id, context=doc.context,
+            originating_host=doc.originating_host, created=doc.created,
+            imported=bcd.utc_timestamp(), fingerprint=bcd.fingerprint(doc), snapshots=entries)
+
+    # -- the requester's end: auto-release sets go (spec 4: contexts) ---------------------------
+
+    def release(self, set_id: str) -> dict:
+        """The requester is done with an auto-release set: delete every shadow copy of it, on
+        this host and on the array, whether the auto-import got to it or not. Idempotent."""
+        hold, imported = self.holds.get(set_id), self.catalog.get(set_id)
+        if hold is None and imported is None:
+            return {"set_id": set_id, "released": []}
+        if hold is not None:  # every copy of the document, those imported as they are now
+            doc = bcd.from_xml(hold.document.encode())
+            have = {e.snapshot_id: e for e in imported.snapshots} if imported else {}
+            self.catalog.save(self._catalog_set(doc, [have.get(s.snapshot_id) or self._catalog_entry(s)
+                                                      for s in doc.snapshots]))
+        deleted = self.delete(set_id=set_id)["deleted"]
+        self.holds.remove(set_id)
+        return {"set_id": set_id, "released": deleted}
 
     def _settle(self) -> None:
         """Let udev finish with the disks that arrived (partitions, blkid, our rule), bounded."""
@@ -670,6 +708,22 @@ class Coordinator:
                                       for e in v.extents),
                     ) for v in volumes),
             )
+            if not is_transportable(context):
+                # Auto-import on this host (spec 4): the set is this host's own, never moved.
+                # An auto-release set is held first, so that whatever ends the requester from
+                # now on, it is released (by the requester, or by `recover`).
+                if is_auto_release(context):
+                    self.holds.add(set_id, bcd.to_xml(doc))
+                try:
+                    imported = step("auto-import", lambda: self._import(doc))
+                    if imported.missing:
+                        raise vss_error(HResult.VSS_E_NO_SNAPSHOTS_IMPORTED,
+                                        f"auto-import of set {set_id}: {imported.missing}")
+                except BaseException as e:
+                    log.error("snapshot set %s: auto-import failed, deleting the set: %s", set_id, e)
+                    self.holds.add(set_id, bcd.to_xml(doc))
+                    self.release(set_id)
+                    raise
             return doc, {"seconds": timings, "wall": spans}
 
 

@@ -288,6 +288,8 @@ class ContractMachine(RuleBasedStateMachine):
         """One provider call by host h's current instance, with the model's bookkeeping."""
         ini = HOSTS[h][1]
         prov = self.providers[h]
+        if method in ("locate_luns", "fill_in_lun_info"):
+            self.refresh()  # a set made within this step (a create's auto-import) has new serials
         if method == "resync_luns":
             self.resync_hosts.add(ini)
             params = {**params, "wait": False}
