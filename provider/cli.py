@@ -5,7 +5,7 @@
     shadowlun list                         the shadow copies imported on this host
     shadowlun expose SNAPSHOT_ID [DIR]     mount read-only at DIR, or present the block device
     shadowlun unexpose SNAPSHOT_ID
-    shadowlun break [--writable] SET_ID    the LUNs become ordinary disks, no longer tracked
+    shadowlun break [--writable|--mask] SET_ID   the LUNs become ordinary LUNs, no longer tracked
     shadowlun delete (--snapshot ID | --set ID | --all)
     shadowlun resync --bcd FILE [--snapshot ID]...   revert the original LUNs on the array
     shadowlun recover                      abort sets a crash left half-made, release the
@@ -146,7 +146,7 @@ def cmd_unexpose(args: argparse.Namespace) -> dict:
 
 def cmd_break(args: argparse.Namespace) -> dict:
     with loaded_providers() as loaded:
-        return coordinator(loaded).break_set(args.set_id, writable=args.writable)
+        return coordinator(loaded).break_set(args.set_id, writable=args.writable, mask=args.mask)
 
 
 def cmd_delete(args: argparse.Namespace) -> dict:
@@ -240,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     unexpose.set_defaults(func=cmd_unexpose)
     brk = sub.add_parser("break", help="make a set's shadow LUNs ordinary disks, no longer tracked")
     brk.add_argument("set_id")
-    brk.add_argument("--writable", action="store_true", help="also clear read-only and hidden")
+    how = brk.add_mutually_exclusive_group()
+    how.add_argument("--writable", action="store_true", help="also clear read-only and hidden (MAKE_READ_WRITE)")
+    how.add_argument("--mask", action="store_true",
+                     help="hide the LUNs from this host, keeping them on the array (MASK_LUNS)")
     brk.set_defaults(func=cmd_break)
     delete = sub.add_parser("delete", help="delete shadow copies and their LUNs (host and array)")
     which = delete.add_mutually_exclusive_group(required=True)

@@ -56,8 +56,9 @@ def _listed(r: dict) -> list:
 
 
 def _broken(r: dict) -> list:
-    how = "writable" if r["writable"] else "read-only"
-    return [_table(f"snapshot set {r['set_id']} broken: ordinary {how} disks, no longer shadow copies",
+    how = ("LUNs, masked from this host" if r["masked"] else "writable disks" if r["writable"]
+           else "read-only disks")
+    return [_table(f"snapshot set {r['set_id']} broken: ordinary {how}, no longer shadow copies",
                    ["was shadow copy", "original volume", "device"],
                    [[v["snapshot_id"], v["volume"], v["device"]] for v in r["volumes"]])]
 

@@ -408,31 +408,49 @@ class Coordinator:
 
     # -- break (spec 11.1, 14.4) -----------------------------------------------------------------
 
-    def break_set(self, set_id: str, writable: bool = False) -> dict:
-        """The set leaves VSS: its LUNs become ordinary disks of this host, no longer shadow
-        copies (the array forgets them as such too). Without `writable` they stay read-only and
-        hidden (only the shadow-copy flag is cleared); with it every flag is cleared and the disks
-        are writable (BreakSnapshotSetEx MAKE_READ_WRITE). All or nothing on this host: the disks
-        keep their flags and exposures until the provider has agreed (a refusal leaves an intact
-        shadow copy); a break that stops after that can be run again."""
+    def break_set(self, set_id: str, writable: bool = False, mask: bool = False) -> dict:
+        """The set leaves VSS: its LUNs become ordinary LUNs, no longer shadow copies (the array
+        forgets them as such too). BreakSnapshotSetEx's flags: without any, the disks stay
+        read-only and hidden (only the shadow-copy flag is cleared); `writable`
+        (MAKE_READ_WRITE) clears every flag and makes them writable; `mask` (MASK_LUNS) hides the
+        LUNs from this host instead (unmasked, the disks and session removed), keeping them on the
+        array. All or nothing on this host: the disks keep their flags and exposures until the
+        provider has agreed (a refusal leaves an intact shadow copy); a break that stops after
+        that can be run again."""
+        if writable and mask:
+            raise vss_error(HResult.E_INVALIDARG, "a break either masks the LUNs or makes them writable")
         s = self.catalog.require_set(set_id)
         provider = self._provider(s.provider_id)
         located = [(e, *self._located(e)) for e in s.snapshots]  # all present, or nothing changes
         clear = SHADOW_FLAGS if writable else SHADOW_COPY
-        notify = HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_READ_WRITE if writable else 0
+        notify = (HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_READ_WRITE if writable
+                  else HardwareOptions.VSS_ONLUNSTATECHANGE_DO_MASK_LUNS if mask else 0)
+        if mask:  # the provider removes the disks: nothing of this host may still use them
+            for entry, disks, _ in located:
+                self._require_unused(entry, disks)
         provider.call("on_lun_state_change", snapshot_luns=[r for e in s.snapshots for r in e.luns],
                       original_luns=[r for e in s.snapshots for r in e.sources], flags=int(notify))
         out = []
         for entry, disks, vol in located:
-            self._unmount(entry)
-            for disk in disks:
-                self.flags.set_read_only(disk, vol["partitions"] if disk == vol["disk"] else [], False)
-                self.flags.clear(disk, None, clear)
-                if not writable:
-                    self.flags.set_read_only(disk, vol["partitions"] if disk == vol["disk"] else [], True)
-            out.append({"snapshot_id": entry.snapshot_id, "volume": entry.volume, "device": vol["device"]})
+            if not mask:
+                self._unmount(entry)
+                for disk in disks:
+                    self.flags.set_read_only(disk, vol["partitions"] if disk == vol["disk"] else [], False)
+                    self.flags.clear(disk, None, clear)
+                    if not writable:
+                        self.flags.set_read_only(disk, vol["partitions"] if disk == vol["disk"] else [], True)
+            out.append({"snapshot_id": entry.snapshot_id, "volume": entry.volume,
+                        "device": None if mask else vol["device"]})
         self.catalog.remove(set_id)
-        return {"set_id": set_id, "writable": writable, "volumes": out}
+        return {"set_id": set_id, "writable": writable, "masked": mask, "volumes": out}
+
+    def _require_unused(self, entry: ImportedSnapshot, disks: list[str]) -> None:
+        """Refuse (VSS_E_VOLUME_IN_USE) a shadow copy that is exposed or mounted here."""
+        used = ([entry.exposed] if entry.exposed else []) + self.filesystems_on(disks)
+        if used:
+            raise vss_error(HResult.VSS_E_VOLUME_IN_USE,
+                            f"shadow copy {entry.snapshot_id} is in use here ({', '.join(used)}): "
+                            f"unexpose or unmount it first")
 
     # -- delete (spec 10, 14.4) ------------------------------------------------------------------
 

@@ -692,3 +692,28 @@ def test_the_cli_runs_the_command_while_the_backup_set_exists_then_releases_it(t
     assert devices == ["/dev/shb1", "/dev/shc1"]
     assert lab.array.set_view(set_id)["state"] == "committed"  # the set row stays, its LUNs are gone
     assert on_the_array(lab) == ([], []) and lab.coord.holds.all() == [] and lab.coord.list_sets() == []
+
+
+def test_break_with_mask_luns_hides_them_from_this_host_and_keeps_them_on_the_array(tmp_path):
+    """BreakSnapshotSetEx MASK_LUNS: ordinary LUNs on the array, no longer masked to (nor
+    attached on) the importing host, no flag written on the way; refused while a copy is
+    exposed, with nothing changed."""
+    lab, doc, coord_b, impl_b, _ = imported(tmp_path)
+    snap = doc.snapshots[0].snapshot_id
+    coord_b.expose(snap, str(tmp_path / "shadow"))
+    writes, before = list(coord_b.flags.writes), [v for v in lab.array.inventory() if v.origin]
+    with pytest.raises(VssError) as e:
+        coord_b.break_set(doc.set_id, mask=True)
+    assert e.value.hresult == HResult.VSS_E_VOLUME_IN_USE
+    assert [v for v in lab.array.inventory() if v.origin] == before
+    assert [s["set_id"] for s in coord_b.list_sets()] == [doc.set_id]
+    coord_b.unexpose(snap)
+    out = coord_b.break_set(doc.set_id, mask=True)
+    assert out["masked"] is True and [v["device"] for v in out["volumes"]] == [None, None]
+    assert coord_b.flags.writes == writes and coord_b.list_sets() == []
+    shadows = [v for v in lab.array.inventory() if v.origin]
+    assert len(shadows) == 2 and {v.kind for v in shadows} == {"volume"} and all(v.masks == [] for v in shadows)
+    assert impl_b.initiator.disks == {}
+    with pytest.raises(VssError) as e:
+        coord_b.break_set(doc.set_id, writable=True, mask=True)
+    assert e.value.hresult == HResult.E_INVALIDARG
