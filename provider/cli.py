@@ -1,14 +1,15 @@
 """shadowlun: the requester's command line (vshadow/diskshadow habits), over the coordinator.
 
-    shadowlun create [--context backup] [--transportable] [--bcd FILE] VOLUME...
+    shadowlun create [--context backup] [--transportable] [--bcd FILE] [--exec CMD] VOLUME...
     shadowlun import FILE                  import a transportable set on this host (once)
     shadowlun list                         the shadow copies imported on this host
     shadowlun expose SNAPSHOT_ID [DIR]     mount read-only at DIR, or present the block device
     shadowlun unexpose SNAPSHOT_ID
-    shadowlun break [--writable] SET_ID    the LUNs become ordinary disks, no longer tracked
+    shadowlun break [--writable|--mask] SET_ID   the LUNs become ordinary LUNs, no longer tracked
     shadowlun delete (--snapshot ID | --set ID | --all)
     shadowlun resync --bcd FILE [--snapshot ID]...   revert the original LUNs on the array
-    shadowlun recover                      abort sets a crash left half-made
+    shadowlun recover                      abort sets a crash left half-made, release the
+                                           auto-release sets of a requester that died
     shadowlun register-provider            register shadowlun's provider and its udev rule here
 
 Errors name their VSS code; the exit status is 2 for the caller's errors (VssUserError), 1 for
@@ -21,6 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -86,16 +90,36 @@ def cmd_create(args: argparse.Namespace) -> dict:
         if not loaded:
             raise vss_error(HResult.VSS_E_PROVIDER_NOT_REGISTERED, "no provider is registered on this host")
         pids = [p.server_pid for p in loaded]
-        doc, report = coordinator(loaded).create(args.volumes, context, on_step=lambda s: step(args, s))
-    xml = bcd.to_xml(doc)
-    if args.bcd:
-        Path(args.bcd).write_bytes(xml)
-    return {
-        "set_id": doc.set_id, "context": doc.context, "provider_id": doc.provider_id,
-        "snapshots": [{"snapshot_id": s.snapshot_id, "volume": s.volume_name,
-                       "target_luns": [m.destination for m in s.luns]} for s in doc.snapshots],
-        "bcd": args.bcd, "report": report, "provider_server_pids": pids,
-    }
+        coord = coordinator(loaded)
+        doc, report = coord.create(args.volumes, context, on_step=lambda s: step(args, s))
+        out = {"set_id": doc.set_id, "context": doc.context, "provider_id": doc.provider_id,
+               "snapshots": [{"snapshot_id": s.snapshot_id, "volume": s.volume_name,
+                              "target_luns": [m.destination for m in s.luns]} for s in doc.snapshots],
+               "bcd": args.bcd, "report": report, "provider_server_pids": pids}
+        if args.bcd:
+            Path(args.bcd).write_bytes(bcd.to_xml(doc))
+        if coord.holds.get(doc.set_id) is None:
+            return out
+        # An auto-release set lives while this requester does: the command runs, then the set
+        # goes, whatever the command did (SIGTERM too; SIGKILL leaves it to `recover`).
+        try:
+            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+            if args.exec:
+                step(args, f"running {args.exec!r} with the shadow copies of set {doc.set_id}")
+                out["exec_status"] = run_with_set(args.exec, doc.set_id, coord.list_sets())
+        finally:
+            step(args, f"releasing snapshot set {doc.set_id} (auto-release context)")
+            out["released"] = coord.release(doc.set_id)["released"]
+        return out
+
+
+def run_with_set(command: str, set_id: str, listed: list[dict]) -> int:
+    """Run the requester's command (a shell line) while the set exists, as vshadow -exec does;
+    SHADOWLUN_SET_ID and SHADOWLUN_DEVICES (one volume device per shadow copy, in the order of
+    the volumes) tell it where the copies are. Its exit status is reported, not raised."""
+    devices = [snap["device"] or "" for s in listed if s["set_id"] == set_id for snap in s["snapshots"]]
+    env = {**os.environ, "SHADOWLUN_SET_ID": set_id, "SHADOWLUN_DEVICES": " ".join(devices)}
+    return subprocess.run(command, shell=True, env=env, stdin=subprocess.DEVNULL).returncode
 
 
 def cmd_import(args: argparse.Namespace) -> dict:
@@ -122,7 +146,7 @@ def cmd_unexpose(args: argparse.Namespace) -> dict:
 
 def cmd_break(args: argparse.Namespace) -> dict:
     with loaded_providers() as loaded:
-        return coordinator(loaded).break_set(args.set_id, writable=args.writable)
+        return coordinator(loaded).break_set(args.set_id, writable=args.writable, mask=args.mask)
 
 
 def cmd_delete(args: argparse.Namespace) -> dict:
@@ -199,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--plex", action="store_true", help="ask for full copies (not supported)")
     create.add_argument("--differential", action="store_true")
     create.add_argument("--bcd", metavar="FILE", help="write the Backup Components Document here")
+    create.add_argument("--exec", metavar="COMMAND",
+                        help="auto-release contexts (backup): run this shell command while the shadow "
+                             "copies exist, then release them")
     create.set_defaults(func=cmd_create)
     imp = sub.add_parser("import", help="import a transportable snapshot set from its document")
     imp.add_argument("document", help="the Backup Components Document (XML) written by create --bcd")
@@ -213,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     unexpose.set_defaults(func=cmd_unexpose)
     brk = sub.add_parser("break", help="make a set's shadow LUNs ordinary disks, no longer tracked")
     brk.add_argument("set_id")
-    brk.add_argument("--writable", action="store_true", help="also clear read-only and hidden")
+    how = brk.add_mutually_exclusive_group()
+    how.add_argument("--writable", action="store_true", help="also clear read-only and hidden (MAKE_READ_WRITE)")
+    how.add_argument("--mask", action="store_true",
+                     help="hide the LUNs from this host, keeping them on the array (MASK_LUNS)")
     brk.set_defaults(func=cmd_break)
     delete = sub.add_parser("delete", help="delete shadow copies and their LUNs (host and array)")
     which = delete.add_mutually_exclusive_group(required=True)
@@ -225,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     resync.add_argument("--bcd", required=True, metavar="FILE", help="the set's Backup Components Document")
     resync.add_argument("--snapshot", action="append", metavar="ID", help="only this copy (repeatable)")
     resync.set_defaults(func=cmd_resync)
-    sub.add_parser("recover", help="abort sets a crash left half-made").set_defaults(func=cmd_recover)
+    sub.add_parser("recover", help="abort sets a crash left half-made; release auto-release sets "
+                                   "whose requester died").set_defaults(func=cmd_recover)
     sub.add_parser("register-provider").set_defaults(func=cmd_register_provider)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -244,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         from .cli_tables import render
 
         render(args.command, result)
-    return 0
+    return 1 if result.get("exec_status") else 0  # the requester's command failed
 
 
 if __name__ == "__main__":

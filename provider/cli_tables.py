@@ -26,6 +26,10 @@ def _created(r: dict) -> list:
         out.append(f"writes held {held:.2f} s")
     if r.get("bcd"):
         out.append(f"Backup Components Document: {r['bcd']}")
+    if "exec_status" in r:
+        out.append(f"the command exited with status {r['exec_status']}")
+    if "released" in r:
+        out.append(f"released (auto-release context): {len(r['released'])} shadow copies deleted")
     return out
 
 
@@ -52,8 +56,9 @@ def _listed(r: dict) -> list:
 
 
 def _broken(r: dict) -> list:
-    how = "writable" if r["writable"] else "read-only"
-    return [_table(f"snapshot set {r['set_id']} broken: ordinary {how} disks, no longer shadow copies",
+    how = ("LUNs, masked from this host" if r["masked"] else "writable disks" if r["writable"]
+           else "read-only disks")
+    return [_table(f"snapshot set {r['set_id']} broken: ordinary {how}, no longer shadow copies",
                    ["was shadow copy", "original volume", "device"],
                    [[v["snapshot_id"], v["volume"], v["device"]] for v in r["volumes"]])]
 

@@ -34,6 +34,7 @@ from .catalog import Catalog, ImportedSet, ImportedSnapshot
 from .hresult import HResult, VssError, vss_error
 from .iscsi import DEFAULT_RUNNER, Runner, run_checked
 from .lun_info import read_lun_info
+from .requester_holds import RequesterHolds, is_auto_release
 from .shadow_flags import (
     ORIGINALS_DIR,
     READ_ONLY,
@@ -115,6 +116,7 @@ class Coordinator:
         self.list_disks = list_disks or (lambda: sorted((p.name for p in SYSFS_BLOCK.glob("sd*")),
                                                         key=lambda n: (len(n), n)))
         self.catalog = Catalog(state_dir / "imports")
+        self.holds = RequesterHolds(state_dir / "held")
         self.originals_dir = originals_dir
 
     # -- the host-wide creation lock and persisted progress --------------------------------
@@ -153,6 +155,12 @@ class Coordinator:
                     log.warning("aborted snapshot set %s left by a crash", p.set_id)
                 if p.flagged:
                     self._unflag_originals(p)
+            for hold in self.holds.all():
+                if not hold.requester_alive():  # its requester died without releasing it
+                    self.release(hold.set_id)
+                    aborted.append(hold.set_id)
+                    log.warning("released auto-release snapshot set %s of a requester that is gone",
+                                hold.set_id)
         return aborted
 
     @staticmethod
@@ -198,48 +206,78 @@ class Coordinator:
             raise vss_error(HResult.VSS_E_NONTRANSPORTABLE_BCD,
                             f"snapshot set {doc.set_id} was not created transportable")
         with self.creation_lock():
-            done = self.catalog.get(doc.set_id)
-            if done is not None:
-                raise vss_error(HResult.VSS_E_BAD_STATE,
-                                f"snapshot set {doc.set_id} was already imported on this host at {done.imported}")
-            provider = self._provider(doc.provider_id)
-            wanted = [m.destination for s in doc.snapshots for m in s.luns]
-            arrived = provider.call("locate_luns", luns=wanted)
-            seen = {}
-            for disk in arrived:
-                info = provider.call("fill_in_lun_info", device=disk["device"], lun_info=None)
-                if info["supported"]:
-                    seen[disk["device"]] = LunInformation.from_dict(info["lun_info"])
-            self._settle()
-            snapshots, missing, entries = [], [], []
-            for s in doc.snapshots:
-                devices = []
-                for m in s.luns:
-                    want = LunInformation.from_dict(m.destination)
-                    device = next((d for d, got in seen.items() if got.matches(want)), None)
-                    devices.append(device)
-                entry = ImportedSnapshot(
-                    snapshot_id=s.snapshot_id, volume=s.volume_name,
-                    luns=[m.destination for m in s.luns], sources=[m.source for m in s.luns],
-                    extents=[{"lun_index": e.lun_index, "offset_bytes": e.offset_bytes,
-                              "length_bytes": e.length_bytes} for e in s.extents])
-                if all(devices):
-                    volume = self._enforce(entry, devices)
-                    snapshots.append({"snapshot_id": s.snapshot_id, "volume": s.volume_name,
-                                      "devices": devices, **volume})
-                    entries.append(entry)
-                else:
-                    missing.append({"snapshot_id": s.snapshot_id, "volume": s.volume_name,
-                                    "why": "a shadow LUN did not arrive or did not match its record"})
-            if not snapshots:
-                raise vss_error(HResult.VSS_E_NO_SNAPSHOTS_IMPORTED,
-                                f"no shadow copy of set {doc.set_id} could be imported: {missing}")
-            self.catalog.save(ImportedSet(
-                set_id=doc.set_id, provider_id=doc.provider_id, context=doc.context,
-                originating_host=doc.originating_host, created=doc.created,
-                imported=bcd.utc_timestamp(), fingerprint=bcd.fingerprint(doc), snapshots=entries))
-            status = HResult.VSS_S_SOME_SNAPSHOTS_NOT_IMPORTED if missing else HResult.S_OK
-            return ImportResult(doc.set_id, status, snapshots, missing)
+            return self._import(doc)
+
+    def _import(self, doc: bcd.BackupComponentsDocument) -> ImportResult:
+        """The import itself, under the creation lock: by import_document on any host, and by
+        create on the creating host for a set that is not transportable (auto-import)."""
+        done = self.catalog.get(doc.set_id)
+        if done is not None:
+            raise vss_error(HResult.VSS_E_BAD_STATE,
+                            f"snapshot set {doc.set_id} was already imported on this host at {done.imported}")
+        provider = self._provider(doc.provider_id)
+        wanted = [m.destination for s in doc.snapshots for m in s.luns]
+        arrived = provider.call("locate_luns", luns=wanted)
+        seen = {}
+        for disk in arrived:
+            info = provider.call("fill_in_lun_info", device=disk["device"], lun_info=None)
+            if info["supported"]:
+                seen[disk["device"]] = LunInformation.from_dict(info["lun_info"])
+        self._settle()
+        snapshots, missing, entries = [], [], []
+        for s in doc.snapshots:
+            devices = []
+            for m in s.luns:
+                want = LunInformation.from_dict(m.destination)
+                device = next((d for d, got in seen.items() if got.matches(want)), None)
+                devices.append(device)
+            entry = self._catalog_entry(s)
+            if all(devices):
+                volume = self._enforce(entry, devices)
+                snapshots.append({"snapshot_id": s.snapshot_id, "volume": s.volume_name,
+                                  "devices": devices, **volume})
+                entries.append(entry)
+            else:
+                missing.append({"snapshot_id": s.snapshot_id, "volume": s.volume_name,
+                                "why": "a shadow LUN did not arrive or did not match its record"})
+        if not snapshots:
+            raise vss_error(HResult.VSS_E_NO_SNAPSHOTS_IMPORTED,
+                            f"no shadow copy of set {doc.set_id} could be imported: {missing}")
+        self.catalog.save(self._catalog_set(doc, entries))
+        status = HResult.VSS_S_SOME_SNAPSHOTS_NOT_IMPORTED if missing else HResult.S_OK
+        return ImportResult(doc.set_id, status, snapshots, missing)
+
+    @staticmethod
+    def _catalog_entry(s: bcd.SnapshotRecord) -> ImportedSnapshot:
+        return ImportedSnapshot(
+            snapshot_id=s.snapshot_id, volume=s.volume_name,
+            luns=[m.destination for m in s.luns], sources=[m.source for m in s.luns],
+            extents=[{"lun_index": e.lun_index, "offset_bytes": e.offset_bytes,
+                      "length_bytes": e.length_bytes} for e in s.extents])
+
+    @staticmethod
+    def _catalog_set(doc: bcd.BackupComponentsDocument, entries: list[ImportedSnapshot]) -> ImportedSet:
+        return ImportedSet(
+            set_id=doc.set_id, provider_id=doc.provider_id, context=doc.context,
+            originating_host=doc.originating_host, created=doc.created,
+            imported=bcd.utc_timestamp(), fingerprint=bcd.fingerprint(doc), snapshots=entries)
+
+    # -- the requester's end: auto-release sets go (spec 4: contexts) ---------------------------
+
+    def release(self, set_id: str) -> dict:
+        """The requester is done with an auto-release set: delete every shadow copy of it, on
+        this host and on the array, whether the auto-import got to it or not. Idempotent."""
+        hold, imported = self.holds.get(set_id), self.catalog.get(set_id)
+        if hold is None and imported is None:
+            return {"set_id": set_id, "released": []}
+        if hold is not None:  # every copy of the document, those imported as they are now
+            doc = bcd.from_xml(hold.document.encode())
+            have = {e.snapshot_id: e for e in imported.snapshots} if imported else {}
+            self.catalog.save(self._catalog_set(doc, [have.get(s.snapshot_id) or self._catalog_entry(s)
+                                                      for s in doc.snapshots]))
+        deleted = self.delete(set_id=set_id)["deleted"]
+        self.holds.remove(set_id)
+        return {"set_id": set_id, "released": deleted}
 
     def _settle(self) -> None:
         """Let udev finish with the disks that arrived (partitions, blkid, our rule), bounded."""
@@ -370,31 +408,49 @@ class Coordinator:
 
     # -- break (spec 11.1, 14.4) -----------------------------------------------------------------
 
-    def break_set(self, set_id: str, writable: bool = False) -> dict:
-        """The set leaves VSS: its LUNs become ordinary disks of this host, no longer shadow
-        copies (the array forgets them as such too). Without `writable` they stay read-only and
-        hidden (only the shadow-copy flag is cleared); with it every flag is cleared and the disks
-        are writable (BreakSnapshotSetEx MAKE_READ_WRITE). All or nothing on this host: the disks
-        keep their flags and exposures until the provider has agreed (a refusal leaves an intact
-        shadow copy); a break that stops after that can be run again."""
+    def break_set(self, set_id: str, writable: bool = False, mask: bool = False) -> dict:
+        """The set leaves VSS: its LUNs become ordinary LUNs, no longer shadow copies (the array
+        forgets them as such too). BreakSnapshotSetEx's flags: without any, the disks stay
+        read-only and hidden (only the shadow-copy flag is cleared); `writable`
+        (MAKE_READ_WRITE) clears every flag and makes them writable; `mask` (MASK_LUNS) hides the
+        LUNs from this host instead (unmasked, the disks and session removed), keeping them on the
+        array. All or nothing on this host: the disks keep their flags and exposures until the
+        provider has agreed (a refusal leaves an intact shadow copy); a break that stops after
+        that can be run again."""
+        if writable and mask:
+            raise vss_error(HResult.E_INVALIDARG, "a break either masks the LUNs or makes them writable")
         s = self.catalog.require_set(set_id)
         provider = self._provider(s.provider_id)
         located = [(e, *self._located(e)) for e in s.snapshots]  # all present, or nothing changes
         clear = SHADOW_FLAGS if writable else SHADOW_COPY
-        notify = HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_READ_WRITE if writable else 0
+        notify = (HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_READ_WRITE if writable
+                  else HardwareOptions.VSS_ONLUNSTATECHANGE_DO_MASK_LUNS if mask else 0)
+        if mask:  # the provider removes the disks: nothing of this host may still use them
+            for entry, disks, _ in located:
+                self._require_unused(entry, disks)
         provider.call("on_lun_state_change", snapshot_luns=[r for e in s.snapshots for r in e.luns],
                       original_luns=[r for e in s.snapshots for r in e.sources], flags=int(notify))
         out = []
         for entry, disks, vol in located:
-            self._unmount(entry)
-            for disk in disks:
-                self.flags.set_read_only(disk, vol["partitions"] if disk == vol["disk"] else [], False)
-                self.flags.clear(disk, None, clear)
-                if not writable:
-                    self.flags.set_read_only(disk, vol["partitions"] if disk == vol["disk"] else [], True)
-            out.append({"snapshot_id": entry.snapshot_id, "volume": entry.volume, "device": vol["device"]})
+            if not mask:
+                self._unmount(entry)
+                for disk in disks:
+                    self.flags.set_read_only(disk, vol["partitions"] if disk == vol["disk"] else [], False)
+                    self.flags.clear(disk, None, clear)
+                    if not writable:
+                        self.flags.set_read_only(disk, vol["partitions"] if disk == vol["disk"] else [], True)
+            out.append({"snapshot_id": entry.snapshot_id, "volume": entry.volume,
+                        "device": None if mask else vol["device"]})
         self.catalog.remove(set_id)
-        return {"set_id": set_id, "writable": writable, "volumes": out}
+        return {"set_id": set_id, "writable": writable, "masked": mask, "volumes": out}
+
+    def _require_unused(self, entry: ImportedSnapshot, disks: list[str]) -> None:
+        """Refuse (VSS_E_VOLUME_IN_USE) a shadow copy that is exposed or mounted here."""
+        used = ([entry.exposed] if entry.exposed else []) + self.filesystems_on(disks)
+        if used:
+            raise vss_error(HResult.VSS_E_VOLUME_IN_USE,
+                            f"shadow copy {entry.snapshot_id} is in use here ({', '.join(used)}): "
+                            f"unexpose or unmount it first")
 
     # -- delete (spec 10, 14.4) ------------------------------------------------------------------
 
@@ -670,6 +726,22 @@ class Coordinator:
                                       for e in v.extents),
                     ) for v in volumes),
             )
+            if not is_transportable(context):
+                # Auto-import on this host (spec 4): the set is this host's own, never moved.
+                # An auto-release set is held first, so that whatever ends the requester from
+                # now on, it is released (by the requester, or by `recover`).
+                if is_auto_release(context):
+                    self.holds.add(set_id, bcd.to_xml(doc))
+                try:
+                    imported = step("auto-import", lambda: self._import(doc))
+                    if imported.missing:
+                        raise vss_error(HResult.VSS_E_NO_SNAPSHOTS_IMPORTED,
+                                        f"auto-import of set {set_id}: {imported.missing}")
+                except BaseException as e:
+                    log.error("snapshot set %s: auto-import failed, deleting the set: %s", set_id, e)
+                    self.holds.add(set_id, bcd.to_xml(doc))
+                    self.release(set_id)
+                    raise
             return doc, {"seconds": timings, "wall": spans}
 
 

@@ -123,7 +123,8 @@ def test_resync_restores_the_source_bytes(lab, one_volume):
     mount = one_volume.mounts[0]
     disk = one_volume.disks[one_volume.names[0]]
     at_snapshot = story.sha256(a, f"{mount}/data")
-    out = shadowlun(a, "create", "--bcd", "/root/rs.xml", mount)
+    # Persistent: a backup-context set would be released when `create` ends (auto-release).
+    out = shadowlun(a, "create", "--context", "app_rollback", "--bcd", "/root/rs.xml", mount)
     a.run(f"head -c 6M /dev/urandom > {mount}/data && sync")
     assert story.sha256(a, f"{mount}/data") != at_snapshot
 
@@ -140,6 +141,7 @@ def test_resync_restores_the_source_bytes(lab, one_volume):
     assert partition_attrs(a, disk) == ""
     assert a.run(f"cat /sys/class/block/{disk.removeprefix('/dev/')}1/ro").stdout.strip() == "0"
     a.run(f"touch {mount}/writable-again")
+    assert len(shadowlun(a, "delete", "--all")["deleted"]) == 1  # the copy auto-imported here
 
 
 def test_each_snapshot_holds_what_was_written_up_to_the_freeze(lab, one_volume):

@@ -75,7 +75,7 @@ SAMPLES = {
                                       "device": "/dev/sdb1", "flags": ["read-only"], "read_only": True}]}]},
     "expose": {"snapshot_id": SNAP, "device": "/dev/sdb1", "exposed": "/mnt/shadow"},
     "unexpose": {"snapshot_id": SNAP, "unexposed": "/mnt/shadow"},
-    "break": {"set_id": SET, "writable": True, "volumes": [{"snapshot_id": SNAP, "volume": "/mnt/db",
+    "break": {"set_id": SET, "writable": True, "masked": False, "volumes": [{"snapshot_id": SNAP, "volume": "/mnt/db",
                                                             "device": "/dev/sdb1"}]},
     "delete": {"deleted": [SNAP], "non_deleted": None},
     "resync": {"set_id": SET, "resynced": [{"snapshot_id": SNAP, "volume": "/mnt/db"}], "disks": ["/dev/sdb"]},

@@ -288,6 +288,8 @@ class ContractMachine(RuleBasedStateMachine):
         """One provider call by host h's current instance, with the model's bookkeeping."""
         ini = HOSTS[h][1]
         prov = self.providers[h]
+        if method in ("locate_luns", "fill_in_lun_info"):
+            self.refresh()  # a set made within this step (a create's auto-import) has new serials
         if method == "resync_luns":
             self.resync_hosts.add(ini)
             params = {**params, "wait": False}
@@ -660,11 +662,14 @@ class ContractMachine(RuleBasedStateMachine):
         others = [bcd.from_xml(x).set_id for _, x in self.docs[-4:]] + [self.new_id()]
         return h, data.draw(st.sampled_from(others))
 
-    @rule(h=HOST_KEYS, writable=st.booleans(), data=st.data())
-    def coordinator_break(self, h, writable, data):
+    @rule(h=HOST_KEYS, writable=st.booleans(), mask=st.booleans(), data=st.data())
+    def coordinator_break(self, h, writable, mask, data):
         h, set_id = self.draw_catalog_set(h, data)
-        self.checked(f"coordinator break (writable={writable})",
-                     lambda: self.coords[h].break_set(set_id, writable=writable))
+        if mask and not writable:  # MASK_LUNS: the host no longer holds a mask of them
+            self.mask_dropped.update(n for n, ini in self.located.items() if ini == HOSTS[h][1]
+                                     and (lun := self.arr.store.lun(n)) and lun.set_id == set_id)
+        self.checked(f"coordinator break (writable={writable}, mask={mask})",
+                     lambda: self.coords[h].break_set(set_id, writable=writable, mask=mask))
 
     @rule(h=HOST_KEYS, data=st.data())
     def coordinator_delete(self, h, data):

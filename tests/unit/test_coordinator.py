@@ -47,12 +47,13 @@ class FakeGpt:
         self.attrs: dict[str, dict[int, int]] = {}
         self.read_only: dict[str, bool] = {}
         self.writes: list[tuple[str, int, int]] = []
+        self.captured = lambda disk: None  # a new disk's table: one the commit captured, if any
 
     def partitions(self, disk):
         disk = disk.removeprefix("/dev/")
         if disk.startswith("raw"):
             return None
-        table = self.attrs.setdefault(disk, {1: 0})
+        table = self.attrs.setdefault(disk, dict(self.captured(disk) or {1: 0}))
         return {n: Partition(n, PART_START, 63 * MIB, a) for n, a in table.items()}
 
     def gpt_partition(self, disk, offset_bytes):
@@ -91,6 +92,30 @@ class FakeRunner:
         return subprocess.CompletedProcess(argv, 0, "ext4\n" if argv[0] == "blkid" else "", "")
 
 
+class ShadowDisks(FakeInitiator):
+    """The creating host's initiator: its shadow disks are named shb, shc, ... (its own
+    originals are sdb, sdc, ...)."""
+
+    def wait_for_disk(self, wwid, timeout):
+        self.calls.append(("wait", wwid))
+        return self.disks.setdefault(wwid, f"sh{chr(ord('b') + len(self.disks))}")
+
+
+def found_disks(impl, array, hide: set[str] = frozenset()):
+    """FillInLunInfo of the disks the fake initiator 'found' (device -> WWID -> the array's
+    serial), patched into `impl`; returns the record of such a disk."""
+    def record_of(disk):
+        wwid = next(w for w, d in impl.initiator.disks.items() if d == disk.removeprefix("/dev/"))
+        lun = next(v for v in array.inventory() if v.wwid == wwid)
+        return predict_lio_lun_info(lun.serial).to_dict()
+
+    def fill_in_lun_info(device, lun_info=None):
+        return {"supported": device not in hide, "lun_info": record_of(device)}
+
+    impl.fill_in_lun_info = fill_in_lun_info
+    return record_of
+
+
 class Lab:
     """An array with volumes, each on partition 1 of its own 'disk' (sdb, sdc, ...), mounted at
     /mnt/<disk>; a disk named raw* has its filesystem on the whole disk."""
@@ -100,17 +125,21 @@ class Lab:
         self.array = make_array(lvm=self.lvm)
         self.events: list[str] = []
         self.records: dict[str, dict] = {}
-        self.impl = ShadowLunProvider(InProcessArray(self.array), FakeInitiator(), HOST)
+        self.impl = ShadowLunProvider(InProcessArray(self.array), ShadowDisks(), HOST)
+        found = found_disks(self.impl, self.array)
         self.provider = InProcessProvider(self.impl, self.events, fail)
         self.hold_error = hold_error
         self.gpt, self.runner = FakeGpt(), FakeRunner()
+        # A shadow disk shX has the table its original sdX had at the freeze.
+        self.gpt.captured = lambda disk: getattr(self, "frozen_attrs", {}).get("sd" + disk[2:])
         self.unmounted: set[str] = set()
         self.coord = Coordinator([self.provider], state_dir=tmp_path, resolve=self.resolve,
                                  filesystems_on=lambda disks: [f"/mnt/{d}" for d in disks
                                                                if d not in self.unmounted],
-                                 hold_writes=self.hold, read_record=self.records.__getitem__,
+                                 hold_writes=self.hold,
+                                 read_record=lambda d: self.records[d] if d in self.records else found(d),
                                  extents=self.extents, flags=self.gpt, runner=self.runner,
-                                 list_disks=lambda: sorted(self.records),
+                                 list_disks=lambda: sorted([*self.records, *self.impl.initiator.disks.values()]),
                                  originals_dir=tmp_path / "originals")
 
     def extents(self, volume: str) -> list[Extent]:
@@ -309,16 +338,7 @@ def importer(lab, tmp_path, name: str, hide: set[str] = frozenset()):
     initiator names the shadow disks sdb, sdc, ... in the order of the volumes, like lab's."""
     host = HostIdentity(f"iqn.2026-11.lab.shadowlun:{name}", name, f"secret-{name}-00")
     impl = ShadowLunProvider(InProcessArray(lab.array), FakeInitiator(), host)
-
-    def record_of(disk):
-        wwid = next(w for w, d in impl.initiator.disks.items() if d == disk.removeprefix("/dev/"))
-        lun = next(v for v in lab.array.inventory() if v.wwid == wwid)
-        return predict_lio_lun_info(lun.serial).to_dict()
-
-    def fill_in_lun_info(device, lun_info=None):
-        return {"supported": device not in hide, "lun_info": record_of(device)}
-
-    impl.fill_in_lun_info = fill_in_lun_info
+    record_of = found_disks(impl, lab.array, hide)
     provider = InProcessProvider(impl, [])
     gpt = FakeGpt()
     gpt.attrs = {d: dict(t) for d, t in getattr(lab, "frozen_attrs", {}).items()}
@@ -559,3 +579,141 @@ def test_resync_refuses_a_mounted_original_then_restores_and_clears_flags(tmp_pa
     assert lab.gpt.attrs["sdb"][1] == 0
     calls = lab.runner.calls
     assert calls.index(["blockdev", "--flushbufs", "/dev/sdb"]) < calls.index(["blockdev", "--rereadpt", "/dev/sdb"])
+
+
+# -- contexts: auto-import on the creating host, release at the requester's end -----------------
+
+APP_ROLLBACK = int(SnapshotContext.VSS_CTX_APP_ROLLBACK)
+
+
+def on_the_array(lab) -> tuple:
+    """Every shadow LUN and snapshot LV the array has, and the masks of them."""
+    return (sorted(v.name for v in lab.array.inventory() if v.kind == "snapshot"), lab.snapshots())
+
+
+def test_a_backup_set_is_imported_here_and_released_whole_at_the_requesters_end(tmp_path):
+    """Issue 13 point 4: VSS_CTX_BACKUP (non-persistent, auto-release, not transportable): the
+    set is imported on the creating host (read-only, hidden, in `list`), held for its requester,
+    and release leaves nothing of it on the array or on this host."""
+    lab = Lab(tmp_path)
+    vols = [lab.volume("db", "sdb"), lab.volume("logs", "sdc")]
+    doc, report = lab.coord.create(vols, BACKUP)
+    assert "auto-import" in report["seconds"]
+    [listed] = lab.coord.list_sets()
+    assert listed["set_id"] == doc.set_id and [s["device"] for s in listed["snapshots"]] == ["/dev/shb1", "/dev/shc1"]
+    assert {d: ro for d, ro in lab.gpt.read_only.items() if d.startswith("sh")} == \
+        {"shb": True, "shb1": True, "shc": True, "shc1": True}
+    assert [h.set_id for h in lab.coord.holds.all()] == [doc.set_id]
+    assert len(on_the_array(lab)[1]) == 2
+    out = lab.coord.release(doc.set_id)
+    assert sorted(out["released"]) == sorted(s.snapshot_id for s in doc.snapshots)
+    assert on_the_array(lab) == ([], []) and lab.coord.list_sets() == [] and lab.coord.holds.all() == []
+    assert lab.impl.initiator.disks == {}  # the disks left this host
+    assert lab.coord.release(doc.set_id)["released"] == []  # again: nothing to do
+
+
+def test_a_persistent_set_is_imported_here_and_stays(tmp_path):
+    lab = Lab(tmp_path)
+    doc, _ = lab.coord.create([lab.volume("db", "sdb")], APP_ROLLBACK)
+    assert [s["set_id"] for s in lab.coord.list_sets()] == [doc.set_id]
+    assert lab.coord.holds.all() == [] and lab.coord.recover() == []
+    assert len(on_the_array(lab)[1]) == 1
+    lab.coord.delete(everything=True)  # `delete --all` finds it
+    assert on_the_array(lab) == ([], [])
+
+
+def test_a_transportable_set_is_neither_imported_here_nor_held(tmp_path):
+    lab = Lab(tmp_path)
+    lab.coord.create([lab.volume("db", "sdb")], TRANSPORTABLE)
+    assert lab.coord.list_sets() == [] and lab.coord.holds.all() == [] and lab.impl.initiator.disks == {}
+
+
+def test_recover_releases_the_sets_of_a_requester_that_died_and_only_those(tmp_path, monkeypatch):
+    lab = Lab(tmp_path)
+    mine, _ = lab.coord.create([lab.volume("db", "sdb")], BACKUP)
+    theirs, _ = lab.coord.create([lab.volume("logs", "sdc")], BACKUP)
+    dead = lab.coord.holds.get(theirs.set_id)
+    # the requester of `theirs` is gone: a pid whose start time is not the one recorded
+    (lab.coord.holds.directory / f"{theirs.set_id}.json").write_text(
+        json.dumps({**dead.__dict__, "started": "1"}))
+    assert lab.coord.recover() == [theirs.set_id]
+    assert [s["set_id"] for s in lab.coord.list_sets()] == [mine.set_id]
+    assert [h.set_id for h in lab.coord.holds.all()] == [mine.set_id]
+    assert len(on_the_array(lab)[1]) == 1
+
+
+def test_a_crash_before_the_auto_import_is_released_by_recover(tmp_path, monkeypatch):
+    """The requester died after the hold was written, before the import: recover deletes the
+    shadow LUNs from the held document, though this host never imported them."""
+    lab = Lab(tmp_path)
+    monkeypatch.setattr(lab.coord, "_import", lambda doc: (_ for _ in ()).throw(SystemExit(137)))
+    monkeypatch.setattr(lab.coord, "release", lambda set_id: {})  # the requester is killed: no cleanup
+    with pytest.raises(SystemExit):
+        lab.coord.create([lab.volume("db", "sdb")], BACKUP)
+    monkeypatch.undo()
+    [hold] = lab.coord.holds.all()
+    (lab.coord.holds.directory / f"{hold.set_id}.json").write_text(json.dumps({**hold.__dict__, "started": "1"}))
+    assert len(on_the_array(lab)[1]) == 1 and lab.coord.list_sets() == []
+    assert lab.coord.recover() == [hold.set_id]
+    assert on_the_array(lab) == ([], []) and lab.coord.holds.all() == []
+
+
+def test_a_failed_auto_import_deletes_the_set_and_says_why(tmp_path):
+    lab = Lab(tmp_path)
+    vols = [lab.volume("db", "sdb")]
+    lab.impl.fill_in_lun_info = lambda device, lun_info=None: {"supported": False, "lun_info": None}
+    with pytest.raises(VssError) as e:
+        lab.coord.create(vols, APP_ROLLBACK)
+    assert e.value.hresult == HResult.VSS_E_NO_SNAPSHOTS_IMPORTED
+    assert on_the_array(lab) == ([], []) and lab.coord.list_sets() == [] and lab.coord.holds.all() == []
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_the_cli_runs_the_command_while_the_backup_set_exists_then_releases_it(tmp_path, monkeypatch, status):
+    """`shadowlun create --exec CMD` (vshadow -exec): CMD sees the shadow copies' devices, the
+    set is released after it whatever its exit status, which the CLI's status reports."""
+    from provider import cli
+
+    lab = Lab(tmp_path)
+    vols = [lab.volume("db", "sdb"), lab.volume("logs", "sdc")]
+
+    lab.provider.server_pid = 4242
+
+    @contextmanager
+    def loaded():
+        yield [lab.provider]
+
+    monkeypatch.setattr(cli, "loaded_providers", loaded)
+    monkeypatch.setattr(cli, "coordinator", lambda providers=None: lab.coord)
+    seen = tmp_path / "seen"
+    cmd = f'echo "$SHADOWLUN_SET_ID $SHADOWLUN_DEVICES" > {seen}; exit {status}'
+    assert cli.main(["--json", "create", "--exec", cmd, *vols]) == (1 if status else 0)
+    set_id, *devices = seen.read_text().split()
+    assert devices == ["/dev/shb1", "/dev/shc1"]
+    assert lab.array.set_view(set_id)["state"] == "committed"  # the set row stays, its LUNs are gone
+    assert on_the_array(lab) == ([], []) and lab.coord.holds.all() == [] and lab.coord.list_sets() == []
+
+
+def test_break_with_mask_luns_hides_them_from_this_host_and_keeps_them_on_the_array(tmp_path):
+    """BreakSnapshotSetEx MASK_LUNS: ordinary LUNs on the array, no longer masked to (nor
+    attached on) the importing host, no flag written on the way; refused while a copy is
+    exposed, with nothing changed."""
+    lab, doc, coord_b, impl_b, _ = imported(tmp_path)
+    snap = doc.snapshots[0].snapshot_id
+    coord_b.expose(snap, str(tmp_path / "shadow"))
+    writes, before = list(coord_b.flags.writes), [v for v in lab.array.inventory() if v.origin]
+    with pytest.raises(VssError) as e:
+        coord_b.break_set(doc.set_id, mask=True)
+    assert e.value.hresult == HResult.VSS_E_VOLUME_IN_USE
+    assert [v for v in lab.array.inventory() if v.origin] == before
+    assert [s["set_id"] for s in coord_b.list_sets()] == [doc.set_id]
+    coord_b.unexpose(snap)
+    out = coord_b.break_set(doc.set_id, mask=True)
+    assert out["masked"] is True and [v["device"] for v in out["volumes"]] == [None, None]
+    assert coord_b.flags.writes == writes and coord_b.list_sets() == []
+    shadows = [v for v in lab.array.inventory() if v.origin]
+    assert len(shadows) == 2 and {v.kind for v in shadows} == {"volume"} and all(v.masks == [] for v in shadows)
+    assert impl_b.initiator.disks == {}
+    with pytest.raises(VssError) as e:
+        coord_b.break_set(doc.set_id, writable=True, mask=True)
+    assert e.value.hresult == HResult.E_INVALIDARG
