@@ -16,6 +16,7 @@ from provider.hresult import HResult, VssError, VssUserError
 from provider.vss_types import (
     CONTEXT_BITS,
     GUID_NULL,
+    REQUESTER_MODIFIERS,
     DeviceIdDescriptor,
     GptAttributes,
     HardwareOptions,
@@ -163,6 +164,23 @@ def test_the_contract_names_the_supported_contexts():
     from provider.hardware_provider import SUPPORTED_CONTEXTS
     said = {r[0] for r in contract.table(contract.section(r"4\.3 ")) if r[-1].startswith("supported")}
     assert said == {c.name for c in SUPPORTED_CONTEXTS}
+
+
+def test_the_requester_bits_of_the_contract_are_the_code_s():
+    said = 0
+    for r in contract.table(contract.section(r"4\.2 ")):
+        if r[2] == "requester":
+            said |= A[r[0]]
+    assert said == REQUESTER_MODIFIERS
+
+
+def test_the_capabilities_the_contract_names_are_those_answered():
+    from provider.hardware_provider import ShadowLunProvider
+    said = 0
+    for r in contract.table(contract.section(r"4\.5 ")):
+        if r[2] == "yes":
+            said |= ProviderCapabilities[r[0]]
+    assert said == ShadowLunProvider.get_provider_capabilities(None)
 
 
 def test_the_record_fields_of_the_contract_are_the_json_keys():
