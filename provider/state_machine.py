@@ -1,12 +1,13 @@
-"""Sequencing rules of the provider's creation calls (spec §7.1/§7.2) and of the requester object (§7.3).
+"""Sequencing rules of the provider's creation calls (CONTRACT.md §7.2, §7.3) and of the requester
+object (§7.4).
 
 VSS serializes creation, but it also restarts a sequence without notice, aborts from another thread and
 sends stray calls, and the provider must answer each case with the code of the contract. These rules are
 kept here, as pure tables apart from any array I/O, for three reasons: the provider consults them before
 it does any work, the tests list them cell by cell, and the docs can print them.
 
-Spec references are "§section l.line" of /work/shared/spec/vss-hardware-provider.md. Where the spec
-is ambiguous or contradicts itself, the choice is marked "DECISION" and quotes the spec text.
+References ("CONTRACT.md §7.2", "R5") are to sections and rules of provider/CONTRACT.md. Where the
+Windows sources leave room or contradict each other, the choice is marked "DECISION" here and there.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ SetId = uuid.UUID
 
 @enum.unique
 class ProviderState(enum.Enum):
-    """The states of §7 l.674-676 (names borrowed from VSS_SNAPSHOT_STATE, as the samples do)."""
+    """The states of CONTRACT.md §7.1 (names borrowed from VSS_SNAPSHOT_STATE, as the samples do)."""
 
     IDLE = "idle"                  # = VSS_SS_UNKNOWN: no set held
     PREPARING = "preparing"
@@ -38,7 +39,7 @@ class ProviderState(enum.Enum):
 
     @property
     def in_progress(self) -> bool:
-        """A set is being created: the "↺" columns of §7.2, the "non-terminal" states of §7.1 l.698."""
+        """A set is being created: the states where ↺ (R3) and OnUnload (R12) delete it."""
         return self in _IN_PROGRESS
 
 
@@ -48,7 +49,7 @@ _IN_PROGRESS = frozenset({ProviderState.PREPARING, ProviderState.PREPARED,
 
 @enum.unique
 class ProviderMethod(enum.Enum):
-    """Every provider method that §7.1/§7.2 give a rule for; the value is the snake_case RPC name."""
+    """Every provider method that CONTRACT.md §7.2 gives a row; the value is the snake_case RPC name."""
 
     # IVssProviderCreateSnapshotSet and the creation calls of IVssHardwareSnapshotProvider
     BEGIN_PREPARE_SNAPSHOT = "begin_prepare_snapshot"
@@ -60,8 +61,8 @@ class ProviderMethod(enum.Enum):
     PRE_FINAL_COMMIT_SNAPSHOTS = "pre_final_commit_snapshots"
     POST_FINAL_COMMIT_SNAPSHOTS = "post_final_commit_snapshots"
     ABORT_SNAPSHOTS = "abort_snapshots"
-    # "non-creation methods" (§7.2 l.714), listed by §7.1 l.699, including the Ex ones.
-    # OnReuseLuns is in neither list: reserved, never called by the coordinator (§5.2.16 l.627).
+    # Methods outside the creation sequence (CONTRACT.md R13), including the Ex ones.
+    # OnReuseLuns is not among them: reserved, never called by the coordinator (CONTRACT.md §2.4).
     ARE_LUNS_SUPPORTED = "are_luns_supported"
     FILL_IN_LUN_INFO = "fill_in_lun_info"
     LOCATE_LUNS = "locate_luns"
@@ -69,7 +70,7 @@ class ProviderMethod(enum.Enum):
     ON_LUN_STATE_CHANGE = "on_lun_state_change"
     RESYNC_LUNS = "resync_luns"
     GET_PROVIDER_CAPABILITIES = "get_provider_capabilities"
-    # IVssProviderNotifications: not in §7.2, but §7.1 l.698 gives it a transition
+    # IVssProviderNotifications: OnUnload ends a set in progress (CONTRACT.md R12)
     ON_UNLOAD = "on_unload"
 
     @property
@@ -83,7 +84,7 @@ class ProviderMethod(enum.Enum):
 
     @property
     def is_creation(self) -> bool:
-        """False for the §7.1 l.699 methods that must not disturb an in-progress set."""
+        """False for the methods of CONTRACT.md R13, which must not disturb an in-progress set."""
         return self not in NON_CREATION_METHODS
 
 
@@ -111,7 +112,7 @@ class SetMatch(enum.Enum):
 
 @enum.unique
 class Verdict(enum.Enum):
-    """The answer to a call; the value is the glyph of the §7.2 matrix."""
+    """The answer to a call; the value is as the CONTRACT.md §7.2 matrix writes it."""
 
     LEGAL = "✓"
     RESTART = "↺"               # legal: the set held died silently; discard it, then start the new one
@@ -125,8 +126,8 @@ class Verdict(enum.Enum):
 
     @property
     def error(self) -> HResult | None:
-        # §16.3 #3 l.1160-1161: "Use OBJECT_NOT_FOUND for an unknown id, VETO for an out-of-order call."
-        # VSS_E_BAD_STATE is the requester side's answer (§7.3 l.726), never the provider's.
+        # CONTRACT.md R6, R7: VETO for a call out of sequence, OBJECT_NOT_FOUND for an unknown set id.
+        # VSS_E_BAD_STATE is the requester side's answer (R14, §7.4), never the provider's.
         if self is Verdict.OUT_OF_SEQUENCE:
             return HResult.VSS_E_PROVIDER_VETO
         if self is Verdict.UNKNOWN_SET:
@@ -142,7 +143,7 @@ class Rule:
     the state after succeeded(), or after begin() when the call is refused or takes effect at once.
     `on_failure` is the state after failed(). `discard` means the provider must delete every copy of the
     set held before the call. `handed_out` replaces this rule once GetTargetLuns has described the held
-    set's LUNs (§7.1 l.695).
+    set's LUNs (CONTRACT.md R9).
     """
 
     verdict: Verdict
@@ -160,28 +161,27 @@ def _unchanged(state: ProviderState, verdict: Verdict = Verdict.LEGAL) -> Rule:
 def _abort_effect(state: ProviderState, verdict: Verdict) -> Rule:
     """The effect of AbortSnapshots(held set) in `state`, under the verdict given.
 
-    §7.2 l.701 defines ✗ as "VETO + abort", so an out-of-sequence call has exactly this effect too.
+    In CONTRACT.md §7.2 ✗ is a VETO and an abort, so an out-of-sequence call has exactly this effect too.
     """
     A = ProviderState.ABORTED
     if state is ProviderState.IDLE or state is A:
-        # §7.2 l.713: "✓ (no-op)" in IDLE and ABORTED. DECISION: IDLE stays IDLE although §7.1 l.694
-        # says "IDLE…COMMITTED | AbortSnapshots | ABORTED": IDLE holds no set, so there is nothing to
+        # CONTRACT.md R10: a no-op in IDLE and ABORTED. DECISION: IDLE stays IDLE although Windows' table
+        # leads an abort from IDLE…COMMITTED to ABORTED: IDLE holds no set, so there is nothing to
         # abort, and entering ABORTED would invent a set the provider never had.
         return _unchanged(state, Verdict.NO_OP if verdict is Verdict.LEGAL else verdict)
     if state is ProviderState.CREATED:
-        # §7.2 l.713 "✓ (ignored)"; §7.1 l.695 (design): "if the set was never handed out (GetTargetLuns
-        # not yet called) delete it, else keep & log", and §16.3 #4 l.1162-1164: "the provider should then
-        # delete everything of the set". DECISION: a deleted set goes to ABORTED, not to the "CREATED" of
-        # l.695, so that no later GetTargetLuns/Pre-/PostFinalCommit can succeed for LUNs that are gone.
+        # CONTRACT.md R9: in CREATED the set is deleted unless GetTargetLuns has handed it out (the
+        # samples ignore such an abort). DECISION: a deleted set goes to ABORTED, not back to CREATED,
+        # so that no later GetTargetLuns/Pre-/PostFinalCommit can succeed for LUNs that are gone.
         kept = _unchanged(state, Verdict.NO_OP if verdict is Verdict.LEGAL else verdict)
         return Rule(verdict, A, A, at_begin=A, discard=True, handed_out=kept)
-    # PREPARING…COMMITTED, §7.1 l.694: "delete every copy of S (uncommitted, pre-committed, and — our
-    # choice — committed) | ABORTED". Applied at begin(): the abort must also stop a concurrent long
-    # EndPrepareSnapshots (§5.2.9 l.573), and its result is "S_OK (always)" (l.694).
+    # PREPARING…COMMITTED, CONTRACT.md R9: every copy of the set is deleted, committed ones too, and the
+    # state is ABORTED. Applied at begin(): the abort must also stop a concurrent long
+    # EndPrepareSnapshots (§2.2), and it always answers S_OK.
     return Rule(verdict, A, A, at_begin=A, discard=True)
 
 
-# §7.1 l.687-690: the one state in which each step is legal, and where it leads.
+# CONTRACT.md R5: the one state in which each step is legal, and where it leads.
 _STEPS: dict[ProviderMethod, tuple[ProviderState, ProviderState]] = {
     ProviderMethod.END_PREPARE_SNAPSHOTS: (ProviderState.PREPARING, ProviderState.PREPARED),
     ProviderMethod.PRE_COMMIT_SNAPSHOTS: (ProviderState.PREPARED, ProviderState.PRECOMMITTED),
@@ -195,76 +195,72 @@ def _rule(state: ProviderState, method: ProviderMethod, match: SetMatch) -> Rule
     S = ProviderState
     oos = Verdict.OUT_OF_SEQUENCE
     if method in NON_CREATION_METHODS:
-        # §7.1 l.699 / §7.2 l.714: legal in every state, "must not disturb an in-progress set".
+        # CONTRACT.md R13: legal in every state, and they never disturb a set in progress.
         return _unchanged(state)
     if method is ProviderMethod.ON_UNLOAD:
-        # §7.1 l.698: "any non-terminal | OnUnload | treat as abort of in-progress set | IDLE". §2.2 l.132:
-        # samples "delete uncommitted copies, return to idle". DECISION: in the terminal states (IDLE,
-        # CREATED, ABORTED) it also ends in IDLE but deletes nothing: a created set is complete on the array
-        # (§17.2 #1 l.1222), an aborted one is gone already. Its failure changes nothing: VSS releases the
-        # provider whatever it answers (the return value is not translated, §8 l.758).
+        # CONTRACT.md R12: an unload mid-creation aborts the set in progress and returns to IDLE, as the
+        # samples do. DECISION: in the terminal states (IDLE, CREATED, ABORTED) it also ends in IDLE but
+        # deletes nothing: a created set is complete on the array (§11), an aborted one is gone already.
+        # Its failure changes nothing: VSS releases the provider whatever it answers (not translated, §8).
         return Rule(Verdict.LEGAL, S.IDLE, S.IDLE, at_begin=S.IDLE, discard=state.in_progress)
     if method is ProviderMethod.ABORT_SNAPSHOTS:
         if match is SetMatch.OTHER:
-            # §7.1 l.694 "S_OK (always)"; AbortSnapshots is idempotent (§5.1 l.483). DECISION: an abort for
-            # a set not held is an S_OK no-op, not VSS_E_OBJECT_NOT_FOUND (l.697), and above all it must not
+            # CONTRACT.md R10: AbortSnapshots always answers S_OK and is idempotent. DECISION: an abort for
+            # a set not held is an S_OK no-op, not VSS_E_OBJECT_NOT_FOUND, and above all it must not
             # touch the held set: a late abort of a dead set cannot kill the one that replaced it.
             return _unchanged(state, Verdict.NO_OP)
         return _abort_effect(state, Verdict.LEGAL)
     if method is ProviderMethod.BEGIN_PREPARE_SNAPSHOT:
-        # Failure, whatever its code (§7.1 l.686: unsupported context/volume; also E_OUTOFMEMORY,
-        # MAXIMUM_NUMBER_OF_VOLUMES_REACHED, …): "cleanup set | ABORTED". The new set is taken at begin(),
-        # so that from then on a late call for the old set is a call for an unknown set (§16.3 #3).
+        # CONTRACT.md R4: a failure, whatever its code (unsupported context or volume, E_OUTOFMEMORY,
+        # MAXIMUM_NUMBER_OF_VOLUMES_REACHED, …), aborts the set. The new set is taken at begin(),
+        # so that from then on a late call for the old set is a call for an unknown set (R7).
         if state is S.PREPARING and match is SetMatch.CURRENT:
-            # §7.1 l.684, §7.2 l.705: ✓ "add new LUNs; skip LUNs already planned".
+            # CONTRACT.md R2: ✓, the volume's LUNs are added; a LUN already planned is skipped.
             return Rule(Verdict.LEGAL, S.PREPARING, S.ABORTED)
         if state.in_progress:
-            # §7.2 l.705-706 ↺; §7.1 l.685 "the old sequence silently died: delete its uncommitted *and*
-            # committed-but-unfinished copies; start S'"; §5.2.2 l.511-513. The same id in PREPARED…COMMITTED
-            # is also ↺ (l.705 "↺ (samples)"): the set restarts from scratch under its own id.
+            # CONTRACT.md R3, ↺: the sequence in progress died without notice; all its copies, committed
+            # ones too, are deleted and the new set starts. The same id in PREPARED…COMMITTED is also ↺
+            # (as the samples do): the set restarts from scratch under its own id.
             return Rule(Verdict.RESTART, S.PREPARING, S.ABORTED, at_begin=S.PREPARING, discard=True)
-        # IDLE / CREATED / ABORTED, §7.1 l.683, §7.2 l.705-706 ✓ ("✓ (new set)" in CREATED even for the
-        # same id): "clear per-set list; remember S". Nothing is deleted: a created set is finished.
+        # IDLE / CREATED / ABORTED, CONTRACT.md R1: ✓, a new set (in CREATED even under the same id).
+        # Nothing is deleted: a created set is finished.
         return Rule(Verdict.LEGAL, S.PREPARING, S.ABORTED, at_begin=S.PREPARING)
     if method is ProviderMethod.GET_TARGET_LUNS:
-        # No set id: it names LUNs, not a set (§5.2.7 l.550), so only the matrix applies.
+        # No set id: it names LUNs, not a set (CONTRACT.md §2.3), so only the matrix applies.
         if state in (S.COMMITTED, S.CREATED):
-            # §7.2 l.711 ✓; §7.1 l.691 "unchanged | S_OK / VETO if LUN unknown". DECISION (§16.3 #1
-            # l.1155-1156, "accept both" positions): legal before and after Pre/PostFinalCommit. Its failure
-            # leaves the state unchanged (l.691); VSS then sends AbortSnapshots (§6 l.664), which cleans up.
+            # CONTRACT.md R8: ✓, state unchanged. DECISION (Windows documents both positions): legal
+            # before and after Pre/PostFinalCommit. Its failure leaves the state unchanged; the coordinator
+            # then sends AbortSnapshots (§6), which cleans up.
             return _unchanged(state)
         return _abort_effect(state, oos)
     # The remaining methods take a set id and are legal in one state each (Pre/PostFinal: CREATED).
     if state is S.IDLE and method in _FINAL_COMMITS:
-        # §7.2 l.712 "✗ (samples return S_OK)" and l.716-717 (design): "Be lenient on these two: return
-        # S_OK if the set id matches or no set is active." IDLE holds no set, so: S_OK, for any id.
+        # CONTRACT.md R11: the samples answer S_OK in any state; we are lenient where that is harmless.
+        # IDLE holds no set, so: S_OK, for any id.
         return _unchanged(state, Verdict.NO_OP)
     if match is SetMatch.OTHER:
-        # §7.1 l.697 "same call with unknown set id | unchanged or ABORTED | VSS_E_OBJECT_NOT_FOUND (doc)";
-        # §5.2.3 l.522; §16.3 #3. The id check comes before the sequence check, so in IDLE (which knows no
-        # set: a fresh or restarted provider) EndPrepare…PostCommit answer OBJECT_NOT_FOUND, not the ✗ VETO
-        # of l.707-710. DECISION "unchanged", not ABORTED: a call about another set says nothing certain about
-        # ours, and a stray call must not destroy it; a dead set is discarded by the next
-        # BeginPrepareSnapshot (↺) or AbortSnapshots anyway.
+        # CONTRACT.md R7: an unknown set id is VSS_E_OBJECT_NOT_FOUND. The id check comes before the
+        # sequence check, so in IDLE (which knows no set: a fresh or restarted provider) EndPrepare…
+        # PostCommit answer OBJECT_NOT_FOUND, not the ✗ VETO of R6. DECISION "unchanged", not ABORTED:
+        # a call about another set says nothing certain about ours, and a stray call must not destroy
+        # it; a dead set is discarded by the next BeginPrepareSnapshot (↺) or AbortSnapshots anyway.
         return _unchanged(state, Verdict.UNKNOWN_SET)
     if method in _FINAL_COMMITS:
         if state is S.CREATED:
-            # §7.1 l.692-693, §7.2 l.712 ✓. DECISION: PostFinalCommit stays CREATED, not "(or IDLE)"
-            # (l.693): GetTargetLuns may still follow (§16.3 #1) and needs the set. A failure leaves the
-            # committed set alone; VSS's AbortSnapshots decides its fate (§7.1 l.695).
+            # CONTRACT.md R11 ✓. DECISION: PostFinalCommit stays CREATED rather than going to IDLE:
+            # GetTargetLuns may still follow (R8) and needs the set. A failure leaves the committed set
+            # alone; the AbortSnapshots that follows decides its fate (R9).
             return _unchanged(state)
-        # §7.2 l.712 ✗ in PREPARING…COMMITTED and ABORTED. DECISION: the lenience of l.717 ("if the set
-        # id matches") covers only CREATED and IDLE, where the samples' unconditional S_OK is harmless;
+        # CONTRACT.md R11: ✗ in PREPARING…COMMITTED and ABORTED. DECISION: the lenience covers only
+        # CREATED and IDLE, where the samples' unconditional S_OK is harmless;
         # mid-creation these calls mean VSS skipped steps, and in ABORTED the copies no longer exist.
         return _abort_effect(state, oos)
     legal_in, leads_to = _STEPS[method]
     if state is legal_in:
-        # §7.1 l.687-690, §7.2 l.707-710 ✓. Any failure → ABORTED: l.687 INSUFFICIENT_STORAGE "(→ ABORTED)",
-        # l.689 VETO "(→ ABORTED, delete partial copies)"; the same for PreCommit/PostCommit (no partial
-        # commit, §8 l.735).
+        # CONTRACT.md R5 ✓. Any failure → ABORTED: INSUFFICIENT_STORAGE from EndPrepare, a VETO from
+        # Commit (its partial copies deleted), the same for PreCommit/PostCommit (no partial commit, §8).
         return Rule(Verdict.LEGAL, leads_to, S.ABORTED)
-    # §7.1 l.696 "wrong state | EndPrepare / PreCommit / Commit / PostCommit | log; cleanup the set |
-    # ABORTED | VSS_E_PROVIDER_VETO", §7.2 l.701 "✗ = out of sequence ⇒ VETO + abort".
+    # CONTRACT.md R6: out of sequence, VSS_E_PROVIDER_VETO, and the set is aborted.
     return _abort_effect(state, oos)
 
 
@@ -284,7 +280,8 @@ TRANSITIONS: Mapping[tuple[ProviderState, ProviderMethod, SetMatch], Rule] = Map
 
 
 def format_matrix() -> str:
-    """TRANSITIONS as a Markdown table in the layout of §7.2 (rows: method and set match)."""
+    """TRANSITIONS as a Markdown table (rows: method and set match), cell by cell; CONTRACT.md §7.2
+    gives the same rules in short."""
     states = list(ProviderState)
     lines = ["| Call \\ State | " + " | ".join(s.name for s in states) + " |",
              "|---" * (len(states) + 1) + "|"]
@@ -313,9 +310,9 @@ def format_matrix() -> str:
 class OutOfSequenceError(VssRuntimeError):
     """VSS_E_PROVIDER_VETO for a call out of sequence.
 
-    `discard` names the set whose copies the provider must now delete (None: nothing to delete). §8
-    l.753 makes the provider log an event for every VETO; the machine does not log, because only the
-    provider knows whether volumes are frozen right now (no logging then, §8 l.736-737).
+    `discard` names the set whose copies the provider must now delete (None: nothing to delete).
+    CONTRACT.md R14 makes the provider log every VETO; the machine does not log, because only the
+    provider knows whether volumes are frozen right now (no logging then).
     """
 
     discard: SetId | None = None
@@ -327,7 +324,7 @@ class Call:
 
     The provider first deletes every copy of `discard` (if not None), then does the method's work unless
     the verdict is NO_OP, then reports succeeded() or failed(). `cancelled` is set when an abort, unload
-    or restart supersedes the call: a long EndPrepareSnapshots waits on it (§5.2.3 l.518-519).
+    or restart supersedes the call: a long EndPrepareSnapshots waits on it (CONTRACT.md §2.2).
     """
 
     method: ProviderMethod
@@ -348,10 +345,10 @@ def as_set_id(value: SetId | str) -> SetId:
 
 
 class ProviderStateMachine:
-    """The creation state of one provider instance (§7); thread-safe.
+    """The creation state of one provider instance (CONTRACT.md §7); thread-safe.
 
-    Creation calls arrive one at a time (VSS serializes them, §7 l.672), but AbortSnapshots may arrive
-    during a long EndPrepareSnapshots (§5.2.9 l.573) and the non-creation methods at any time; hence the
+    Creation calls arrive one at a time (VSS serializes them), but AbortSnapshots may arrive
+    during a long EndPrepareSnapshots (§2.2) and the non-creation methods at any time; hence the
     lock, and a pending call that an abort can supersede.
     """
 
@@ -373,7 +370,7 @@ class ProviderStateMachine:
 
     @property
     def handed_out(self) -> bool:
-        """GetTargetLuns succeeded for the set held; an abort in CREATED then keeps the set (§7.1 l.695)."""
+        """GetTargetLuns succeeded for the set held; an abort in CREATED then keeps it (CONTRACT.md R9)."""
         return self._handed_out
 
     def begin(self, method: ProviderMethod, set_id: SetId | str | None = None) -> Call:
@@ -463,27 +460,28 @@ class ProviderStateMachine:
         return err
 
 
-# --- requester side (§7.3) ---------------------------------------------------------------------
+# --- requester side (CONTRACT.md §7.4) ----------------------------------------------------------
 
 @enum.unique
 class RequesterState(enum.Enum):
-    """The requester object's states. The first six are §7.3's names (l.721-726); the rest are ours."""
+    """The requester object's states. The first six are the usual Windows names; the rest are ours."""
 
     NEW = "new"
     INIT_BACKUP = "init_backup"
-    SET_STARTED = "set_started"       # holds the host-wide creation lock (§8 l.734)
+    SET_STARTED = "set_started"       # holds the host-wide creation lock (CONTRACT.md §8)
     CREATING = "creating"
     CREATED = "created"               # lock released
     IMPORTED = "imported"
-    INIT_RESTORE = "init_restore"     # ours: after InitializeForRestore (l.725-726 names no state)
+    INIT_RESTORE = "init_restore"     # ours: after InitializeForRestore (Windows names no state)
     RECOVERED = "recovered"           # ours: after RecoverSet; only release remains
-    FAILED = "failed"                 # ours: DoSnapshotSet failed; only release remains (the spec is silent)
+    FAILED = "failed"                 # ours: DoSnapshotSet failed; only release remains (Windows is silent)
     RELEASED = "released"             # ours: the object was released
 
 
 @enum.unique
 class RequesterMethod(enum.Enum):
-    """IVssBackupComponents calls of §7.3, plus the two outcomes of the asynchronous DoSnapshotSet."""
+    """IVssBackupComponents calls of CONTRACT.md §7.4, plus the two outcomes of the asynchronous
+    DoSnapshotSet."""
 
     INITIALIZE_FOR_BACKUP = "initialize_for_backup"
     INITIALIZE_FOR_RESTORE = "initialize_for_restore"
@@ -506,17 +504,17 @@ class RequesterMethod(enum.Enum):
 
 @enum.unique
 class Needs(enum.Enum):
-    """A condition of §7.3 beyond the state; unmet ⇒ VSS_E_BAD_STATE."""
+    """A condition of CONTRACT.md §7.4 beyond the state; unmet ⇒ VSS_E_BAD_STATE."""
 
-    WRITERS = "the context involves writers"            # l.727: AddComponent/PrepareForBackup/BackupComplete
-    CONTEXT_UNSET = "SetContext not called yet"         # l.721 "SetContext (once)"
-    METADATA_NOT_GATHERED = "GatherWriterMetadata not called yet"   # l.721 order: SetContext before it
+    WRITERS = "the context involves writers"            # AddComponent/PrepareForBackup/BackupComplete
+    CONTEXT_UNSET = "SetContext not called yet"         # SetContext is called once
+    METADATA_NOT_GATHERED = "GatherWriterMetadata not called yet"   # SetContext comes before it
     METADATA = "GatherWriterMetadata called"            # AddComponent selects from the gathered metadata
-    METADATA_IF_WRITERS = "GatherWriterMetadata called, for a writer context"   # l.721-722
-    NOT_PREPARED = "PrepareForBackup not called yet"    # l.722-723 order: AddToSnapshotSet ×N before it
-    PREPARED = "PrepareForBackup called"                # l.727-728 SaveAsXML not before PrepareForBackup
-    PREPARED_IF_WRITERS = "PrepareForBackup called, for a writer context"       # l.723
-    BCD = "initialized with a saved document"           # l.725 "INIT_BACKUP(with xml) → ImportSnapshots"
+    METADATA_IF_WRITERS = "GatherWriterMetadata called, for a writer context"
+    NOT_PREPARED = "PrepareForBackup not called yet"    # AddToSnapshotSet ×N come before it
+    PREPARED = "PrepareForBackup called"                # SaveAsXML not before PrepareForBackup
+    PREPARED_IF_WRITERS = "PrepareForBackup called, for a writer context"
+    BCD = "initialized with a saved document"           # ImportSnapshots needs InitializeForBackup(xml)
 
 
 @dataclass(frozen=True)
@@ -550,7 +548,7 @@ def _requester_table() -> dict[tuple[RequesterState, RequesterMethod], Requester
         (R.INIT_RESTORE, M.ADD_SNAPSHOT_TO_RECOVERY_SET): rule(R.INIT_RESTORE),
         (R.INIT_RESTORE, M.RECOVER_SET): rule(R.RECOVERED),
     }
-    # l.724 "→ release": the object can be released in any state but the last.
+    # The object can be released in any state but the last.
     for state in R:
         if state is not R.RELEASED:
             table[(state, M.RELEASE)] = RequesterRule(R.RELEASED)
@@ -559,13 +557,13 @@ def _requester_table() -> dict[tuple[RequesterState, RequesterMethod], Requester
 
 REQUESTER_TRANSITIONS: Mapping[tuple[RequesterState, RequesterMethod], RequesterRule] = MappingProxyType(
     _requester_table())
-"""The legal (state, call) pairs of §7.3 and their rules; every other pair is VSS_E_BAD_STATE."""
+"""The legal (state, call) pairs of CONTRACT.md §7.4 and their rules; every other pair is VSS_E_BAD_STATE."""
 
-VSS_VOLSNAP_ATTR_NO_WRITERS = 0x00000010   # §3.2 l.178; VSS_CTX_BACKUP (0, with writers) is the default
+VSS_VOLSNAP_ATTR_NO_WRITERS = 0x00000010   # CONTRACT.md §4.2; VSS_CTX_BACKUP (0, with writers) is the default
 
 
 class RequesterStateMachine:
-    """The sequence of one requester object (§7.3): any call out of order ⇒ VSS_E_BAD_STATE (l.726)."""
+    """The sequence of one requester object (CONTRACT.md §7.4): any call out of order ⇒ VSS_E_BAD_STATE."""
 
     def __init__(self) -> None:
         self.state = RequesterState.NEW
@@ -576,7 +574,7 @@ class RequesterStateMachine:
 
     @property
     def writers(self) -> bool:
-        """§3.3 l.218-219: contexts without the NO_WRITERS bit involve writers; unset = VSS_CTX_BACKUP."""
+        """CONTRACT.md §4.3: contexts without the NO_WRITERS bit involve writers; unset = VSS_CTX_BACKUP."""
         return not ((self.context or 0) & VSS_VOLSNAP_ATTR_NO_WRITERS)
 
     def call(self, method: RequesterMethod, *, context: int | None = None,

@@ -1,10 +1,11 @@
-"""Unit tests of provider.hresult: the §3.9 codes, the error classes, the wire form and HTTP statuses."""
+"""Unit tests of provider.hresult: the codes of provider/CONTRACT.md §4.9, the error classes, the wire
+form and HTTP statuses."""
 from __future__ import annotations
 
 import pickle
 import re
-from pathlib import Path
 
+import contract_doc as contract
 import pytest
 
 from provider.hresult import (
@@ -16,8 +17,6 @@ from provider.hresult import (
     http_status,
     vss_error,
 )
-
-SPEC = Path(__file__).resolve().parents[2].parent / "shared/spec/vss-hardware-provider.md"
 
 FAILURES = [h for h in HResult if h.is_failure]
 RUNTIME_CODES = [h for h in FAILURES if h not in USER_ERROR_CODES]
@@ -51,13 +50,13 @@ RUNTIME_CODES = [h for h in FAILURES if h not in USER_ERROR_CODES]
     (HResult.VSS_E_RESYNC_IN_PROGRESS, 0x800423FF),
     (HResult.VSS_E_CLUSTER_ERROR, 0x80042400),
 ])
-def test_values_match_the_spec_table(code, value):
+def test_spot_values(code, value):
     assert code == value
     assert HResult(value) is code
 
 
 def test_writer_errors_follow_the_sdk_order():
-    # The spec only gives the range 0x800423F0–F5; the order is the one of the SDK's vss.h.
+    # The order of the SDK's vss.h (CONTRACT.md §4.9).
     names = ["INCONSISTENTSNAPSHOT", "OUTOFRESOURCES", "TIMEOUT", "RETRYABLE", "NONRETRYABLE", "RECOVERY_FAILED"]
     assert [HResult(0x800423F0 + i).name for i in range(6)] == [f"VSS_E_WRITERERROR_{n}" for n in names]
 
@@ -96,57 +95,14 @@ def test_success_is_the_clear_high_bit():
     assert HResult.E_FAIL.is_failure and not HResult.E_FAIL.is_success
 
 
-def _spec_rows() -> list[tuple[str, str]]:
-    """(name cell, value cell) of each row of the §3.9 table."""
-    text = SPEC.read_text(encoding="utf-8")
-    section = re.search(r"^### 3\.9 HRESULTs\n(.*?)^#", text, re.S | re.M)
-    assert section, "§3.9 HRESULTs not found in the spec"
-    rows = []
-    for line in section.group(1).splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and len(cells) >= 2:
-            rows.append((cells[0], cells[1]))
-    return rows
-
-
-def _expand_values(cell: str) -> list[int]:
-    """"0x80042323 / 0x80042324", "0x800423F8 / F9 / FA" and "0x800423F0–F5" to their codes."""
-    first, *rest = [p.strip() for p in cell.split("/")]
-    if m := re.fullmatch(r"(0x[0-9A-Fa-f]{8})\s*[–-]\s*([0-9A-Fa-f]+)", first):
-        start = int(m.group(1), 16)
-        end = int(m.group(1)[: -len(m.group(2))] + m.group(2), 16)
-        return list(range(start, end + 1))
-    values = [first]
-    for part in rest:  # a short alternative replaces the same number of trailing digits
-        values.append(part if part.startswith("0x") else first[: -len(part)] + part)
-    return [int(v, 16) for v in values]
-
-
-def _name_candidates(first: str, alternative: str) -> set[str]:
-    """"VSS_E_MISSING_DISK / _HIDDEN_VOLUME": the alternative replaces some trailing words of the first name."""
-    words = first.split("_")
-    return {"_".join(words[:-k]) + alternative for k in range(1, len(words) - 1)}
-
-
-@pytest.mark.skipif(not SPEC.is_file(), reason=f"spec not beside this checkout ({SPEC}); CI has shared/ there")
-def test_every_code_of_the_spec_table_is_a_member():
-    seen: set[HResult] = set()
-    for name_cell, value_cell in _spec_rows():
-        if not re.match(r"(S_|E_|VSS_)", name_cell) or "0x" not in value_cell:
-            continue
-        first, *alternatives = [n.strip() for n in name_cell.split("/")]
-        values = _expand_values(value_cell)
-        codes = [HResult(v) for v in values]  # ValueError here: a value of the table is not a member
-        seen.update(codes)
-        if first.endswith("_*"):  # the VSS_E_WRITERERROR_* range row
-            assert all(c.name.startswith(first[:-1]) for c in codes), (name_cell, codes)
-            continue
-        assert len(values) == 1 + len(alternatives), f"names and values do not pair up in {name_cell!r}"
-        assert codes[0].name == first, (name_cell, value_cell)
-        for alternative, code in zip(alternatives, codes[1:]):
-            assert code.name in _name_candidates(first, alternative), (name_cell, value_cell, code)
-    # and nothing beyond the table: the enum is exactly §3.9
-    assert seen == set(HResult)
+def test_every_code_is_a_row_of_the_contract_table():
+    """provider/CONTRACT.md §4.9 lists one row per code, name and value; the enum is exactly that."""
+    rows = contract.table(contract.section(r"4\.9 HRESULTs"))
+    names = [r[0] for r in rows]
+    assert len(names) == len(set(names)), "a code twice in the table"
+    for name, value_cell, *_ in rows:
+        assert re.fullmatch(r"0x[0-9A-F]{8}", value_cell), (name, value_cell)
+    assert {r[0]: int(r[1], 16) for r in rows} == {h.name: h.value for h in HResult}
 
 
 # --- the errors --------------------------------------------------------------------------------

@@ -7,10 +7,12 @@ import json
 import random
 from pathlib import Path
 
+import contract_doc as contract
 import pytest
 
 from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError
 from provider.lun_info import (
+    LIO_COMPANY_ID,
     LIO_PRODUCT,
     LIO_REVISION,
     LIO_VENDOR,
@@ -350,3 +352,24 @@ def test_prediction_refuses_what_lio_cannot_export(kwargs):
     with pytest.raises(VssUserError) as e:
         predict_lio_lun_info(**kwargs)
     assert e.value.hresult == HResult.E_INVALIDARG
+
+
+# --- provider/CONTRACT.md §5.6: what a shadowlun LUN reports ------------------------------------
+
+def test_the_contract_example_is_the_prediction():
+    rows = dict(contract.table(contract.section(r"5\.6 ").split("A worked example", 1)[1]))
+    serial = rows["serial"].strip("`")
+    record = predict_lio_lun_info(serial)
+    assert [(i.code_set, i.type, i.identifier.hex()) for i in record.identifiers] == [
+        (1, 3, rows["NAA designator (hex)"].strip("`")),
+        (2, 1, rows["T10 vendor ID designator (hex)"].strip("`")),
+        (1, 6, rows["logical unit group designator (hex)"].strip("`")),
+    ]
+    assert naa_wwid(serial) == rows["WWID"].strip("`")
+
+
+def test_the_contract_names_lios_inquiry_strings_and_company_id():
+    body = contract.section(r"5\.6 ")
+    assert f"`{LIO_VENDOR}` / `{LIO_PRODUCT}` / `{LIO_REVISION}`" in body
+    assert f"company id 0x{LIO_COMPANY_ID:06X}" in body
+    assert f"`naa.6{LIO_COMPANY_ID:06x}`" in body

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
+import contract_doc as contract
 import pytest
 
 from fake_provider_module import FakeProvider
@@ -29,6 +31,8 @@ from provider.hresult import HResult, VssRuntimeError, VssUserError, vss_error
 from provider.proxy import (
     ALLOWED_CODES,
     DEFAULT_TIMEOUTS,
+    DOCUMENTED_CODES,
+    GENERAL_CODES,
     NOT_TRANSLATED,
     ProviderProxy,
     ProviderTimeoutError,
@@ -492,6 +496,24 @@ def test_the_allowed_code_table_follows_the_spec():
         else:
             assert allowed == GENERAL, method
     assert DEFAULT_TIMEOUTS["commit_snapshots"] <= 10.0  # §16.1: the hold window
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def test_the_contract_method_tables_are_the_proxy_tables():
+    """provider/CONTRACT.md §2: every provider method once, its codes and whether it is translated."""
+    rows = [r for sub in (r"2\.1 ", r"2\.2 ", r"2\.3 ", r"2\.4 ", r"2\.5 ")
+            for r in contract.table(contract.section(sub))]
+    names = [_snake(r[0]) for r in rows]
+    assert sorted(names) == sorted(PROVIDER_METHODS)
+    for name, (_, _, codes, translated) in zip(names, rows, strict=True):
+        said = frozenset() if codes == "—" else frozenset(H[c.strip()] for c in codes.split(","))
+        assert said == DOCUMENTED_CODES[name], name
+        assert (translated == "no") == (name in NOT_TRANSLATED), name
+    general = contract.section(r"8\. ").split("these general ones:", 1)[1].split(".", 1)[0]
+    assert {H[c.strip()] for c in general.split(",")} == GENERAL_CODES
 
 
 @pytest.mark.parametrize("method, code, kept", [

@@ -11,6 +11,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 
+import contract_doc as contract
 import pytest
 
 from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError
@@ -21,7 +22,9 @@ from provider.state_machine import (
     ProviderMethod,
     ProviderState,
     ProviderStateMachine,
+    Needs,
     RequesterMethod,
+    RequesterRule,
     RequesterState,
     RequesterStateMachine,
     SetMatch,
@@ -287,6 +290,50 @@ def test_format_matrix_prints_every_method() -> None:
     assert text.splitlines()[0] == "| Call \\ State | " + " | ".join(COLUMNS) + " |"
     for method in M:
         assert f"| {method.spec_name}" in text
+
+
+# --- provider/CONTRACT.md §7.2 and §7.4 are the code's tables ----------------------------------
+
+def _contract_cell(state: St, rule) -> str:
+    """A cell as CONTRACT.md §7.2 writes it: the verdict, "→ NEXT" when the state changes, and the
+    rule once the held set is handed out."""
+    cell = rule.verdict.value + (f" → {rule.next.name}" if rule.next is not state else "")
+    if rule.handed_out is not None:
+        h = rule.handed_out
+        cell += "; handed out: " + h.verdict.value + (f" → {h.next.name}" if h.next is not state else "")
+    return cell
+
+
+def test_contract_matrix_is_the_code() -> None:
+    rows = contract.table(contract.section(r"7\.2 "))
+    matches = {" (held set)": SetMatch.CURRENT, " (other set)": SetMatch.OTHER}
+    seen = set()
+    for label, *cells in rows:
+        assert len(cells) == len(COLUMNS), label
+        match = next((m for suffix, m in matches.items() if label.endswith(suffix)), SetMatch.NONE)
+        names = label.removesuffix(" (held set)").removesuffix(" (other set)").split(", ")
+        for name in names:
+            method = next(m for m in M if m.spec_name == name)
+            for col, cell in zip(COLUMNS, cells, strict=True):
+                key = (St[col], method, match)
+                if key not in TRANSITIONS:
+                    assert cell == "–", (label, col)
+                    continue
+                assert cell == _contract_cell(St[col], TRANSITIONS[key]), (label, col)
+                seen.add(key)
+    assert seen == set(TRANSITIONS)   # every cell of the code is in the contract
+
+
+def test_contract_requester_table_is_the_code() -> None:
+    table = {}
+    for state, call, nxt, needs in contract.table(contract.section(r"7\.4 ")):
+        rule = RequesterRule(RequesterState[nxt], frozenset(Needs(n) for n in needs.split("; ") if n))
+        states = [s for s in RequesterState if s is not RequesterState.RELEASED] \
+            if state == "any but RELEASED" else [RequesterState[state]]
+        for s in states:
+            assert (s, RequesterMethod(call)) not in table, (state, call)
+            table[(s, RequesterMethod(call))] = rule
+    assert table == dict(REQUESTER_TRANSITIONS)
 
 
 # --- §6: the creation sequence -----------------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Unit tests of provider.vss_types: §3/§4 values against the spec, the LUN records' JSON form,
-validation of untrusted input, canonical form and the import matching rule."""
+"""Unit tests of provider.vss_types: the values against the tables of provider/CONTRACT.md (sections
+4 and 5), the LUN records' JSON form, validation of untrusted input, canonical form and the import
+matching rule."""
 from __future__ import annotations
 
 import enum
@@ -7,14 +8,15 @@ import json
 import random
 import re
 import uuid
-from pathlib import Path
 
+import contract_doc as contract
 import pytest
 
 from provider.hresult import HResult, VssError, VssUserError
 from provider.vss_types import (
     CONTEXT_BITS,
     GUID_NULL,
+    REQUESTER_MODIFIERS,
     DeviceIdDescriptor,
     GptAttributes,
     HardwareOptions,
@@ -35,14 +37,12 @@ from provider.vss_types import (
     split_context,
 )
 
-SPEC = Path(__file__).resolve().parents[2].parent / "shared/spec/vss-hardware-provider.md"
-needs_spec = pytest.mark.skipif(not SPEC.is_file(), reason=f"spec not beside this checkout ({SPEC})")
 
 A = VolumeSnapshotAttributes
 C = SnapshotContext
 
 
-# --- enumerations: spot values of the spec ------------------------------------------------------
+# --- enumerations: spot values of the SDK -------------------------------------------------------
 
 @pytest.mark.parametrize("member, value", [
     (ProviderType.VSS_PROV_UNKNOWN, 0),
@@ -123,87 +123,33 @@ def test_flag_enums_are_flags_and_value_enums_are_not():
             assert m.value & (m.value - 1) == 0, f"{m.name} is not a single bit"
 
 
-# --- enumerations: every row of the spec's tables ---------------------------------------------
+# --- enumerations: every row of provider/CONTRACT.md's tables --------------------------------
 
-def _section(title_regex: str) -> str:
-    text = SPEC.read_text(encoding="utf-8")
-    m = re.search(rf"^#+ {title_regex}.*?\n(.*?)(?=^#)", text, re.S | re.M)
-    assert m, f"section {title_regex!r} not found in the spec"
-    return m.group(1)
-
-
-def _table(section: str) -> list[list[str]]:
-    rows = []
-    for line in section.splitlines():
-        if line.startswith("|") and not re.match(r"\|[-| ]+\|$", line.strip()):
-            cells = re.split(r"(?<!\\)\|", line.strip().strip("|"))  # "A \| B" is one cell
-            rows.append([c.strip().replace("\\|", "|") for c in cells])
-    return rows[1:]  # without the header row
-
-
-def _value(cell: str) -> int:
-    return int(re.match(r"(0x[0-9A-Fa-f]+|\d+)", cell).group(1), 0)
-
-
-@needs_spec
 @pytest.mark.parametrize("title, cls", [
-    (r"3\.1 ", ProviderType),
-    (r"3\.2 ", VolumeSnapshotAttributes),
-    (r"3\.3 ", SnapshotContext),
-    (r"3\.4 ", SnapshotState),
-    (r"3\.5 ", ProviderCapabilities),
-    (r"3\.6 ", HardwareOptions),
-    (r"3\.7 ", RecoveryOptions),
-    (r"3\.10 ", GptAttributes),
+    (r"4\.1 ", ProviderType),
+    (r"4\.2 ", VolumeSnapshotAttributes),
+    (r"4\.3 ", SnapshotContext),
+    (r"4\.4 ", SnapshotState),
+    (r"4\.5 ", ProviderCapabilities),
+    (r"4\.6 ", HardwareOptions),
+    (r"4\.7 ", RecoveryOptions),
+    (r"4\.8 ", ObjectType),
+    (r"4\.10 ", GptAttributes),
+    (r"5\.2 ", StorageIdentifierCodeSet),
+    (r"5\.3 ", StorageIdentifierType),
+    (r"5\.4 ", InterconnectAddressType),
+    (r"5\.5 ", StorageBusType),
 ])
-def test_enum_is_exactly_the_spec_table(title, cls):
-    rows = {r[0]: _value(r[1]) for r in _table(_section(title))}
-    assert rows, title
-    assert {m.name: m.value for m in cls} == rows
+def test_enum_is_exactly_the_contract_table(title, cls):
+    rows = contract.table(contract.section(title))
+    names = [r[0] for r in rows]
+    assert len(names) == len(set(names)), f"a name twice in {title}"
+    # __members__ includes aliases (VDSBusTypeVirtual = VDSBusTypeMax): the table must list them too.
+    assert {name: m.value for name, m in cls.__members__.items()} == {r[0]: contract.value(r[1]) for r in rows}
 
 
-@needs_spec
-def test_identifier_code_sets_and_types_are_the_spec_table():
-    code_sets, types = {}, {}
-    for r in _table(_section(r"4\.3 ")):
-        if r[0]:
-            code_sets[r[0]] = int(r[1])
-        types[r[3].split(" ")[0]] = int(r[4])
-    assert {m.name: m.value for m in StorageIdentifierCodeSet} == code_sets
-    assert {m.name: m.value for m in StorageIdentifierType} == types
-
-
-def _inline_pairs(section: str, prefix: str) -> dict[str, int]:
-    """"UNKNOWN 0, NONE 1" or "Scsi 1, Max/Virtual 0xE" as {prefix + name: value}."""
-    body = section.split(":", 1)[-1] if prefix.startswith("VDSBus") else section
-    pairs = {}
-    for names, value in re.findall(r"([A-Za-z0-9_/]+)\s+(0x[0-9A-Fa-f]+|\d+)\b", body.replace("**", "")):
-        for name in names.split("/"):
-            pairs[name if name.startswith(prefix) else prefix + name] = int(value, 0)
-    return pairs
-
-
-@needs_spec
-@pytest.mark.parametrize("title, prefix, cls", [
-    (r"3\.8 ", "VSS_OBJECT_", ObjectType),
-    (r"4\.4 ", "VDS_IA_", InterconnectAddressType),
-    (r"4\.5 ", "VDSBusType", StorageBusType),
-])
-def test_inline_enums_match_the_spec(title, prefix, cls):
-    section = _section(title)
-    if cls is InterconnectAddressType:
-        section = section.split("Address types:", 1)[1]
-    if cls is StorageBusType:
-        section = section.split("The SDK sample", 1)[0]
-    pairs = _inline_pairs(section, prefix)
-    assert pairs
-    assert {name: cls[name].value for name in pairs} == pairs
-    assert set(pairs) == set(cls.__members__)
-
-
-@needs_spec
-def test_each_context_is_the_bit_pattern_the_spec_names():
-    for r in _table(_section(r"3\.3 ")):
+def test_each_context_is_the_bit_pattern_the_contract_names():
+    for r in contract.table(contract.section(r"4\.3 ")):
         name, bits = r[0], r[2]
         if name == "VSS_CTX_ALL":
             continue
@@ -212,6 +158,36 @@ def test_each_context_is_the_bit_pattern_the_spec_names():
             pattern |= A[f"VSS_VOLSNAP_ATTR_{bit}"]
         assert C[name] == pattern, name
         assert C[name].attributes == pattern
+
+
+def test_the_contract_names_the_supported_contexts():
+    from provider.hardware_provider import SUPPORTED_CONTEXTS
+    said = {r[0] for r in contract.table(contract.section(r"4\.3 ")) if r[-1].startswith("supported")}
+    assert said == {c.name for c in SUPPORTED_CONTEXTS}
+
+
+def test_the_requester_bits_of_the_contract_are_the_code_s():
+    said = 0
+    for r in contract.table(contract.section(r"4\.2 ")):
+        if r[2] == "requester":
+            said |= A[r[0]]
+    assert said == REQUESTER_MODIFIERS
+
+
+def test_the_capabilities_the_contract_names_are_those_answered():
+    from provider.hardware_provider import ShadowLunProvider
+    said = 0
+    for r in contract.table(contract.section(r"4\.5 ")):
+        if r[2] == "yes":
+            said |= ProviderCapabilities[r[0]]
+    assert said == ShadowLunProvider.get_provider_capabilities(None)
+
+
+def test_the_record_fields_of_the_contract_are_the_json_keys():
+    rows = contract.table(contract.section(r"5\.1 "))
+    assert [r[1] for r in rows] == list(lun().to_dict())
+    ignored = {r[1] for r in rows if r[3] == "no"}
+    assert ignored == {"bus_type", "disk_signature", "interconnects"}
 
 
 def test_context_bits_cover_every_context_pattern():
