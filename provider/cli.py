@@ -156,6 +156,7 @@ def cmd_delete(args: argparse.Namespace) -> dict:
 
 def cmd_resync(args: argparse.Namespace) -> dict:
     xml = Path(args.bcd).read_bytes()
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # cancels it, as Ctrl-C
     with loaded_providers() as loaded, progress_bar(args, "resync on the array") as advance:
         return coordinator(loaded).resync(xml, args.snapshot or None, on_progress=advance)
 

@@ -53,6 +53,7 @@ MAX_LUNS_PER_SET = 64
 HOLD_WRITES_TIMEOUT_S = 10.0
 SETTLE_TIMEOUT_S = 30
 RESYNC_POLL_S = 0.5
+RESYNC_TIMEOUT_S = 3600.0  # as ResyncLuns' own wait
 STATE_DIR = Path("/var/lib/shadowlun/coordinator")
 SYSFS_BLOCK = Path("/sys/block")
 
@@ -537,12 +538,10 @@ class Coordinator:
         provider.call("on_lun_state_change", snapshot_luns=shadows, original_luns=originals,
                       flags=int(HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_PRE_RECOVERY))
         started = provider.call("resync_luns", source_luns=shadows, target_luns=originals, wait=False)
-        while True:
-            status = provider.call("query_status", handle=started["handle"])
-            on_progress(status["done_bytes"], status["total_bytes"])
-            if status["status"] != int(HResult.VSS_S_ASYNC_PENDING):
-                break
-            time.sleep(RESYNC_POLL_S)
+        status = self._wait_resync(provider, started["handle"], on_progress)
+        if status["status"] == int(HResult.VSS_S_ASYNC_CANCELLED):
+            raise vss_error(HResult.E_ABORT, f"the resync of set {doc.set_id} was cancelled: the original "
+                                             f"LUNs hold part of the copy; resync again")
         for disk in disks:
             # The host's cached blocks and partition table are those of before: drop them, clear the
             # copy's flags on the original (it is no shadow copy), then re-read the partitions.
@@ -555,6 +554,31 @@ class Coordinator:
                       flags=int(HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_POST_RECOVERY))
         return {"set_id": doc.set_id, "resynced": [{"snapshot_id": s.snapshot_id, "volume": s.volume_name}
                                                    for s in chosen], "disks": [f"/dev/{d}" for d in disks]}
+
+    @staticmethod
+    def _wait_resync(provider: Provider, handle: str, on_progress: Callable[[int, int], None]) -> dict:
+        """QueryStatus until the resync ends, bounded by RESYNC_TIMEOUT_S. Interrupted (Ctrl-C,
+        SIGTERM, the deadline), it is cancelled on the array before the error goes up."""
+        deadline = time.monotonic() + RESYNC_TIMEOUT_S
+        try:
+            while True:
+                status = provider.call("query_status", handle=handle)
+                on_progress(status["done_bytes"], status["total_bytes"])
+                if status["status"] != int(HResult.VSS_S_ASYNC_PENDING):
+                    return status
+                if time.monotonic() > deadline:
+                    raise vss_error(HResult.VSS_E_PROVIDER_VETO,
+                                    f"the resync still ran after {RESYNC_TIMEOUT_S:g} s: cancelled")
+                time.sleep(RESYNC_POLL_S)
+        except BaseException as e:
+            try:
+                provider.call("cancel", handle=handle)
+            except VssError as cancel_error:
+                log.error("resync %s: cancel failed: %s", handle, cancel_error)
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise vss_error(HResult.E_ABORT, "resync interrupted and cancelled: the original LUNs "
+                                                 "hold part of the copy; resync again") from e
+            raise
 
     # -- creation --------------------------------------------------------------------------
 

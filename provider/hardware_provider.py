@@ -71,6 +71,7 @@ class Array(Protocol):
     def hosts(self) -> list[dict]: ...
     def start_resync(self, name: str, snapshot: str) -> dict: ...
     def job(self, job_id: str) -> dict: ...
+    def cancel_job(self, job_id: str) -> dict: ...
     def wait_job(self, job_id: str, timeout: float, on_progress=None) -> dict: ...
 
 
@@ -502,9 +503,23 @@ class ShadowLunProvider:
         if failed:
             raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"resync failed: {json.dumps(failed)}")
         pending = any(j["state"] == "running" for j in jobs)
-        return {"status": int(HResult.VSS_S_ASYNC_PENDING if pending else HResult.VSS_S_ASYNC_FINISHED),
+        cancelled = any(j["state"] == "cancelled" for j in jobs)
+        status = (HResult.VSS_S_ASYNC_PENDING if pending else HResult.VSS_S_ASYNC_CANCELLED if cancelled
+                  else HResult.VSS_S_ASYNC_FINISHED)
+        return {"status": int(status),
                 "done_bytes": sum(j["done_bytes"] for j in jobs),
                 "total_bytes": sum(j["total_bytes"] for j in jobs), "jobs": jobs}
+
+    def cancel(self, handle: str) -> dict:
+        """IVssAsync::Cancel of a resync: every job of it still running stops at its next chunk
+        (the destinations keep what was written so far); then its status, as QueryStatus."""
+        with self._lock:
+            job_ids = self._asyncs.get(handle)
+        if job_ids is None:
+            raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no asynchronous operation {handle}")
+        for job_id in job_ids:
+            self.array.cancel_job(job_id)
+        return self.query_status(handle)
 
     def on_reuse_luns(self, snapshot_luns: list[dict], original_luns: list[dict]) -> None:
         raise vss_error(HResult.E_NOTIMPL, "OnReuseLuns is reserved")

@@ -98,6 +98,7 @@ DOCUMENTED_CODES: Mapping[str, frozenset[HResult]] = MappingProxyType({
     "resync_luns": frozenset({_H.E_OUTOFMEMORY, _H.VSS_E_PROVIDER_VETO, _H.VSS_E_INSUFFICIENT_STORAGE}),
     "on_reuse_luns": frozenset(),  # reserved: "S_OK or HRESULT error"
     "query_status": frozenset({_H.VSS_E_PROVIDER_VETO, _H.VSS_E_OBJECT_NOT_FOUND}),  # those of ResyncLuns' work
+    "cancel": frozenset({_H.VSS_E_PROVIDER_VETO, _H.VSS_E_OBJECT_NOT_FOUND}),
 })
 
 # Methods whose codes the coordinator passes on untranslated: column T of §5.1 is "no"
@@ -129,7 +130,7 @@ DEFAULT_TIMEOUTS: Mapping[str, float] = MappingProxyType({
     "get_target_luns": 120.0, "pre_final_commit_snapshots": 60.0, "post_final_commit_snapshots": 60.0,
     "abort_snapshots": 300.0, "locate_luns": 300.0, "on_lun_empty": 300.0,
     "get_provider_capabilities": 30.0, "on_lun_state_change": 300.0,
-    "resync_luns": 3700.0, "on_reuse_luns": 60.0, "query_status": 60.0,
+    "resync_luns": 3700.0, "on_reuse_luns": 60.0, "query_status": 60.0, "cancel": 60.0,
 })
 assert set(DEFAULT_TIMEOUTS) == set(PROVIDER_METHODS)
 

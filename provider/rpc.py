@@ -44,8 +44,8 @@ PROVIDER_METHODS: tuple[str, ...] = (
     "get_provider_capabilities", "on_lun_state_change", "resync_luns", "on_reuse_luns",
     # IVssProviderNotifications
     "on_load", "on_unload",
-    # IVssAsync::QueryStatus of what ResyncLuns started (its ppAsync), by handle
-    "query_status",
+    # IVssAsync::QueryStatus and Cancel of what ResyncLuns started (its ppAsync), by handle
+    "query_status", "cancel",
 )
 
 RequestId = int | str

@@ -309,6 +309,10 @@ def create_app(array: Array, admin_token: str, keeper: Reconciler | None = None)
     def job(job_id: str, c: Caller = who) -> dict:
         return job_dict(array.job(job_id, c))
 
+    @app.post("/v1/jobs/{job_id}/cancel", summary="stop a running copy or resync (its requester)")
+    def cancel_job(job_id: str, c: Caller = who) -> dict:
+        return job_dict(array.cancel_job(job_id, c))
+
     @app.get("/v1/health",
              summary="what is not as wanted: an unconfirmed store, LVs set aside, LUNs that did not come up (admin)")
     def health(c: Caller = who) -> dict:

@@ -33,8 +33,13 @@ log = logging.getLogger("shadowlun.array")
 CONFIG_FILE = Path("/etc/shadowlun/array.json")
 MAX_LUNS_PER_SET = 64
 MIN_VOLUME_BYTES = 1 << 20
+JOB_CANCEL_WAIT_S = 30.0  # a cancelled job stops at its next chunk (CHUNK bytes), well within this
 VOLUME_PREFIX, SNAPSHOT_PREFIX = "lun-", names.SNAPSHOT_PREFIX
 KIND_TAG, SET_TAG, SNAPSHOT_TAG = "shadowlun.kind", "shadowlun.set", "shadowlun.snapshot"
+
+
+class JobCancelled(Exception):
+    """Raised inside a job's copy when its requester cancelled it."""
 
 
 @dataclass
@@ -110,6 +115,7 @@ class Array:
         self._op_lock = threading.RLock()  # one changing operation at a time; reads are free
         self._premade: dict[str, list] = {}  # prepared set -> [(origin, snapshot) ThinDevice]
         self._jobs: dict[str, threading.Thread] = {}  # job id -> its thread (a reconcile spares live ones)
+        self._cancels: dict[str, threading.Event] = {}  # job id -> set when its requester cancels it
         # False while the store is not known to be this array's (targets.reconcile decides at
         # start): then nothing that removes or overwrites data runs.
         self.store_trusted = True
@@ -798,13 +804,26 @@ class Array:
             self._check_pool(need_bytes=self._unmapped_bytes(dst))
             job = self.store.add_job(uuid.uuid4().hex, "resync", snap.name, dst.name, snap.size_bytes,
                                      caller.initiator)
-            self._run_job(job, lambda progress: copy_blocks(
-                self._active_device(snap), self._active_device(dst), snap.size_bytes, progress,
-                only_changed=True))
+            self._run_job(job, lambda progress: self._resync(snap, dst, progress))
             return job
 
+    def _resync(self, snap: Lun, dst: Lun, progress) -> None:
+        """Copy the differing chunks; a destination larger than the shadow copy is then shrunk
+        to its size, so that the LUN is what the original was at snapshot time."""
+        copy_blocks(self._active_device(snap), self._active_device(dst), snap.size_bytes, progress,
+                    only_changed=True)
+        if dst.size_bytes > snap.size_bytes:
+            with self._op_lock:
+                self.lvm.resize(dst.name, snap.size_bytes)
+                self.store.set_lun_size(dst.name, snap.size_bytes)
+            log.info("%s shrunk to %d bytes, the size of %s", dst.name, snap.size_bytes, snap.name)
+
     def _run_job(self, job: Job, work) -> None:
+        cancel = self._cancels[job.job_id] = threading.Event()
+
         def progress(done: int, last=[0.0]) -> None:
+            if cancel.is_set():  # between two chunks: the copy stops here
+                raise JobCancelled(job.job_id)
             now = time.monotonic()
             if now - last[0] > 0.5 or done == job.total_bytes:
                 last[0] = now
@@ -814,6 +833,11 @@ class Array:
             try:
                 work(progress)
                 self.store.update_job(job.job_id, done_bytes=job.total_bytes, state="done")
+            except JobCancelled:
+                log.warning("job %s cancelled by its requester", job.job_id)
+                if job.kind == "copy":
+                    self._destroy(job.target)
+                self.store.update_job(job.job_id, state="cancelled")
             except Exception as e:  # noqa: BLE001 - recorded on the job, shown by the API
                 log.exception("job %s failed", job.job_id)
                 if job.kind == "copy":
@@ -823,6 +847,18 @@ class Array:
         t = threading.Thread(target=body, name=f"job-{job.job_id[:8]}", daemon=True)
         self._jobs[job.job_id] = t
         t.start()
+
+    def cancel_job(self, job_id: str, caller: Caller = ADMIN) -> Job:
+        """Stop a running job at its next chunk (IVssAsync::Cancel): a copy's new LUN is removed,
+        a resync's destination keeps what was written so far (it is neither the old nor the
+        new content: resync again). A job that has ended is answered as it is."""
+        job = self.job(job_id, caller)
+        if job.state == "running" and job.job_id in self._cancels:
+            self._cancels[job.job_id].set()
+            thread = self._jobs.get(job.job_id)
+            if thread is not None:
+                thread.join(JOB_CANCEL_WAIT_S)
+        return self.store.job(job.job_id)
 
     def job(self, job_id: str, caller: Caller = ADMIN) -> Job:
         job = self.store.job(job_id) if isinstance(job_id, str) and len(job_id) <= 64 else None

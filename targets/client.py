@@ -143,6 +143,9 @@ class ArrayClient:
     def job(self, job_id: str) -> dict:
         return self.call("GET", f"/v1/jobs/{quote(job_id)}")
 
+    def cancel_job(self, job_id: str) -> dict:
+        return self.call("POST", f"/v1/jobs/{quote(job_id)}/cancel")
+
     def wait_job(self, job_id: str, timeout: float, on_progress=None) -> dict:
         """Until the job is done or failed, bounded; on_progress(job) at each poll."""
         deadline = time.monotonic() + timeout

@@ -326,6 +326,10 @@ class Lvm:
         if names:
             self._run(["lvchange", "-q", "-ay", "-K", *(f"{self.vg}/{n}" for n in names)], None)
 
+    def resize(self, name: str, size_bytes: int) -> None:
+        """Set a thin LV's size (a shrink drops what lies past the end: the caller knows)."""
+        self._run(["lvresize", "-q", "--yes", "--force", "--size", f"{size_bytes}b", f"{self.vg}/{name}"], None)
+
     def remove(self, name: str) -> None:
         self._run(["lvremove", "-q", "-y", f"{self.vg}/{name}"], None)
 

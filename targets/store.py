@@ -70,7 +70,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     kind        TEXT NOT NULL CHECK (kind IN ('copy', 'resync')),
     source      TEXT NOT NULL,
     target      TEXT NOT NULL,
-    state       TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed')),
+    state       TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed', 'cancelled')),
     done_bytes  INTEGER NOT NULL DEFAULT 0,
     total_bytes INTEGER NOT NULL,
     error       TEXT,
@@ -84,8 +84,15 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
-SCHEMA_VERSION = 3  # 2: hosts with their credentials, masks without; holders and set owners. 3: handed_out
-MIGRATIONS = {2: "ALTER TABLE sets ADD COLUMN handed_out REAL"}  # from version N to N + 1
+SCHEMA_VERSION = 3  # 2: hosts with their credentials, masks without; holders, set owners. 3: hand-out, cancel
+MIGRATIONS = {  # from version N to N + 1, statement by statement
+    2: ["ALTER TABLE sets ADD COLUMN handed_out REAL",
+        # jobs may be cancelled: a new CHECK, so the table is made again (SQLite's way)
+        "ALTER TABLE jobs RENAME TO jobs_v2",
+        SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS jobs"):SCHEMA.index("CREATE TABLE IF NOT EXISTS meta")],
+        "INSERT INTO jobs SELECT * FROM jobs_v2",
+        "DROP TABLE jobs_v2"],
+}
 
 
 class StoreError(RuntimeError):
@@ -178,7 +185,8 @@ class Store:
         tables = self._db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
         while tables and version in MIGRATIONS:
             with self._migration():
-                self._db.execute(MIGRATIONS[version])
+                for statement in MIGRATIONS[version]:
+                    self._db.execute(statement)
                 version += 1
                 self._db.execute(f"PRAGMA user_version = {version}")
         if tables and version != SCHEMA_VERSION:
@@ -241,6 +249,10 @@ class Store:
         if state:
             return [Lun(*r) for r in self._rows("SELECT * FROM luns WHERE state = ? ORDER BY name", state)]
         return [Lun(*r) for r in self._rows("SELECT * FROM luns ORDER BY name")]
+
+    def set_lun_size(self, name: str, size_bytes: int) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE luns SET size_bytes = ? WHERE name = ?", (size_bytes, name))
 
     def set_lun_state(self, name: str, state: str) -> None:
         with self.tx() as db:

@@ -17,6 +17,8 @@ make_array() is the agent just started: its config registers the hosts of HOSTS 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import itertools
 from dataclasses import replace
 
@@ -181,6 +183,10 @@ class FakeLvm(_Injectable):
     def retag_vg(self, remove=(), add=()) -> None:
         self._call("retag_vg", tuple(remove), tuple(add))
         self.tags = [t for t in self.tags if t not in remove] + [t for t in add if t not in self.tags]
+
+    def resize(self, name: str, size_bytes: int) -> None:
+        self._call("resize", name, size_bytes)
+        self.lvs[name] = dataclasses.replace(self.lvs[name], size_bytes=size_bytes)
 
     def remove(self, name: str) -> None:
         self._call("remove", name)

@@ -717,3 +717,34 @@ def test_break_with_mask_luns_hides_them_from_this_host_and_keeps_them_on_the_ar
     with pytest.raises(VssError) as e:
         coord_b.break_set(doc.set_id, writable=True, mask=True)
     assert e.value.hresult == HResult.E_INVALIDARG
+
+
+def test_a_resync_interrupted_by_the_user_is_cancelled_on_the_array(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM, which the CLI turns into SystemExit) while the resync runs: the
+    coordinator cancels it (IVssAsync Cancel) and answers E_ABORT; the job is cancelled."""
+    import threading
+
+    import targets.array
+
+    stop = threading.Event()
+
+    def copy_blocks(src, dst, size, progress=None, only_changed=False):
+        while True:  # runs until cancelled
+            progress(size // 2)
+            stop.wait(0.01)
+
+    monkeypatch.setattr(targets.array, "copy_blocks", copy_blocks)
+    lab, doc, _, _, _ = imported(tmp_path, volumes=(("db", "sdb"),))
+    lab.unmounted.add("sdb")
+    polls = []
+
+    def interrupt(done, total):
+        polls.append(done)
+        if len(polls) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(VssError) as e:
+        lab.coord.resync(bcd.to_xml(doc), on_progress=interrupt)
+    assert e.value.hresult == HResult.E_ABORT and "resync again" in str(e.value)
+    assert [j.state for j in lab.array.store.jobs()] == ["cancelled"]
+    assert lab.events[-2:] == ["query_status", "cancel"]

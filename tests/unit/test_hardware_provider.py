@@ -71,6 +71,9 @@ class InProcessArray:
     def job(self, job_id):
         return asdict(self.a.job(job_id, self.c))
 
+    def cancel_job(self, job_id):
+        return asdict(self.a.cancel_job(job_id, self.c))
+
     def detach(self, name):
         return asdict(self.a.detach(name, self.c))
 
@@ -415,6 +418,54 @@ def test_resync_is_asynchronous_with_a_status_to_query(prov, array, monkeypatch)
     with pytest.raises(VssError) as e:
         prov.query_status("no-such-handle")
     assert e.value.hresult == HResult.VSS_E_OBJECT_NOT_FOUND
+
+
+def test_cancel_stops_a_running_resync_and_query_status_says_cancelled(prov, array, monkeypatch):
+    """IVssAsync::Cancel: the array's copy stops at its next chunk, QueryStatus answers
+    VSS_S_ASYNC_CANCELLED; cancelling again (or after the end) changes nothing."""
+    import threading
+    import time
+
+    import targets.array
+
+    chunks, go_on = [], threading.Event()
+
+    def copy_blocks(src, dst, size, progress=None, only_changed=False):
+        for done in range(1, 65):
+            chunks.append(done)
+            progress(done * size // 64)
+            go_on.wait(0.01)
+
+    monkeypatch.setattr(targets.array, "copy_blocks", copy_blocks)
+    recs = volumes(array, "db")
+    create(prov, {"v": [recs["db"]]})
+    target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]
+    started = prov.resync_luns([target], [recs["db"]], wait=False)
+    while not chunks:
+        time.sleep(0.001)
+    status = prov.cancel(started["handle"])
+    assert status["status"] == int(HResult.VSS_S_ASYNC_CANCELLED) and len(chunks) < 64
+    [job] = status["jobs"]
+    assert job["state"] == "cancelled" and array.store.job(job["job_id"]).state == "cancelled"
+    assert prov.cancel(started["handle"])["status"] == int(HResult.VSS_S_ASYNC_CANCELLED)
+    assert prov.query_status(started["handle"])["status"] == int(HResult.VSS_S_ASYNC_CANCELLED)
+    with pytest.raises(VssError) as e:
+        prov.cancel("no-such-handle")
+    assert e.value.hresult == HResult.VSS_E_OBJECT_NOT_FOUND
+
+
+def test_a_resync_onto_a_larger_destination_shrinks_it_to_the_copys_size(prov, array, lvm, monkeypatch):
+    import targets.array
+
+    monkeypatch.setattr(targets.array, "copy_blocks", lambda src, dst, size, progress=None, only_changed=False: size)
+    recs = volumes(array, "db", "big")
+    create(prov, {"v": [recs["db"]]})
+    target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]
+    lvm.resize("lun-big", 128 * MIB)
+    array.store.set_lun_size("lun-big", 128 * MIB)
+    status = prov.resync_luns([target], [recs["big"]])
+    assert status["status"] == int(HResult.VSS_S_ASYNC_FINISHED)
+    assert lvm.get("lun-big").size_bytes == 64 * MIB and array.lun("big").size_bytes == 64 * MIB
 
 
 def test_locate_of_an_unknown_lun_is_object_not_found(prov, array):

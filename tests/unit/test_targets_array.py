@@ -974,6 +974,34 @@ def test_copy_failure(arr, lvm, lio, monkeypatch):
     assert "lun-full1" not in lvm.lvs and "lun-full1" not in lio.exports() and arr.store.lun("lun-full1") is None
 
 
+def test_a_cancelled_copy_leaves_no_lun_and_only_its_requester_or_the_admin_cancels(arr, lvm, lio, monkeypatch):
+    import threading
+
+    from targets.authority import Caller
+
+    make_volumes(arr, "vol1")
+    go = threading.Event()
+
+    def slow(src, dst, size, progress=None, only_changed=False):
+        while not go.is_set():
+            progress(size // 2)
+            go.wait(0.01)
+        return size
+
+    monkeypatch.setattr(array_mod, "copy_blocks", slow)
+    job = arr.start_copy("vol1", "full1")
+    stranger = Caller("host-b", next(iter(h.initiator for h in arr.store.hosts())))
+    with expect(HResult.E_ACCESSDENIED):
+        arr.cancel_job(job.job_id, stranger)
+    assert arr.job(job.job_id).state == "running"
+    cancelled = arr.cancel_job(job.job_id)
+    assert cancelled.state == "cancelled" and cancelled.error is None
+    assert "lun-full1" not in lvm.lvs and "lun-full1" not in lio.exports() and arr.store.lun("lun-full1") is None
+    assert arr.cancel_job(job.job_id).state == "cancelled"  # again: answered as it is
+    with expect(HResult.VSS_E_OBJECT_NOT_FOUND):
+        arr.cancel_job("nope")
+
+
 def test_copy_validation(arr, lvm, copies):
     make_volumes(arr, "vol1", "vol2")
     with expect(HResult.E_INVALIDARG):

@@ -415,6 +415,7 @@ def test_a_store_of_schema_2_is_migrated_and_keeps_its_sets(tmp_path):
     db = sqlite3.connect(path)
     db.executescript(_schema_2())
     db.execute("INSERT INTO sets VALUES ('s1', 'committed', 1.0, 0.5, NULL, 1)")
+    db.execute("INSERT INTO jobs VALUES ('j1', 'copy', 'a', 'b', 'done', 5, 5, NULL, 1.0, NULL)")
     db.execute("PRAGMA user_version = 2")
     db.commit()
     db.close()
@@ -422,6 +423,8 @@ def test_a_store_of_schema_2_is_migrated_and_keeps_its_sets(tmp_path):
     got = s.snapshot_set("s1")
     assert (got.state, got.commit_window_s, got.transportable, got.handed_out) == ("committed", 0.5, True, None)
     assert s.hand_out("s1") > 0 and s.snapshot_set("s1").handed_out is not None
+    assert [(j.job_id, j.state, j.done_bytes) for j in s.jobs()] == [("j1", "done", 5)]
+    s.update_job("j1", state="cancelled")  # the new state is allowed
     assert Store(path).snapshot_set("s1").handed_out is not None  # version 3 now: opened as is
 
 
@@ -430,7 +433,8 @@ def _schema_2() -> str:
     from targets.store import SCHEMA
 
     head, tail = SCHEMA.split("    transportable INTEGER NOT NULL DEFAULT 0,", 1)
-    return head + "    transportable INTEGER NOT NULL DEFAULT 0\n);" + tail.split(");", 1)[1]
+    return (head + "    transportable INTEGER NOT NULL DEFAULT 0\n);" + tail.split(");", 1)[1]).replace(
+        "'failed', 'cancelled'", "'failed'")
 
 
 def test_the_store_is_root_only(tmp_path):
