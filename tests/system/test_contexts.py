@@ -46,8 +46,8 @@ def test_a_backup_set_lives_while_its_command_runs_and_leaves_nothing(lab, ctx_v
     # while it exists, and the original changes meanwhile.
     cmd = ("mkdir -p /mnt/ctx-shadow && mount -o ro,noload $SHADOWLUN_DEVICES /mnt/ctx-shadow && "
            f"head -c 6M /dev/urandom > {mount}/data && sync && "
-           "sha256sum /mnt/ctx-shadow/data | cut -d' ' -f1 > /tmp/ctx-read; umount /mnt/ctx-shadow")
-    r = a.run(f"{SHADOWLUN} create --exec \"{cmd}\" {mount}", timeout=600)
+           "sha256sum /mnt/ctx-shadow/data | cut -c1-64 > /tmp/ctx-read; umount /mnt/ctx-shadow")
+    r = a.run(f"{SHADOWLUN} create --exec '{cmd}' {mount}", timeout=600)  # quoted: expanded by --exec's shell
     out = json.loads(r.stdout)
     assert out["exec_status"] == 0 and len(out["released"]) == 1, out
     assert a.run("cat /tmp/ctx-read").stdout.strip() == at_snapshot != story.sha256(a, f"{mount}/data")
