@@ -7,10 +7,10 @@ change across reboots and rescans, the page-0x83 identity in the records does no
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .durable import write_durably
 from .hresult import HResult, vss_error
 
 
@@ -74,11 +74,7 @@ class Catalog:
                         f"no imported shadow copy {snapshot_id} on this host (see `shadowlun list`)")
 
     def save(self, imported: ImportedSet) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self._path(imported.set_id)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(imported), indent=1))
-        os.replace(tmp, path)
+        write_durably(self._path(imported.set_id), json.dumps(asdict(imported), indent=1))
 
     def remove(self, set_id: str) -> None:
         self._path(set_id).unlink(missing_ok=True)

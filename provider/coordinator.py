@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from . import bcd
 from .catalog import Catalog, ImportedSet, ImportedSnapshot
+from .durable import write_durably
 from .hresult import HResult, VssError, vss_error
 from .iscsi import DEFAULT_RUNNER, Runner, run_checked
 from .lun_info import read_lun_info
@@ -134,11 +135,7 @@ class Coordinator:
             yield
 
     def _save(self, p: SetProgress) -> None:
-        path = self.state_dir / "sets" / f"{p.set_id}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(p.__dict__))
-        os.replace(tmp, path)
+        write_durably(self.state_dir / "sets" / f"{p.set_id}.json", json.dumps(p.__dict__))
 
     def recover(self) -> list[str]:
         """Abort every set a crash left between prepare and created; returns their ids."""

@@ -14,6 +14,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .durable import write_durably
 from .vss_types import VolumeSnapshotAttributes
 
 _A = VolumeSnapshotAttributes
@@ -45,7 +46,7 @@ class Hold:
 
 
 class RequesterHolds:
-    """One JSON file per held set, written atomically and durably before the set is used."""
+    """One JSON file per held set, written durably before the set is used."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
@@ -53,19 +54,7 @@ class RequesterHolds:
     def add(self, set_id: str, document: bytes) -> Hold:
         pid = os.getpid()
         hold = Hold(set_id, document.decode(), pid, process_start(pid) or "")
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self.directory / f"{set_id}.json"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(asdict(hold), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_durably(self.directory / f"{set_id}.json", json.dumps(asdict(hold)), 0o600)
         return hold
 
     def get(self, set_id: str) -> Hold | None:
