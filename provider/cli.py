@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from . import bcd
@@ -91,7 +91,10 @@ def cmd_create(args: argparse.Namespace) -> dict:
             raise vss_error(HResult.VSS_E_PROVIDER_NOT_REGISTERED, "no provider is registered on this host")
         pids = [p.server_pid for p in loaded]
         coord = coordinator(loaded)
-        doc, report = coord.create(args.volumes, context, on_step=lambda s: step(args, s))
+        bar = progress_bar(args, "full copies on the array") if args.plex else nullcontext(lambda done, total: None)
+        with bar as advance:
+            doc, report = coord.create(args.volumes, context, on_step=lambda s: step(args, s),
+                                       on_progress=advance)
         out = {"set_id": doc.set_id, "context": doc.context, "provider_id": doc.provider_id,
                "snapshots": [{"snapshot_id": s.snapshot_id, "volume": s.volume_name,
                               "target_luns": [m.destination for m in s.luns]} for s in doc.snapshots],
@@ -221,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("volumes", nargs="+", metavar="VOLUME", help="mount point or block device")
     create.add_argument("--context", default="backup", help=f"{', '.join(CONTEXTS)} or a number")
     create.add_argument("--transportable", action="store_true", help="for import on another host")
-    create.add_argument("--plex", action="store_true", help="ask for full copies (not supported)")
+    create.add_argument("--plex", action="store_true",
+                        help="full copies, made on the array after the commit (progress shown)")
     create.add_argument("--differential", action="store_true")
     create.add_argument("--bcd", metavar="FILE", help="write the Backup Components Document here")
     create.add_argument("--exec", metavar="COMMAND",

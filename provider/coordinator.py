@@ -54,7 +54,7 @@ MAX_LUNS_PER_SET = 64
 HOLD_WRITES_TIMEOUT_S = 10.0
 SETTLE_TIMEOUT_S = 30
 RESYNC_POLL_S = 0.5
-RESYNC_TIMEOUT_S = 3600.0  # as ResyncLuns' own wait
+ASYNC_TIMEOUT_S = 3600.0  # a resync, or a set's full copies: as ResyncLuns' own wait
 STATE_DIR = Path("/var/lib/shadowlun/coordinator")
 SYSFS_BLOCK = Path("/sys/block")
 
@@ -535,7 +535,7 @@ class Coordinator:
         provider.call("on_lun_state_change", snapshot_luns=shadows, original_luns=originals,
                       flags=int(HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_PRE_RECOVERY))
         started = provider.call("resync_luns", source_luns=shadows, target_luns=originals, wait=False)
-        status = self._wait_resync(provider, started["handle"], on_progress)
+        status = self._wait_async(provider, started["handle"], on_progress, "resync")
         if status["status"] == int(HResult.VSS_S_ASYNC_CANCELLED):
             raise vss_error(HResult.E_ABORT, f"the resync of set {doc.set_id} was cancelled: the original "
                                              f"LUNs hold part of the copy; resync again")
@@ -553,10 +553,11 @@ class Coordinator:
                                                    for s in chosen], "disks": [f"/dev/{d}" for d in disks]}
 
     @staticmethod
-    def _wait_resync(provider: Provider, handle: str, on_progress: Callable[[int, int], None]) -> dict:
-        """QueryStatus until the resync ends, bounded by RESYNC_TIMEOUT_S. Interrupted (Ctrl-C,
-        SIGTERM, the deadline), it is cancelled on the array before the error goes up."""
-        deadline = time.monotonic() + RESYNC_TIMEOUT_S
+    def _wait_async(provider: Provider, handle: str, on_progress: Callable[[int, int], None], what: str) -> dict:
+        """QueryStatus until the array's jobs behind `handle` (a resync, a set's full copies)
+        end, bounded by ASYNC_TIMEOUT_S. Interrupted (Ctrl-C, SIGTERM, the deadline), they are
+        cancelled on the array before the error goes up."""
+        deadline = time.monotonic() + ASYNC_TIMEOUT_S
         try:
             while True:
                 status = provider.call("query_status", handle=handle)
@@ -565,16 +566,15 @@ class Coordinator:
                     return status
                 if time.monotonic() > deadline:
                     raise vss_error(HResult.VSS_E_PROVIDER_VETO,
-                                    f"the resync still ran after {RESYNC_TIMEOUT_S:g} s: cancelled")
+                                    f"the {what} still ran after {ASYNC_TIMEOUT_S:g} s: cancelled")
                 time.sleep(RESYNC_POLL_S)
         except BaseException as e:
             try:
                 provider.call("cancel", handle=handle)
             except VssError as cancel_error:
-                log.error("resync %s: cancel failed: %s", handle, cancel_error)
+                log.error("%s %s: cancel failed: %s", what, handle, cancel_error)
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
-                raise vss_error(HResult.E_ABORT, "resync interrupted and cancelled: the original LUNs "
-                                                 "hold part of the copy; resync again") from e
+                raise vss_error(HResult.E_ABORT, f"{what} interrupted and cancelled on the array") from e
             raise
 
     # -- creation --------------------------------------------------------------------------
@@ -658,9 +658,12 @@ class Coordinator:
                         f"{context:#x}: {'; '.join(r for r in reasons if r) or 'unsupported'}")
 
     def create(self, volume_names: list[str], context: int = int(SnapshotContext.VSS_CTX_BACKUP),
-               on_step: Callable[[str], None] = lambda s: None) -> tuple[bcd.BackupComponentsDocument, dict]:
+               on_step: Callable[[str], None] = lambda s: None,
+               on_progress: Callable[[int, int], None] = lambda done, total: None,
+               ) -> tuple[bcd.BackupComponentsDocument, dict]:
         """Create one snapshot set of the volumes; returns its document and a report of the steps:
-        {"seconds": {step: duration}, "wall": {step: (start, end) epoch seconds}}."""
+        {"seconds": {step: duration}, "wall": {step: (start, end) epoch seconds}}. A PLEX set's
+        full copies are waited for after PostCommitSnapshots, their bytes told to on_progress."""
         if not volume_names:
             raise vss_error(HResult.E_INVALIDARG, "no volume given")
         if len(set(volume_names)) != len(volume_names):
@@ -717,6 +720,12 @@ class Coordinator:
                 step("unflag originals", lambda: self._unflag_originals(progress))
                 step("PostCommitSnapshots", lambda: provider.call(
                     "post_commit_snapshots", set_id=set_id, snapshot_count=len(volumes)))
+                if context & VolumeSnapshotAttributes.VSS_VOLSNAP_ATTR_PLEX:
+                    status = step("full copies (plex)", lambda: self._wait_async(
+                        provider, set_id, on_progress, "full copy"))
+                    if status["status"] != int(HResult.VSS_S_ASYNC_FINISHED):
+                        raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"the full copies of set {set_id} "
+                                                                     f"were cancelled")
                 targets = {v.name: step(f"GetTargetLuns {v.name}", lambda v=v: provider.call(
                     "get_target_luns", devices=[f"/dev/{d}" for d in v.disks], source_luns=list(v.records)))
                     for v in volumes}

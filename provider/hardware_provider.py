@@ -42,10 +42,9 @@ PROVIDER_NAME = "shadowlun hardware provider"
 PROVIDER_VERSION = "0.1.0"
 DISK_WAIT_S = 60.0
 
-# What this provider can do: thin snapshots (differential) that travel to other hosts. Full
-# copies (plex) exist on the array as long-running jobs, which cannot finish inside a commit,
-# so PLEX contexts are refused in AreLunsSupported rather than failing later.
-UNSUPPORTED_ATTRIBUTES = VolumeSnapshotAttributes.VSS_VOLSNAP_ATTR_PLEX
+# What this provider can do: thin snapshots (differential) that travel to other hosts, and full
+# copies (plex), which the array makes from the snapshots after the commit, as jobs that the
+# coordinator waits for (with progress) before the set is handed out.
 SUPPORTED_CONTEXTS = frozenset({
     SnapshotContext.VSS_CTX_BACKUP, SnapshotContext.VSS_CTX_FILE_SHARE_BACKUP,
     SnapshotContext.VSS_CTX_NAS_ROLLBACK, SnapshotContext.VSS_CTX_APP_ROLLBACK,
@@ -64,6 +63,7 @@ class Array(Protocol):
     def claim_import(self, serials: list[str], host: str) -> dict: ...
     def abort_set(self, set_id: str) -> dict: ...
     def hand_out_set(self, set_id: str) -> dict: ...
+    def plex_set(self, set_id: str) -> dict: ...
     def mask(self, name: str, initiator: str, read_only: bool = False) -> dict: ...
     def unmask(self, name: str, initiator: str) -> dict: ...
     def delete(self, name: str) -> None: ...
@@ -204,12 +204,14 @@ class ShadowLunProvider:
 
     @staticmethod
     def _context_supported(context: int) -> bool:
-        """A named context we implement, with only modifiers a requester may ask for."""
+        """A named context we implement, with only modifiers a requester may ask for, and not
+        both kinds of copy (DIFFERENTIAL and PLEX exclude each other)."""
         try:
             ctx, attrs = split_context(context)
         except VssError:
             return False
-        return ctx in SUPPORTED_CONTEXTS and not (attrs & (UNSUPPORTED_ATTRIBUTES | ~REQUESTER_MODIFIERS))
+        both = VolumeSnapshotAttributes.VSS_VOLSNAP_ATTR_DIFFERENTIAL | VolumeSnapshotAttributes.VSS_VOLSNAP_ATTR_PLEX
+        return ctx in SUPPORTED_CONTEXTS and not (attrs & ~REQUESTER_MODIFIERS) and attrs & both != both
 
     # -- IVssProviderNotifications ---------------------------------------------------------
 
@@ -321,9 +323,17 @@ class ShadowLunProvider:
         return self._creation(ProviderMethod.COMMIT_SNAPSHOTS, set_id, work)
 
     def post_commit_snapshots(self, set_id: str, snapshot_count: int = 0) -> None:
-        """Writes flow again: now the array activates and exports the new snapshots."""
-        return self._creation(ProviderMethod.POST_COMMIT_SNAPSHOTS, set_id,
-                              lambda: self.array.publish_set(str(set_id)) and None)
+        """Writes flow again: now the array activates and exports the new snapshots, and for a
+        PLEX set starts their full copies, whose progress QueryStatus answers with the set id as
+        the handle (the coordinator waits for them before the final commits)."""
+        def work() -> None:
+            self.array.publish_set(str(set_id))
+            if self._pending(str(set_id)).context & VolumeSnapshotAttributes.VSS_VOLSNAP_ATTR_PLEX:
+                jobs = self.array.plex_set(str(set_id))["jobs"]
+                with self._lock:
+                    self._asyncs[str(set_id)] = [j["job_id"] for j in jobs]
+
+        return self._creation(ProviderMethod.POST_COMMIT_SNAPSHOTS, set_id, work)
 
     def pre_final_commit_snapshots(self, set_id: str) -> None:
         return self._creation(ProviderMethod.PRE_FINAL_COMMIT_SNAPSHOTS, set_id, lambda: None)
@@ -425,6 +435,7 @@ class ShadowLunProvider:
     def get_provider_capabilities(self) -> int:
         return int(ProviderCapabilities.VSS_PRV_CAPABILITY_COMPLIANT
                    | ProviderCapabilities.VSS_PRV_CAPABILITY_DIFFERENTIAL
+                   | ProviderCapabilities.VSS_PRV_CAPABILITY_PLEX
                    | ProviderCapabilities.VSS_PRV_CAPABILITY_LUN_RESYNC)
 
     def on_lun_state_change(self, snapshot_luns: list[dict], original_luns: list[dict], flags: int) -> None:
@@ -501,7 +512,7 @@ class ShadowLunProvider:
         jobs = [self.array.job(j) for j in job_ids]
         failed = [j for j in jobs if j["state"] == "failed"]
         if failed:
-            raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"resync failed: {json.dumps(failed)}")
+            raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"array jobs failed: {json.dumps(failed)}")
         pending = any(j["state"] == "running" for j in jobs)
         cancelled = any(j["state"] == "cancelled" for j in jobs)
         status = (HResult.VSS_S_ASYNC_PENDING if pending else HResult.VSS_S_ASYNC_CANCELLED if cancelled

@@ -280,6 +280,11 @@ def create_app(array: Array, admin_token: str, keeper: Reconciler | None = None)
     def publish(set_id: str, c: Caller = who) -> dict:
         return array.publish_set(set_id, c)
 
+    @app.post("/v1/snapshot-sets/{set_id}/plex", status_code=202,
+              summary="make each shadow LUN of the set a full copy (PLEX), as jobs (its owner, before hand-out)")
+    def plex(set_id: str, c: Caller = who) -> dict:
+        return {"jobs": [job_dict(j) for j in array.plex_set(set_id, c)]}
+
     @app.post("/v1/snapshot-sets/{set_id}/hand-out",
               summary="the requester has the set whole: from now on deleted, never aborted (its owner)")
     def hand_out(set_id: str, c: Caller = who) -> dict:

@@ -35,6 +35,7 @@ MAX_LUNS_PER_SET = 64
 MIN_VOLUME_BYTES = 1 << 20
 JOB_CANCEL_WAIT_S = 30.0  # a cancelled job stops at its next chunk (CHUNK bytes), well within this
 VOLUME_PREFIX, SNAPSHOT_PREFIX = "lun-", names.SNAPSHOT_PREFIX
+PLEX_PREFIX = "plex-"  # a full copy being made of a shadow LUN, before it takes the LUN's place
 KIND_TAG, SET_TAG, SNAPSHOT_TAG = "shadowlun.kind", "shadowlun.set", "shadowlun.snapshot"
 
 
@@ -661,6 +662,52 @@ class Array:
                 raise vss_error(HResult.VSS_E_BAD_STATE, f"snapshot set {s.set_id} is {s.state}, not committed")
             self.store.hand_out(s.set_id)
             return self.set_view(s.set_id)
+
+    def plex_set(self, set_id: str, caller: Caller = ADMIN) -> list[Job]:
+        """PLEX: each shadow LUN of a committed set becomes a full copy, independent of its
+        origin. A job per LUN copies the snapshot (the bytes of the freeze point) into a new thin
+        LV, which then takes the snapshot's place under the same LUN name and serial: hosts see
+        the same LUN, now a plex. Before the set is handed out, by its owner; the whole size of
+        the copies is reserved in the pool."""
+        with self._op_lock:
+            s = self._set(set_id, caller, owner_only=True)
+            if s.state != "committed" or s.handed_out is not None:
+                raise vss_error(HResult.VSS_E_BAD_STATE, f"snapshot set {s.set_id} is {s.state}"
+                                f"{', handed out' if s.handed_out else ''}: full copies are made before")
+            luns = [lun for m in s.members if (lun := self.store.lun(m.name)) is not None and lun.set_id == s.set_id]
+            self._check_pool(need_bytes=sum(lun.size_bytes for lun in luns))
+            jobs = []
+            for lun in luns:
+                plex = PLEX_PREFIX + lun.name.removeprefix(SNAPSHOT_PREFIX)
+                self._require_no_lv(plex)
+                job = self.store.add_job(uuid.uuid4().hex, "copy", lun.name, plex, lun.size_bytes,
+                                         caller.initiator)
+                try:
+                    self.lvm.create_volume(plex, lun.size_bytes, {KIND_TAG: "copy"})
+                except Exception as e:
+                    self.store.update_job(job.job_id, state="failed", error=str(e))
+                    raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"could not create {plex}: {e}") from e
+                self._run_job(job, lambda progress, lun=lun, plex=plex: self._plex(lun, plex, progress))
+                jobs.append(job)
+            return jobs
+
+    def _plex(self, lun: Lun, plex: str, progress) -> None:
+        """Copy, then swap: the snapshot LV goes, the copy is renamed to it and tagged as it was,
+        and exported again with the same serial if it was exported."""
+        copy_blocks(self._active_device(lun), self.lvm.device(plex), lun.size_bytes, progress)
+        with self._op_lock:
+            if self.store.masks(lun.name):
+                raise RuntimeError(f"{lun.name} was masked to a host during its full copy")
+            exported = lun.name in self.lio.exports()
+            if exported:
+                self.lio.unexport(lun.name)
+            self.lvm.remove(lun.name)
+            self.lvm.rename(plex, lun.name)
+            self.lvm.retag(lun.name, [f"{KIND_TAG}=copy"],
+                           {KIND_TAG: "snapshot", SET_TAG: lun.set_id, SNAPSHOT_TAG: lun.snapshot_id})
+            if exported:
+                self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial)
+        log.info("%s is a full copy now (plex)", lun.name)
 
     def _publish(self, *luns: Lun) -> None:
         """Activate (thin snapshots skip activation) and export with the stored serials, in

@@ -125,6 +125,9 @@ class ArrayClient:
     def publish_set(self, set_id: str) -> dict:
         return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/publish")
 
+    def plex_set(self, set_id: str) -> dict:
+        return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/plex")
+
     def hand_out_set(self, set_id: str) -> dict:
         return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/hand-out")
 

@@ -326,6 +326,9 @@ class Lvm:
         if names:
             self._run(["lvchange", "-q", "-ay", "-K", *(f"{self.vg}/{n}" for n in names)], None)
 
+    def rename(self, name: str, new_name: str) -> None:
+        self._run(["lvrename", "-q", self.vg, name, new_name], None)
+
     def resize(self, name: str, size_bytes: int) -> None:
         """Set a thin LV's size (a shrink drops what lies past the end: the caller knows)."""
         self._run(["lvresize", "-q", "--yes", "--force", "--size", f"{size_bytes}b", f"{self.vg}/{name}"], None)

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from lab import story
 from lab.checks import until
 from lab.host_volumes import HostVolumes, initiator
 from lab.story import PausedCreate
@@ -169,14 +170,15 @@ def test_provider_server_killed_during_prepare_aborts_the_set(lab, volumes_on_ho
 def test_unsupported_context_is_refused_with_a_clear_error(lab, volumes_on_host_a):
     a = lab.vm("host-a")
     api, mounts = volumes_on_host_a["api"], volumes_on_host_a["mounts"]
-    r = cli(a, "create", "--plex", mounts[0], check=False)
+    r = cli(a, "create", "--context", "client_accessible", mounts[0], check=False)
     assert r.returncode == 2
     err = json.loads(r.stderr.strip().splitlines()[-1])
     assert err["vss"] == "VSS_E_VOLUME_NOT_SUPPORTED" and "not supported" in err["message"]
     assert not [lun for lun in snapshot_luns(api) if lun["origin"] in volumes_on_host_a["names"]]
     # AreLunsSupported itself answers FALSE (not an error) for that context.
     answer = json.loads(a.run(["python3", "-c", ARE_LUNS_SUPPORTED, mounts[0]]).stdout)
-    assert answer["plex"]["supported"] is False and answer["backup"]["supported"] is True
+    assert answer["client_accessible"]["supported"] is False
+    assert answer["plex"]["supported"] is True and answer["backup"]["supported"] is True
 
 
 ARE_LUNS_SUPPORTED = """
@@ -193,6 +195,7 @@ p.start()
 try:
     out = {name: p.call("are_luns_supported", context=ctx, devices=[f"/dev/{d}" for d in disks], luns=records)
            for name, ctx in (("plex", int(A.VSS_VOLSNAP_ATTR_PLEX)),
+                             ("client_accessible", int(SnapshotContext.VSS_CTX_CLIENT_ACCESSIBLE)),
                              ("backup", int(SnapshotContext.VSS_CTX_BACKUP)))}
 finally:
     p.on_unload(True); p.stop()
@@ -313,3 +316,29 @@ def test_a_provider_hung_in_commit_is_killed_at_its_deadline_and_the_set_aborted
     assert len(set_ids) == 1 and set_ids <= set(progress_of(a, "aborted")), err
     assert api.call("GET", f"/v1/snapshot-sets/{set_ids.pop()}")["state"] == "aborted"
     assert not [lun for lun in snapshot_luns(api) if lun["origin"] in names]
+
+
+def test_a_plex_set_is_made_of_full_copies_with_the_bytes_of_snapshot_time(lab, volumes_on_host_a):
+    """PLEX: the array copies each snapshot whole after the commit (the CLI shows the copy's
+    progress) and the copy takes the shadow LUN's place: on the array an LV that is no thin
+    snapshot of its origin; on host-b, after import, the bytes host-a had at snapshot time."""
+    a, b, array = lab.vm("host-a"), lab.vm("host-b"), lab.vm("array")
+    api, mounts, names = volumes_on_host_a["api"], volumes_on_host_a["mounts"], volumes_on_host_a["names"]
+    at_snapshot = story.sha256(a, f"{mounts[0]}/data")
+    r = a.run(f"python3 -m provider.cli create --plex --transportable --bcd /root/plex.xml {mounts[0]}",
+              timeout=900)
+    assert "full copies on the array" in r.stderr, r.stderr  # the progress bar
+    a.run(f"head -c 4M /dev/urandom > {mounts[0]}/data && sync")
+    [lun] = [x for x in snapshot_luns(api) if x["origin"] == names[0]]
+    lv = json.loads(array.run(f"lvs --reportformat json -o lv_name,origin,lv_tags shadowlun/{lun['name']}").stdout)
+    [row] = lv["report"][0]["lv"]
+    assert row["origin"] == "" and "shadowlun.kind=snapshot" in row["lv_tags"], row
+    assert not [x for x in json.loads(array.run("lvs --reportformat json -o lv_name shadowlun").stdout)
+                ["report"][0]["lv"] if x["lv_name"].startswith("plex-")]
+    b.put("/root/plex.xml", a.run("cat /root/plex.xml").stdout)
+    imported = story.shadowlun(b, "import", "/root/plex.xml")
+    try:
+        story.shadowlun(b, "expose", imported["snapshots"][0]["snapshot_id"], "/mnt/plex-shadow")
+        assert story.sha256(b, "/mnt/plex-shadow/data") == at_snapshot != story.sha256(a, f"{mounts[0]}/data")
+    finally:
+        story.shadowlun(b, "delete", "--all")

@@ -184,6 +184,10 @@ class FakeLvm(_Injectable):
         self._call("retag_vg", tuple(remove), tuple(add))
         self.tags = [t for t in self.tags if t not in remove] + [t for t in add if t not in self.tags]
 
+    def rename(self, name: str, new_name: str) -> None:
+        self._call("rename", name, new_name)
+        self.lvs[new_name] = dataclasses.replace(self.lvs.pop(name), name=new_name)
+
     def resize(self, name: str, size_bytes: int) -> None:
         self._call("resize", name, size_bytes)
         self.lvs[name] = dataclasses.replace(self.lvs[name], size_bytes=size_bytes)

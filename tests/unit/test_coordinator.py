@@ -222,9 +222,8 @@ def test_one_creation_per_host(tmp_path):
 def test_unsupported_context_is_a_clear_error_and_makes_nothing(tmp_path):
     lab = Lab(tmp_path)
     vol = lab.volume("db", "sdb")
-    plex = BACKUP | int(VolumeSnapshotAttributes.VSS_VOLSNAP_ATTR_PLEX)
     with pytest.raises(VssError) as e:
-        lab.coord.create([vol], plex)
+        lab.coord.create([vol], int(SnapshotContext.VSS_CTX_CLIENT_ACCESSIBLE))
     assert e.value.hresult == HResult.VSS_E_VOLUME_NOT_SUPPORTED and "not supported" in str(e.value)
     assert lab.events == ["are_luns_supported"] and lab.snapshots() == []
 
@@ -745,6 +744,6 @@ def test_a_resync_interrupted_by_the_user_is_cancelled_on_the_array(tmp_path, mo
 
     with pytest.raises(VssError) as e:
         lab.coord.resync(bcd.to_xml(doc), on_progress=interrupt)
-    assert e.value.hresult == HResult.E_ABORT and "resync again" in str(e.value)
+    assert e.value.hresult == HResult.E_ABORT and "resync interrupted and cancelled" in str(e.value)
     assert [j.state for j in lab.array.store.jobs()] == ["cancelled"]
     assert lab.events[-2:] == ["query_status", "cancel"]

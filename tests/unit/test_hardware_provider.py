@@ -56,6 +56,9 @@ class InProcessArray:
     def hand_out_set(self, set_id):
         return self.a.hand_out_set(set_id, self.c)
 
+    def plex_set(self, set_id):
+        return {"jobs": [asdict(j) for j in self.a.plex_set(set_id, self.c)]}
+
     def mask(self, name, initiator, read_only=False):
         return asdict(self.a.mask(name, initiator, read_only, self.c))
 
@@ -174,14 +177,48 @@ def test_whole_creation_sequence_and_target_luns_predict_the_array(prov, array):
 
 def test_unsupported_context_is_false_in_are_luns_supported_and_refused_in_prepare(prov, array, lvm):
     recs = volumes(array, "db")
-    answer = prov.are_luns_supported(PLEX, ["/dev/sdb"], [recs["db"]])
+    client = int(SnapshotContext.VSS_CTX_CLIENT_ACCESSIBLE)
+    answer = prov.are_luns_supported(client, ["/dev/sdb"], [recs["db"]])
     assert answer["supported"] is False and "not supported" in answer["reason"]
     assert answer["luns"] == [recs["db"]]  # records (and interconnects) untouched
+    assert prov.are_luns_supported(PLEX, ["/dev/sdb"], [recs["db"]])["supported"] is True
+    both = PLEX | int(VolumeSnapshotAttributes.VSS_VOLSNAP_ATTR_DIFFERENTIAL)
+    assert prov.are_luns_supported(both, ["/dev/sdb"], [recs["db"]])["supported"] is False
     with pytest.raises(VssError) as e:
-        prov.begin_prepare_snapshot(new_id(), new_id(), PLEX, ["/dev/sdb"], [recs["db"]])
+        prov.begin_prepare_snapshot(new_id(), new_id(), client, ["/dev/sdb"], [recs["db"]])
     assert e.value.hresult == HResult.VSS_E_UNSUPPORTED_CONTEXT
     assert prov.are_luns_supported(0x12345678, ["/dev/sdb"], [recs["db"]])["supported"] is False
     assert not [lv for lv in lvm.volumes() if lv.name.startswith("snap-")]
+
+
+def test_a_plex_set_gets_full_copies_that_take_the_snapshots_place(prov, array, lvm, monkeypatch):
+    """PLEX: after the commit the array copies each snapshot into a new thin LV, which then takes
+    the snapshot's place under the same LUN name and serial (no longer a thin snapshot of the
+    origin); QueryStatus with the set id follows the copies."""
+    import time
+
+    import targets.array
+
+    copied = []
+    monkeypatch.setattr(targets.array, "copy_blocks",
+                        lambda src, dst, size, progress=None, only_changed=False: copied.append((src, dst)) or size)
+    recs = volumes(array, "db", "logs")
+    set_id, _ = create(prov, {"v": [recs["db"], recs["logs"]]}, PLEX)
+    while (status := prov.query_status(set_id))["status"] == int(HResult.VSS_S_ASYNC_PENDING):
+        time.sleep(0.01)
+    assert status["status"] == int(HResult.VSS_S_ASYNC_FINISHED) and len(status["jobs"]) == 2
+    snaps = [v for v in array.inventory() if v.kind == "snapshot"]
+    assert len(snaps) == 2 and {v.set_id for v in snaps} == {set_id}
+    for v in snaps:
+        lv = lvm.get(v.name)
+        assert lv.origin == "" and lv.tag("shadowlun.kind") == "snapshot" and lv.tag("shadowlun.set") == set_id
+        assert (f"/dev/shadowlun/{v.name}", f"/dev/shadowlun/plex-{v.name.removeprefix('snap-')}") in copied
+        assert array.lio.exports()[v.name].serial == v.serial
+    assert not [n for n in lvm.lvs if n.startswith("plex-")]
+    finish(prov, [recs["db"], recs["logs"]], set_id)
+    with pytest.raises(VssError) as e:  # a handed-out set gets no new copies
+        array.plex_set(set_id)
+    assert e.value.hresult == HResult.VSS_E_BAD_STATE
 
 
 def test_foreign_lun_and_full_pool_answer_false(prov, array, lvm):
