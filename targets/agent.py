@@ -30,8 +30,9 @@ from pydantic import BaseModel, Extra, Field, StrictBool, StrictInt, StrictStr
 
 from provider.hresult import HResult, VssError, http_status, vss_error
 
-from .array import Array, ArrayConfig, LunView, san_portals
+from .array import Array, LunView
 from .authority import ADMIN, Caller, require_admin
+from .config import CONFIG_FILE, ArrayConfig, san_portals
 from .lio import ISCSI_PORT, Lio
 from .lvm import Lvm
 from .reconcile import Reconciler
@@ -396,7 +397,7 @@ def build_array(config: ArrayConfig) -> Array:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="shadowlun array agent")
-    parser.add_argument("--config", type=Path, default=Path("/etc/shadowlun/array.json"))
+    parser.add_argument("--config", type=Path, default=CONFIG_FILE)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s: %(message)s")
     import uvicorn

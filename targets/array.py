@@ -9,20 +9,18 @@ Rules kept everywhere:
 """
 from __future__ import annotations
 
-import ipaddress
-import json
 import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from provider.hresult import HResult, vss_error
 from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
 
 from . import names
 from .authority import ADMIN, Caller, denied, new_chap_secret, new_token, require_admin, token_digest
+from .config import ArrayConfig
 from .faults import crash_point
 from .lio import Lio, naa_wwid
 from .lvm import LogicalVolume, Lvm, copy_blocks
@@ -30,7 +28,6 @@ from .store import Host, Job, Lun, Mask, SetMember, SnapshotSet, Store
 
 log = logging.getLogger("shadowlun.array")
 
-CONFIG_FILE = Path("/etc/shadowlun/array.json")
 MAX_LUNS_PER_SET = 64
 MIN_VOLUME_BYTES = 1 << 20
 JOB_CANCEL_WAIT_S = 30.0  # a cancelled job stops at its next chunk (CHUNK bytes), well within this
@@ -41,40 +38,6 @@ KIND_TAG, SET_TAG, SNAPSHOT_TAG = "shadowlun.kind", "shadowlun.set", "shadowlun.
 
 class JobCancelled(Exception):
     """Raised inside a job's copy when its requester cancelled it."""
-
-
-@dataclass
-class ArrayConfig:
-    target_iqn: str
-    san_cidr: str
-    vg: str = "shadowlun"
-    pool: str = "pool"
-    listen: str = "127.0.0.1"
-    port: int = 8443
-    state_dir: str = "/var/lib/shadowlun"
-    pool_full_percent: float = 90.0
-    max_volume_bytes: int = 16 << 40  # one volume's virtual size, at most
-    overcommit_ratio: float = 10.0    # the volumes' and copies' virtual sizes, at most this times the pool
-    prepared_set_max_age_s: float = 1800.0  # a set prepared and never committed is aborted after this
-    token_file: str = "/etc/shadowlun/agent.token"  # the admin's bearer token
-    access_dir: str = "/etc/shadowlun/access"      # <host name>.json: each configured host's access file
-    cert_file: str = "/etc/shadowlun/agent.crt"
-    key_file: str = "/etc/shadowlun/agent.key"
-    hosts: dict[str, str] = field(default_factory=dict)  # initiator -> host name, registered at start
-
-    @classmethod
-    def load(cls, path: Path = CONFIG_FILE) -> "ArrayConfig":
-        return cls(**json.loads(path.read_text()))
-
-
-def san_portals(cidr: str) -> list[str]:
-    """This machine's addresses inside the SAN network (pyroute2): portals bind only there."""
-    from pyroute2 import IPRoute
-
-    net = ipaddress.ip_network(cidr)
-    with IPRoute() as ipr:
-        addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()]
-    return sorted(a for a in addrs if a and ipaddress.ip_address(a) in net)
 
 
 def _api_name(lv: str) -> str:

@@ -23,7 +23,8 @@ import itertools
 from dataclasses import replace
 
 from targets import names
-from targets.array import Array, ArrayConfig
+from targets.array import Array
+from targets.config import ArrayConfig
 from targets.lio import Export, Mapping
 from targets.lvm import OWNER_TAG, LogicalVolume, LvmError, PoolStatus, ThinDevice, dm_name
 from targets.store import Store
