@@ -30,10 +30,11 @@ from pydantic import BaseModel, Extra, Field, StrictBool, StrictInt, StrictStr
 
 from provider.hresult import HResult, VssError, http_status, vss_error
 
-from .array import Array, LunView
+from .array import Array
 from .authority import ADMIN, Caller, require_admin
 from .config import CONFIG_FILE, ArrayConfig, san_portals
 from .lio import ISCSI_PORT, Lio
+from .luns import LunView
 from .lvm import Lvm
 from .reconcile import Reconciler
 from .store import Job, Store, StoreError

@@ -63,3 +63,9 @@ def denied(caller: Caller, action: str) -> VssError:
 def require_admin(caller: Caller, action: str) -> None:
     if not caller.is_admin:
         raise denied(caller, f"{action} (admin only)")
+
+
+def may_import(s, initiator: str) -> bool:
+    """A snapshot set is imported by the host that made it; a transportable one (or one the
+    admin made) by any host of this array."""
+    return s.owner in (None, initiator) or s.transportable

@@ -22,6 +22,7 @@ INITIATOR_RE = re.compile(
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,47}", re.ASCII)
 SERIAL_RE = re.compile(r"[0-9a-f]{32}", re.ASCII)
 SNAPSHOT_PREFIX = "snap-"  # the API names a snapshot LUN snap-<snapshot id>: no volume may look like one
+VOLUME_PREFIX = "lun-"  # a volume's LV is lun-<its API name>
 
 
 def _invalid(message: str) -> VssUserError:
@@ -63,3 +64,9 @@ def guid(value: object, what: str) -> str:
         return str(uuid.UUID(value))
     except ValueError:
         raise _invalid(f"{what} {value!r} is not a GUID") from None
+
+
+def api_name(lv: str) -> str:
+    """A LUN's name in the API: a volume without its LV prefix, a snapshot as its LV."""
+    return lv.removeprefix(VOLUME_PREFIX)
+

@@ -29,8 +29,10 @@ from contextlib import contextmanager
 
 from provider.hresult import HResult, vss_error
 
-from .array import SET_TAG, SNAPSHOT_PREFIX, SNAPSHOT_TAG, VOLUME_PREFIX, Array, _kind_tags
+from .array import Array
+from .luns import SET_TAG, SNAPSHOT_TAG, kind_tags
 from .lvm import LogicalVolume
+from .names import SNAPSHOT_PREFIX, VOLUME_PREFIX
 
 log = logging.getLogger("shadowlun.reconcile")
 
@@ -59,7 +61,7 @@ class Reconciler:
         done: dict[str, list[str]] = {k: [] for k in (
             "resumed", "removed", "rebuilt", "failed_jobs", "aborted_sets", "expired_sets",
             "set_aside", "failed_luns", "errors")}
-        with a._op_lock:
+        with a.op_lock:
             resumed, failures = a.lvm.resume_suspended()
             if resumed:
                 log.warning("resumed devices left suspended (an agent killed in a commit): %s", ", ".join(resumed))
@@ -119,7 +121,7 @@ class Reconciler:
 
     def _live_jobs(self) -> set[str]:
         """Jobs of this process still running (a confirm reconciles while the agent serves)."""
-        return {job_id for job_id, t in self.array._jobs.items() if t.is_alive()}
+        return self.array.jobs.live()
 
     def _clean_up(self, lvs: list[LogicalVolume], done: dict[str, list[str]]) -> None:
         """Finish or undo what interrupted operations left, by the store's own records only."""
@@ -128,7 +130,7 @@ class Reconciler:
         leftovers = {m.name for s in a.store.sets("aborted") for m in s.members} - luns
         for lv in lvs:
             if lv.owned and lv.name in leftovers:  # its set's undo could not remove it then
-                done["errors"] += a._destroy(lv.name)
+                done["errors"] += a.luns.destroy(lv.name)
                 done["removed"].append(lv.name)
         busy = set()
         for job in a.store.jobs("running"):
@@ -138,15 +140,15 @@ class Reconciler:
             a.store.update_job(job.job_id, state="failed", error="interrupted: the agent restarted")
             done["failed_jobs"].append(job.job_id)
             if job.kind == "copy":
-                done["errors"] += a._destroy(job.target)
+                done["errors"] += a.luns.destroy(job.target)
                 done["removed"].append(job.target)
         for s in a.store.sets("committing"):
-            done["errors"] += a._undo_set(s.set_id)
+            done["errors"] += a.sets.undo(s.set_id)
             done["aborted_sets"].append(s.set_id)
         done["expired_sets"] += self._expire(done["errors"])
         for lun in a.store.luns():
             if lun.state in ("creating", "deleting") and lun.name not in busy:
-                done["errors"] += a._destroy(lun.name)
+                done["errors"] += a.luns.destroy(lun.name)
                 done["removed"].append(lun.name)
 
     def _set_aside(self, lvs: list[LogicalVolume]) -> list[LogicalVolume]:
@@ -192,7 +194,7 @@ class Reconciler:
             a.lvm.activate(lun.name)
         if lun.kind != "snapshot" and (lv.tag(SET_TAG) or lv.tag(SNAPSHOT_TAG)):
             # an interrupted detach: the store says it is no snapshot any more
-            a.lvm.retag(lun.name, *_kind_tags(lv, lun.kind))
+            a.lvm.retag(lun.name, *kind_tags(lv, lun.kind))
             done["rebuilt"].append(f"{lun.name} tags")
         if export is None or export.serial != lun.serial:
             if export is not None:
@@ -220,7 +222,7 @@ class Reconciler:
         expired = []
         for s in a.store.sets("prepared"):
             if s.created < oldest:
-                errors += a._undo_set(s.set_id)
+                errors += a.sets.undo(s.set_id)
                 expired.append(s.set_id)
                 log.warning("snapshot set %s prepared %.0f s ago and never committed: aborted",
                             s.set_id, time.time() - s.created)
@@ -228,7 +230,7 @@ class Reconciler:
 
     def expire_sets(self) -> list[str]:
         """One periodic check: the prepared sets expired now (none while the store is not trusted)."""
-        with self.array._op_lock:
+        with self.array.op_lock:
             if not self.array.store_trusted:
                 return []
             errors: list[str] = []
@@ -284,7 +286,7 @@ class Reconciler:
         one), and the reconcile runs again, now with cleanup. Confirming a trusted store is a
         no-op."""
         a = self.array
-        with a._op_lock:
+        with a.op_lock:
             if self.store_problem is not None:
                 log.warning("store confirmed by an admin despite: %s", self.store_problem)
                 self._write_id(self.vg_array_id or uuid.uuid4().hex)
@@ -295,8 +297,8 @@ class Reconciler:
         """Remove one set-aside LV (and any export of it): only an LV of ours the store does
         not know, only with a trusted store."""
         a = self.array
-        with a._op_lock:
-            a._require_trusted(f"removal of LV {lv}")
+        with a.op_lock:
+            a.require_trusted(f"removal of LV {lv}")
             if lv not in {v.name for v in self._set_aside(a.lvm.volumes())}:
                 raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no set-aside LV named {lv!r}")
             try:

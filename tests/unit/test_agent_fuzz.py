@@ -31,7 +31,7 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import targets.array as array_mod
+import targets.jobs as jobs_mod
 from provider.hresult import HResult, http_status
 from targets.agent import MAX_BODY_BYTES, create_app
 from targets.array import Array
@@ -94,7 +94,7 @@ def _no_block_copies() -> Iterator[None]:
     """Jobs copy nothing (there are no devices); module-scoped so hypothesis sees no
     function-scoped fixture. The agent's logging of refusals is silenced for the run."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(array_mod, "copy_blocks", _fake_copy)
+        mp.setattr(jobs_mod, "copy_blocks", _fake_copy)
         logging.getLogger("shadowlun").disabled = True
         try:
             yield
@@ -160,7 +160,7 @@ def _clone(t: Array) -> Array:
     with t.store._lock:
         t.store._db.backup(store._db)
     arr = Array(t.config, store, copy.deepcopy(t.lvm), copy.deepcopy(t.lio))
-    arr._premade = copy.deepcopy(t._premade)
+    arr.sets.premade = copy.deepcopy(t.sets.premade)
     return arr
 
 
@@ -201,7 +201,7 @@ def state_of(arr: Array) -> dict:
                       for e in arr.lio.exports().values()),
         "chap": dict(arr.lio.chap),
         "orphans": sorted(arr.lio.orphans),
-        "premade": sorted(arr._premade),
+        "premade": sorted(arr.sets.premade),
     }
 
 

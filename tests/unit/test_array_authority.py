@@ -10,7 +10,7 @@ import uuid
 import pytest
 from fastapi.testclient import TestClient
 
-import targets.array as array_mod
+import targets.jobs as jobs_mod
 from targets.agent import create_app
 from targets_fakes import HOST_A, HOST_B, HOST_C, MiB
 
@@ -48,7 +48,7 @@ def state(arr, lvm, lio) -> tuple:
 def world(arr, lvm, lio, monkeypatch):
     """host-a and host-b each with a volume masked to it; host-b with a committed set of its
     volume that is not transportable."""
-    monkeypatch.setattr(array_mod, "copy_blocks", lambda *a, **k: None)
+    monkeypatch.setattr(jobs_mod, "copy_blocks", lambda *a, **k: None)
     client = TestClient(create_app(arr, ADMIN_TOKEN))
     admin = As(client, ADMIN_TOKEN)
     hosts = {i: As(client, arr.issue_token(i)["token"]) for i in (HOST_A, HOST_B, HOST_C)}
@@ -179,7 +179,7 @@ def test_running_copies_reserve_what_they_will_write(world, monkeypatch):
     size = (pool.size_bytes * 35 // 100) // (1 << 20) * (1 << 20)
     admin.ok("POST", "/v1/luns", {"name": "big", "size_bytes": size})
     release = __import__("threading").Event()
-    monkeypatch.setattr(array_mod, "copy_blocks", lambda *a, **k: release.wait(5))
+    monkeypatch.setattr(jobs_mod, "copy_blocks", lambda *a, **k: release.wait(5))
     answers = [admin("POST", "/v1/luns/big/copy", {"target": f"big-copy{i}"})[0] for i in range(5)]
     release.set()
     assert answers[:2] == [202, 202] and set(answers[2:]) == {507}, answers

@@ -12,7 +12,7 @@ After every step:
 - no production LUN (those the admin made: a1, a2 for host-a; b1, b2 for host-b; c1 for host-c,
   which no provider runs on) changed: store row, masks in the store and in LIO, LV, export; no
   block was copied onto one except by a resync its own host asked for, and never from one
-  (data changes are modelled by the calls of `targets.array.copy_blocks`, recorded);
+  (data changes are modelled by the calls of `targets.jobs.copy_blocks`, recorded);
 - no imported set lost: once host X located a shadow LUN it stays on the array, held by X (and
   masked to X unless X broke it with DO_MASK_LUNS) until X deletes it; no set handed out to
   its requester (PostFinalCommitSnapshots) is ever aborted;
@@ -65,7 +65,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 
 import provider.coordinator as coordinator_module
 import provider.hardware_provider as hp
-import targets.array as array_module
+import targets.jobs as jobs_module
+import targets.luns as luns_module
 from provider import bcd
 from provider.coordinator import Coordinator
 from provider.hardware_provider import PROVIDER_ID, HostIdentity, ShadowLunProvider
@@ -822,10 +823,11 @@ MIN_STEPS = 2000
 @pytest.fixture
 def patched(monkeypatch):
     monkeypatch.setattr(hp, "read_lun_info", fake_read_lun_info)
-    monkeypatch.setattr(array_module, "copy_blocks", fake_copy_blocks)
+    monkeypatch.setattr(jobs_module, "copy_blocks", fake_copy_blocks)
     monkeypatch.setattr(coordinator_module, "RESYNC_POLL_S", 0.001)
     monkeypatch.setattr(coordinator_module, "uuid", ReplayableUuid)
-    monkeypatch.setattr(array_module, "uuid", ReplayableUuid)
+    monkeypatch.setattr(luns_module, "uuid", ReplayableUuid)
+    monkeypatch.setattr(jobs_module, "uuid", ReplayableUuid)
     yield
     CURRENT[0] = None
 
@@ -933,7 +935,7 @@ def slow_copies(monkeypatch) -> tuple[threading.Event, list]:
         release.wait(5)
         return size
 
-    monkeypatch.setattr(array_module, "copy_blocks", slow_copy)
+    monkeypatch.setattr(jobs_module, "copy_blocks", slow_copy)
     return release, written
 
 

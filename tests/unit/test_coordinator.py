@@ -549,7 +549,7 @@ def test_delete_a_snapshot_then_the_set(tmp_path):
 
 
 def test_resync_refuses_a_mounted_original_then_restores_and_clears_flags(tmp_path, monkeypatch):
-    import targets.array
+    import targets.jobs
 
     copied = []
 
@@ -558,7 +558,7 @@ def test_resync_refuses_a_mounted_original_then_restores_and_clears_flags(tmp_pa
         progress(size // 2)
         progress(size)
 
-    monkeypatch.setattr(targets.array, "copy_blocks", copy_blocks)
+    monkeypatch.setattr(targets.jobs, "copy_blocks", copy_blocks)
     lab, doc, _, _, _ = imported(tmp_path, volumes=(("db", "sdb"),))
     with pytest.raises(VssError) as e:
         lab.coord.resync(bcd.to_xml(doc))
@@ -723,7 +723,7 @@ def test_a_resync_interrupted_by_the_user_is_cancelled_on_the_array(tmp_path, mo
     coordinator cancels it (IVssAsync Cancel) and answers E_ABORT; the job is cancelled."""
     import threading
 
-    import targets.array
+    import targets.jobs
 
     stop = threading.Event()
 
@@ -732,7 +732,7 @@ def test_a_resync_interrupted_by_the_user_is_cancelled_on_the_array(tmp_path, mo
             progress(size // 2)
             stop.wait(0.01)
 
-    monkeypatch.setattr(targets.array, "copy_blocks", copy_blocks)
+    monkeypatch.setattr(targets.jobs, "copy_blocks", copy_blocks)
     lab, doc, _, _, _ = imported(tmp_path, volumes=(("db", "sdb"),))
     lab.unmounted.add("sdb")
     polls = []

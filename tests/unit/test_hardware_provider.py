@@ -197,10 +197,10 @@ def test_a_plex_set_gets_full_copies_that_take_the_snapshots_place(prov, array, 
     origin); QueryStatus with the set id follows the copies."""
     import time
 
-    import targets.array
+    import targets.jobs
 
     copied = []
-    monkeypatch.setattr(targets.array, "copy_blocks",
+    monkeypatch.setattr(targets.jobs, "copy_blocks",
                         lambda src, dst, size, progress=None, only_changed=False: copied.append((src, dst)) or size)
     recs = volumes(array, "db", "logs")
     set_id, _ = create(prov, {"v": [recs["db"], recs["logs"]]}, PLEX)
@@ -427,7 +427,7 @@ def test_production_luns_are_never_the_object_of_a_shadow_copy_call(array, lvm):
 
 
 def test_resync_is_asynchronous_with_a_status_to_query(prov, array, monkeypatch):
-    import targets.array
+    import targets.jobs
 
     release = __import__("threading").Event()
 
@@ -436,7 +436,7 @@ def test_resync_is_asynchronous_with_a_status_to_query(prov, array, monkeypatch)
         release.wait(5)
         progress(size)
 
-    monkeypatch.setattr(targets.array, "copy_blocks", copy_blocks)
+    monkeypatch.setattr(targets.jobs, "copy_blocks", copy_blocks)
     recs = volumes(array, "db")
     create(prov, {"v": [recs["db"]]})
     target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]
@@ -463,7 +463,7 @@ def test_cancel_stops_a_running_resync_and_query_status_says_cancelled(prov, arr
     import threading
     import time
 
-    import targets.array
+    import targets.jobs
 
     chunks, go_on = [], threading.Event()
 
@@ -473,7 +473,7 @@ def test_cancel_stops_a_running_resync_and_query_status_says_cancelled(prov, arr
             progress(done * size // 64)
             go_on.wait(0.01)
 
-    monkeypatch.setattr(targets.array, "copy_blocks", copy_blocks)
+    monkeypatch.setattr(targets.jobs, "copy_blocks", copy_blocks)
     recs = volumes(array, "db")
     create(prov, {"v": [recs["db"]]})
     target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]
@@ -492,9 +492,9 @@ def test_cancel_stops_a_running_resync_and_query_status_says_cancelled(prov, arr
 
 
 def test_a_resync_onto_a_larger_destination_shrinks_it_to_the_copys_size(prov, array, lvm, monkeypatch):
-    import targets.array
+    import targets.jobs
 
-    monkeypatch.setattr(targets.array, "copy_blocks", lambda src, dst, size, progress=None, only_changed=False: size)
+    monkeypatch.setattr(targets.jobs, "copy_blocks", lambda src, dst, size, progress=None, only_changed=False: size)
     recs = volumes(array, "db", "big")
     create(prov, {"v": [recs["db"]]})
     target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]

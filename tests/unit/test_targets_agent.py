@@ -18,7 +18,7 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-import targets.array as array_mod
+import targets.jobs as jobs_mod
 from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError, http_status, vss_error
 import targets.agent as agent_mod
 from targets.agent import build_array, create_app, hand_out_access
@@ -117,7 +117,7 @@ def copies(monkeypatch):
             progress(size)
         return size
 
-    monkeypatch.setattr(array_mod, "copy_blocks", fake)
+    monkeypatch.setattr(jobs_mod, "copy_blocks", fake)
     return calls
 
 

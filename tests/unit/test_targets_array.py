@@ -12,9 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 
-import targets.array as array_mod
+import targets.jobs as jobs_mod
+import targets.luns as luns_mod
+import targets.snapshot_sets as sets_mod
 from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError
-from targets.array import MAX_LUNS_PER_SET, Array, LunView
+from targets.array import Array
+from targets.luns import LunView
+from targets.snapshot_sets import MAX_LUNS_PER_SET
 from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
 from targets.lio import Mapping, naa_wwid
 from targets.lvm import LvmError
@@ -53,9 +57,12 @@ def sid() -> str:
 
 
 def fake_uuid4(monkeypatch, hexes) -> None:
-    """uuid.uuid4 as targets.array sees it (only there) returns these, in order."""
+    """uuid.uuid4 as the array sees it (targets.luns for serials, targets.jobs for job ids, only
+    there) returns these, in order."""
     seq = iter(hexes)
-    monkeypatch.setattr(array_mod, "uuid", SimpleNamespace(UUID=uuid.UUID, uuid4=lambda: uuid.UUID(next(seq))))
+    fake = SimpleNamespace(UUID=uuid.UUID, uuid4=lambda: uuid.UUID(next(seq)))
+    for module in (luns_mod, jobs_mod):
+        monkeypatch.setattr(module, "uuid", fake)
 
 
 def make_volumes(arr, *names, size=64 * MiB):
@@ -926,7 +933,7 @@ def wait_job(arr, job_id, timeout=5.0):
 
 @pytest.fixture
 def copies(monkeypatch):
-    """targets.array.copy_blocks replaced: records its calls, reports progress, returns."""
+    """targets.jobs.copy_blocks replaced: records its calls, reports progress, returns."""
     calls = []
 
     def fake(src, dst, size, progress=None, only_changed=False):
@@ -936,7 +943,7 @@ def copies(monkeypatch):
             progress(size)
         return size
 
-    monkeypatch.setattr(array_mod, "copy_blocks", fake)
+    monkeypatch.setattr(jobs_mod, "copy_blocks", fake)
     return calls
 
 
@@ -968,7 +975,7 @@ def test_copy_failure(arr, lvm, lio, monkeypatch):
     def broken(*a, **kw):
         raise OSError("short read from /dev/shadowlun/lun-vol1 at 0")
 
-    monkeypatch.setattr(array_mod, "copy_blocks", broken)
+    monkeypatch.setattr(jobs_mod, "copy_blocks", broken)
     job = wait_job(arr, arr.start_copy("vol1", "full1").job_id)
     assert job.state == "failed" and "short read" in job.error
     assert "lun-full1" not in lvm.lvs and "lun-full1" not in lio.exports() and arr.store.lun("lun-full1") is None
@@ -988,7 +995,7 @@ def test_a_cancelled_copy_leaves_no_lun_and_only_its_requester_or_the_admin_canc
             go.wait(0.01)
         return size
 
-    monkeypatch.setattr(array_mod, "copy_blocks", slow)
+    monkeypatch.setattr(jobs_mod, "copy_blocks", slow)
     job = arr.start_copy("vol1", "full1")
     stranger = Caller("host-b", next(iter(h.initiator for h in arr.store.hosts())))
     with expect(HResult.E_ACCESSDENIED):
@@ -1085,7 +1092,8 @@ def crash_at(monkeypatch):
             if name == point:
                 raise Crash(name)
 
-        monkeypatch.setattr(array_mod, "crash_point", crash)
+        for module in (luns_mod, sets_mod, jobs_mod):  # where the array's crash points are
+            monkeypatch.setattr(module, "crash_point", crash)
 
     return arm
 

@@ -10,7 +10,7 @@ import time
 import pytest
 from fastapi.testclient import TestClient
 
-import targets.array as array_mod
+import targets.jobs as jobs_mod
 from provider.hresult import HResult, VssRuntimeError, VssUserError
 from targets.agent import create_app
 from targets.lio import Mapping
@@ -126,7 +126,7 @@ def test_a_foreign_store_is_detected_and_nothing_is_cleaned_up(running, lvm, lio
 
 
 def test_an_untrusted_store_refuses_what_removes_or_overwrites_data(running, lvm, lio, monkeypatch):
-    monkeypatch.setattr(array_mod, "copy_blocks", lambda *a, **k: 0)
+    monkeypatch.setattr(jobs_mod, "copy_blocks", lambda *a, **k: 0)
     set_id = "6c1b3c1e-6f0e-4d0c-9a51-3d8a0e0f4b11"
     running.prepare_set(set_id, [{"snapshot_id": set_id, "lun": "vol1"}])
     foreign = running.store  # the same rows, but the VG now says another array
@@ -170,12 +170,12 @@ def test_confirm_leaves_a_copy_running_in_this_process_alone(arr, lvm):
 
     arr.store_trusted, keeper.store_problem = False, "pretend"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(array_mod, "copy_blocks", slow_copy)
+        mp.setattr(jobs_mod, "copy_blocks", slow_copy)
         job = arr.start_copy("src", "full")
         keeper.confirm_store()
         assert arr.store.job(job.job_id).state == "running" and "lun-full" in lvm.names()
         release.set()
-        arr._jobs[job.job_id].join(5)
+        arr.jobs.threads[job.job_id].join(5)
     assert arr.store.job(job.job_id).state == "done" and arr.lun("full").state == "ready"
 
 

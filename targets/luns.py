@@ -1,0 +1,297 @@
+"""LUNs: volumes, shadow copies and copies as the API shows them, made, deleted, masked to
+hosts and detached from their sets; the thin pool's room for them; their LVs' tags."""
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+from provider.hresult import HResult, vss_error
+from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
+
+from . import names
+from .authority import ADMIN, Caller, denied, may_import, require_admin
+from .context import ArrayContext, ArrayPart
+from .faults import crash_point
+from .hosts import HostRegistry
+from .lio import naa_wwid
+from .lvm import LogicalVolume
+from .names import SNAPSHOT_PREFIX, VOLUME_PREFIX, api_name
+from .store import Lun, Mask
+
+log = logging.getLogger("shadowlun.array")
+
+MIN_VOLUME_BYTES = 1 << 20
+KIND_TAG, SET_TAG, SNAPSHOT_TAG = "shadowlun.kind", "shadowlun.set", "shadowlun.snapshot"
+
+
+def kind_tags(lv: LogicalVolume, kind: str) -> tuple[list[str], dict[str, str]]:
+    """(tags to delete, tags to add) so that the LV is tagged as a LUN of `kind` that is no
+    snapshot: no set and snapshot tags, one kind tag."""
+    remove = [t for t in lv.tags if t.startswith((SET_TAG + "=", SNAPSHOT_TAG + "="))
+              or (t.startswith(KIND_TAG + "=") and t != f"{KIND_TAG}={kind}")]
+    add = {} if f"{KIND_TAG}={kind}" in lv.tags else {KIND_TAG: kind}
+    return remove, add
+
+
+@dataclass(frozen=True)
+class LunView:
+    """A LUN as the API shows it: identity a host will read, and who may see it."""
+
+    name: str
+    kind: str
+    size_bytes: int
+    serial: str
+    wwid: str
+    vendor: str
+    product: str
+    origin: str | None
+    set_id: str | None
+    snapshot_id: str | None
+    state: str
+    lun_id: int | None
+    masks: list[dict] = field(default_factory=list)
+
+
+class Luns(ArrayPart):
+    """The array's LUNs, each an LV exported by LIO, and who may see and use them."""
+
+    def __init__(self, ctx: ArrayContext, hosts: HostRegistry) -> None:
+        super().__init__(ctx)
+        self.hosts = hosts
+
+    def view(self, lun: Lun, exports: dict | None = None, caller: Caller = ADMIN) -> LunView:
+        exports = self.lio.exports() if exports is None else exports
+        export = exports.get(lun.name)
+        return LunView(
+            name=api_name(lun.name), kind=lun.kind, size_bytes=lun.size_bytes,
+            serial=lun.serial, wwid=naa_wwid(lun.serial), vendor=LIO_VENDOR, product=LIO_PRODUCT,
+            origin=api_name(lun.origin) if lun.origin else None,
+            set_id=lun.set_id, snapshot_id=lun.snapshot_id, state=lun.state,
+            lun_id=export.lun if export else None,
+            masks=[{"initiator": m.initiator, "read_only": m.read_only} for m in self.store.masks(lun.name)
+                   if caller.is_admin or m.initiator == caller.initiator],  # a host sees only its own
+        )
+
+    def masked_to(self, lun: Lun, caller: Caller) -> bool:
+        return any(m.initiator == caller.initiator for m in self.store.masks(lun.name))
+
+    def visible(self, lun: Lun, caller: Caller) -> bool:
+        if caller.is_admin or lun.holder == caller.initiator or self.masked_to(lun, caller):
+            return True
+        s = self.store.snapshot_set(lun.set_id) if lun.kind == "snapshot" and lun.set_id else None
+        return s is not None and s.state == "committed" and may_import(s, caller.initiator)
+
+    def require_use(self, lun: Lun, caller: Caller, action: str) -> None:
+        """Snapshot, copy or resync: the caller's own LUNs (masked to it, or held)."""
+        if not (caller.is_admin or lun.holder == caller.initiator or self.masked_to(lun, caller)):
+            raise denied(caller, f"{action} {api_name(lun.name)}: it is not masked to this host")
+
+    def require_holder(self, lun: Lun, caller: Caller, action: str) -> None:
+        """Delete, detach, mask or unmask: what the caller made or imported."""
+        if not (caller.is_admin or lun.holder == caller.initiator):
+            raise denied(caller, f"{action} {api_name(lun.name)}: this host did not make or import it")
+
+    def inventory(self, caller: Caller = ADMIN) -> list[LunView]:
+        with self.ctx.lock:
+            exports = self.lio.exports()
+            return [self.view(lun, exports, caller) for lun in self.store.luns() if self.visible(lun, caller)]
+
+    def get(self, name: str, caller: Caller = ADMIN) -> Lun:
+        """A LUN by its API name (a volume name, or a snapshot's name snap-<snapshot id>) that
+        the caller may see."""
+        if not isinstance(name, str) or not name.isascii() or len(name) > 64:
+            raise vss_error(HResult.E_INVALIDARG, f"LUN name {name!r} is not a LUN name")
+        lun = self.store.lun(name if name.startswith(SNAPSHOT_PREFIX) else VOLUME_PREFIX + name)
+        if lun is None or lun.state != "ready":
+            raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no LUN named {name!r} on this array")
+        if not self.visible(lun, caller):
+            raise denied(caller, f"see LUN {name!r}")
+        return lun
+
+    def lun(self, name: str, caller: Caller = ADMIN) -> LunView:
+        with self.ctx.lock:
+            return self.view(self.get(name, caller), caller=caller)
+
+    def pool(self) -> dict:
+        p = self.lvm.pool_status()
+        return {"vg": p.vg, "pool": p.name, "size_bytes": p.size_bytes, "used_bytes": p.used_bytes,
+                "free_bytes": p.free_bytes, "data_percent": p.data_percent,
+                "metadata_percent": p.metadata_percent, "full_percent": self.config.pool_full_percent}
+
+    def check_pool(self, need_bytes: int = 0) -> None:
+        """Refuse new work on a nearly full pool (data or metadata), before anything is made.
+        Running copies have reserved what they have still to write."""
+        p = self.lvm.pool_status()
+        limit = self.config.pool_full_percent
+        reserved = sum(j.total_bytes - j.done_bytes for j in self.store.jobs("running") if j.kind == "copy")
+        after = 100.0 * (p.used_bytes + reserved + need_bytes) / p.size_bytes if p.size_bytes else 100.0
+        if p.data_percent >= limit or p.metadata_percent >= limit or after >= limit:
+            raise vss_error(HResult.VSS_E_INSUFFICIENT_STORAGE,
+                            f"thin pool {p.vg}/{p.name} is too full: data {p.data_percent:.1f}%, "
+                            f"metadata {p.metadata_percent:.1f}%, {need_bytes} bytes needed, "
+                            f"{reserved} reserved by running copies, limit {limit:.0f}%")
+
+    def check_size(self, size_bytes: object, what: str = "size") -> int:
+        """A new volume's or copy's virtual size: bounded, and the pool not overcommitted
+        beyond its ratio (snapshots share their origin's blocks and are not counted)."""
+        if type(size_bytes) is not int or size_bytes < MIN_VOLUME_BYTES or size_bytes % 512:
+            raise vss_error(HResult.E_INVALIDARG, f"{what} {size_bytes!r}: an integer of at least 1 MiB, "
+                                                  f"a multiple of 512")
+        if size_bytes > self.config.max_volume_bytes:
+            raise vss_error(HResult.E_INVALIDARG, f"{what} {size_bytes}: at most "
+                                                  f"{self.config.max_volume_bytes} bytes on this array")
+        p = self.lvm.pool_status()
+        virtual = sum(lun.size_bytes for lun in self.store.luns() if lun.kind != "snapshot")
+        allowed = int(self.config.overcommit_ratio * p.size_bytes)
+        if virtual + size_bytes > allowed:
+            raise vss_error(HResult.VSS_E_INSUFFICIENT_STORAGE,
+                            f"{what} {size_bytes}: the volumes would total {virtual + size_bytes} bytes, "
+                            f"over {self.config.overcommit_ratio:g} times the thin pool ({allowed} bytes)")
+        return size_bytes
+
+    def require_no_lv(self, lv: str) -> None:
+        """A new LUN's LV name must be free in LVM too: an LV the store does not know (set aside
+        at start) would otherwise be removed by the failed create's cleanup."""
+        if self.lvm.get(lv) is not None:
+            raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS,
+                             f"an LV named {lv} exists on the array, unknown to its store (see GET /v1/health)")
+
+    def new_serial(self, also_taken: set[str] = frozenset()) -> str:
+        """32 hex digits, unique in its first 25 (LIO's NAA id uses only those) among LUNs,
+        the snapshots of prepared sets, and `also_taken` (the set being prepared)."""
+        taken = {naa_wwid(lun.serial) for lun in self.store.luns()}
+        taken |= {naa_wwid(m.serial) for s in self.store.sets() for m in s.members}
+        taken |= {naa_wwid(serial) for serial in also_taken}
+        while True:
+            serial = uuid.uuid4().hex
+            if naa_wwid(serial) not in taken and not self.store.serial_in_use(serial):
+                return serial
+
+    def create_volume(self, name: str, size_bytes: int, caller: Caller = ADMIN) -> LunView:
+        require_admin(caller, "create a volume")
+        names.lun_name(name)
+        lv = VOLUME_PREFIX + name
+        with self.ctx.lock:
+            existing = self.store.lun(lv)
+            if existing is not None:
+                if existing.state == "ready" and existing.size_bytes == size_bytes and existing.kind == "volume":
+                    return self.view(existing)  # a retry
+                raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"a LUN named {name!r} exists")
+            self.check_size(size_bytes)
+            self.require_no_lv(lv)
+            self.check_pool()
+            lun = self.store.add_lun(lv, "volume", size_bytes, self.new_serial())
+            self._make(lun, lambda: self.lvm.create_volume(lv, size_bytes, {KIND_TAG: "volume"}))
+            return self.view(self.store.lun(lv))
+
+    def _make(self, lun: Lun, create_lv) -> None:
+        """LV, then export; on failure undo both and drop the intent (errors collected)."""
+        try:
+            create_lv()
+            crash_point("volume-lv-created")
+            self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial)
+            self.store.set_lun_state(lun.name, "ready")
+        except Exception as e:
+            self.destroy(lun.name)
+            raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"could not create {lun.name}: {e}") from e
+
+    def destroy(self, lv: str) -> list[str]:
+        """Remove export, LV and store rows of one LUN, collecting errors rather than stopping.
+        If the export or the LV stays, so does the row, as 'deleting': the reconcile at the next
+        start finishes it from the store's record (it never removes LVs the store does not know)."""
+        errors = []
+        for what, fn in (("LIO export", lambda: self.lio.unexport(lv)),
+                         ("LV", lambda: self.lvm.get(lv) and self.lvm.remove(lv)),
+                         ("store", lambda: self.store.set_lun_state(lv, "deleting") if errors
+                          else self.store.remove_lun(lv))):
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - collected and reported
+                errors.append(f"{lv}: {what}: {e}")
+        for err in errors:
+            log.error("cleanup: %s", err)
+        return errors
+
+    def delete(self, name: str, caller: Caller = ADMIN) -> None:
+        with self.ctx.lock:
+            lun = self.get(name, caller)
+            self.require_holder(lun, caller, "delete")
+            self.ctx.require_trusted(f"delete of {name}")
+            if any(j.state == "running" and lun.name in (j.source, j.target) for j in self.store.jobs()):
+                raise vss_error(HResult.VSS_E_VOLUME_IN_USE, f"{name} is in a running copy or resync")
+            self.store.set_lun_state(lun.name, "deleting")
+            errors = self.destroy(lun.name)
+            if errors:
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, "; ".join(errors))
+
+    def mask(self, name: str, initiator: str, read_only: bool = False, caller: Caller = ADMIN) -> LunView:
+        """Show the LUN to `initiator`, a registered host, with that host's CHAP credentials.
+        LIO first, then the store (undone in LIO if the store fails): the two never disagree."""
+        initiator = names.initiator(initiator)
+        if type(read_only) is not bool:
+            raise vss_error(HResult.E_INVALIDARG, f"read_only {read_only!r}: true or false")
+        with self.ctx.lock:
+            lun = self.get(name, caller)
+            if not caller.is_admin and initiator != caller.initiator:
+                raise denied(caller, f"mask {name} to another initiator ({initiator})")
+            self.require_holder(lun, caller, "mask")
+            host = self.hosts.require_host(initiator)
+            self.publish(lun)  # a committed snapshot not published yet is exported now
+            had = self.store.masks(lun.name)
+            self.lio.mask(lun.name, initiator, host.chap_user, host.chap_secret, read_only)
+            try:
+                self.store.put_mask(Mask(lun.name, initiator, read_only))
+            except Exception:
+                old = next((m for m in had if m.initiator == initiator), None)
+                if old is None:
+                    self.lio.unmask(lun.name, initiator)
+                else:
+                    self.lio.mask(lun.name, initiator, host.chap_user, host.chap_secret, old.read_only)
+                raise
+            return self.view(lun, caller=caller)
+
+    def unmask(self, name: str, initiator: str, caller: Caller = ADMIN) -> LunView:
+        initiator = names.initiator(initiator)
+        with self.ctx.lock:
+            lun = self.get(name, caller)
+            if not caller.is_admin and initiator != caller.initiator:
+                raise denied(caller, f"unmask {name} from another initiator ({initiator})")
+            self.require_holder(lun, caller, "unmask")
+            self.lio.unmask(lun.name, initiator)
+            self.store.remove_mask(lun.name, initiator)
+            return self.view(lun, caller=caller)
+
+    def publish(self, *luns: Lun) -> None:
+        """Activate (thin snapshots skip activation) and export with the stored serials, in
+        batches: one lvs, one lvchange for every LV (LIO saves once, after the burst)."""
+        active = {lv.name for lv in self.lvm.volumes() if lv.active}
+        self.lvm.activate(*(lun.name for lun in luns if lun.name not in active))
+        for lun in luns:
+            self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial)
+            crash_point("publish-after-first-export")
+
+    def detach(self, name: str, caller: Caller = ADMIN) -> LunView:
+        """The array's side of a break: the snapshot LUN `name` becomes a LUN of kind 'volume',
+        no longer in its set (set and snapshot id cleared, origin kept for information). Its
+        serial, masks, LV and LIO export stay as they are; its LV loses the snapshot tags. Aborting
+        the set later leaves it alone. The store changes first; if the LV's tags cannot be
+        changed the store is put back and nothing has changed. A crash in between is finished by
+        the reconcile (the LV's tags follow the store)."""
+        with self.ctx.lock:
+            lun = self.get(name, caller)
+            self.require_holder(lun, caller, "detach")
+            if lun.kind != "snapshot":
+                raise vss_error(HResult.VSS_E_BAD_STATE,
+                                 f"{name} is a {lun.kind}, not a shadow copy: nothing to detach")
+            self.store.set_lun_kind(lun.name, "volume")
+            crash_point("detach-after-store")
+            try:
+                lv = self.lvm.get(lun.name)
+                if lv is not None:
+                    self.lvm.retag(lun.name, *kind_tags(lv, "volume"))
+            except Exception as e:
+                self.store.set_lun_kind(lun.name, lun.kind, set_id=lun.set_id, snapshot_id=lun.snapshot_id)
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"could not detach {name}: {e}") from e
+            log.info("%s detached from snapshot set %s: an ordinary LUN now", lun.name, lun.set_id)
+            return self.view(self.store.lun(lun.name), caller=caller)

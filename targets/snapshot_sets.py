@@ -1,0 +1,288 @@
+"""Snapshot sets: prepared (snapshots made in advance), committed in one short window,
+published, handed out to their requester, claimed by the host that imports them, or aborted."""
+from __future__ import annotations
+
+import logging
+import time
+
+from provider.hresult import HResult, vss_error
+from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
+
+from . import names
+from .authority import ADMIN, Caller, denied, may_import
+from .context import ArrayContext, ArrayPart
+from .faults import crash_point
+from .hosts import HostRegistry
+from .lio import naa_wwid
+from .luns import KIND_TAG, SET_TAG, SNAPSHOT_TAG, Luns
+from .names import SNAPSHOT_PREFIX, api_name
+from .store import SetMember, SnapshotSet
+
+log = logging.getLogger("shadowlun.array")
+
+MAX_LUNS_PER_SET = 64
+
+
+class SnapshotSets(ArrayPart):
+    """The set lifecycle, over the LUNs its snapshots become."""
+
+    def __init__(self, ctx: ArrayContext, luns: Luns, hosts: HostRegistry) -> None:
+        super().__init__(ctx)
+        self.luns, self.hosts = luns, hosts
+        self.premade: dict[str, list] = {}  # prepared set -> [(origin, snapshot) ThinDevice]
+
+    def prepare_set(self, set_id: str, snapshots: list[dict], caller: Caller = ADMIN,
+                    transportable: bool = False) -> dict:
+        """Check and record the set; choose every snapshot's name and serial now, so the
+        commit only commits and the target identities are known before any host sees them.
+        A host snapshots only its own LUNs; it owns the set. A transportable set may be
+        imported by any host of this array, another only by its owner."""
+        set_id = names.guid(set_id, "snapshot set id")
+        if type(transportable) is not bool:
+            raise vss_error(HResult.E_INVALIDARG, f"transportable {transportable!r}: true or false")
+        if not isinstance(snapshots, list) or not snapshots:
+            raise vss_error(HResult.E_INVALIDARG, "a snapshot set needs at least one LUN")
+        if len(snapshots) > MAX_LUNS_PER_SET:
+            raise vss_error(HResult.VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED,
+                             f"{len(snapshots)} LUNs in one set; at most {MAX_LUNS_PER_SET}")
+        wanted: list[tuple[str, str]] = []
+        for s in snapshots:
+            if not isinstance(s, dict) or set(s) != {"snapshot_id", "lun"}:
+                raise vss_error(HResult.E_INVALIDARG, "each snapshot is {snapshot_id, lun}")
+            wanted.append((names.guid(s["snapshot_id"], "snapshot id"), s["lun"]))
+        if len({sid for sid, _ in wanted}) != len(wanted):
+            raise vss_error(HResult.E_INVALIDARG, "snapshot ids repeat within the set")
+        with self.ctx.lock:
+            origins = [self.luns.get(lun, caller) for _, lun in wanted]
+            for origin in origins:
+                self.luns.require_use(origin, caller, "snapshot")
+            wanted = [(sid, origin.name) for (sid, _), origin in zip(wanted, origins)]
+            if len({lv for _, lv in wanted}) != len(wanted):
+                raise vss_error(HResult.E_INVALIDARG, "a LUN appears twice in the set")
+            existing = self.store.snapshot_set(set_id)
+            if existing is not None:
+                if [(m.snapshot_id, m.origin) for m in existing.members] == wanted and \
+                        existing.owner == caller.initiator and existing.transportable == transportable:
+                    return self.set_view(set_id)  # a retry
+                raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"snapshot set {set_id} exists")
+            in_sets = {m.snapshot_id for s in self.store.sets() for m in s.members}
+            for sid, _ in wanted:
+                if sid in in_sets or self.store.lun(SNAPSHOT_PREFIX + sid) is not None:
+                    raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"snapshot {sid} exists")
+            self.luns.check_pool()
+            members, serials = [], set()
+            for sid, origin in wanted:
+                serial = self.luns.new_serial(serials)
+                serials.add(serial)
+                members.append(SetMember(set_id, sid, origin, SNAPSHOT_PREFIX + sid, serial))
+            self.store.add_set(set_id, members, caller.initiator, transportable)
+            self._premake(set_id, members)
+            return self.set_view(set_id)
+
+    def _premake(self, set_id: str, members: list[SetMember]) -> None:
+        """Make the set's snapshots now, outside the commit window, so the commit only has to
+        make them again from the origins' current blocks (`Lvm.repoint_snapshots`), which costs
+        no LVM metadata update. A failure aborts the set and nothing is left."""
+        try:
+            self._create_snapshots(members)
+            self.premade[set_id] = self._thin_pairs(members)
+        except Exception as e:
+            errors = self.undo(set_id)
+            raise vss_error(HResult.VSS_E_PROVIDER_VETO,
+                            f"snapshot set {set_id}: the snapshots could not be prepared: {e}"
+                            + (f"; cleanup: {'; '.join(errors)}" if errors else "")) from e
+
+    def _create_snapshots(self, members: list[SetMember]) -> float:
+        """lvcreate -s of every member, tagged as the set's, in one lvm process."""
+        return self.lvm.create_snapshots([
+            (m.origin, m.name, {KIND_TAG: "snapshot", SET_TAG: m.set_id, SNAPSHOT_TAG: m.snapshot_id})
+            for m in members])
+
+    def _thin_pairs(self, members: list[SetMember]) -> list:
+        """(origin, snapshot) ThinDevice of each member, from one lvs (None where an LV is missing)."""
+        devices = self.lvm.thin_devices([m.origin for m in members] + [m.name for m in members])
+        return [(devices.get(m.origin), devices.get(m.name)) for m in members]
+
+    def _commit_snapshots(self, s) -> float:
+        """The commit window: the pre-made snapshots made again at this moment. Without them
+        (removed behind the agent's back since the prepare, or an origin is not active), one
+        batch of lvcreate -s, as slow as LVM is but just as consistent."""
+        pairs = self.premade.pop(s.set_id, None)
+        if pairs is None:
+            pairs = self._thin_pairs(s.members)
+        if all(o is not None and o.dm_name and sn is not None and sn.dm_name is None for o, sn in pairs):
+            return self.lvm.repoint_snapshots(pairs)
+        log.warning("set %s: snapshots not pre-made (or an origin inactive); creating them now", s.set_id)
+        for m in s.members:
+            if self.lvm.get(m.name) is not None:
+                self.lvm.remove(m.name)
+        return self._create_snapshots(s.members)
+
+    def get(self, set_id: str, caller: Caller, owner_only: bool = False) -> SnapshotSet:
+        """A snapshot set the caller may see (its owner, its importer, or a host that may
+        import it), or with `owner_only` act on (its owner)."""
+        set_id = names.guid(set_id, "snapshot set id")
+        s = self.store.snapshot_set(set_id)
+        if s is None:
+            raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no snapshot set {set_id}")
+        if caller.is_admin or s.owner == caller.initiator:
+            return s
+        if owner_only:
+            raise denied(caller, f"act on snapshot set {set_id}: another host made it")
+        imported = self.store.import_of(set_id)
+        if (imported and imported[0] == caller.initiator) or may_import(s, caller.initiator):
+            return s
+        raise denied(caller, f"see snapshot set {set_id}")
+
+    def set_view(self, set_id: str, caller: Caller = ADMIN) -> dict:
+        with self.ctx.lock:
+            s = self.get(set_id, caller)
+        imported = self.store.import_of(s.set_id)
+        return {
+            "set_id": s.set_id, "state": s.state, "commit_window_s": s.commit_window_s,
+            "transportable": s.transportable, "handed_out": s.handed_out,
+            "imported_by": imported[0] if imported else None,
+            "snapshots": [{"snapshot_id": m.snapshot_id, "lun": api_name(m.origin),
+                           "target": m.name, "serial": m.serial, "wwid": naa_wwid(m.serial),
+                           "vendor": LIO_VENDOR, "product": LIO_PRODUCT} for m in s.members],
+        }
+
+    def claim_import(self, serials: list[str], host: str | None = None, caller: Caller = ADMIN) -> dict:
+        """Before a host locates shadow LUNs: the sets they belong to become that host's import,
+        and their shadow LUNs the host's to mask, break and delete. A set already imported by
+        another host is refused (spec 9.1: a transportable set is imported once); the same host
+        again is a retry. A host claims for itself only, and only sets it may import. Nothing is
+        claimed unless all can be."""
+        host = names.initiator(host if host is not None else caller.initiator, "host")
+        if not caller.is_admin and host != caller.initiator:
+            raise denied(caller, f"claim an import for another host ({host})")
+        if not isinstance(serials, list) or not serials or len(serials) > MAX_LUNS_PER_SET * 4:
+            raise vss_error(HResult.E_INVALIDARG, "serials: a non-empty list of LUN serials")
+        serials = [names.serial(x) for x in serials]
+        with self.ctx.lock:
+            self.hosts.require_host(host)  # only a registered host imports, and before any claim
+            set_ids = []
+            for serial in serials:
+                lun = self.store.lun_by_serial(serial)
+                if lun is None or lun.state != "ready" or lun.kind != "snapshot":
+                    raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no shadow LUN with serial {serial!r}")
+                if lun.set_id not in set_ids:
+                    set_ids.append(lun.set_id)
+            for set_id in set_ids:
+                s = self.store.snapshot_set(set_id)
+                if s is None or s.state != "committed":
+                    raise vss_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is not committed")
+                if not may_import(s, host):
+                    raise denied(caller, f"import snapshot set {set_id} to {host}: it is not transportable "
+                                         f"and another host made it")
+                taken = self.store.import_of(set_id)
+                if taken is not None and taken[0] != host:
+                    raise vss_error(HResult.VSS_E_BAD_STATE,
+                                     f"snapshot set {set_id} was already imported by {taken[0]} at "
+                                     f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(taken[1]))}")
+            with self.store.tx():
+                claims = [self.store.claim_import(set_id, host) for set_id in set_ids]
+                for set_id in set_ids:
+                    self.store.set_holder([lun.name for lun in self.store.luns() if lun.set_id == set_id], host)
+            return {"sets": [{"set_id": sid, "host": h, "since": since}
+                             for sid, (h, since) in zip(set_ids, claims)]}
+
+    def commit_set(self, set_id: str, caller: Caller = ADMIN) -> dict:
+        """Only the snapshots, all of the set in one batch: this is the window in which writes
+        are held on the hosts. Activation and export come after, in publish_set (or at the
+        first mask, or at the next reconcile): a committed snapshot is 'ready' at once."""
+        with self.ctx.lock:
+            s = self.get(set_id, caller, owner_only=True)
+            set_id = s.set_id
+            if s.state == "committed":
+                return self.set_view(set_id)  # a retry
+            if s.state != "prepared":
+                raise vss_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is {s.state}")
+            gone = [api_name(m.origin) for m in s.members
+                    if (o := self.store.lun(m.origin)) is None or o.state != "ready"]
+            if gone:
+                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
+                                 f"snapshot set {set_id}: no LUN {', '.join(gone)} any more")
+            with self.store.tx():
+                self.store.set_state(set_id, "committing")
+                for m in s.members:
+                    origin = self.store.lun(m.origin)
+                    self.store.add_lun(m.name, "snapshot", origin.size_bytes, m.serial, origin=m.origin,
+                                       set_id=set_id, snapshot_id=m.snapshot_id, holder=s.owner)
+            crash_point("commit-before-snapshots")
+            try:
+                window = self._commit_snapshots(s)
+                crash_point("commit-after-snapshots")
+            except Exception as e:
+                self.undo(s.set_id)
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"commit of set {set_id} failed: {e}") from e
+            with self.store.tx():
+                for m in s.members:
+                    self.store.set_lun_state(m.name, "ready")
+                self.store.set_state(set_id, "committed", commit_window_s=window)
+            log.info("set %s committed: %d snapshots in %.3f s", set_id, len(s.members), window)
+            return self.set_view(set_id)
+
+    def publish_set(self, set_id: str, caller: Caller = ADMIN) -> dict:
+        """Activate and export every snapshot of a committed set (masked to nobody yet), so that
+        locating them later is quick. Idempotent; outside the commit window."""
+        with self.ctx.lock:
+            s = self.get(set_id, caller, owner_only=True)
+            set_id = s.set_id
+            if s.state != "committed":
+                raise vss_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is {s.state}, not committed")
+            try:
+                self.luns.publish(*(lun for m in s.members if (lun := self.store.lun(m.name)) is not None
+                                and lun.state == "ready" and lun.set_id == set_id))  # not detached
+            except Exception as e:  # the set stays committed: a retry or the reconcile finishes it
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"publish of set {set_id}: {e}") from e
+            return self.set_view(set_id)
+
+    def hand_out_set(self, set_id: str, caller: Caller = ADMIN) -> dict:
+        """The set's requester has it whole (PostFinalCommitSnapshots succeeded): from now on
+        it is removed by deleting its shadow copies, never by an abort. Idempotent; only a
+        committed set, by its owner."""
+        with self.ctx.lock:
+            s = self.get(set_id, caller, owner_only=True)
+            if s.state != "committed":
+                raise vss_error(HResult.VSS_E_BAD_STATE, f"snapshot set {s.set_id} is {s.state}, not committed")
+            self.store.hand_out(s.set_id)
+            return self.set_view(s.set_id)
+
+    def undo(self, set_id: str) -> list[str]:
+        errors = []
+        self.premade.pop(set_id, None)
+        s = self.store.snapshot_set(set_id)
+        for m in s.members if s else ():
+            lun = self.store.lun(m.name)
+            if lun is not None and lun.set_id != set_id:
+                continue  # detached: an ordinary LUN now, not the set's to undo
+            for mask in self.store.masks(m.name):
+                self.store.remove_mask(m.name, mask.initiator)
+            errors += self.luns.destroy(m.name)
+        self.store.set_state(set_id, "aborted")
+        return errors
+
+    def abort_set(self, set_id: str, caller: Caller = ADMIN) -> dict:
+        """Undo whatever the set made: before it was handed out (abort after commit deletes).
+        Only its owner aborts it, and not once it was handed out to its requester or imported
+        by a host: a late abort (a retry, another provider instance) must not delete a shadow
+        copy that a document already describes. The admin may abort any set."""
+        with self.ctx.lock:
+            s = self.get(set_id, caller, owner_only=True)
+            set_id = s.set_id
+            imported = self.store.import_of(set_id)
+            if not caller.is_admin and imported:  # by another host, or by this one: it lives on a host now
+                raise vss_error(HResult.VSS_E_BAD_STATE,
+                                f"snapshot set {set_id} was imported by {imported[0]}: an abort changes nothing "
+                                f"now; the importing host deletes or breaks its copies")
+            if not caller.is_admin and s.handed_out is not None:
+                raise vss_error(HResult.VSS_E_BAD_STATE,
+                                f"snapshot set {set_id} was handed out to its requester at "
+                                f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(s.handed_out))}: an abort "
+                                f"changes nothing now; deleting its shadow copies removes it")
+            self.ctx.require_trusted(f"abort of snapshot set {set_id}")
+            errors = self.undo(set_id)
+            if errors:
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, "; ".join(errors))
+            return self.set_view(set_id)
