@@ -60,7 +60,7 @@ class Luns(ArrayPart):
         super().__init__(ctx)
         self.hosts = hosts
 
-    def view(self, lun: Lun, exports: dict | None = None, caller: Caller = ADMIN) -> LunView:
+    def _view(self, lun: Lun, exports: dict | None = None, caller: Caller = ADMIN) -> LunView:
         exports = self.lio.exports() if exports is None else exports
         export = exports.get(lun.name)
         return LunView(
@@ -73,21 +73,21 @@ class Luns(ArrayPart):
                    if caller.is_admin or m.initiator == caller.initiator],  # a host sees only its own
         )
 
-    def masked_to(self, lun: Lun, caller: Caller) -> bool:
+    def _masked_to(self, lun: Lun, caller: Caller) -> bool:
         return any(m.initiator == caller.initiator for m in self.store.masks(lun.name))
 
-    def visible(self, lun: Lun, caller: Caller) -> bool:
-        if caller.is_admin or lun.holder == caller.initiator or self.masked_to(lun, caller):
+    def _visible(self, lun: Lun, caller: Caller) -> bool:
+        if caller.is_admin or lun.holder == caller.initiator or self._masked_to(lun, caller):
             return True
         s = self.store.snapshot_set(lun.set_id) if lun.kind == "snapshot" and lun.set_id else None
         return s is not None and s.state == "committed" and may_import(s, caller.initiator)
 
     def require_use(self, lun: Lun, caller: Caller, action: str) -> None:
         """Snapshot, copy or resync: the caller's own LUNs (masked to it, or held)."""
-        if not (caller.is_admin or lun.holder == caller.initiator or self.masked_to(lun, caller)):
+        if not (caller.is_admin or lun.holder == caller.initiator or self._masked_to(lun, caller)):
             raise denied(caller, f"{action} {api_name(lun.name)}: it is not masked to this host")
 
-    def require_holder(self, lun: Lun, caller: Caller, action: str) -> None:
+    def _require_holder(self, lun: Lun, caller: Caller, action: str) -> None:
         """Delete, detach, mask or unmask: what the caller made or imported."""
         if not (caller.is_admin or lun.holder == caller.initiator):
             raise denied(caller, f"{action} {api_name(lun.name)}: this host did not make or import it")
@@ -95,7 +95,7 @@ class Luns(ArrayPart):
     def inventory(self, caller: Caller = ADMIN) -> list[LunView]:
         with self.ctx.lock:
             exports = self.lio.exports()
-            return [self.view(lun, exports, caller) for lun in self.store.luns() if self.visible(lun, caller)]
+            return [self._view(lun, exports, caller) for lun in self.store.luns() if self._visible(lun, caller)]
 
     def get(self, name: str, caller: Caller = ADMIN) -> Lun:
         """A LUN by its API name (a volume name, or a snapshot's name snap-<snapshot id>) that
@@ -105,13 +105,13 @@ class Luns(ArrayPart):
         lun = self.store.lun(name if name.startswith(SNAPSHOT_PREFIX) else VOLUME_PREFIX + name)
         if lun is None or lun.state != "ready":
             raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no LUN named {name!r} on this array")
-        if not self.visible(lun, caller):
+        if not self._visible(lun, caller):
             raise denied(caller, f"see LUN {name!r}")
         return lun
 
     def lun(self, name: str, caller: Caller = ADMIN) -> LunView:
         with self.ctx.lock:
-            return self.view(self.get(name, caller), caller=caller)
+            return self._view(self.get(name, caller), caller=caller)
 
     def pool(self) -> dict:
         p = self.lvm.pool_status()
@@ -176,14 +176,14 @@ class Luns(ArrayPart):
             existing = self.store.lun(lv)
             if existing is not None:
                 if existing.state == "ready" and existing.size_bytes == size_bytes and existing.kind == "volume":
-                    return self.view(existing)  # a retry
+                    return self._view(existing)  # a retry
                 raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"a LUN named {name!r} exists")
             self.check_size(size_bytes)
             self.require_no_lv(lv)
             self.check_pool()
             lun = self.store.add_lun(lv, "volume", size_bytes, self.new_serial())
             self._make(lun, lambda: self.lvm.create_volume(lv, size_bytes, {KIND_TAG: "volume"}))
-            return self.view(self.store.lun(lv))
+            return self._view(self.store.lun(lv))
 
     def _make(self, lun: Lun, create_lv) -> None:
         """LV, then export; on failure undo both and drop the intent (errors collected)."""
@@ -216,7 +216,7 @@ class Luns(ArrayPart):
     def delete(self, name: str, caller: Caller = ADMIN) -> None:
         with self.ctx.lock:
             lun = self.get(name, caller)
-            self.require_holder(lun, caller, "delete")
+            self._require_holder(lun, caller, "delete")
             self.ctx.require_trusted(f"delete of {name}")
             if any(j.state == "running" and lun.name in (j.source, j.target) for j in self.store.jobs()):
                 raise vss_error(HResult.VSS_E_VOLUME_IN_USE, f"{name} is in a running copy or resync")
@@ -235,7 +235,7 @@ class Luns(ArrayPart):
             lun = self.get(name, caller)
             if not caller.is_admin and initiator != caller.initiator:
                 raise denied(caller, f"mask {name} to another initiator ({initiator})")
-            self.require_holder(lun, caller, "mask")
+            self._require_holder(lun, caller, "mask")
             host = self.hosts.require_host(initiator)
             self.publish(lun)  # a committed snapshot not published yet is exported now
             had = self.store.masks(lun.name)
@@ -249,7 +249,7 @@ class Luns(ArrayPart):
                 else:
                     self.lio.mask(lun.name, initiator, host.chap_user, host.chap_secret, old.read_only)
                 raise
-            return self.view(lun, caller=caller)
+            return self._view(lun, caller=caller)
 
     def unmask(self, name: str, initiator: str, caller: Caller = ADMIN) -> LunView:
         initiator = names.initiator(initiator)
@@ -257,10 +257,10 @@ class Luns(ArrayPart):
             lun = self.get(name, caller)
             if not caller.is_admin and initiator != caller.initiator:
                 raise denied(caller, f"unmask {name} from another initiator ({initiator})")
-            self.require_holder(lun, caller, "unmask")
+            self._require_holder(lun, caller, "unmask")
             self.lio.unmask(lun.name, initiator)
             self.store.remove_mask(lun.name, initiator)
-            return self.view(lun, caller=caller)
+            return self._view(lun, caller=caller)
 
     def publish(self, *luns: Lun) -> None:
         """Activate (thin snapshots skip activation) and export with the stored serials, in
@@ -280,7 +280,7 @@ class Luns(ArrayPart):
         the reconcile (the LV's tags follow the store)."""
         with self.ctx.lock:
             lun = self.get(name, caller)
-            self.require_holder(lun, caller, "detach")
+            self._require_holder(lun, caller, "detach")
             if lun.kind != "snapshot":
                 raise vss_error(HResult.VSS_E_BAD_STATE,
                                  f"{name} is a {lun.kind}, not a shadow copy: nothing to detach")
@@ -294,4 +294,4 @@ class Luns(ArrayPart):
                 self.store.set_lun_kind(lun.name, lun.kind, set_id=lun.set_id, snapshot_id=lun.snapshot_id)
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"could not detach {name}: {e}") from e
             log.info("%s detached from snapshot set %s: an ordinary LUN now", lun.name, lun.set_id)
-            return self.view(self.store.lun(lun.name), caller=caller)
+            return self._view(self.store.lun(lun.name), caller=caller)
