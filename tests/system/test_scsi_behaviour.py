@@ -5,12 +5,13 @@ APTPL registration and reservation survive an array reboot."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from lab import checks
-from lab.agent_api import AgentApi
+from lab.agent_api import ADMIN_ACCESS, AgentApi
 from lab.host_volumes import VOLUME, HostVolumes, initiator
 from lab.story import shadowlun
 
@@ -58,6 +59,48 @@ def test_the_pool_passes_discards_down(lab):
     array = lab.vm("array")
     discards = array.run("lvs --noheadings -o discards shadowlun/pool").stdout.strip()
     assert discards == "passdown"
+
+
+def restart_agent(array) -> None:
+    array.run("systemctl reset-failed shadowlun-array-agent; systemctl restart shadowlun-array-agent")
+    checks.wait_for_agent(array, access=ADMIN_ACCESS)
+
+
+def test_the_agent_turns_thin_provisioning_back_on_at_start(lab):
+    """A backstore found with emulate_tpu/tpws off (an older agent's, or set by hand): the
+    reconcile at start turns them on again."""
+    array, api = lab.vm("array"), AgentApi.admin(lab)
+    name = f"tpu-{uuid.uuid4().hex[:6]}"
+    api.call("POST", "/v1/luns", {"name": name, "size_bytes": 64 * MIB})
+    try:
+        attrib = f"/sys/kernel/config/target/core/iblock_*/lun-{name}/attrib"
+        read = f"cat {attrib}/emulate_tpu {attrib}/emulate_tpws"
+        assert array.run(read).stdout.split() == ["1", "1"]
+        array.run(f"systemctl stop shadowlun-array-agent && echo 0 > {attrib}/emulate_tpu "
+                  f"&& echo 0 > {attrib}/emulate_tpws")
+        assert array.run(read).stdout.split() == ["0", "0"]
+        restart_agent(array)
+        assert array.run(read).stdout.split() == ["1", "1"]
+    finally:
+        api.call("DELETE", f"/v1/luns/{name}")
+
+
+def test_the_agent_refuses_to_start_without_lios_reservation_directory(lab):
+    array = lab.vm("array")
+    pr = array.run("cat /sys/kernel/config/target/dbroot").stdout.strip() + "/pr"
+    since = array.run("date +%s").stdout.strip()
+    array.run(f"systemctl stop shadowlun-array-agent && mv {pr} {pr}.away && systemctl start shadowlun-array-agent")
+    try:
+        journal = f"journalctl -u shadowlun-array-agent --since @{since} --no-pager"
+        checks.until(lambda: "are missing" in array.run(journal).stdout, 60,
+                     lambda: f"the agent started without {pr}, or said nothing: {array.run(journal).stdout[-2000:]}")
+        said = array.run(journal).stdout
+        assert f"LIO's state directories {pr} are missing" in said and "PERSISTENT RESERVE OUT" in said
+        assert not array.run(["python3", "-m", "targets.client", "--access", ADMIN_ACCESS, "GET", "/v1/pool"],
+                             check=False).ok
+    finally:
+        array.run(f"systemctl stop shadowlun-array-agent; mv {pr}.away {pr}")
+        restart_agent(array)
 
 
 def test_fstrim_on_a_host_volume_returns_space_to_the_pool(lab, timed):
