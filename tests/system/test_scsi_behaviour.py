@@ -229,3 +229,38 @@ def test_an_aptpl_reservation_survives_an_array_reboot(lab, shared_lun, timed):
     assert registered_keys(a, disk_a) == set()
 
 
+
+
+def test_reservations_on_an_imported_shadow_lun_hold_through_its_break(lab, timed):
+    """host-b imports a transportable shadow copy (writes to it are refused by host-b's kernel,
+    the LUN itself takes SCSI commands), the admin masks it to host-a too: host-b's Write
+    Exclusive reservation refuses host-a's writes, and holds through `break --writable` (the
+    backstore and its registrations are kept)."""
+    a, b = lab.vm("host-a"), lab.vm("host-b")
+    vols = HostVolumes(lab, a, ["prsnap"]).create()
+    shadow = None
+    try:
+        created = shadowlun(a, "create", "--transportable", "--bcd", "/root/prsnap.xml", vols.mounts[0])
+        b.put("/root/prsnap.xml", a.run("cat /root/prsnap.xml").stdout)
+        (snap,) = shadowlun(b, "import", "/root/prsnap.xml")["snapshots"]
+        disk_b = snap["devices"][0]
+        (shadow,) = [x["name"] for x in vols.api.call("GET", "/v1/luns") if x["origin"] == vols.names[0]]
+        vols.api.call("PUT", f"/v1/luns/{shadow}/masks", {"initiator": initiator(a)})
+        disk_a = json.loads(a.run(["python3", VOLUME, "attach", shadow], timeout=300).stdout)[shadow]
+        with timed("persistent reservations (shadow LUN)"):
+            sg_persist(b, disk_b, "--out", "--register", f"--param-sark={KEY_B}")
+            sg_persist(a, disk_a, "--out", "--register", f"--param-sark={KEY_A}")
+            sg_persist(b, disk_b, "--out", "--reserve", f"--param-rk={KEY_B}", f"--prout-type={WRITE_EXCLUSIVE}")
+            assert registered_keys(a, disk_a) == {KEY_A, KEY_B} and f"Key={KEY_B}" in reservation(a, disk_a)
+            refused = write_one_block(a, disk_a)
+            assert refused.returncode != 0 and "reservation conflict" in refused.stdout.lower(), refused.stdout
+            shadowlun(b, "break", "--writable", created["set_id"])
+            assert registered_keys(b, disk_b) == {KEY_A, KEY_B} and f"Key={KEY_B}" in reservation(b, disk_b)
+            assert "reservation conflict" in write_one_block(a, disk_a).stdout.lower()
+            assert write_one_block(b, disk_b).returncode == 0  # the holder writes
+            sg_persist(b, disk_b, "--out", "--clear", f"--param-rk={KEY_B}")
+    finally:
+        if shadow is not None:
+            for vm in (a, b):
+                vm.run(["python3", VOLUME, "detach", shadow], check=False, timeout=300)
+        assert vols.remove() == []
