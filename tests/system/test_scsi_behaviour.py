@@ -114,14 +114,28 @@ def test_fstrim_on_a_host_volume_returns_space_to_the_pool(lab, timed):
         assert vols.remove() == []
 
 
+def release_on_b(lab, vols: HostVolumes, set_id: str | None) -> None:
+    """host-b lets go of what a test imported: a set still in its catalog (the test stopped
+    before the break) is deleted by host-b itself, so no catalog entry outlives its LUN; a
+    broken one's disk is detached."""
+    b = lab.vm("host-b")
+    if set_id is not None and any(x["set_id"] == set_id for x in shadowlun(b, "list")["sets"]):
+        shadowlun(b, "delete", "--set", set_id)
+    for x in vols.api.call("GET", "/v1/luns"):
+        if x["origin"] == vols.names[0]:
+            b.run(["python3", VOLUME, "detach", x["name"]], check=False, timeout=300)
+
+
 def test_fstrim_on_a_broken_shadow_copy_returns_space_to_the_pool(lab, timed):
     """host-a's volume, a transportable shadow copy imported on host-b and broken writable: an
     ordinary thin LUN, whose trimmed blocks go back to the pool too."""
     a, b, array = lab.vm("host-a"), lab.vm("host-b"), lab.vm("array")
     vols = HostVolumes(lab, a, ["trimsnap"], size_bytes=128 * MIB).create()
+    set_id = None
     try:
         a.run(f"head -c 4M /dev/urandom > {vols.mounts[0]}/data && sync")
         created = shadowlun(a, "create", "--transportable", "--bcd", "/root/trim.xml", vols.mounts[0])
+        set_id = created["set_id"]
         b.put("/root/trim.xml", a.run("cat /root/trim.xml").stdout)
         shadowlun(b, "import", "/root/trim.xml")
         broken = shadowlun(b, "break", "--writable", created["set_id"])
@@ -134,9 +148,7 @@ def test_fstrim_on_a_broken_shadow_copy_returns_space_to_the_pool(lab, timed):
     finally:
         b.run("umount /mnt/trim-broken 2>/dev/null; rmdir /mnt/trim-broken 2>/dev/null; true", check=False)
         target = vols.api.call("GET", "/v1/target")
-        for x in vols.api.call("GET", "/v1/luns"):
-            if x["origin"] == vols.names[0]:
-                b.run(["python3", VOLUME, "detach", x["name"]], check=False, timeout=300)
+        release_on_b(lab, vols, set_id)
         assert vols.remove() == []
         assert checks.host_objects(b, target["iqn"])["sessions"] == set()
 
@@ -238,9 +250,10 @@ def test_reservations_on_an_imported_shadow_lun_hold_through_its_break(lab, time
     backstore and its registrations are kept)."""
     a, b = lab.vm("host-a"), lab.vm("host-b")
     vols = HostVolumes(lab, a, ["prsnap"]).create()
-    shadow = None
+    shadow, set_id = None, None
     try:
         created = shadowlun(a, "create", "--transportable", "--bcd", "/root/prsnap.xml", vols.mounts[0])
+        set_id = created["set_id"]
         b.put("/root/prsnap.xml", a.run("cat /root/prsnap.xml").stdout)
         (snap,) = shadowlun(b, "import", "/root/prsnap.xml")["snapshots"]
         disk_b = snap["devices"][0]
@@ -261,6 +274,6 @@ def test_reservations_on_an_imported_shadow_lun_hold_through_its_break(lab, time
             sg_persist(b, disk_b, "--out", "--clear", f"--param-rk={KEY_B}")
     finally:
         if shadow is not None:
-            for vm in (a, b):
-                vm.run(["python3", VOLUME, "detach", shadow], check=False, timeout=300)
+            a.run(["python3", VOLUME, "detach", shadow], check=False, timeout=300)
+        release_on_b(lab, vols, set_id)
         assert vols.remove() == []
