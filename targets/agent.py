@@ -33,7 +33,7 @@ from provider.hresult import HResult, VssError, http_status, vss_error
 from .array import Array
 from .authority import ADMIN, Caller, require_admin
 from .config import CONFIG_FILE, ArrayConfig, san_portals
-from .lio import ISCSI_PORT, Lio
+from .lio import ISCSI_PORT, Lio, LioStateError
 from .luns import LunView
 from .lvm import Lvm
 from .reconcile import Reconciler
@@ -388,12 +388,13 @@ def build_array(config: ArrayConfig) -> Array:
     portals = san_portals(config.san_cidr)
     if not portals:
         raise SystemExit(f"no address of this machine in the SAN network {config.san_cidr}")
+    lio = Lio(config.target_iqn, portals)
     try:
+        lio.check_state_dirs()
         store = Store(Path(config.state_dir) / "array.db")
-    except StoreError as e:
+    except (LioStateError, StoreError) as e:
         raise SystemExit(str(e)) from None
-    array = Array(config, store, Lvm(config.vg, config.pool), Lio(config.target_iqn, portals))
-    return array
+    return Array(config, store, Lvm(config.vg, config.pool), lio)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,6 +38,18 @@ CONFIGFS = "/sys/kernel/config/target"
 log = logging.getLogger(__name__)
 SAVE_QUIET_S = 1.0
 SAVE_LATEST_S = 10.0
+# Every LUN is a thin LV: the LUN says so (Logical Block Provisioning VPD page: UNMAP and WRITE
+# SAME with UNMAP), so a host's fstrim/blkdiscard reaches dm-thin and frees pool blocks. LIO
+# leaves both off for block backstores.
+THIN_ATTRIBUTES = {"emulate_tpu": "1", "emulate_tpws": "1"}
+# Under LIO's dbroot: the kernel writes each LUN's persistent reservations (APTPL file, or its
+# "no registrations" stub) in pr/ on every PERSISTENT RESERVE OUT, and ALUA state in alua/; it
+# makes neither directory, and without pr/ every PR OUT fails NOT READY.
+STATE_DIRS = ("pr", "alua")
+
+
+class LioStateError(RuntimeError):
+    """LIO cannot keep the state SCSI hosts rely on (reservations) on this machine."""
 
 
 def naa_wwid(serial: str) -> str:
@@ -126,6 +138,38 @@ class Lio:
             tpg.enable = True
         return tpg
 
+    def check_state_dirs(self) -> None:
+        """At the agent's start: refuse to serve LUNs whose reservations would fail."""
+        root = Path(self.rts.RTSRoot().dbroot)
+        missing = [str(root / d) for d in STATE_DIRS if not (root / d).is_dir()]
+        if missing:
+            raise LioStateError(
+                f"LIO's state directories {', '.join(missing)} are missing (dbroot {root}): every "
+                f"PERSISTENT RESERVE OUT would fail NOT READY; make them root-only as provisioning "
+                f"does (mkdir -m 700 -p {' '.join(missing)})")
+
+    @staticmethod
+    def _advertise_thin(so) -> bool:
+        """THIN_ATTRIBUTES on one backstore; whether any was off."""
+        changed = False
+        for attr, want in THIN_ATTRIBUTES.items():
+            if so.get_attribute(attr) != want:
+                so.set_attribute(attr, want)
+                changed = True
+        return changed
+
+    def advertise_thin(self, name: str) -> bool:
+        """For the reconcile: a backstore found with thin provisioning off (made by an older
+        agent, or by hand) gets it; whether it was off (hosts see it on their next rescan)."""
+        with locked():
+            so = self._find_so(name)
+            if so is None:
+                raise LookupError(f"{name} is not exported")
+            if not self._advertise_thin(so):
+                return False
+            self._changed()
+            return True
+
     def _find_so(self, name: str):
         """The block backstore `name`, from its configfs directory (iblock_<n>/<name>)."""
         found = [p for p in glob.glob(f"{CONFIGFS}/core/iblock_*/{glob.escape(name)}") if os.path.isdir(p)]
@@ -188,14 +232,22 @@ class Lio:
             log.exception("saving the LIO configuration")
 
     def export(self, name: str, device: str, serial: str) -> Export:
-        """Backstore with the array's chosen serial + TPG LUN, masked to nobody yet."""
+        """Backstore with the array's chosen serial, thin provisioning on (THIN_ATTRIBUTES), and
+        TPG LUN, masked to nobody yet."""
         with locked():
             tpg = self._tpg()
             so = self._find_so(name)
-            if so is None:
+            made = so is None
+            if made:
                 so = self.rts.BlockStorageObject(name, dev=device, wwn=serial)
             elif so.wwn != serial or so.udev_path != device:
                 raise ValueError(f"backstore {name} exists with serial {so.wwn} on {so.udev_path}")
+            try:
+                self._advertise_thin(so)
+            except Exception:
+                if made:  # the kernel refused the attribute (a device without discard)
+                    so.delete()
+                raise
             lun = self._lun_of(tpg, so) or self.rts.LUN(tpg, storage_object=so)
             self._changed()
             return Export(name, device, serial, lun.lun)

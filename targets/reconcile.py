@@ -14,8 +14,9 @@ At start, in this order:
 4. tagged LVs the store does not know are *set aside*: not removed, not exported by the agent
    (an export already there is left, so a host using it keeps it), reported by the health call;
    an admin removes one explicitly;
-5. every ready LUN is activated, exported with its serial and masked as stored; one that
-   cannot be is reported by the health call and the others still come up.
+5. every ready LUN is activated, exported with its serial and thin provisioning on (also on a
+   backstore found with it off) and masked as stored; one that cannot be is reported by the
+   health call and the others still come up.
 """
 from __future__ import annotations
 
@@ -202,6 +203,8 @@ class Reconciler:
             a.lio.export(lun.name, lv.device, lun.serial)
             export = None  # its mappings went with it: re-apply every mask below
             done["rebuilt"].append(lun.name)
+        elif a.lio.advertise_thin(lun.name):
+            done["rebuilt"].append(f"{lun.name} thin provisioning")
         have = {m.initiator: m for m in (export.mappings if export else ())}
         for mask in a.store.masks(lun.name):
             m = have.pop(mask.initiator, None)

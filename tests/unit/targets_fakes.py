@@ -7,8 +7,9 @@ and targets.agent. They keep the behaviour the Array relies on, not the kernel's
   snapshots until activate() (as lvcreate -s without -K), tags changed by retag() (as lvchange),
   VG tags, and dm devices a test marks `suspended` that resume_suspended() resumes;
 - FakeLio: exports with their serial and host mappings, create-or-lookup export (ValueError on
-  a backstore with another serial), mask() refused on what is not exported, unexport() drops
-  the mappings with the LUN, orphan backstores a test can plant.
+  a backstore with another serial) with thin provisioning on, mask() refused on what is not
+  exported, unexport() drops the mappings with the LUN, orphan backstores and backstores with
+  thin provisioning off a test can plant.
 
 Both record every call in `calls` and take failures through inject(method, exc, name=None).
 
@@ -205,6 +206,7 @@ class FakeLio(_Injectable):
         super().__init__()
         self._exports: dict[str, Export] = {}
         self.orphans: set[str] = set()
+        self.not_thin: set[str] = set()  # exports whose backstore has THIN_ATTRIBUTES off
         self.chap: dict[str, tuple[str, str]] = {}
 
     # -- test helpers --------------------------------------------------------------------
@@ -213,10 +215,12 @@ class FakeLio(_Injectable):
         """Lose an export behind the array's back (e.g. LIO config not restored)."""
         del self._exports[name]
 
-    def plant(self, name: str, device: str, serial: str, mappings=()) -> Export:
-        """An export the array did not make (or made and forgot)."""
+    def plant(self, name: str, device: str, serial: str, mappings=(), thin: bool = True) -> Export:
+        """An export the array did not make (or made and forgot, or an older agent made)."""
         e = Export(name, device, serial, self._free_lun(), tuple(mappings))
         self._exports[name] = e
+        if not thin:
+            self.not_thin.add(name)
         return e
 
     def mappings(self, name: str) -> dict[str, Mapping]:
@@ -240,10 +244,22 @@ class FakeLio(_Injectable):
         self._exports[name] = e
         return e
 
+    def advertise_thin(self, name: str) -> bool:
+        self._call("advertise_thin", name)
+        if name not in self._exports:
+            raise LookupError(f"{name} is not exported")
+        was_off = name in self.not_thin
+        self.not_thin.discard(name)
+        return was_off
+
+    def check_state_dirs(self) -> None:
+        self._call("check_state_dirs")
+
     def unexport(self, name: str) -> None:
         self._call("unexport", name)
         self._exports.pop(name, None)
         self.orphans.discard(name)
+        self.not_thin.discard(name)
 
     def mask(self, name: str, initiator: str, chap_user: str, chap_secret: str,
              read_only: bool = False) -> Mapping:

@@ -23,7 +23,7 @@ from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError, h
 import targets.agent as agent_mod
 from targets.agent import build_array, create_app, hand_out_access
 from targets.client import ArrayAccess, ArrayClient
-from targets.lio import naa_wwid
+from targets.lio import LioStateError, naa_wwid
 from targets_fakes import HOSTS, IQN1, IQN2, STRANGER, FakeLio, FakeLvm, MiB, make_config
 
 # httpx 0.27 deprecates the app= shortcut Starlette 0.27's TestClient uses; not ours to fix.
@@ -528,6 +528,14 @@ def test_a_bad_host_in_the_config_is_refused_before_any_is_registered(kernel, tm
     with pytest.raises(VssUserError, match="not an iSCSI name"):
         hand_out_access(arr, config)
     assert arr.hosts() == [] and not (tmp_path / "access").exists()
+
+
+def test_the_agent_refuses_to_start_without_lios_reservation_directory(kernel, tmp_path):
+    _, lio = kernel
+    lio.inject("check_state_dirs", LioStateError("LIO's state directories /etc/target/pr are missing"))
+    with pytest.raises(SystemExit, match="/etc/target/pr are missing"):
+        build_array(access_config(tmp_path))
+    assert not (tmp_path / "state").exists()  # refused before the store is opened
 
 
 def _wait(client, job_id: str, timeout: float = 5.0) -> dict:

@@ -135,3 +135,109 @@ def test_a_failed_save_is_tried_again_by_the_next_flush(tmp_path, monkeypatch):
     lio.fake.RTSRoot = real
     lio.flush()
     assert lio.fake.saves == [lio.save_file]
+
+
+class FakeBackstore:
+    """A block backstore as LIO makes it: thin provisioning off; `refuse` makes the kernel reject
+    setting an attribute (a device without discard: ENOSYS)."""
+
+    def __init__(self, name: str, dev: str, wwn: str, refuse: bool = False) -> None:
+        self.name, self.udev_path, self.wwn, self.refuse = name, dev, wwn, refuse
+        self.attributes = {"emulate_tpu": "0", "emulate_tpws": "0", "emulate_3pc": "1"}
+        self.deleted = False
+
+    def get_attribute(self, attr: str) -> str:
+        return self.attributes[attr]
+
+    def set_attribute(self, attr: str, value: str) -> None:
+        if self.refuse:
+            raise OSError(38, "Function not implemented")
+        self.attributes[attr] = value
+
+    def delete(self) -> None:
+        self.deleted = True
+
+
+class ExportingLio(TestLio):
+    """export() and advertise_thin() over backstores kept in a dict (the configfs lookups are
+    tested above)."""
+
+    def __init__(self, tmp_path, refuse: bool = False) -> None:
+        super().__init__(tmp_path)
+        self.backstores: dict[str, FakeBackstore] = {}
+
+        def make(name, dev, wwn):
+            self.backstores[name] = FakeBackstore(name, dev, wwn, refuse)
+            return self.backstores[name]
+
+        self.fake.BlockStorageObject = make
+        self.save_file = str(tmp_path / "never-saved.json")
+
+    def _tpg(self):
+        return SimpleNamespace(path="tpg")
+
+    def _find_so(self, name):
+        so = self.backstores.get(name)
+        return None if so is None or so.deleted else so
+
+    def _lun_of(self, tpg, so):
+        return SimpleNamespace(lun=3)
+
+
+THIN_ON = {"emulate_tpu": "1", "emulate_tpws": "1", "emulate_3pc": "1"}
+
+
+def test_an_export_advertises_thin_provisioning(tmp_path, monkeypatch):
+    monkeypatch.setattr(lio_mod, "SAVE_QUIET_S", 60.0)
+    lio = ExportingLio(tmp_path)
+    lio.export("lun-a", "/dev/shadowlun/lun-a", "ab" * 16)
+    assert lio.backstores["lun-a"].attributes == THIN_ON
+
+
+def test_an_existing_backstore_looked_up_by_export_gets_thin_provisioning(tmp_path, monkeypatch):
+    monkeypatch.setattr(lio_mod, "SAVE_QUIET_S", 60.0)
+    lio = ExportingLio(tmp_path)
+    lio.backstores["lun-a"] = FakeBackstore("lun-a", "/dev/shadowlun/lun-a", "ab" * 16)
+    assert lio.export("lun-a", "/dev/shadowlun/lun-a", "ab" * 16).lun == 3
+    assert lio.backstores["lun-a"].attributes == THIN_ON and not lio.backstores["lun-a"].deleted
+
+
+def test_a_new_backstore_whose_thin_attributes_are_refused_is_removed_again(tmp_path):
+    lio = ExportingLio(tmp_path, refuse=True)
+    with pytest.raises(OSError, match="not implemented"):
+        lio.export("lun-a", "/dev/shadowlun/lun-a", "ab" * 16)
+    assert lio.backstores["lun-a"].deleted
+    existing = FakeBackstore("lun-b", "/dev/shadowlun/lun-b", "cd" * 16, refuse=True)
+    lio.backstores["lun-b"] = existing
+    with pytest.raises(OSError):
+        lio.export("lun-b", "/dev/shadowlun/lun-b", "cd" * 16)
+    assert not existing.deleted  # not ours to undo: it was there before this call
+
+
+def test_advertise_thin_changes_only_a_backstore_with_it_off(tmp_path, monkeypatch):
+    monkeypatch.setattr(lio_mod, "SAVE_QUIET_S", 60.0)
+    lio = ExportingLio(tmp_path)
+    lio.backstores["lun-a"] = FakeBackstore("lun-a", "/dev/shadowlun/lun-a", "ab" * 16)
+    lio.backstores["lun-a"].attributes["emulate_tpu"] = "1"  # half on, as by hand
+    assert lio.advertise_thin("lun-a") is True and lio.backstores["lun-a"].attributes == THIN_ON
+    assert lio._unsaved_since is not None  # the change is saved with the next burst
+    lio._unsaved_since = None
+    assert lio.advertise_thin("lun-a") is False and lio._unsaved_since is None
+    with pytest.raises(LookupError):
+        lio.advertise_thin("lun-absent")
+
+
+def test_missing_state_directories_are_named_and_refused(tmp_path):
+    lio = TestLio(tmp_path)
+    dbroot = tmp_path / "dbroot"
+    lio.fake.RTSRoot.dbroot = str(dbroot)
+    (dbroot / "alua").mkdir(parents=True)
+    with pytest.raises(lio_mod.LioStateError, match=f"{dbroot}/pr\\b.*NOT READY") as e:
+        lio.check_state_dirs()
+    assert f"{dbroot}/alua" not in str(e.value)
+    (dbroot / "pr").write_text("")  # a file in its place is no directory
+    with pytest.raises(lio_mod.LioStateError):
+        lio.check_state_dirs()
+    (dbroot / "pr").unlink()
+    (dbroot / "pr").mkdir()
+    lio.check_state_dirs()

@@ -227,6 +227,23 @@ def test_leftovers_of_an_aborted_set_are_its_own_and_removed(running, lvm):
     assert target in done["removed"] and target not in lvm.names() and done["set_aside"] == []
 
 
+# --- thin provisioning on every backstore -------------------------------------------------------
+
+def test_a_backstore_found_with_thin_provisioning_off_gets_it_and_keeps_its_masks(running, lvm, lio):
+    """An export an older agent made (emulate_tpu/tpws off): the start turns them on in place,
+    without unexporting (hosts keep their sessions) and reports it; the next start does nothing."""
+    vol2 = running.store.lun("lun-vol2")
+    before = lio.exports()["lun-vol2"]
+    lio.plant("lun-vol2", before.device, vol2.serial, before.mappings, thin=False)
+    lio.calls.clear()
+    done = started(restarted(running)).last
+    assert "lun-vol2 thin provisioning" in done["rebuilt"] and "lun-vol1 thin provisioning" not in done["rebuilt"]
+    assert lio.not_thin == set() and lio.called("unexport") == [] and lio.called("export") == []
+    assert lio.exports()["lun-vol2"].mappings == before.mappings
+    again = started(restarted(running)).last
+    assert not [r for r in again["rebuilt"] if "thin" in r]
+
+
 # --- one LUN that cannot come up ---------------------------------------------------------------
 
 @pytest.mark.parametrize("layer, method", [("lvm", "activate"), ("lio", "export"), ("lio", "mask")])

@@ -157,8 +157,21 @@ def setup_pool(disks: list[dict]) -> None:
         log(f"volume group {VG} on {dev}")
     lvs = json.loads(run("lvs", "--reportformat", "json", "-o", "lv_name", VG))["report"][0]["lv"]
     if not any(lv["lv_name"] == POOL for lv in lvs):
-        run("lvcreate", "-q", "--type", "thin-pool", "-l", "90%VG", "-n", POOL, VG)
+        # passdown (LVM's default, said here): a discard a host sends frees the pool's blocks
+        # and reaches the disk under it
+        run("lvcreate", "-q", "--type", "thin-pool", "--discards", "passdown", "-l", "90%VG", "-n", POOL, VG)
         log(f"thin pool {VG}/{POOL}")
+
+
+def setup_target_dbroot() -> None:
+    """LIO keeps persistent-reservation (APTPL) and ALUA state in files under its dbroot; the
+    kernel does not make the directories, and without `pr` every PERSISTENT RESERVE OUT fails
+    NOT READY (the kernel rewrites the APTPL file, or its "no registrations" stub, on each). The dbroot is the one rtslib-fb settles on (it may move it from the
+    kernel's default), read the way the agent reads it."""
+    dbroot = Path(run("python3", "-c", "from rtslib_fb import RTSRoot; print(RTSRoot().dbroot)").strip())
+    for sub in ("pr", "alua"):
+        (dbroot / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+    log(f"LIO dbroot {dbroot}: pr/ and alua/ ready")
 
 
 def setup_agent(entry: dict, topology: dict) -> None:
@@ -227,6 +240,7 @@ def cmd_setup(args: argparse.Namespace) -> None:
         run("python3", "-m", "provider.cli", "register-provider")
     if entry["role"] == "array":
         setup_pool(entry["disks"])
+        setup_target_dbroot()
         setup_agent(entry, json.loads(args.machines.read_text()))
     log(f"{entry['name']} ({entry['role']}) ready")
 
