@@ -210,8 +210,10 @@ def test_a_write_exclusive_reservation_refuses_the_other_hosts_writes(lab, share
         written = write_one_block(b, disk_b)
         assert written.returncode == 0, written.stdout
         sg_persist(a, disk_a, "--out", "--clear", f"--param-rk={KEY_A}")
-        told = sg_persist(b, disk_b, "--in", "--read-keys", check=False)  # SPC: a UNIT ATTENTION first
-        assert told.returncode != 0 and "Reservations preempted" in told.stderr, told.stderr
+        # SPC: host-b's next command gets a UNIT ATTENTION (reservations preempted); the kernel's
+        # own commands to the disk may take it first, so either answer is right here.
+        told = sg_persist(b, disk_b, "--in", "--read-keys", check=False)
+        assert told.returncode == 0 or "Reservations preempted" in told.stderr, told.stderr
         assert registered_keys(b, disk_b) == set()
 
 
