@@ -183,8 +183,9 @@ class Store:
         self._db.execute("PRAGMA journal_mode = WAL") if str(path) != ":memory:" else None
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         tables = self._db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+        self._lock = threading.RLock()
         while tables and version in MIGRATIONS:
-            with self._migration():
+            with self.tx():
                 for statement in MIGRATIONS[version]:
                     self._db.execute(statement)
                 version += 1
@@ -194,18 +195,6 @@ class Store:
                              f"move it aside to start afresh (its LVs are kept and reported by the reconcile)")
         self._db.executescript(SCHEMA)
         self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        self._lock = threading.RLock()
-
-    @contextmanager
-    def _migration(self) -> Iterator[None]:
-        """One schema step, all or nothing (SQLite's DDL is transactional)."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
