@@ -61,11 +61,7 @@ class Jobs(ArrayPart):
                 self.luns.require_no_lv(plex)
                 job = self.store.add_job(uuid.uuid4().hex, "copy", lun.name, plex, lun.size_bytes,
                                          caller.initiator)
-                try:
-                    self.lvm.create_volume(plex, lun.size_bytes, {KIND_TAG: "copy"})
-                except Exception as e:
-                    self.store.update_job(job.job_id, state="failed", error=str(e))
-                    raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"could not create {plex}: {e}") from e
+                self._make_copy_lv(job, plex, lun.size_bytes)
                 self._run_job(job, lambda progress, lun=lun, plex=plex: self._plex(lun, plex, progress))
                 jobs.append(job)
             return jobs
@@ -104,14 +100,19 @@ class Jobs(ArrayPart):
             lun = self.store.add_lun(lv, "copy", src.size_bytes, self.luns.new_serial(), origin=src.name,
                                      holder=caller.initiator)
             job = self.store.add_job(uuid.uuid4().hex, "copy", src.name, lv, src.size_bytes, caller.initiator)
-            try:
-                self.lvm.create_volume(lv, src.size_bytes, {KIND_TAG: "copy"})
-            except Exception as e:
-                self.luns.destroy(lv)
-                self.store.update_job(job.job_id, state="failed", error=str(e))
-                raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"could not create {lv}: {e}") from e
+            self._make_copy_lv(job, lv, src.size_bytes)
             self._run_job(job, lambda progress: self._copy_then_export(src, lun, progress))
             return job
+
+    def _make_copy_lv(self, job: Job, lv: str, size_bytes: int) -> None:
+        """The thin LV a copy job writes into; if it cannot be made, whatever of it (and of its
+        store row) exists goes, the job is failed, and the caller gets the reason."""
+        try:
+            self.lvm.create_volume(lv, size_bytes, {KIND_TAG: "copy"})
+        except Exception as e:
+            self.luns.destroy(lv)
+            self.store.update_job(job.job_id, state="failed", error=str(e))
+            raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"could not create {lv}: {e}") from e
 
     def _unmapped_bytes(self, lun: Lun) -> int:
         """What writing every block of the LUN could still take from the pool."""
@@ -183,16 +184,16 @@ class Jobs(ArrayPart):
             try:
                 work(progress)
                 self.store.update_job(job.job_id, done_bytes=job.total_bytes, state="done")
-            except JobCancelled:
-                log.warning("job %s cancelled by its requester", job.job_id)
-                if job.kind == "copy":
-                    self.luns.destroy(job.target)
-                self.store.update_job(job.job_id, state="cancelled")
             except Exception as e:  # noqa: BLE001 - recorded on the job, shown by the API
-                log.exception("job %s failed", job.job_id)
-                if job.kind == "copy":
+                cancelled = isinstance(e, JobCancelled)
+                if cancelled:
+                    log.warning("job %s cancelled by its requester", job.job_id)
+                else:
+                    log.exception("job %s failed", job.job_id)
+                if job.kind == "copy":  # a copy that did not finish leaves no LV behind
                     self.luns.destroy(job.target)
-                self.store.update_job(job.job_id, state="failed", error=str(e))
+                self.store.update_job(job.job_id, state="cancelled" if cancelled else "failed",
+                                      error=None if cancelled else str(e))
 
         t = threading.Thread(target=body, name=f"job-{job.job_id[:8]}", daemon=True)
         self.threads[job.job_id] = t
