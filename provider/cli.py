@@ -106,7 +106,7 @@ def cmd_create(args: argparse.Namespace) -> dict:
         # An auto-release set lives while this requester does: the command runs, then the set
         # goes, whatever the command did (SIGTERM too; SIGKILL leaves it to `recover`).
         try:
-            signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+            exit_on_sigterm()
             if args.exec:
                 step(args, f"running {args.exec!r} with the shadow copies of set {doc.set_id}")
                 out["exec_status"] = run_with_set(args.exec, doc.set_id, coord.list_sets())
@@ -114,6 +114,12 @@ def cmd_create(args: argparse.Namespace) -> dict:
             step(args, f"releasing snapshot set {doc.set_id} (auto-release context)")
             out["released"] = coord.release(doc.set_id)["released"]
         return out
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM unwinds this process like Ctrl-C (SystemExit, status 128 + 15), so that its
+    cleanup runs: a backup set is released, a resync cancelled."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def run_with_set(command: str, set_id: str, listed: list[dict]) -> int:
@@ -159,7 +165,7 @@ def cmd_delete(args: argparse.Namespace) -> dict:
 
 def cmd_resync(args: argparse.Namespace) -> dict:
     xml = Path(args.bcd).read_bytes()
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # cancels it, as Ctrl-C
+    exit_on_sigterm()  # the resync is cancelled then, as on Ctrl-C
     with loaded_providers() as loaded, progress_bar(args, "resync on the array") as advance:
         return coordinator(loaded).resync(xml, args.snapshot or None, on_progress=advance)
 

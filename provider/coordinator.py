@@ -53,7 +53,7 @@ log = logging.getLogger("shadowlun.coordinator")
 MAX_LUNS_PER_SET = 64
 HOLD_WRITES_TIMEOUT_S = 10.0
 SETTLE_TIMEOUT_S = 30
-RESYNC_POLL_S = 0.5
+ASYNC_POLL_S = 0.5  # between two QueryStatus of a resync or of full copies
 ASYNC_TIMEOUT_S = 3600.0  # a resync, or a set's full copies: as ResyncLuns' own wait
 STATE_DIR = Path("/var/lib/shadowlun/coordinator")
 SYSFS_BLOCK = Path("/sys/block")
@@ -567,7 +567,7 @@ class Coordinator:
                 if time.monotonic() > deadline:
                     raise vss_error(HResult.VSS_E_PROVIDER_VETO,
                                     f"the {what} still ran after {ASYNC_TIMEOUT_S:g} s: cancelled")
-                time.sleep(RESYNC_POLL_S)
+                time.sleep(ASYNC_POLL_S)
         except BaseException as e:
             try:
                 provider.call("cancel", handle=handle)
@@ -769,7 +769,8 @@ class Coordinator:
                                         f"auto-import of set {set_id}: {imported.missing}")
                 except BaseException as e:
                     log.error("snapshot set %s: auto-import failed, deleting the set: %s", set_id, e)
-                    self.holds.add(set_id, bcd.to_xml(doc))
+                    if not is_auto_release(context):  # release works from a hold's document
+                        self.holds.add(set_id, bcd.to_xml(doc))
                     self.release(set_id)
                     raise
             return doc, {"seconds": timings, "wall": spans}

@@ -522,8 +522,9 @@ class ShadowLunProvider:
                 "total_bytes": sum(j["total_bytes"] for j in jobs), "jobs": jobs}
 
     def cancel(self, handle: str) -> dict:
-        """IVssAsync::Cancel of a resync: every job of it still running stops at its next chunk
-        (the destinations keep what was written so far); then its status, as QueryStatus."""
+        """IVssAsync::Cancel of a resync or of a PLEX set's full copies: every job of it still
+        running stops at its next chunk (a resync's destinations keep what was written so far, a
+        full copy's new LV goes); then its status, as QueryStatus."""
         with self._lock:
             job_ids = self._asyncs.get(handle)
         if job_ids is None:

@@ -824,7 +824,7 @@ MIN_STEPS = 2000
 def patched(monkeypatch):
     monkeypatch.setattr(hp, "read_lun_info", fake_read_lun_info)
     monkeypatch.setattr(jobs_module, "copy_blocks", fake_copy_blocks)
-    monkeypatch.setattr(coordinator_module, "RESYNC_POLL_S", 0.001)
+    monkeypatch.setattr(coordinator_module, "ASYNC_POLL_S", 0.001)
     monkeypatch.setattr(coordinator_module, "uuid", ReplayableUuid)
     monkeypatch.setattr(luns_module, "uuid", ReplayableUuid)
     monkeypatch.setattr(jobs_module, "uuid", ReplayableUuid)
