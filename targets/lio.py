@@ -48,7 +48,37 @@ THIN_ATTRIBUTES = {"emulate_tpu": "1", "emulate_tpws": "1"}
 STATE_DIRS = ("pr", "alua")
 
 
-class LioStateError(RuntimeError):
+class LioError(Exception):
+    """LIO is not as the agent needs it (as rtslib-fb's RTSLibError): the caller decides what it
+    means to the requester, so these carry no VSS code."""
+
+
+class NotExportedError(LioError):
+    """The volume has no backstore and TPG LUN in our target (as rtslib-fb's RTSLibNotInCFS)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+    def __str__(self) -> str:
+        return f"{self.name} is not exported"
+
+
+class BackstoreConflictError(LioError):
+    """A backstore of the volume's name exists on another device or with another serial: an
+    export made by someone else, which create-or-lookup must not take over."""
+
+    def __init__(self, name: str, serial: str, device: str, found_serial: str, found_device: str) -> None:
+        super().__init__(name, serial, device, found_serial, found_device)
+        self.name, self.serial, self.device = name, serial, device
+        self.found_serial, self.found_device = found_serial, found_device
+
+    def __str__(self) -> str:
+        return (f"backstore {self.name} exists with serial {self.found_serial} on {self.found_device} "
+                f"(wanted {self.serial} on {self.device})")
+
+
+class LioStateError(LioError):
     """LIO cannot keep the state SCSI hosts rely on (reservations) on this machine."""
 
 
@@ -164,7 +194,7 @@ class Lio:
         with locked():
             so = self._find_so(name)
             if so is None:
-                raise LookupError(f"{name} is not exported")
+                raise NotExportedError(name)
             if not self._advertise_thin(so):
                 return False
             self._changed()
@@ -241,7 +271,7 @@ class Lio:
             if made:
                 so = self.rts.BlockStorageObject(name, dev=device, wwn=serial)
             elif so.wwn != serial or so.udev_path != device:
-                raise ValueError(f"backstore {name} exists with serial {so.wwn} on {so.udev_path}")
+                raise BackstoreConflictError(name, serial, device, so.wwn, so.udev_path)
             try:
                 self._advertise_thin(so)
             except Exception:
@@ -276,7 +306,7 @@ class Lio:
             so = self._find_so(name)
             lun = self._lun_of(tpg, so) if so else None
             if lun is None:
-                raise LookupError(f"{name} is not exported")
+                raise NotExportedError(name)
             acl = self.rts.NodeACL(tpg, initiator)
             if acl.chap_userid != chap_user:
                 acl.chap_userid = chap_user

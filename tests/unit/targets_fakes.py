@@ -6,8 +6,8 @@ and targets.agent. They keep the behaviour the Array relies on, not the kernel's
   reports the missing ones (as the lvm shell runs on past a failed command), inactive thin
   snapshots until activate() (as lvcreate -s without -K), tags changed by retag() (as lvchange),
   VG tags, and dm devices a test marks `suspended` that resume_suspended() resumes;
-- FakeLio: exports with their serial and host mappings, create-or-lookup export (ValueError on
-  a backstore with another serial) with thin provisioning on, mask() refused on what is not
+- FakeLio: exports with their serial and host mappings, create-or-lookup export (BackstoreConflictError
+  on a backstore with another serial) with thin provisioning on, mask() refused on what is not
   exported, unexport() drops the mappings with the LUN, orphan backstores and backstores with
   thin provisioning off a test can plant.
 
@@ -26,7 +26,7 @@ from dataclasses import replace
 from targets import names
 from targets.array import Array
 from targets.config import ArrayConfig
-from targets.lio import Export, Mapping
+from targets.lio import BackstoreConflictError, Export, Mapping, NotExportedError
 from targets.lvm import OWNER_TAG, LogicalVolume, LvmError, PoolStatus, ThinDevice, dm_name
 from targets.store import Store
 
@@ -237,7 +237,7 @@ class FakeLio(_Injectable):
         have = self._exports.get(name)
         if have is not None:
             if have.serial != serial or have.device != device:
-                raise ValueError(f"backstore {name} exists with serial {have.serial} on {have.device}")
+                raise BackstoreConflictError(name, serial, device, have.serial, have.device)
             return Export(name, device, serial, have.lun)
         self.orphans.discard(name)
         e = Export(name, device, serial, self._free_lun())
@@ -247,7 +247,7 @@ class FakeLio(_Injectable):
     def advertise_thin(self, name: str) -> bool:
         self._call("advertise_thin", name)
         if name not in self._exports:
-            raise LookupError(f"{name} is not exported")
+            raise NotExportedError(name)
         was_off = name in self.not_thin
         self.not_thin.discard(name)
         return was_off
@@ -266,7 +266,7 @@ class FakeLio(_Injectable):
         self._call("mask", name, initiator, chap_user, chap_secret, read_only)
         e = self._exports.get(name)
         if e is None:
-            raise LookupError(f"{name} is not exported")
+            raise NotExportedError(name)
         self.chap[initiator] = (chap_user, chap_secret)
         m = Mapping(initiator, e.lun, read_only)
         self._exports[name] = replace(e, mappings=tuple(

@@ -202,6 +202,17 @@ def test_an_existing_backstore_looked_up_by_export_gets_thin_provisioning(tmp_pa
     assert lio.backstores["lun-a"].attributes == THIN_ON and not lio.backstores["lun-a"].deleted
 
 
+def test_a_backstore_of_the_name_on_another_device_or_serial_is_not_taken_over(tmp_path, monkeypatch):
+    monkeypatch.setattr(lio_mod, "SAVE_QUIET_S", 60.0)
+    lio = ExportingLio(tmp_path)
+    lio.backstores["lun-a"] = FakeBackstore("lun-a", "/dev/other/lun-a", "ab" * 16)
+    with pytest.raises(lio_mod.BackstoreConflictError, match="on /dev/other/lun-a") as e:
+        lio.export("lun-a", "/dev/shadowlun/lun-a", "ab" * 16)
+    assert (e.value.name, e.value.found_device, e.value.device) == (
+        "lun-a", "/dev/other/lun-a", "/dev/shadowlun/lun-a")
+    assert not lio.backstores["lun-a"].deleted
+
+
 def test_a_new_backstore_whose_thin_attributes_are_refused_is_removed_again(tmp_path):
     lio = ExportingLio(tmp_path, refuse=True)
     with pytest.raises(OSError, match="not implemented"):
@@ -223,8 +234,9 @@ def test_advertise_thin_changes_only_a_backstore_with_it_off(tmp_path, monkeypat
     assert lio._unsaved_since is not None  # the change is saved with the next burst
     lio._unsaved_since = None
     assert lio.advertise_thin("lun-a") is False and lio._unsaved_since is None
-    with pytest.raises(LookupError):
+    with pytest.raises(lio_mod.NotExportedError, match="lun-absent is not exported") as e:
         lio.advertise_thin("lun-absent")
+    assert e.value.name == "lun-absent"
 
 
 def test_missing_state_directories_are_named_and_refused(tmp_path):
