@@ -13,7 +13,7 @@
     shadowlun register-provider            register shadowlun's provider and its udev rule here
 
 Errors name their VSS code; the exit status is 2 for the caller's errors (VssUserError), 1 for
-failures of the system (VssRuntimeError). `--json` prints machine-readable results and errors;
+failures of the system (VssRuntimeError), as provider.cli_errors decides. `--json` prints machine-readable results and errors;
 otherwise results are tables on stdout and progress goes to stderr. The same operations are the
 methods of provider.coordinator.Coordinator (see `coordinator()` here for how to make one).
 """
@@ -31,8 +31,9 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from . import bcd
+from .cli_errors import SystemFailure, read_file, report
 from .hardware_provider import PROVIDER_ID, PROVIDER_NAME, PROVIDER_VERSION, VERSION_ID
-from .hresult import HResult, VssError, VssUserError, vss_error
+from .hresult import HResult, VssError, vss_error
 from .vss_types import SnapshotContext, VolumeSnapshotAttributes
 
 PROVIDER_SOCKET = Path("/run/shadowlun/provider.sock")
@@ -133,7 +134,7 @@ def run_with_set(command: str, set_id: str, listed: list[dict]) -> int:
 
 def cmd_import(args: argparse.Namespace) -> dict:
     """Import a transportable set from its document (vshadow -i): the disks appear by WWID."""
-    xml = Path(args.document).read_bytes()
+    xml = read_file(args.document, "the document")
     step(args, f"importing the set of {args.document}")
     with loaded_providers() as loaded:
         result = coordinator(loaded).import_document(xml)
@@ -164,7 +165,7 @@ def cmd_delete(args: argparse.Namespace) -> dict:
 
 
 def cmd_resync(args: argparse.Namespace) -> dict:
-    xml = Path(args.bcd).read_bytes()
+    xml = read_file(args.bcd, "the Backup Components Document")
     exit_on_sigterm()  # the resync is cancelled then, as on Ctrl-C
     with loaded_providers() as loaded, progress_bar(args, "resync on the array") as advance:
         return coordinator(loaded).resync(xml, args.snapshot or None, on_progress=advance)
@@ -273,13 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="shadowlun: %(name)s: %(message)s")
     try:
-        try:
-            result = args.func(args)
-        except OSError as e:  # a document or directory named on the command line
-            raise vss_error(HResult.E_INVALIDARG, str(e)) from e
+        result = args.func(args)
     except VssError as e:
-        print(json.dumps(e.to_dict()) if args.json else f"shadowlun: {e}", file=sys.stderr)
-        return 2 if isinstance(e, VssUserError) else 1
+        return report(e, args.json)
+    except OSError as e:  # not a file the user named (those are FileReadError): the system's
+        return report(SystemFailure(e), args.json)
     if args.json:
         print(json.dumps(result))
     else:

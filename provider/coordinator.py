@@ -376,7 +376,10 @@ class Coordinator:
             target = Path(mount_dir)
             if not target.is_absolute():
                 raise vss_error(HResult.E_INVALIDARG, f"{mount_dir}: give an absolute path")
-            target.mkdir(parents=True, exist_ok=True)
+            try:
+                target.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                pass  # a file is in the way: refused just below, as the caller's error
             if not target.is_dir() or any(target.iterdir()) or os.path.ismount(target):
                 raise vss_error(HResult.E_INVALIDARG, f"{mount_dir} is not an empty directory")
             fstype = self._run(["blkid", "-o", "value", "-s", "TYPE", vol["device"]],

@@ -1,14 +1,17 @@
 """The requester CLI: arguments, exit codes that name the VSS code, JSON and human output."""
 from __future__ import annotations
 
+import errno
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from provider import cli
 from provider.cli_tables import RENDERERS, render
 from provider.coordinator import Coordinator
-from provider.hresult import HResult, vss_error
+from provider.cli_errors import FileReadError, read_file
+from provider.hresult import HResult, VssUserError, vss_error
 
 SET = "7f0c5d2e-3b1a-4c8d-9e6f-1a2b3c4d5e6f"
 SNAP = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
@@ -51,6 +54,37 @@ def test_runtime_failures_exit_1(monkeypatch, capsys):
     monkeypatch.setattr(cli, "cmd_list", broken)
     assert cli.main(["list"]) == 1
     assert "VSS_E_UNEXPECTED_PROVIDER_ERROR" in capsys.readouterr().err
+
+
+def test_an_unreadable_file_the_user_named_is_their_error(empty_host, capsys, tmp_path):
+    assert cli.main(["import", str(tmp_path)]) == 2  # a directory, not a document
+    assert f"E_INVALIDARG (0x80070057): cannot read the document {tmp_path}: Is a directory" in capsys.readouterr().err
+    with pytest.raises(FileReadError) as e:
+        read_file(str(tmp_path / "absent.xml"), "the document")
+    assert (e.value.path, e.value.what, e.value.hresult) == (str(tmp_path / "absent.xml"), "the document",
+                                                             HResult.E_INVALIDARG)
+    assert isinstance(e.value.error, FileNotFoundError) and isinstance(e.value, VssUserError)
+
+
+def test_any_other_os_error_is_the_systems(monkeypatch, capsys):
+    def full_disk(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/var/lib/shadowlun/catalog.json")
+
+    monkeypatch.setattr(cli, "cmd_list", full_disk)
+    assert cli.main(["--json", "list"]) == 1
+    err = json.loads(capsys.readouterr().err)
+    assert err["vss"] == "VSS_E_UNEXPECTED" and "No space left on device" in err["message"]
+    assert "catalog.json" in err["message"]
+
+
+def test_a_file_in_the_way_of_an_expose_directory_is_the_callers_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    coord = Coordinator([], state_dir=tmp_path / "state", list_disks=lambda: [])
+    coord.catalog.require_snapshot = lambda sid: (None, SimpleNamespace(exposed=None))
+    coord._located = lambda entry: (None, {"device": "/dev/sdz1"})
+    with pytest.raises(VssUserError, match="not an empty directory"):
+        coord.expose(SNAP, str(blocker / "mnt"))
 
 
 def test_delete_needs_exactly_one_choice(empty_host, capsys):
