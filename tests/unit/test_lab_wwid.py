@@ -1,31 +1,8 @@
-"""Unit tests of lab.smoke.wwid_for_serial and the smoke scenario's iSCSI node helper."""
+"""Unit tests of the smoke scenario's iSCSI node helper."""
 from __future__ import annotations
 
-import uuid
-
-from lab import smoke
 from lab.ssh import Result
 from lab.initiator import Node
-from lab.smoke import LIO_COMPANY_ID, wwid_for_serial
-
-
-def test_naa6_prefix_and_first_25_hex_digits():
-    serial = "0123456789abcdef0123456789abcdef"
-    assert LIO_COMPANY_ID == "6001405"
-    wwid = wwid_for_serial(serial)
-    assert wwid == "naa.6001405" + serial[:25]
-    # NAA-6 identifiers are 16 bytes: 32 hex digits after "naa.".
-    assert len(wwid.removeprefix("naa.")) == 32
-
-
-def test_dashes_are_removed_before_taking_25_digits():
-    u = uuid.UUID("12345678-9abc-def0-1234-56789abcdef0")
-    assert wwid_for_serial(str(u)) == "naa.6001405" + u.hex[:25]
-    assert wwid_for_serial(str(u)) == wwid_for_serial(u.hex)
-
-
-def test_short_serial_is_not_padded():
-    assert wwid_for_serial("abc") == "naa.6001405abc"
 
 
 class FakeVM:

@@ -306,8 +306,9 @@ def test_prediction_holds_the_three_designators_lio_emits():
     "abc",                                       # short: missing digits are zero
     "xyz-no-hex",                                # no hex digit at all
 ])
-def test_naa_agrees_with_the_array_side(serial):
-    assert "naa." + lio_naa_identifier(serial).hex() == naa_wwid(serial).ljust(36, "0")
+def test_naa_is_company_id_and_the_first_25_hex_digits_of_the_serial(serial):
+    digits = "".join(c for c in serial.lower() if c in "0123456789abcdef")[:25]
+    assert naa_wwid(serial) == "naa.6001405" + digits.ljust(25, "0") == "naa." + lio_naa_identifier(serial).hex()
     assert len(lio_naa_identifier(serial)) == 16
 
 

@@ -1,4 +1,5 @@
-"""The lab smoke scenario: the real kernel stack end to end, no product code involved.
+"""The lab smoke scenario: the real kernel stack end to end, no product code involved (but the
+array's rule for the WWID of a LIO LUN, targets.lio.naa_wwid, which the scenario checks).
 
 On `array`: a thin volume with a filesystem and data in the thin pool, a thin snapshot of it,
 the origin changed afterwards, the snapshot exported with rtslib-fb as a read-only iSCSI LUN
@@ -19,19 +20,13 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from targets.lio import naa_wwid
+
 from .errors import LabError
 from .lab import Lab
 from .initiator import GUEST, Node, sessions_to
 
 VG, POOL = "shadowlun", "pool"
-LIO_COMPANY_ID = "6001405"  # NAA type 6 + IEEE company id 001405, as LIO builds VPD page 0x83
-
-
-def wwid_for_serial(serial: str) -> str:
-    """The WWID Linux reports for a LIO LUN: NAA-6 from company id + the first 25 hex digits of
-    the serial (LIO skips every other character), in lower case."""
-    digits = "".join(c for c in serial.lower() if c in "0123456789abcdef")
-    return f"naa.{LIO_COMPANY_ID}{digits[:25]}"
 
 
 @dataclass
@@ -69,7 +64,7 @@ def run(lab: Lab, log: Callable[[str], None] = print) -> SmokeResult:
     array, host_a, host_b = lab.array, lab.vm("host-a"), lab.vm("host-b")
     run_id = uuid.uuid4().hex[:8]
     serial = uuid.uuid4().hex  # chosen by us before the first export; LIO cannot change it later
-    wwid = wwid_for_serial(serial)
+    wwid = naa_wwid(serial)
     origin, snap = f"smoke-{run_id}", f"smoke-{run_id}-snap"
     iqn = f"iqn.2026-11.lab.shadowlun.array:{origin}"
     portal = array.machine.addresses["san"]
