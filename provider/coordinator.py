@@ -46,11 +46,16 @@ from .shadow_flags import (
     partition_name,
 )
 from .volumes import Extent
-from .vss_types import HardwareOptions, LunInformation, SnapshotContext, VolumeSnapshotAttributes
+from .vss_types import (
+    MAX_LUNS_PER_SET,
+    HardwareOptions,
+    LunInformation,
+    SnapshotContext,
+    VolumeSnapshotAttributes,
+)
 
 log = logging.getLogger("shadowlun.coordinator")
 
-MAX_LUNS_PER_SET = 64
 HOLD_WRITES_TIMEOUT_S = 10.0
 SETTLE_TIMEOUT_S = 30
 ASYNC_POLL_S = 0.5  # between two QueryStatus of a resync or of full copies

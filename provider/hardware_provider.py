@@ -26,6 +26,7 @@ from .hresult import HResult, VssError, VssUserError, vss_error
 from .lun_info import LIO_VENDOR, predict_lio_lun_info, read_lun_info
 from .state_machine import OutOfSequenceError, ProviderMethod, ProviderState, ProviderStateMachine, Verdict
 from .vss_types import (
+    MAX_LUNS_PER_SET,
     LunInformation,
     REQUESTER_MODIFIERS,
     ProviderCapabilities,
@@ -286,8 +287,9 @@ class ShadowLunProvider:
                 for name in names:  # a LUN shared by several volumes is snapshotted once
                     pending.members.setdefault(name, array_snapshot_id(str(snapshot_id), name))
                 pending.volumes[str(snapshot_id)] = names
-                if len(pending.members) > 64:
-                    raise vss_error(HResult.VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED, "at most 64 LUNs per set")
+                if len(pending.members) > MAX_LUNS_PER_SET:
+                    raise vss_error(HResult.VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED,
+                                    f"at most {MAX_LUNS_PER_SET} LUNs per set")
             return luns
 
         return self._creation(ProviderMethod.BEGIN_PREPARE_SNAPSHOT, set_id, work)

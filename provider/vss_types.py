@@ -286,6 +286,10 @@ UNIQUE_IDENTIFIER_TYPES = frozenset({
 VER_VDS_LUN_INFORMATION = 1
 DEVICE_ID_DESCRIPTOR_VERSION = 1  # what our producers write; vdslun.h documents no value
 
+# shadowlun's limit on the LUNs of one snapshot set (CONTRACT.md §12): more is
+# VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED, from the coordinator, the provider and the array alike.
+MAX_LUNS_PER_SET = 64
+
 # Bounds on untrusted records (a Backup Components Document may come from anywhere).
 MAX_STRING_CHARS = 256
 MAX_IDENTIFIER_BYTES = 255  # an SPC designator's length is one byte

@@ -7,6 +7,7 @@ import time
 
 from provider.hresult import HResult, vss_error
 from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
+from provider.vss_types import MAX_LUNS_PER_SET
 
 from . import names
 from .authority import ADMIN, Caller, denied, may_import
@@ -19,8 +20,6 @@ from .names import SNAPSHOT_PREFIX, api_name
 from .store import SetMember, SnapshotSet
 
 log = logging.getLogger("shadowlun.array")
-
-MAX_LUNS_PER_SET = 64
 
 
 class SnapshotSets(ArrayPart):

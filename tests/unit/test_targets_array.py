@@ -18,8 +18,8 @@ import targets.snapshot_sets as sets_mod
 from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError
 from targets.array import Array
 from targets.luns import LunView
-from targets.snapshot_sets import MAX_LUNS_PER_SET
 from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
+from provider.vss_types import MAX_LUNS_PER_SET
 from targets.lio import Mapping, naa_wwid
 from targets.lvm import LvmError
 from targets.reconcile import Reconciler

@@ -16,6 +16,7 @@ from provider.hresult import HResult, VssError, VssUserError
 from provider.vss_types import (
     CONTEXT_BITS,
     GUID_NULL,
+    MAX_LUNS_PER_SET,
     REQUESTER_MODIFIERS,
     DeviceIdDescriptor,
     GptAttributes,
@@ -188,6 +189,13 @@ def test_the_record_fields_of_the_contract_are_the_json_keys():
     assert [r[1] for r in rows] == list(lun().to_dict())
     ignored = {r[1] for r in rows if r[3] == "no"}
     assert ignored == {"bus_type", "disk_signature", "interconnects"}
+
+
+def test_the_set_limits_of_the_contract_are_the_code_s():
+    from provider.bcd import MAX_SNAPSHOTS
+    limits = dict(contract.table(contract.section(r"12\. ")))
+    assert contract.value(limits["LUNs per set"]) == MAX_LUNS_PER_SET
+    assert contract.value(limits["volumes per set"]) == MAX_SNAPSHOTS
 
 
 def test_context_bits_cover_every_context_pattern():
