@@ -24,7 +24,8 @@ from typing import Any, Protocol
 
 from .hresult import HResult, VssError, VssUserError, vss_error
 from .lun_info import LIO_VENDOR, predict_lio_lun_info, read_lun_info
-from .state_machine import OutOfSequenceError, ProviderMethod, ProviderState, ProviderStateMachine, Verdict
+from .methods import ProviderMethod
+from .state_machine import OutOfSequenceError, ProviderState, ProviderStateMachine, Verdict
 from .vss_types import (
     MAX_LUNS_PER_SET,
     LunInformation,

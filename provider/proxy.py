@@ -33,19 +33,18 @@ from types import MappingProxyType
 from typing import IO, Any
 
 from provider.hresult import HResult, VssError, VssRuntimeError, vss_error
+from provider.methods import PROVIDER_METHODS, ProviderMethod, per_method, spec_name
 from provider.registry import ProviderRegistration
 from provider.rpc import (
     MAX_MESSAGE,
     PING,
     PROTOCOL_VERSION,
-    PROVIDER_METHODS,
     MessageReader,
     ProtocolError,
     Request,
     Response,
     decode_response,
     send_message,
-    spec_name,
 )
 
 log = logging.getLogger("shadowlun.provider.proxy")
@@ -59,6 +58,7 @@ TAIL_LINES = 20
 TAIL_LINE_CHARS = 500
 
 _H = HResult
+_M = ProviderMethod
 
 # --- §8: the codes a provider may return --------------------------------------------------------
 
@@ -75,38 +75,37 @@ _SET = _BASE | {_H.VSS_E_OBJECT_NOT_FOUND}
 
 # §5.1's "Allowed codes" column, failure codes only, method by method (§8's "method-specific
 # extras" row adds nothing that is not here).
-DOCUMENTED_CODES: Mapping[str, frozenset[HResult]] = MappingProxyType({
-    "on_load": _BASE,
-    "on_unload": frozenset(),  # S_OK; S_FALSE only when not forced
-    "are_luns_supported": _BASE,
-    "begin_prepare_snapshot": _BASE | {
+DOCUMENTED_CODES: Mapping[str, frozenset[HResult]] = per_method({
+    _M.ON_LOAD: _BASE,
+    _M.ON_UNLOAD: frozenset(),  # S_OK; S_FALSE only when not forced
+    _M.ARE_LUNS_SUPPORTED: _BASE,
+    _M.BEGIN_PREPARE_SNAPSHOT: _BASE | {
         _H.VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED, _H.VSS_E_NESTED_VOLUME_LIMIT,
         _H.VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER, _H.VSS_E_UNSUPPORTED_CONTEXT},
-    "end_prepare_snapshots": _SET | {_H.VSS_E_INSUFFICIENT_STORAGE},
-    "pre_commit_snapshots": _SET,
-    "commit_snapshots": _SET,
-    "post_commit_snapshots": _SET,
-    "get_target_luns": _BASE,
-    "pre_final_commit_snapshots": _BASE,
-    "post_final_commit_snapshots": _BASE,
-    "abort_snapshots": _SET,
-    "locate_luns": _BASE,
-    "fill_in_lun_info": _BASE,  # the WS2003 list; the value is ignored since 2008
-    "on_lun_empty": _BASE,
-    "get_provider_capabilities": frozenset(),  # reserved
-    "on_lun_state_change": _BASE,
-    "resync_luns": frozenset({_H.E_OUTOFMEMORY, _H.VSS_E_PROVIDER_VETO, _H.VSS_E_INSUFFICIENT_STORAGE}),
-    "on_reuse_luns": frozenset(),  # reserved: "S_OK or HRESULT error"
-    "query_status": frozenset({_H.VSS_E_PROVIDER_VETO, _H.VSS_E_OBJECT_NOT_FOUND}),  # those of ResyncLuns' work
-    "cancel": frozenset({_H.VSS_E_PROVIDER_VETO, _H.VSS_E_OBJECT_NOT_FOUND}),
+    _M.END_PREPARE_SNAPSHOTS: _SET | {_H.VSS_E_INSUFFICIENT_STORAGE},
+    _M.PRE_COMMIT_SNAPSHOTS: _SET,
+    _M.COMMIT_SNAPSHOTS: _SET,
+    _M.POST_COMMIT_SNAPSHOTS: _SET,
+    _M.GET_TARGET_LUNS: _BASE,
+    _M.PRE_FINAL_COMMIT_SNAPSHOTS: _BASE,
+    _M.POST_FINAL_COMMIT_SNAPSHOTS: _BASE,
+    _M.ABORT_SNAPSHOTS: _SET,
+    _M.LOCATE_LUNS: _BASE,
+    _M.FILL_IN_LUN_INFO: _BASE,  # the WS2003 list; the value is ignored since 2008
+    _M.ON_LUN_EMPTY: _BASE,
+    _M.GET_PROVIDER_CAPABILITIES: frozenset(),  # reserved
+    _M.ON_LUN_STATE_CHANGE: _BASE,
+    _M.RESYNC_LUNS: frozenset({_H.E_OUTOFMEMORY, _H.VSS_E_PROVIDER_VETO, _H.VSS_E_INSUFFICIENT_STORAGE}),
+    _M.ON_REUSE_LUNS: frozenset(),  # reserved: "S_OK or HRESULT error"
+    _M.QUERY_STATUS: frozenset({_H.VSS_E_PROVIDER_VETO, _H.VSS_E_OBJECT_NOT_FOUND}),  # those of ResyncLuns' work
+    _M.CANCEL: frozenset({_H.VSS_E_PROVIDER_VETO, _H.VSS_E_OBJECT_NOT_FOUND}),
 })
 
 # Methods whose codes the coordinator passes on untranslated: column T of §5.1 is "no"
 # (AbortSnapshots, OnUnload: §8 "return values ... are not translated") or "—" (FillInLunInfo's
 # value is ignored; GetProviderCapabilities and OnReuseLuns are reserved).
-NOT_TRANSLATED: frozenset[str] = frozenset({
-    "abort_snapshots", "on_unload", "fill_in_lun_info", "get_provider_capabilities", "on_reuse_luns",
-})
+NOT_TRANSLATED: frozenset[str] = frozenset(m.value for m in (
+    _M.ABORT_SNAPSHOTS, _M.ON_UNLOAD, _M.FILL_IN_LUN_INFO, _M.GET_PROVIDER_CAPABILITIES, _M.ON_REUSE_LUNS))
 
 # DECISION: a translated method may return its §5.1 codes and §8's general list. §5.1 alone is
 # narrower (e.g. no VSS_E_OBJECT_NOT_FOUND for PreFinalCommitSnapshots), but §8 calls its table
@@ -117,22 +116,20 @@ ALLOWED_CODES: Mapping[str, frozenset[HResult] | None] = MappingProxyType({
     method: None if method in NOT_TRANSLATED else codes | GENERAL_CODES
     for method, codes in DOCUMENTED_CODES.items()
 })
-assert set(ALLOWED_CODES) == set(PROVIDER_METHODS)
 
 # Per-call deadlines in seconds (§16.1). CommitSnapshots runs inside the 10 s hold window; Pre- and
 # PostCommit inside the writers' 60 s freeze; EndPrepareSnapshots may be long (it is abortable);
 # LUN operations wait for the array and for disks; ResyncLuns waits for the array's copy.
-DEFAULT_TIMEOUTS: Mapping[str, float] = MappingProxyType({
-    "on_load": 30.0, "on_unload": 60.0,
-    "are_luns_supported": 60.0, "fill_in_lun_info": 60.0,
-    "begin_prepare_snapshot": 300.0, "end_prepare_snapshots": 900.0,
-    "pre_commit_snapshots": 20.0, "commit_snapshots": 10.0, "post_commit_snapshots": 30.0,
-    "get_target_luns": 120.0, "pre_final_commit_snapshots": 60.0, "post_final_commit_snapshots": 60.0,
-    "abort_snapshots": 300.0, "locate_luns": 300.0, "on_lun_empty": 300.0,
-    "get_provider_capabilities": 30.0, "on_lun_state_change": 300.0,
-    "resync_luns": 3700.0, "on_reuse_luns": 60.0, "query_status": 60.0, "cancel": 60.0,
+DEFAULT_TIMEOUTS: Mapping[str, float] = per_method({
+    _M.ON_LOAD: 30.0, _M.ON_UNLOAD: 60.0,
+    _M.ARE_LUNS_SUPPORTED: 60.0, _M.FILL_IN_LUN_INFO: 60.0,
+    _M.BEGIN_PREPARE_SNAPSHOT: 300.0, _M.END_PREPARE_SNAPSHOTS: 900.0,
+    _M.PRE_COMMIT_SNAPSHOTS: 20.0, _M.COMMIT_SNAPSHOTS: 10.0, _M.POST_COMMIT_SNAPSHOTS: 30.0,
+    _M.GET_TARGET_LUNS: 120.0, _M.PRE_FINAL_COMMIT_SNAPSHOTS: 60.0, _M.POST_FINAL_COMMIT_SNAPSHOTS: 60.0,
+    _M.ABORT_SNAPSHOTS: 300.0, _M.LOCATE_LUNS: 300.0, _M.ON_LUN_EMPTY: 300.0,
+    _M.GET_PROVIDER_CAPABILITIES: 30.0, _M.ON_LUN_STATE_CHANGE: 300.0,
+    _M.RESYNC_LUNS: 3700.0, _M.ON_REUSE_LUNS: 60.0, _M.QUERY_STATUS: 60.0, _M.CANCEL: 60.0,
 })
-assert set(DEFAULT_TIMEOUTS) == set(PROVIDER_METHODS)
 
 
 class ProviderTimeoutError(VssRuntimeError):

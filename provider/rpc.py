@@ -10,7 +10,7 @@ formats messages, which is the easy part).
     response  {"id": 7, "result": <JSON>}
           or  {"id": 7, "error": {"hresult": "0x8004231F", "vss": "VSS_E_…", "message": "…"}}
 
-Method names are the snake_case names of the COM methods (PROVIDER_METHODS); names with a dot
+Method names are the snake_case names of the COM methods (provider.methods); names with a dot
 belong to the protocol itself (PING). The error object is VssError.to_dict(), the same form the
 array agent uses. A response whose request could not be read carries "id": null. Messages are
 ASCII (json's escapes), NaN and Infinity are refused, and one message is at most MAX_MESSAGE bytes.
@@ -30,33 +30,10 @@ PROTOCOL_VERSION = 1
 MAX_MESSAGE = 16 * 1024 * 1024  # bytes of one message, the newline excluded
 PING = "rpc.ping"  # answered by the server itself: {"protocol", "pid", "methods"}
 
-# The methods of IVssProviderCreateSnapshotSet, IVssHardwareSnapshotProvider(Ex) and
-# IVssProviderNotifications, in the v-table order of spec §1 l.92-97. Nothing else of a provider
-# object can be called over the socket.
-PROVIDER_METHODS: tuple[str, ...] = (
-    # IVssProviderCreateSnapshotSet
-    "end_prepare_snapshots", "pre_commit_snapshots", "commit_snapshots", "post_commit_snapshots",
-    "pre_final_commit_snapshots", "post_final_commit_snapshots", "abort_snapshots",
-    # IVssHardwareSnapshotProvider
-    "are_luns_supported", "fill_in_lun_info", "begin_prepare_snapshot", "get_target_luns",
-    "locate_luns", "on_lun_empty",
-    # IVssHardwareSnapshotProviderEx
-    "get_provider_capabilities", "on_lun_state_change", "resync_luns", "on_reuse_luns",
-    # IVssProviderNotifications
-    "on_load", "on_unload",
-    # IVssAsync::QueryStatus and Cancel of what ResyncLuns started (its ppAsync), by handle
-    "query_status", "cancel",
-)
-
 RequestId = int | str
 _METHOD_RE = re.compile(r"[a-z][a-z0-9_]{0,63}(\.[a-z][a-z0-9_]{0,63})?")
 _ID_LIMIT = 128
 _QUOTE_LIMIT = 80  # characters of a bad value quoted in an error message
-
-
-def spec_name(method: str) -> str:
-    """The COM name of a snake_case method: "end_prepare_snapshots" → "EndPrepareSnapshots"."""
-    return "".join(word.capitalize() for word in method.split("_"))
 
 
 class ProtocolError(ValueError):

@@ -50,17 +50,16 @@ from pathlib import Path
 from typing import Any
 
 from provider.hresult import HResult, VssError, vss_error
+from provider.methods import PROVIDER_METHODS, spec_name
 from provider.rpc import (
     MAX_MESSAGE,
     PING,
     PROTOCOL_VERSION,
-    PROVIDER_METHODS,
     MessageReader,
     ProtocolError,
     Request,
     Response,
     decode_request,
-    spec_name,
 )
 
 log = logging.getLogger("shadowlun.provider.server")

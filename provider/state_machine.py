@@ -1,5 +1,4 @@
-"""Sequencing rules of the provider's creation calls (CONTRACT.md §7.2, §7.3) and of the requester
-object (§7.4).
+"""Sequencing rules of the provider's creation calls (CONTRACT.md §7.2, §7.3).
 
 VSS serializes creation, but it also restarts a sequence without notice, aborts from another thread and
 sends stray calls, and the provider must answer each case with the code of the contract. These rules are
@@ -19,6 +18,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from provider.hresult import HResult, VssError, VssRuntimeError, vss_error
+from provider.methods import ProviderMethod
 
 SetId = uuid.UUID
 
@@ -47,53 +47,11 @@ _IN_PROGRESS = frozenset({ProviderState.PREPARING, ProviderState.PREPARED,
                           ProviderState.PRECOMMITTED, ProviderState.COMMITTED})
 
 
-@enum.unique
-class ProviderMethod(enum.Enum):
-    """Every provider method that CONTRACT.md §7.2 gives a row; the value is the snake_case RPC name."""
-
-    # IVssProviderCreateSnapshotSet and the creation calls of IVssHardwareSnapshotProvider
-    BEGIN_PREPARE_SNAPSHOT = "begin_prepare_snapshot"
-    END_PREPARE_SNAPSHOTS = "end_prepare_snapshots"
-    PRE_COMMIT_SNAPSHOTS = "pre_commit_snapshots"
-    COMMIT_SNAPSHOTS = "commit_snapshots"
-    POST_COMMIT_SNAPSHOTS = "post_commit_snapshots"
-    GET_TARGET_LUNS = "get_target_luns"
-    PRE_FINAL_COMMIT_SNAPSHOTS = "pre_final_commit_snapshots"
-    POST_FINAL_COMMIT_SNAPSHOTS = "post_final_commit_snapshots"
-    ABORT_SNAPSHOTS = "abort_snapshots"
-    # Methods outside the creation sequence (CONTRACT.md R13), including the Ex ones.
-    # OnReuseLuns is not among them: reserved, never called by the coordinator (CONTRACT.md §2.4).
-    ARE_LUNS_SUPPORTED = "are_luns_supported"
-    FILL_IN_LUN_INFO = "fill_in_lun_info"
-    LOCATE_LUNS = "locate_luns"
-    ON_LUN_EMPTY = "on_lun_empty"
-    ON_LUN_STATE_CHANGE = "on_lun_state_change"
-    RESYNC_LUNS = "resync_luns"
-    GET_PROVIDER_CAPABILITIES = "get_provider_capabilities"
-    # IVssProviderNotifications: OnUnload ends a set in progress (CONTRACT.md R12)
-    ON_UNLOAD = "on_unload"
-
-    @property
-    def spec_name(self) -> str:
-        """The COM name: "BeginPrepareSnapshot"."""
-        return "".join(word.capitalize() for word in self.value.split("_"))
-
-    @property
-    def takes_set_id(self) -> bool:
-        return self in SET_ID_METHODS
-
-    @property
-    def is_creation(self) -> bool:
-        """False for the methods of CONTRACT.md R13, which must not disturb an in-progress set."""
-        return self not in NON_CREATION_METHODS
-
-
-SET_ID_METHODS = frozenset({
-    ProviderMethod.BEGIN_PREPARE_SNAPSHOT, ProviderMethod.END_PREPARE_SNAPSHOTS,
-    ProviderMethod.PRE_COMMIT_SNAPSHOTS, ProviderMethod.COMMIT_SNAPSHOTS,
-    ProviderMethod.POST_COMMIT_SNAPSHOTS, ProviderMethod.PRE_FINAL_COMMIT_SNAPSHOTS,
-    ProviderMethod.POST_FINAL_COMMIT_SNAPSHOTS, ProviderMethod.ABORT_SNAPSHOTS,
-})
+# The methods with a row in CONTRACT.md §7.2. OnLoad, OnReuseLuns (reserved, refused with
+# E_NOTIMPL) and the IVssAsync calls have none: they never touch the machine.
+MACHINE_METHODS: tuple[ProviderMethod, ...] = tuple(m for m in ProviderMethod if m not in {
+    ProviderMethod.ON_LOAD, ProviderMethod.ON_REUSE_LUNS, ProviderMethod.QUERY_STATUS, ProviderMethod.CANCEL})
+# CONTRACT.md R13: the machine's methods outside the creation sequence.
 NON_CREATION_METHODS = frozenset({
     ProviderMethod.ARE_LUNS_SUPPORTED, ProviderMethod.FILL_IN_LUN_INFO, ProviderMethod.LOCATE_LUNS,
     ProviderMethod.ON_LUN_EMPTY, ProviderMethod.ON_LUN_STATE_CHANGE, ProviderMethod.RESYNC_LUNS,
@@ -274,7 +232,7 @@ def _matches(state: ProviderState, method: ProviderMethod) -> tuple[SetMatch, ..
 
 TRANSITIONS: Mapping[tuple[ProviderState, ProviderMethod, SetMatch], Rule] = MappingProxyType({
     (state, method, match): _rule(state, method, match)
-    for state in ProviderState for method in ProviderMethod for match in _matches(state, method)
+    for state in ProviderState for method in MACHINE_METHODS for match in _matches(state, method)
 })
 """Every (state, method, set match) the provider can meet, with its rule; read-only."""
 
@@ -285,7 +243,7 @@ def format_matrix() -> str:
     states = list(ProviderState)
     lines = ["| Call \\ State | " + " | ".join(s.name for s in states) + " |",
              "|---" * (len(states) + 1) + "|"]
-    for method in ProviderMethod:
+    for method in MACHINE_METHODS:
         for match in (SetMatch.CURRENT, SetMatch.OTHER, SetMatch.NONE):
             cells = []
             for state in states:
@@ -407,8 +365,8 @@ class ProviderStateMachine:
                 self._enter(rule.at_begin, sid if new_set else self._set_id)
             if not rule.verdict.allowed:
                 raise self._refusal(call, state)
-            if rule.verdict is not Verdict.NO_OP and method.is_creation and method not in (
-                    ProviderMethod.ABORT_SNAPSHOTS, ProviderMethod.ON_UNLOAD):
+            if rule.verdict is not Verdict.NO_OP and method not in (
+                    *NON_CREATION_METHODS, ProviderMethod.ABORT_SNAPSHOTS, ProviderMethod.ON_UNLOAD):
                 self._supersede()
                 self._pending = (call, rule)
             return call
@@ -458,155 +416,3 @@ class ProviderStateMachine:
                                  f"{what} out of sequence in state {state.name}; set aborted")
         err.discard = call.discard
         return err
-
-
-# --- requester side (CONTRACT.md §7.4) ----------------------------------------------------------
-
-@enum.unique
-class RequesterState(enum.Enum):
-    """The requester object's states. The first six are the usual Windows names; the rest are ours."""
-
-    NEW = "new"
-    INIT_BACKUP = "init_backup"
-    SET_STARTED = "set_started"       # holds the host-wide creation lock (CONTRACT.md §8)
-    CREATING = "creating"
-    CREATED = "created"               # lock released
-    IMPORTED = "imported"
-    INIT_RESTORE = "init_restore"     # ours: after InitializeForRestore (Windows names no state)
-    RECOVERED = "recovered"           # ours: after RecoverSet; only release remains
-    FAILED = "failed"                 # ours: DoSnapshotSet failed; only release remains (Windows is silent)
-    RELEASED = "released"             # ours: the object was released
-
-
-@enum.unique
-class RequesterMethod(enum.Enum):
-    """IVssBackupComponents calls of CONTRACT.md §7.4, plus the two outcomes of the asynchronous
-    DoSnapshotSet."""
-
-    INITIALIZE_FOR_BACKUP = "initialize_for_backup"
-    INITIALIZE_FOR_RESTORE = "initialize_for_restore"
-    SET_CONTEXT = "set_context"
-    GATHER_WRITER_METADATA = "gather_writer_metadata"
-    ADD_COMPONENT = "add_component"
-    START_SNAPSHOT_SET = "start_snapshot_set"
-    ADD_TO_SNAPSHOT_SET = "add_to_snapshot_set"
-    PREPARE_FOR_BACKUP = "prepare_for_backup"
-    DO_SNAPSHOT_SET = "do_snapshot_set"
-    CREATION_SUCCEEDED = "creation_succeeded"   # DoSnapshotSet's IVssAsync reports success
-    CREATION_FAILED = "creation_failed"         # … or failure
-    SAVE_AS_XML = "save_as_xml"
-    BACKUP_COMPLETE = "backup_complete"
-    IMPORT_SNAPSHOTS = "import_snapshots"
-    ADD_SNAPSHOT_TO_RECOVERY_SET = "add_snapshot_to_recovery_set"
-    RECOVER_SET = "recover_set"
-    RELEASE = "release"
-
-
-@enum.unique
-class Needs(enum.Enum):
-    """A condition of CONTRACT.md §7.4 beyond the state; unmet ⇒ VSS_E_BAD_STATE."""
-
-    WRITERS = "the context involves writers"            # AddComponent/PrepareForBackup/BackupComplete
-    CONTEXT_UNSET = "SetContext not called yet"         # SetContext is called once
-    METADATA_NOT_GATHERED = "GatherWriterMetadata not called yet"   # SetContext comes before it
-    METADATA = "GatherWriterMetadata called"            # AddComponent selects from the gathered metadata
-    METADATA_IF_WRITERS = "GatherWriterMetadata called, for a writer context"
-    NOT_PREPARED = "PrepareForBackup not called yet"    # AddToSnapshotSet ×N come before it
-    PREPARED = "PrepareForBackup called"                # SaveAsXML not before PrepareForBackup
-    PREPARED_IF_WRITERS = "PrepareForBackup called, for a writer context"
-    BCD = "initialized with a saved document"           # ImportSnapshots needs InitializeForBackup(xml)
-
-
-@dataclass(frozen=True)
-class RequesterRule:
-    next: RequesterState
-    needs: frozenset[Needs] = frozenset()
-
-
-def _requester_table() -> dict[tuple[RequesterState, RequesterMethod], RequesterRule]:
-    R, M, N = RequesterState, RequesterMethod, Needs
-
-    def rule(next_state: RequesterState, *needs: Needs) -> RequesterRule:
-        return RequesterRule(next_state, frozenset(needs))
-
-    table = {
-        (R.NEW, M.INITIALIZE_FOR_BACKUP): rule(R.INIT_BACKUP),
-        (R.NEW, M.INITIALIZE_FOR_RESTORE): rule(R.INIT_RESTORE),
-        (R.INIT_BACKUP, M.SET_CONTEXT): rule(R.INIT_BACKUP, N.CONTEXT_UNSET, N.METADATA_NOT_GATHERED),
-        (R.INIT_BACKUP, M.GATHER_WRITER_METADATA): rule(R.INIT_BACKUP, N.METADATA_NOT_GATHERED),
-        (R.INIT_BACKUP, M.ADD_COMPONENT): rule(R.INIT_BACKUP, N.WRITERS, N.METADATA),
-        (R.INIT_BACKUP, M.START_SNAPSHOT_SET): rule(R.SET_STARTED, N.METADATA_IF_WRITERS),
-        (R.INIT_BACKUP, M.IMPORT_SNAPSHOTS): rule(R.IMPORTED, N.BCD),
-        (R.SET_STARTED, M.ADD_TO_SNAPSHOT_SET): rule(R.SET_STARTED, N.NOT_PREPARED),
-        (R.SET_STARTED, M.PREPARE_FOR_BACKUP): rule(R.SET_STARTED, N.WRITERS, N.NOT_PREPARED),
-        (R.SET_STARTED, M.SAVE_AS_XML): rule(R.SET_STARTED, N.PREPARED),
-        (R.SET_STARTED, M.DO_SNAPSHOT_SET): rule(R.CREATING, N.PREPARED_IF_WRITERS),
-        (R.CREATING, M.CREATION_SUCCEEDED): rule(R.CREATED),
-        (R.CREATING, M.CREATION_FAILED): rule(R.FAILED),
-        (R.CREATED, M.SAVE_AS_XML): rule(R.CREATED),
-        (R.CREATED, M.BACKUP_COMPLETE): rule(R.CREATED, N.WRITERS),
-        (R.INIT_RESTORE, M.ADD_SNAPSHOT_TO_RECOVERY_SET): rule(R.INIT_RESTORE),
-        (R.INIT_RESTORE, M.RECOVER_SET): rule(R.RECOVERED),
-    }
-    # The object can be released in any state but the last.
-    for state in R:
-        if state is not R.RELEASED:
-            table[(state, M.RELEASE)] = RequesterRule(R.RELEASED)
-    return table
-
-
-REQUESTER_TRANSITIONS: Mapping[tuple[RequesterState, RequesterMethod], RequesterRule] = MappingProxyType(
-    _requester_table())
-"""The legal (state, call) pairs of CONTRACT.md §7.4 and their rules; every other pair is VSS_E_BAD_STATE."""
-
-VSS_VOLSNAP_ATTR_NO_WRITERS = 0x00000010   # CONTRACT.md §4.2; VSS_CTX_BACKUP (0, with writers) is the default
-
-
-class RequesterStateMachine:
-    """The sequence of one requester object (CONTRACT.md §7.4): any call out of order ⇒ VSS_E_BAD_STATE."""
-
-    def __init__(self) -> None:
-        self.state = RequesterState.NEW
-        self.context: int | None = None
-        self.bcd = False
-        self.metadata = False
-        self.prepared = False
-
-    @property
-    def writers(self) -> bool:
-        """CONTRACT.md §4.3: contexts without the NO_WRITERS bit involve writers; unset = VSS_CTX_BACKUP."""
-        return not ((self.context or 0) & VSS_VOLSNAP_ATTR_NO_WRITERS)
-
-    def call(self, method: RequesterMethod, *, context: int | None = None,
-             bcd: bool = False) -> RequesterState:
-        """Check and apply one call. `context`: SetContext's value; `bcd`: InitializeForBackup got XML."""
-        rule = REQUESTER_TRANSITIONS.get((self.state, method))
-        if rule is None:
-            raise vss_error(HResult.VSS_E_BAD_STATE, f"{method.value} not allowed in state {self.state.name}")
-        met = {
-            Needs.WRITERS: self.writers,
-            Needs.CONTEXT_UNSET: self.context is None,
-            Needs.METADATA_NOT_GATHERED: not self.metadata,
-            Needs.METADATA: self.metadata,
-            Needs.METADATA_IF_WRITERS: self.metadata or not self.writers,
-            Needs.NOT_PREPARED: not self.prepared,
-            Needs.PREPARED: self.prepared,
-            Needs.PREPARED_IF_WRITERS: self.prepared or not self.writers,
-            Needs.BCD: self.bcd,
-        }
-        unmet = [need.value for need in rule.needs if not met[need]]
-        if unmet:
-            raise vss_error(HResult.VSS_E_BAD_STATE,
-                            f"{method.value} in state {self.state.name} needs: {', '.join(sorted(unmet))}")
-        if method is RequesterMethod.SET_CONTEXT:
-            if context is None:
-                raise vss_error(HResult.E_INVALIDARG, "SetContext needs a context value")
-            self.context = context & 0xFFFFFFFF
-        elif method is RequesterMethod.INITIALIZE_FOR_BACKUP:
-            self.bcd = bcd
-        elif method is RequesterMethod.GATHER_WRITER_METADATA:
-            self.metadata = True
-        elif method is RequesterMethod.PREPARE_FOR_BACKUP:
-            self.prepared = True
-        self.state = rule.next
-        return self.state

@@ -521,12 +521,13 @@ def test_capabilities_and_reserved_method(prov):
 
 # -- every creation call from every state, through the provider, against the array ---------
 
-from provider.state_machine import ProviderMethod  # noqa: E402
+from provider.methods import ProviderMethod  # noqa: E402
+from provider.state_machine import MACHINE_METHODS, NON_CREATION_METHODS  # noqa: E402
 
 STATES = ["idle", "preparing", "prepared", "precommitted", "committed", "created", "aborted"]
 SEQUENCE = ["begin_prepare_snapshot", "end_prepare_snapshots", "pre_commit_snapshots",
             "commit_snapshots", "post_commit_snapshots"]
-CREATION = [m.value for m in ProviderMethod if m.is_creation and m is not ProviderMethod.ON_UNLOAD]
+CREATION = [m.value for m in MACHINE_METHODS if m not in (*NON_CREATION_METHODS, ProviderMethod.ON_UNLOAD)]
 
 
 def call(prov, method: str, set_id: str, rec: dict) -> None:

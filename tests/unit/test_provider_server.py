@@ -39,10 +39,10 @@ from provider.proxy import (
     translate_error,
 )
 from provider.registry import ProviderRegistration, ProviderRegistry
+from provider.methods import PROVIDER_METHODS, ProviderMethod, per_method
 from provider.rpc import (
     PING,
     PROTOCOL_VERSION,
-    PROVIDER_METHODS,
     MessageReader,
     ProtocolError,
     Request,
@@ -496,6 +496,13 @@ def test_the_allowed_code_table_follows_the_spec():
         else:
             assert allowed == GENERAL, method
     assert DEFAULT_TIMEOUTS["commit_snapshots"] <= 10.0  # §16.1: the hold window
+
+
+def test_a_table_per_method_must_name_every_method():
+    with pytest.raises(ValueError, match="no entry for cancel"):
+        per_method({m: 1 for m in ProviderMethod if m is not ProviderMethod.CANCEL})
+    names = per_method({m: m.spec_name for m in ProviderMethod})
+    assert tuple(names) == PROVIDER_METHODS and names["end_prepare_snapshots"] == "EndPrepareSnapshots"
 
 
 def _snake(name: str) -> str:

@@ -15,18 +15,13 @@ import contract_doc as contract
 import pytest
 
 from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError
+from provider.methods import ProviderMethod
 from provider.state_machine import (
-    REQUESTER_TRANSITIONS,
+    MACHINE_METHODS,
     TRANSITIONS,
     OutOfSequenceError,
-    ProviderMethod,
     ProviderState,
     ProviderStateMachine,
-    Needs,
-    RequesterMethod,
-    RequesterRule,
-    RequesterState,
-    RequesterStateMachine,
     SetMatch,
     as_set_id,
     format_matrix,
@@ -244,7 +239,7 @@ def test_table_covers_every_reachable_key_once() -> None:
     keys = set(TRANSITIONS)
     assert len(keys) == len(TRANSITIONS) == 167
     for state in St:
-        for method in M:
+        for method in MACHINE_METHODS:
             matches = {m for (s, mm, m) in keys if s is state and mm is method}
             if not method.takes_set_id:
                 assert matches == {SetMatch.NONE}
@@ -288,11 +283,11 @@ def test_table_errors_are_the_spec_codes() -> None:
 def test_format_matrix_prints_every_method() -> None:
     text = format_matrix()
     assert text.splitlines()[0] == "| Call \\ State | " + " | ".join(COLUMNS) + " |"
-    for method in M:
+    for method in MACHINE_METHODS:
         assert f"| {method.spec_name}" in text
 
 
-# --- provider/CONTRACT.md §7.2 and §7.4 are the code's tables ----------------------------------
+# --- provider/CONTRACT.md §7.2 is the code's table ----------------------------------
 
 def _contract_cell(state: St, rule) -> str:
     """A cell as CONTRACT.md §7.2 writes it: the verdict, "→ NEXT" when the state changes, and the
@@ -322,18 +317,6 @@ def test_contract_matrix_is_the_code() -> None:
                 assert cell == _contract_cell(St[col], TRANSITIONS[key]), (label, col)
                 seen.add(key)
     assert seen == set(TRANSITIONS)   # every cell of the code is in the contract
-
-
-def test_contract_requester_table_is_the_code() -> None:
-    table = {}
-    for state, call, nxt, needs in contract.table(contract.section(r"7\.4 ")):
-        rule = RequesterRule(RequesterState[nxt], frozenset(Needs(n) for n in needs.split("; ") if n))
-        states = [s for s in RequesterState if s is not RequesterState.RELEASED] \
-            if state == "any but RELEASED" else [RequesterState[state]]
-        for s in states:
-            assert (s, RequesterMethod(call)) not in table, (state, call)
-            table[(s, RequesterMethod(call))] = rule
-    assert table == dict(REQUESTER_TRANSITIONS)
 
 
 # --- §6: the creation sequence -----------------------------------------------------------------
@@ -543,120 +526,4 @@ def test_out_of_sequence_error_survives_pickle() -> None:
 def test_method_names() -> None:
     assert M.BEGIN_PREPARE_SNAPSHOT.spec_name == "BeginPrepareSnapshot"
     assert M.FILL_IN_LUN_INFO.spec_name == "FillInLunInfo"
-    assert {m.value for m in M} == {*SET_METHODS, "get_target_luns", *NON_CREATION, "on_unload"}
-
-
-# --- requester side (§7.3) -------------------------------------------------------------------------
-
-R, RM = RequesterState, RequesterMethod
-NAS_ROLLBACK_TRANSPORTABLE = 0x39      # §3.3 l.214, no writers
-BACKUP_TRANSPORTABLE = 0x20            # with writers
-
-
-def run(machine: RequesterStateMachine, *calls: RM | tuple[RM, dict]) -> RequesterState:
-    for c in calls:
-        method, kwargs = c if isinstance(c, tuple) else (c, {})
-        machine.call(method, **kwargs)
-    return machine.state
-
-
-def bad_state(machine: RequesterStateMachine, method: RM, **kwargs: object) -> None:
-    before = machine.state
-    with pytest.raises(VssUserError) as err:
-        machine.call(method, **kwargs)
-    assert err.value.hresult is HResult.VSS_E_BAD_STATE
-    assert machine.state is before
-
-
-def test_requester_no_writer_creation() -> None:
-    m = RequesterStateMachine()
-    assert run(m, RM.INITIALIZE_FOR_BACKUP, (RM.SET_CONTEXT, {"context": NAS_ROLLBACK_TRANSPORTABLE}),
-               RM.START_SNAPSHOT_SET, RM.ADD_TO_SNAPSHOT_SET, RM.ADD_TO_SNAPSHOT_SET) is R.SET_STARTED
-    assert not m.writers
-    bad_state(m, RM.PREPARE_FOR_BACKUP)                     # l.727: forbidden without writers
-    bad_state(m, RM.SAVE_AS_XML)
-    assert run(m, RM.DO_SNAPSHOT_SET) is R.CREATING
-    bad_state(m, RM.ADD_TO_SNAPSHOT_SET)
-    assert run(m, RM.CREATION_SUCCEEDED, RM.SAVE_AS_XML) is R.CREATED
-    bad_state(m, RM.BACKUP_COMPLETE)                        # l.727
-    assert run(m, RM.RELEASE) is R.RELEASED
-    bad_state(m, RM.RELEASE)
-
-
-def test_requester_writer_creation() -> None:
-    m = RequesterStateMachine()
-    run(m, RM.INITIALIZE_FOR_BACKUP, (RM.SET_CONTEXT, {"context": BACKUP_TRANSPORTABLE}))
-    assert m.writers
-    bad_state(m, RM.ADD_COMPONENT)                          # needs the gathered metadata
-    bad_state(m, RM.START_SNAPSHOT_SET)                     # l.721-722: GatherWriterMetadata required
-    run(m, RM.GATHER_WRITER_METADATA, RM.ADD_COMPONENT)
-    bad_state(m, RM.SET_CONTEXT, context=0)                 # once, and before GatherWriterMetadata
-    run(m, RM.START_SNAPSHOT_SET, RM.ADD_TO_SNAPSHOT_SET)
-    bad_state(m, RM.SAVE_AS_XML)                            # l.727-728: not before PrepareForBackup
-    bad_state(m, RM.DO_SNAPSHOT_SET)                        # l.723: PrepareForBackup required
-    run(m, RM.PREPARE_FOR_BACKUP, RM.SAVE_AS_XML)
-    bad_state(m, RM.ADD_TO_SNAPSHOT_SET)                    # the set is fixed after PrepareForBackup
-    bad_state(m, RM.PREPARE_FOR_BACKUP)
-    assert run(m, RM.DO_SNAPSHOT_SET, RM.CREATION_SUCCEEDED, RM.BACKUP_COMPLETE, RM.RELEASE) is R.RELEASED
-
-
-def test_requester_default_context_has_writers_and_set_context_once() -> None:
-    m = RequesterStateMachine()
-    run(m, RM.INITIALIZE_FOR_BACKUP)
-    assert m.writers                                        # VSS_CTX_BACKUP is the default
-    bad_state(m, RM.START_SNAPSHOT_SET)
-    run(m, (RM.SET_CONTEXT, {"context": -1}))               # VSS_CTX_ALL: NO_WRITERS bit set
-    assert not m.writers and m.context == 0xFFFFFFFF
-    bad_state(m, RM.SET_CONTEXT, context=0)
-
-
-def test_requester_failed_creation_only_releases() -> None:
-    m = RequesterStateMachine()
-    run(m, RM.INITIALIZE_FOR_BACKUP, (RM.SET_CONTEXT, {"context": NAS_ROLLBACK_TRANSPORTABLE}),
-        RM.START_SNAPSHOT_SET, RM.ADD_TO_SNAPSHOT_SET, RM.DO_SNAPSHOT_SET, RM.CREATION_FAILED)
-    assert m.state is R.FAILED
-    for method in RM:
-        if method is not RM.RELEASE:
-            bad_state(m, method)
-
-
-def test_requester_import_and_restore_paths() -> None:
-    m = RequesterStateMachine()
-    run(m, RM.INITIALIZE_FOR_BACKUP)
-    bad_state(m, RM.IMPORT_SNAPSHOTS)                       # l.725: needs INIT_BACKUP(with xml)
-    m = RequesterStateMachine()
-    assert run(m, (RM.INITIALIZE_FOR_BACKUP, {"bcd": True}), (RM.SET_CONTEXT, {"context": -1}),
-               RM.IMPORT_SNAPSHOTS) is R.IMPORTED
-    bad_state(m, RM.IMPORT_SNAPSHOTS)                       # a set imports once (§0 #12)
-    m = RequesterStateMachine()
-    assert run(m, RM.INITIALIZE_FOR_RESTORE, RM.ADD_SNAPSHOT_TO_RECOVERY_SET,
-               RM.ADD_SNAPSHOT_TO_RECOVERY_SET, RM.RECOVER_SET) is R.RECOVERED
-    bad_state(m, RM.ADD_SNAPSHOT_TO_RECOVERY_SET)
-
-
-# Legal calls per state, transcribed from §7.3 l.721-728 (RELEASE everywhere but RELEASED).
-REQUESTER_LEGAL = {
-    R.NEW: {RM.INITIALIZE_FOR_BACKUP, RM.INITIALIZE_FOR_RESTORE},
-    R.INIT_BACKUP: {RM.SET_CONTEXT, RM.GATHER_WRITER_METADATA, RM.ADD_COMPONENT, RM.START_SNAPSHOT_SET,
-                    RM.IMPORT_SNAPSHOTS},
-    R.SET_STARTED: {RM.ADD_TO_SNAPSHOT_SET, RM.PREPARE_FOR_BACKUP, RM.SAVE_AS_XML, RM.DO_SNAPSHOT_SET},
-    R.CREATING: {RM.CREATION_SUCCEEDED, RM.CREATION_FAILED},
-    R.CREATED: {RM.SAVE_AS_XML, RM.BACKUP_COMPLETE},
-    R.IMPORTED: set(),
-    R.INIT_RESTORE: {RM.ADD_SNAPSHOT_TO_RECOVERY_SET, RM.RECOVER_SET},
-    R.RECOVERED: set(),
-    R.FAILED: set(),
-    R.RELEASED: set(),
-}
-
-
-@pytest.mark.parametrize("state", list(R), ids=lambda s: s.name)
-def test_requester_table_matches_transcription(state: RequesterState) -> None:
-    legal = {method for (s, method) in REQUESTER_TRANSITIONS if s is state}
-    want = REQUESTER_LEGAL[state] | ({RM.RELEASE} if state is not R.RELEASED else set())
-    assert legal == want
-    for method in RM:
-        if method not in legal:
-            m = RequesterStateMachine()
-            m.state = state
-            bad_state(m, method)
+    assert {m.value for m in MACHINE_METHODS} == {*SET_METHODS, "get_target_luns", *NON_CREATION, "on_unload"}
