@@ -27,13 +27,14 @@ from pathlib import Path
 
 from .hresult import HResult, vss_error
 from .iscsi import DEFAULT_RUNNER, Runner, block_name, run_checked
+from .vss_types import GptAttributes
 
 log = logging.getLogger("shadowlun.flags")
 
-READ_ONLY = 1 << 60
-SHADOW_COPY = 1 << 61
-HIDDEN = 1 << 62
-NO_DRIVE_LETTER = 1 << 63
+READ_ONLY = int(GptAttributes.GPT_BASIC_DATA_ATTRIBUTE_READ_ONLY)
+SHADOW_COPY = int(GptAttributes.GPT_BASIC_DATA_ATTRIBUTE_SHADOW_COPY)
+HIDDEN = int(GptAttributes.GPT_BASIC_DATA_ATTRIBUTE_HIDDEN)
+NO_DRIVE_LETTER = int(GptAttributes.GPT_BASIC_DATA_ATTRIBUTE_NO_DRIVE_LETTER)
 SHADOW_FLAGS = READ_ONLY | SHADOW_COPY | HIDDEN | NO_DRIVE_LETTER
 NAMES = {READ_ONLY: "read-only", SHADOW_COPY: "shadow-copy", HIDDEN: "hidden", NO_DRIVE_LETTER: "no-drive-letter"}
 
