@@ -35,6 +35,7 @@ from .durable import write_durably
 from .hresult import HResult, VssError, vss_error
 from .iscsi import DEFAULT_RUNNER, Runner, run_checked
 from .lun_info import read_lun_info
+from .polling import poll
 from .requester_holds import RequesterHolds, is_auto_release
 from .shadow_flags import (
     ORIGINALS_DIR,
@@ -565,17 +566,11 @@ class Coordinator:
         """QueryStatus until the array's jobs behind `handle` (a resync, a set's full copies)
         end, bounded by ASYNC_TIMEOUT_S. Interrupted (Ctrl-C, SIGTERM, the deadline), they are
         cancelled on the array before the error goes up."""
-        deadline = time.monotonic() + ASYNC_TIMEOUT_S
         try:
-            while True:
-                status = provider.call("query_status", handle=handle)
-                on_progress(status["done_bytes"], status["total_bytes"])
-                if status["status"] != int(HResult.VSS_S_ASYNC_PENDING):
-                    return status
-                if time.monotonic() > deadline:
-                    raise vss_error(HResult.VSS_E_PROVIDER_VETO,
-                                    f"the {what} still ran after {ASYNC_TIMEOUT_S:g} s: cancelled")
-                time.sleep(ASYNC_POLL_S)
+            return poll(lambda: provider.call("query_status", handle=handle),
+                        lambda status: status["status"] == int(HResult.VSS_S_ASYNC_PENDING),
+                        ASYNC_TIMEOUT_S, f"the {what}", interval_s=ASYNC_POLL_S,
+                        on_each=lambda status: on_progress(status["done_bytes"], status["total_bytes"]))
         except BaseException as e:
             try:
                 provider.call("cancel", handle=handle)

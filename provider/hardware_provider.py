@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from .hresult import HResult, VssError, VssUserError, vss_error
 from .lun_info import LIO_VENDOR, predict_lio_lun_info, read_lun_info
 from .methods import ProviderMethod
+from .polling import poll
 from .state_machine import OutOfSequenceError, ProviderState, ProviderStateMachine, Verdict
 from .vss_types import (
     MAX_LUNS_PER_SET,
@@ -499,12 +500,8 @@ class ShadowLunProvider:
             self._asyncs[handle] = [j["job_id"] for j in jobs]
         if not wait:
             return {"status": int(HResult.VSS_S_ASYNC_PENDING), "handle": handle}
-        deadline = time.monotonic() + timeout
-        while (status := self.query_status(handle))["status"] == int(HResult.VSS_S_ASYNC_PENDING):
-            if time.monotonic() > deadline:
-                raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"resync still running after {timeout:g} s")
-            time.sleep(0.5)
-        return status
+        return poll(lambda: self.query_status(handle),
+                    lambda status: status["status"] == int(HResult.VSS_S_ASYNC_PENDING), timeout, "resync")
 
     def query_status(self, handle: str) -> dict:
         """IVssAsync::QueryStatus of a resync: pending with bytes done, finished, or the failure."""

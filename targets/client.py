@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from provider.hresult import HResult, VssError, vss_error
+from provider.polling import poll
 
 ACCESS_FILE = Path("/etc/shadowlun/array-access.json")
 ADMIN_ACCESS_FILE = Path("/etc/shadowlun/admin-access.json")
@@ -151,17 +151,8 @@ class ArrayClient:
 
     def wait_job(self, job_id: str, timeout: float, on_progress=None) -> dict:
         """Until the job is done or failed, bounded; on_progress(job) at each poll."""
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.job(job_id)
-            if on_progress:
-                on_progress(job)
-            if job["state"] != "running":
-                return job
-            if time.monotonic() > deadline:
-                raise vss_error(HResult.VSS_E_PROVIDER_VETO,
-                                f"job {job_id} still at {job['percent']}% after {timeout:.0f} s")
-            time.sleep(0.5)
+        return poll(lambda: self.job(job_id), lambda job: job["state"] == "running", timeout, f"job {job_id}",
+                    on_each=on_progress or (lambda job: None))
 
 
 def main() -> None:

@@ -682,10 +682,11 @@ def test_client_unreachable_is_veto(access, monkeypatch, exc):
 def test_wait_job_is_bounded(access, monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", lambda req, timeout=None, context=None: io.BytesIO(
         b'{"state": "running", "percent": 12.5}'))
-    monkeypatch.setattr("targets.client.time.sleep", lambda s: None)
+    monkeypatch.setattr("provider.polling.time.sleep", lambda s: None)
     with pytest.raises(VssRuntimeError) as e:
         ArrayClient(access).wait_job("j1", timeout=0.05)
-    assert e.value.hresult == HResult.VSS_E_PROVIDER_VETO and "12.5%" in e.value.message
+    assert e.value.hresult == HResult.VSS_E_PROVIDER_VETO and "job j1 still running" in e.value.message
+    assert e.value.last["percent"] == 12.5
 
 
 # --- the client against the agent (urlopen bridged to the TestClient) --------------------------
