@@ -106,7 +106,7 @@ def test_snapshot_set_visible_with_predicted_wwids_masked_to_one_host(lab, api, 
             assert disk["serial"] == s["serial"] and disk["vendor"] == s["vendor"]
             assert b.run(f"sha256sum {disk['device']}").stdout.split()[0] == at_snapshot[s["lun"]]
         assert node_a.login(), "host-a could not log in for its own volume"
-        a.run(f"for h in /sys/class/iscsi_host/host*; do echo '- - -' > /sys/class/scsi_host/$(basename $h)/scan; done")
+        a.run("for h in /sys/class/iscsi_host/host*; do echo '- - -' > /sys/class/scsi_host/$(basename $h)/scan; done")
         a.run("udevadm settle --timeout=30")
         seen_a = a.run("cat /sys/block/sd*/device/wwid 2>/dev/null || true").stdout
         assert not any(w in seen_a for w in predicted.values()), "host-a sees a snapshot it is not masked to"

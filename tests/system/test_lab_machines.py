@@ -45,7 +45,7 @@ def test_array_has_the_thin_pool_on_its_pool_disk(lab):
     pools = [lv for lv in report["report"][0]["lv"] if lv["lv_attr"].startswith("t")]
     assert [p["lv_name"] for p in pools] == ["pool"]
     pv = lab.array.run("pvs --noheadings -o pv_name").stdout.strip()
-    assert lab.array.run(f"readlink -f /dev/disk/by-id/virtio-shadowlun-pool").stdout.strip() == pv
+    assert lab.array.run("readlink -f /dev/disk/by-id/virtio-shadowlun-pool").stdout.strip() == pv
     for mod in ("dm_thin_pool", "target_core_iblock", "iscsi_target_mod"):
         lab.array.run(f"modprobe {mod} && grep -q ^{mod} /proc/modules")
 

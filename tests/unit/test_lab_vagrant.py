@@ -3,8 +3,6 @@ progress and failures are reported, and how a command reaches a machine (through
 The real thing runs in tests/system/test_vagrant.py."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from lab.box import Box
