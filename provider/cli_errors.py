@@ -20,24 +20,22 @@ RUNTIME_EXIT = 1
 
 
 class FileReadError(VssUserError):
-    """E_INVALIDARG: a file named on the command line cannot be read; the user names another."""
+    """A file named on the command line cannot be read; the user names another."""
 
-    def __new__(cls, path: str, what: str, error: OSError) -> FileReadError:
-        return super().__new__(cls, HResult.E_INVALIDARG)
+    HRESULT = HResult.E_INVALIDARG
 
     def __init__(self, path: str, what: str, error: OSError) -> None:
-        super().__init__(HResult.E_INVALIDARG, f"cannot read {what} {path}: {error.strerror or error}")
+        super().__init__(self.HRESULT, f"cannot read {what} {path}: {error.strerror or error}")
         self.path, self.what, self.error = path, what, error
 
 
 class SystemFailure(VssRuntimeError):
-    """VSS_E_UNEXPECTED: an OSError of this host's system, not of a file the user named."""
+    """An OSError of this host's system, not of a file the user named."""
 
-    def __new__(cls, error: OSError) -> SystemFailure:
-        return super().__new__(cls, HResult.VSS_E_UNEXPECTED)
+    HRESULT = HResult.VSS_E_UNEXPECTED
 
     def __init__(self, error: OSError) -> None:
-        super().__init__(HResult.VSS_E_UNEXPECTED, str(error))
+        super().__init__(self.HRESULT, str(error))
         self.error = error
 
 

@@ -10,7 +10,7 @@ response status, and the receiver rebuilds it with `VssError.from_dict()`.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, ClassVar
 
 
 @enum.unique
@@ -163,12 +163,27 @@ class VssError(Exception):
 
     `VssError(code, message)` returns a `VssUserError` or a `VssRuntimeError`, chosen by `code`.
     A success code, or a code that does not fit the subclass named explicitly, raises ValueError.
+
+    A typed error (as stratis-cli has them) names its code in `HRESULT` and takes its own fields
+    as arguments; its __init__ passes `HRESULT` and the message it makes of them to this one.
     """
 
+    HRESULT: ClassVar[HResult | None] = None
     hresult: HResult
     message: str
 
-    def __new__(cls, hresult: HResult | int, message: str = "") -> VssError:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.HRESULT is not None and (cls.HRESULT in USER_ERROR_CODES) != issubclass(cls, VssUserError):
+            raise TypeError(f"{cls.__name__}: {cls.HRESULT.name} is not a {cls.__base__.__name__} code")
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> VssError:
+        if cls.HRESULT is not None:
+            return super().__new__(cls)
+        return cls._new(*args, **kwargs)
+
+    @classmethod
+    def _new(cls, hresult: HResult | int, message: str = "") -> VssError:
         code = HResult(hresult)
         if code.is_success:
             raise ValueError(f"{code.name} is a success code, not an error")

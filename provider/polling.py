@@ -15,13 +15,12 @@ _T = TypeVar("_T")
 
 
 class StillRunningError(VssRuntimeError):
-    """VSS_E_PROVIDER_VETO: `what` still ran after `timeout_s` seconds; `last` is its last status."""
+    """`what` still ran after `timeout_s` seconds; `last` is its last status."""
 
-    def __new__(cls, what: str, timeout_s: float, last: Any) -> StillRunningError:
-        return super().__new__(cls, HResult.VSS_E_PROVIDER_VETO)
+    HRESULT = HResult.VSS_E_PROVIDER_VETO
 
     def __init__(self, what: str, timeout_s: float, last: Any) -> None:
-        super().__init__(HResult.VSS_E_PROVIDER_VETO, f"{what} still running after {timeout_s:g} s")
+        super().__init__(self.HRESULT, f"{what} still running after {timeout_s:g} s")
         self.what, self.timeout_s, self.last = what, timeout_s, last
 
 

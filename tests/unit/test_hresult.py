@@ -147,6 +147,29 @@ def test_a_subclass_refuses_a_code_of_the_other_kind():
     assert type(VssUserError(HResult.E_INVALIDARG, "x")) is VssUserError
 
 
+class NoSuchThing(VssUserError):
+    """A typed error as the tests make one: a fixed code, fields of its own."""
+
+    HRESULT = HResult.VSS_E_OBJECT_NOT_FOUND
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(self.HRESULT, f"no {kind} named {name!r}")
+        self.kind, self.name = kind, name
+
+
+def test_a_typed_error_takes_its_fields_and_carries_its_fixed_code():
+    err = NoSuchThing("LUN", "db")
+    assert (err.kind, err.name, err.hresult) == ("LUN", "db", HResult.VSS_E_OBJECT_NOT_FOUND)
+    assert str(err) == "VSS_E_OBJECT_NOT_FOUND (0x80042308): no LUN named 'db'"
+    assert err.to_dict()["vss"] == "VSS_E_OBJECT_NOT_FOUND" and isinstance(err, VssUserError)
+
+
+def test_a_typed_error_with_a_code_of_the_other_kind_is_refused_when_defined():
+    with pytest.raises(TypeError, match="VSS_E_PROVIDER_VETO is not a VssUserError code"):
+        class Wrong(VssUserError):
+            HRESULT = HResult.VSS_E_PROVIDER_VETO
+
+
 @pytest.mark.parametrize("code", [HResult.S_OK, HResult.S_FALSE, HResult.VSS_S_SOME_SNAPSHOTS_NOT_IMPORTED])
 def test_success_codes_are_not_errors(code):
     with pytest.raises(ValueError):
