@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 
 from provider.hresult import VssError
+from targets.client import ACCESS_FILE, ADMIN_ACCESS_FILE
 
 from .errors import CommandFailed
 from .vm import VM
 
-ADMIN_ACCESS = "/etc/shadowlun/admin-access.json"
-HOST_ACCESS = "/etc/shadowlun/array-access.json"
+ADMIN_ACCESS = str(ADMIN_ACCESS_FILE)
+HOST_ACCESS = str(ACCESS_FILE)
 
 
 class AgentApi:
@@ -37,8 +38,13 @@ class AgentApi:
         raise CommandFailed(self.vm.name, " ".join(argv), r.returncode, r.stdout, r.stderr)
 
 
+def host_access(host: VM) -> dict:
+    """The host's own array access: its initiator, token and CHAP credentials."""
+    return json.loads(host.run(f"cat {HOST_ACCESS}").stdout)
+
+
 def install_credentials(host: VM, credentials: dict) -> None:
     """A host's access file with new credentials (a registration, a new token), as an admin
     copies them to that host alone."""
-    access = json.loads(host.run(f"cat {HOST_ACCESS}").stdout)
+    access = host_access(host)
     host.put(HOST_ACCESS, json.dumps({**access, **credentials}, indent=2) + "\n", mode="0600")

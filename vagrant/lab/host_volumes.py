@@ -11,16 +11,11 @@ from __future__ import annotations
 import json
 import uuid
 
-from .agent_api import AgentApi
+from .agent_api import AgentApi, host_access
 from .vm import VM
 
 MIB = 1 << 20
 VOLUME = "/shadowlun/vagrant/provision/volume.py"
-
-
-def host_access(vm: VM) -> dict:
-    """The host's own array access: its initiator, token and CHAP credentials."""
-    return json.loads(vm.run("cat /etc/shadowlun/array-access.json").stdout)
 
 
 def host_chap(vm: VM) -> tuple[str, str]:

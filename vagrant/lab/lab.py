@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from targets.client import ACCESS_FILE
+
 from . import accel as accel_mod
 from . import image as image_mod
 from . import topology
@@ -29,7 +31,7 @@ from .vm import VM
 
 PROVISION_TIMEOUT_S = 300
 AGENT_TIMEOUT_S = 90
-ARRAY_ACCESS = "/etc/shadowlun/array-access.json"  # a host's own, from the array's access/<host>.json
+ARRAY_ACCESS = str(ACCESS_FILE)  # a host's own, from the array's access/<host>.json
 HOST_ACCESS_DIR = "/etc/shadowlun/access"
 
 
