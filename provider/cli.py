@@ -100,20 +100,22 @@ def cmd_create(args: argparse.Namespace) -> dict:
                "snapshots": [{"snapshot_id": s.snapshot_id, "volume": s.volume_name,
                               "target_luns": [m.destination for m in s.luns]} for s in doc.snapshots],
                "bcd": args.bcd, "report": report, "provider_server_pids": pids}
-        if args.bcd:
-            Path(args.bcd).write_bytes(bcd.to_xml(doc))
-        if coord.holds.get(doc.set_id) is None:
-            return out
-        # An auto-release set lives while this requester does: the command runs, then the set
-        # goes, whatever the command did (SIGTERM too; SIGKILL leaves it to `recover`).
+        # An auto-release set lives while this requester does: the document is written, the
+        # command runs, then the set goes, whatever happened (SIGTERM too; SIGKILL leaves it to
+        # `recover`).
+        auto_release = coord.holds.get(doc.set_id) is not None
         try:
-            exit_on_sigterm()
-            if args.exec:
+            if auto_release:
+                exit_on_sigterm()
+            if args.bcd:
+                Path(args.bcd).write_bytes(bcd.to_xml(doc))
+            if auto_release and args.exec:
                 step(args, f"running {args.exec!r} with the shadow copies of set {doc.set_id}")
                 out["exec_status"] = run_with_set(args.exec, doc.set_id, coord.list_sets())
         finally:
-            step(args, f"releasing snapshot set {doc.set_id} (auto-release context)")
-            out["released"] = coord.release(doc.set_id)["released"]
+            if auto_release:
+                step(args, f"releasing snapshot set {doc.set_id} (auto-release context)")
+                out["released"] = coord.release(doc.set_id)["released"]
         return out
 
 

@@ -693,6 +693,25 @@ def test_the_cli_runs_the_command_while_the_backup_set_exists_then_releases_it(t
     assert on_the_array(lab) == ([], []) and lab.coord.holds.all() == [] and lab.coord.list_sets() == []
 
 
+def test_a_document_the_cli_cannot_write_is_the_systems_failure_and_the_backup_set_still_goes(
+        tmp_path, monkeypatch, capsys):
+    from provider import cli
+
+    lab = Lab(tmp_path)
+    vols = [lab.volume("db", "sdb")]
+    lab.provider.server_pid = 4242
+
+    @contextmanager
+    def loaded():
+        yield [lab.provider]
+
+    monkeypatch.setattr(cli, "loaded_providers", loaded)
+    monkeypatch.setattr(cli, "coordinator", lambda providers=None: lab.coord)
+    assert cli.main(["--json", "create", "--bcd", str(tmp_path / "no-such-dir" / "set.xml"), *vols]) == 1
+    assert json.loads(capsys.readouterr().err)["vss"] == "VSS_E_UNEXPECTED"
+    assert on_the_array(lab) == ([], []) and lab.coord.holds.all() == [] and lab.coord.list_sets() == []
+
+
 def test_break_with_mask_luns_hides_them_from_this_host_and_keeps_them_on_the_array(tmp_path):
     """BreakSnapshotSetEx MASK_LUNS: ordinary LUNs on the array, no longer masked to (nor
     attached on) the importing host, no flag written on the way; refused while a copy is
