@@ -667,14 +667,9 @@ def test_a_failed_auto_import_deletes_the_set_and_says_why(tmp_path):
     assert on_the_array(lab) == ([], []) and lab.coord.list_sets() == [] and lab.coord.holds.all() == []
 
 
-@pytest.mark.parametrize("status", [0, 3])
-def test_the_cli_runs_the_command_while_the_backup_set_exists_then_releases_it(tmp_path, monkeypatch, status):
-    """`shadowlun create --exec CMD` (vshadow -exec): CMD sees the shadow copies' devices, the
-    set is released after it whatever its exit status, which the CLI's status reports."""
+def cli_over(lab, monkeypatch):
+    """provider.cli, with the lab's provider loaded and its coordinator."""
     from provider import cli
-
-    lab = Lab(tmp_path)
-    vols = [lab.volume("db", "sdb"), lab.volume("logs", "sdc")]
 
     lab.provider.server_pid = 4242
 
@@ -684,6 +679,16 @@ def test_the_cli_runs_the_command_while_the_backup_set_exists_then_releases_it(t
 
     monkeypatch.setattr(cli, "loaded_providers", loaded)
     monkeypatch.setattr(cli, "coordinator", lambda providers=None: lab.coord)
+    return cli
+
+
+@pytest.mark.parametrize("status", [0, 3])
+def test_the_cli_runs_the_command_while_the_backup_set_exists_then_releases_it(tmp_path, monkeypatch, status):
+    """`shadowlun create --exec CMD` (vshadow -exec): CMD sees the shadow copies' devices, the
+    set is released after it whatever its exit status, which the CLI's status reports."""
+    lab = Lab(tmp_path)
+    vols = [lab.volume("db", "sdb"), lab.volume("logs", "sdc")]
+    cli = cli_over(lab, monkeypatch)
     seen = tmp_path / "seen"
     cmd = f'echo "$SHADOWLUN_SET_ID $SHADOWLUN_DEVICES" > {seen}; exit {status}'
     assert cli.main(["--json", "create", "--exec", cmd, *vols]) == (1 if status else 0)
@@ -695,18 +700,9 @@ def test_the_cli_runs_the_command_while_the_backup_set_exists_then_releases_it(t
 
 def test_a_document_the_cli_cannot_write_is_the_systems_failure_and_the_backup_set_still_goes(
         tmp_path, monkeypatch, capsys):
-    from provider import cli
-
     lab = Lab(tmp_path)
     vols = [lab.volume("db", "sdb")]
-    lab.provider.server_pid = 4242
-
-    @contextmanager
-    def loaded():
-        yield [lab.provider]
-
-    monkeypatch.setattr(cli, "loaded_providers", loaded)
-    monkeypatch.setattr(cli, "coordinator", lambda providers=None: lab.coord)
+    cli = cli_over(lab, monkeypatch)
     assert cli.main(["--json", "create", "--bcd", str(tmp_path / "no-such-dir" / "set.xml"), *vols]) == 1
     assert json.loads(capsys.readouterr().err)["vss"] == "VSS_E_UNEXPECTED"
     assert on_the_array(lab) == ([], []) and lab.coord.holds.all() == [] and lab.coord.list_sets() == []
