@@ -8,7 +8,6 @@ import json
 import shutil
 import ssl
 import subprocess
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,6 +19,7 @@ from fastapi.testclient import TestClient
 
 import targets.jobs as jobs_mod
 from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError, http_status, vss_error
+from provider.polling import poll
 import targets.agent as agent_mod
 from targets.agent import build_array, create_app, hand_out_access
 from targets.client import ArrayAccess, ArrayClient
@@ -539,13 +539,8 @@ def test_the_agent_refuses_to_start_without_lios_reservation_directory(kernel, t
 
 
 def _wait(client, job_id: str, timeout: float = 5.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}", headers=AUTH).json()
-        if job["state"] != "running":
-            return job
-        time.sleep(0.01)
-    raise AssertionError(f"job {job_id} still running")
+    return poll(lambda: client.get(f"/v1/jobs/{job_id}", headers=AUTH).json(), lambda job: job["state"] == "running",
+                timeout, f"job {job_id}", interval_s=0.01)
 
 
 # --- the client --------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ host-a/b/c) are registered by its config; STRANGER is not."""
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from types import SimpleNamespace
 
@@ -19,6 +18,7 @@ from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError
 from targets.array import Array
 from targets.luns import LunView
 from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
+from provider.polling import poll
 from provider.vss_types import MAX_LUNS_PER_SET
 from targets.lio import Mapping, naa_wwid
 from targets.lvm import LvmError
@@ -922,13 +922,8 @@ def test_reconcile_reports_tags_it_cannot_change(arr, lvm, crash_at):
 # --- jobs --------------------------------------------------------------------------------------
 
 def wait_job(arr, job_id, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = arr.job(job_id)
-        if job.state != "running":
-            return job
-        time.sleep(0.01)
-    raise AssertionError(f"job {job_id} still running after {timeout} s")
+    return poll(lambda: arr.job(job_id), lambda job: job.state == "running", timeout, f"job {job_id}",
+                interval_s=0.01)
 
 
 @pytest.fixture
