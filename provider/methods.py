@@ -1,4 +1,4 @@
-"""The provider's methods (CONTRACT.md §1, §2): the one list from which the RPC's names, the
+"""The provider's methods (CONTRACT.md §2): the one list from which the RPC's names, the
 creation state machine's rows and the proxy's codes and deadlines per method are derived, so that
 a method added or renamed here is one that every side knows, or the import fails.
 """
@@ -19,8 +19,8 @@ def spec_name(method: str) -> str:
 
 @enum.unique
 class ProviderMethod(enum.Enum):
-    """Every method of a provider object that can be called, in the v-table order of CONTRACT.md
-    §1; the value is the snake_case name the RPC carries."""
+    """Every method of a provider object that can be called (the interfaces of CONTRACT.md §2,
+    each in its v-table order); the value is the snake_case name the RPC carries."""
 
     # IVssProviderCreateSnapshotSet
     END_PREPARE_SNAPSHOTS = "end_prepare_snapshots"
