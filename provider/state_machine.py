@@ -282,7 +282,8 @@ class Call:
 
     The provider first deletes every copy of `discard` (if not None), then does the method's work unless
     the verdict is NO_OP, then reports succeeded() or failed(). `cancelled` is set when an abort, unload
-    or restart supersedes the call: a long EndPrepareSnapshots waits on it (CONTRACT.md §2.2).
+    or restart supersedes the call (CONTRACT.md §2.2): when the work returns, the provider then
+    deletes what it made after the abort's cleanup and answers VSS_E_PROVIDER_VETO.
     """
 
     method: ProviderMethod
