@@ -82,6 +82,10 @@ class ImportIn(Strict):
     host: StrictStr | None = Field(None, description="the importing host's initiator (a host: itself)")
 
 
+class IdentityIn(Strict):
+    luns: list[StrictStr] = Field(..., description="broken (or shadow) copies to take their originals' identity")
+
+
 class CopyIn(Strict):
     target: StrictStr = Field(..., description="name of the new volume holding the full copy")
 
@@ -234,6 +238,12 @@ def create_app(array: Array, admin_token: str, keeper: Reconciler | None = None)
               summary="break: the shadow copy becomes an ordinary LUN (serial, masks, export kept)")
     def detach(name: str, c: Caller = who) -> dict:
         return lun_dict(array.detach(name, c))
+
+    @app.post("/v1/identity-reverts",
+              summary="break with REVERT_IDENTITY_ALL: each copy presents its original's serial and "
+                      "page 0x83 identity (all or none; refused if a host would see both)")
+    def take_identity(body: IdentityIn, c: Caller = who) -> list[dict]:
+        return [lun_dict(v) for v in array.take_identity(body.luns, c)]
 
     @app.put("/v1/luns/{name}/masks",
              summary="mask (show) the LUN to a registered host, with that host's CHAP credentials")

@@ -78,6 +78,9 @@ class Array:
     def detach(self, name: str, caller: Caller = ADMIN) -> LunView:
         return self.luns.detach(name, caller)
 
+    def take_identity(self, names: list[str], caller: Caller = ADMIN) -> list[LunView]:
+        return self.luns.take_identity(names, caller)
+
     # -- hosts ---------------------------------------------------------------------------
 
     def hosts(self, caller: Caller = ADMIN) -> list[dict]:

@@ -100,6 +100,9 @@ class ArrayClient:
     def detach(self, name: str) -> dict:
         return self.call("POST", f"/v1/luns/{quote(name)}/detach")
 
+    def take_identity(self, names: list[str]) -> list[dict]:
+        return self.call("POST", "/v1/identity-reverts", {"luns": names})
+
     def hosts(self) -> list[dict]:
         return self.call("GET", "/v1/hosts")
 

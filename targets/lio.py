@@ -297,6 +297,32 @@ class Lio:
             so.delete()
             self._changed()
 
+    def change_serial(self, name: str, serial: str) -> Export:
+        """Give an exported backstore another unit serial (a broken copy taking its original's
+        identity). The kernel refuses a new serial while the backstore is exported, so its TPG
+        LUN is removed and made again with the same number and mapped LUNs; the ACLs, and so the
+        hosts' sessions, stay. A refused serial still gets the LUN and its mappings back."""
+        with locked():
+            tpg = self._tpg()
+            so = self._find_so(name)
+            lun = self._lun_of(tpg, so) if so else None
+            if lun is None:
+                raise LookupError(f"{name} is not exported")
+            number = lun.lun
+            mapped = [(acl, m.mapped_lun, bool(m.write_protect))
+                      for acl in tpg.node_acls for m in acl.mapped_luns if m.tpg_lun.lun == number]
+            if so.wwn != serial:
+                lun.delete()  # its mapped LUNs with it
+                try:
+                    so.wwn = serial
+                finally:
+                    lun = self.rts.LUN(tpg, number, storage_object=so)
+                    for acl, mapped_lun, read_only in mapped:
+                        self.rts.MappedLUN(acl, mapped_lun, lun, write_protect=read_only)
+                    self._changed()
+            return Export(name, so.udev_path, so.wwn, number,
+                          tuple(Mapping(acl.node_wwn, ml, ro) for acl, ml, ro in mapped))
+
     def mask(self, name: str, initiator: str, chap_user: str, chap_secret: str,
              read_only: bool = False) -> Mapping:
         """Let `initiator` (with its CHAP credentials) see the volume: NodeACL + MappedLUN.

@@ -51,6 +51,7 @@ class LunView:
     state: str
     lun_id: int | None
     masks: list[dict] = field(default_factory=list)
+    identity_of: str | None = None  # a broken copy presenting its original's identity: the original
 
 
 class Luns(ArrayPart):
@@ -65,12 +66,13 @@ class Luns(ArrayPart):
         export = exports.get(lun.name)
         return LunView(
             name=api_name(lun.name), kind=lun.kind, size_bytes=lun.size_bytes,
-            serial=lun.serial, wwid=naa_wwid(lun.serial), vendor=LIO_VENDOR, product=LIO_PRODUCT,
+            serial=lun.exported_serial, wwid=naa_wwid(lun.exported_serial), vendor=LIO_VENDOR, product=LIO_PRODUCT,
             origin=api_name(lun.origin) if lun.origin else None,
             set_id=lun.set_id, snapshot_id=lun.snapshot_id, state=lun.state,
             lun_id=export.lun if export else None,
             masks=[{"initiator": m.initiator, "read_only": m.read_only} for m in self.store.masks(lun.name)
                    if caller.is_admin or m.initiator == caller.initiator],  # a host sees only its own
+            identity_of=api_name(lun.origin) if lun.taken_serial and lun.origin else None,
         )
 
     def _masked_to(self, lun: Lun, caller: Caller) -> bool:
@@ -160,7 +162,7 @@ class Luns(ArrayPart):
     def new_serial(self, also_taken: set[str] = frozenset()) -> str:
         """32 hex digits, unique in its first 25 (LIO's NAA id uses only those) among LUNs,
         the snapshots of prepared sets, and `also_taken` (the set being prepared)."""
-        taken = {naa_wwid(lun.serial) for lun in self.store.luns()}
+        taken = {naa_wwid(serial) for lun in self.store.luns() for serial in (lun.serial, lun.exported_serial)}
         taken |= {naa_wwid(m.serial) for s in self.store.sets() for m in s.members}
         taken |= {naa_wwid(serial) for serial in also_taken}
         while True:
@@ -236,6 +238,7 @@ class Luns(ArrayPart):
             if not caller.is_admin and initiator != caller.initiator:
                 raise denied(caller, f"mask {name} to another initiator ({initiator})")
             self._require_holder(lun, caller, "mask")
+            self._require_one_identity(lun, initiator)
             host = self.hosts.require_host(initiator)
             self.publish(lun)  # a committed snapshot not published yet is exported now
             had = self.store.masks(lun.name)
@@ -250,6 +253,15 @@ class Luns(ArrayPart):
                     self.lio.mask(lun.name, initiator, host.chap_user, host.chap_secret, old.read_only)
                 raise
             return self._view(lun, caller=caller)
+
+    def _require_one_identity(self, lun: Lun, initiator: str) -> None:
+        """A host never sees two LUNs with one identity (an original and the broken copy that
+        took it): it would take them for two paths to one disk."""
+        for other in self.store.luns_presenting(lun.exported_serial):
+            if other.name != lun.name and any(m.initiator == initiator for m in self.store.masks(other.name)):
+                raise vss_error(HResult.VSS_E_BAD_STATE,
+                                f"{initiator} sees {api_name(other.name)}, which has the identity "
+                                f"{api_name(lun.name)} presents (serial {lun.exported_serial}): unmask it first")
 
     def unmask(self, name: str, initiator: str, caller: Caller = ADMIN) -> LunView:
         initiator = names.initiator(initiator)
@@ -268,7 +280,7 @@ class Luns(ArrayPart):
         active = {lv.name for lv in self.lvm.volumes() if lv.active}
         self.lvm.activate(*(lun.name for lun in luns if lun.name not in active))
         for lun in luns:
-            self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial)
+            self.lio.export(lun.name, self.lvm.device(lun.name), lun.exported_serial)
             crash_point("publish-after-first-export")
 
     def detach(self, name: str, caller: Caller = ADMIN) -> LunView:
@@ -295,3 +307,66 @@ class Luns(ArrayPart):
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"could not detach {name}: {e}") from e
             log.info("%s detached from snapshot set %s: an ordinary LUN now", lun.name, lun.set_id)
             return self._view(self.store.lun(lun.name), caller=caller)
+
+    def take_identity(self, lun_names: list[str], caller: Caller = ADMIN) -> list[LunView]:
+        """REVERT_IDENTITY_ALL on the array: each broken (or shadow) copy presents its original's
+        unit serial, so hosts read the original's page 0x83 identity on it. All or none: refused
+        with VSS_E_BREAK_REVERT_ID_FAILED, nothing changed, when an original is gone or a host the
+        copy is masked to also sees the original (or another LUN with that identity). The store
+        changes before LIO (a crash between is finished by the reconcile); a failure puts back
+        what was changed, errors collected."""
+        if not isinstance(lun_names, list) or not lun_names or not all(isinstance(n, str) for n in lun_names):
+            raise vss_error(HResult.E_INVALIDARG, "luns: a non-empty list of LUN names")
+        with self.ctx.lock:
+            plan: list[tuple[Lun, str]] = []
+            for name in dict.fromkeys(lun_names):
+                lun = self.get(name, caller)
+                self._require_holder(lun, caller, "revert the identity of")
+                if not (lun.kind == "snapshot" or (lun.kind == "volume" and lun.origin)):
+                    raise vss_error(HResult.E_INVALIDARG, f"{name} is a {lun.kind} LUN, not a shadow copy: "
+                                                          f"it has no original identity to take")
+                origin = self.store.lun(lun.origin)
+                if origin is None or origin.state != "ready":
+                    raise vss_error(HResult.VSS_E_BREAK_REVERT_ID_FAILED,
+                                    f"{name}: its original {api_name(lun.origin)} is no longer on this array")
+                if lun.exported_serial != origin.exported_serial:
+                    plan.append((lun, origin.exported_serial))
+            for lun, identity in plan:
+                hosts = {m.initiator for m in self.store.masks(lun.name)}
+                for other in self.store.luns_presenting(identity):
+                    seen = hosts & {m.initiator for m in self.store.masks(other.name)}
+                    if other.name != lun.name and seen:
+                        raise vss_error(HResult.VSS_E_BREAK_REVERT_ID_FAILED,
+                                        f"{api_name(lun.name)}: {', '.join(sorted(seen))} also sees "
+                                        f"{api_name(other.name)} with that identity; nothing was reverted")
+            stored: list[Lun] = []
+            exported: list[Lun] = []
+            try:
+                for lun, identity in plan:
+                    stored.append(lun)
+                    self.store.set_taken_serial(lun.name, identity)
+                    crash_point("take-identity-after-store")
+                    self.lio.change_serial(lun.name, identity)  # a refused change undoes itself
+                    exported.append(lun)
+            except Exception as e:
+                errors = self._give_back_identities(stored, exported)
+                raise vss_error(HResult.VSS_E_BREAK_REVERT_ID_FAILED,
+                                f"identity revert failed: {e}; "
+                                + ("; ".join(errors) if errors else "nothing was reverted")) from e
+            for lun, _ in plan:
+                log.info("%s presents the identity of its original %s now", lun.name, lun.origin)
+            return [self._view(self.store.lun(lun.name), caller=caller)
+                    for lun in (self.get(n, caller) for n in dict.fromkeys(lun_names))]
+
+    def _give_back_identities(self, stored: list[Lun], exported: list[Lun]) -> list[str]:
+        """Undo a failed take_identity: each LUN its identity as it was, in the store and, where
+        it was changed there, in LIO."""
+        errors = []
+        for lun in stored:
+            try:
+                self.store.set_taken_serial(lun.name, lun.taken_serial)
+                if lun in exported:
+                    self.lio.change_serial(lun.name, lun.exported_serial)
+            except Exception as e:  # noqa: BLE001 - collected and reported
+                errors.append(f"{lun.name}: not put back ({e}); the reconcile will")
+        return errors

@@ -197,10 +197,10 @@ class Reconciler:
             # an interrupted detach: the store says it is no snapshot any more
             a.lvm.retag(lun.name, *kind_tags(lv, lun.kind))
             done["rebuilt"].append(f"{lun.name} tags")
-        if export is None or export.serial != lun.serial:
+        if export is None or export.serial != lun.exported_serial:
             if export is not None:
                 a.lio.unexport(lun.name)
-            a.lio.export(lun.name, lv.device, lun.serial)
+            a.lio.export(lun.name, lv.device, lun.exported_serial)
             export = None  # its mappings went with it: re-apply every mask below
             done["rebuilt"].append(lun.name)
         elif a.lio.advertise_thin(lun.name):

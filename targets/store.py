@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS luns (
     snapshot_id TEXT UNIQUE,
     state       TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'deleting')),
     created     REAL NOT NULL,
-    holder      TEXT                        -- the host initiator that made or imported it; NULL: the admin's
+    holder      TEXT,                       -- the host initiator that made or imported it; NULL: the admin's
+    taken_serial TEXT                       -- a broken shadow copy that took its original's identity
+                                            -- (REVERT_IDENTITY_ALL): the serial hosts read instead of `serial`
 );
 CREATE TABLE IF NOT EXISTS masks (
     lun         TEXT NOT NULL REFERENCES luns(name) ON DELETE CASCADE,
@@ -84,7 +86,8 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
-SCHEMA_VERSION = 3  # 2: hosts with their credentials, masks without; holders, set owners. 3: hand-out, cancel
+SCHEMA_VERSION = 4  # 2: hosts with their credentials, masks without; holders, set owners. 3: hand-out, cancel.
+#                    4: identities taken by broken copies
 MIGRATIONS = {  # from version N to N + 1, statement by statement
     2: ["ALTER TABLE sets ADD COLUMN handed_out REAL",
         # jobs may be cancelled: a new CHECK, so the table is made again (SQLite's way)
@@ -92,6 +95,7 @@ MIGRATIONS = {  # from version N to N + 1, statement by statement
         SCHEMA[SCHEMA.index("CREATE TABLE IF NOT EXISTS jobs"):SCHEMA.index("CREATE TABLE IF NOT EXISTS meta")],
         "INSERT INTO jobs SELECT * FROM jobs_v2",
         "DROP TABLE jobs_v2"],
+    3: ["ALTER TABLE luns ADD COLUMN taken_serial TEXT"],
 }
 
 
@@ -111,6 +115,13 @@ class Lun:
     state: str
     created: float
     holder: str | None = None
+    taken_serial: str | None = None
+
+    @property
+    def exported_serial(self) -> str:
+        """The unit serial hosts read (VPD 0x80, and page 0x83's NAA id made from it): the LUN's
+        own, or the original's for a broken copy that took its identity."""
+        return self.taken_serial or self.serial
 
 
 @dataclass(frozen=True)
@@ -221,7 +232,8 @@ class Store:
                 set_id: str | None = None, snapshot_id: str | None = None, state: str = "creating",
                 holder: str | None = None) -> Lun:
         with self.tx() as db:
-            db.execute("INSERT INTO luns VALUES (?,?,?,?,?,?,?,?,?,?)",
+            db.execute("INSERT INTO luns (name, kind, size_bytes, serial, origin, set_id, snapshot_id, state, "
+                       "created, holder) VALUES (?,?,?,?,?,?,?,?,?,?)",
                        (name, kind, size_bytes, serial, origin, set_id, snapshot_id, state, time.time(),
                         holder))
         return self.lun(name)  # type: ignore[return-value]
@@ -233,6 +245,12 @@ class Store:
     def lun_by_serial(self, serial: str) -> Lun | None:
         rows = self._rows("SELECT * FROM luns WHERE serial = ?", serial)
         return Lun(*rows[0]) if rows else None
+
+    def luns_presenting(self, serial: str) -> list[Lun]:
+        """The LUNs hosts read with this serial: the one it belongs to, and broken copies that
+        took it as their original's identity."""
+        return [Lun(*r) for r in self._rows("SELECT * FROM luns WHERE serial = ? OR taken_serial = ? "
+                                             "ORDER BY name", serial, serial)]
 
     def luns(self, state: str | None = None) -> list[Lun]:
         if state:
@@ -264,9 +282,14 @@ class Store:
             db.execute("UPDATE luns SET kind = ?, set_id = ?, snapshot_id = ? WHERE name = ?",
                        (kind, set_id, snapshot_id, name))
 
+    def set_taken_serial(self, name: str, serial: str | None) -> None:
+        """The identity a broken copy presents instead of its own (None: its own again)."""
+        with self.tx() as db:
+            db.execute("UPDATE luns SET taken_serial = ? WHERE name = ?", (serial, name))
+
     def serial_in_use(self, serial: str) -> bool:
-        return bool(self._rows("SELECT 1 FROM luns WHERE serial = ? UNION "
-                               "SELECT 1 FROM set_members WHERE serial = ?", serial, serial))
+        return bool(self._rows("SELECT 1 FROM luns WHERE serial = ? OR taken_serial = ? UNION "
+                               "SELECT 1 FROM set_members WHERE serial = ?", serial, serial, serial))
 
     # -- masking --------------------------------------------------------------------------
 

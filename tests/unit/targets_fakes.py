@@ -261,6 +261,14 @@ class FakeLio(_Injectable):
         self.orphans.discard(name)
         self.not_thin.discard(name)
 
+    def change_serial(self, name: str, serial: str) -> Export:
+        self._call("change_serial", name, serial)
+        e = self._exports.get(name)
+        if e is None:
+            raise LookupError(f"{name} is not exported")
+        self._exports[name] = replace(e, serial=serial)
+        return self._exports[name]
+
     def mask(self, name: str, initiator: str, chap_user: str, chap_secret: str,
              read_only: bool = False) -> Mapping:
         self._call("mask", name, initiator, chap_user, chap_secret, read_only)

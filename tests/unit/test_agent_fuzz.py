@@ -277,6 +277,8 @@ def plausible(kind: str):
             st.sampled_from([[], ["00" * 16] * 257])),
         "target": st.one_of(st.sampled_from(["newcopy", "va", "acopy", "snap-y"]), hostile_text),
         "snapshot": st.one_of(st.sampled_from(KNOWN_LUNS), hostile_text),
+        "luns": st.one_of(st.lists(st.one_of(st.sampled_from(KNOWN_LUNS), hostile_text), max_size=4),
+                          st.sampled_from([["va"] * 300, "va", None])),
     }[kind]
 
 
@@ -290,6 +292,7 @@ BODY_FIELDS = {
     "import": ("serials", "host"),
     "copy": ("target",),
     "resync": ("snapshot",),
+    "identity": ("luns",),
 }
 PATH_PARAMS = {
     "name": st.one_of(st.sampled_from(KNOWN_LUNS), hostile_text),
@@ -306,6 +309,7 @@ ROUTES = [  # (method, path template, body kind): every route of create_app
     ("GET", "/v1/luns/{name}", None),
     ("DELETE", "/v1/luns/{name}", None),
     ("POST", "/v1/luns/{name}/detach", None),
+    ("POST", "/v1/identity-reverts", "identity"),
     ("PUT", "/v1/luns/{name}/masks", "mask"),
     ("DELETE", "/v1/luns/{name}/masks/{initiator}", None),
     ("GET", "/v1/hosts", None),
@@ -483,6 +487,7 @@ FOREIGN = [
     ("GET", "/v1/luns/va", None), ("DELETE", "/v1/luns/va", None), ("DELETE", "/v1/luns/vshared", None),
     ("DELETE", "/v1/luns/acopy", None), ("DELETE", f"/v1/luns/snap-{SNAP_A}", None),
     ("POST", f"/v1/luns/snap-{SNAP_A}/detach", None), ("POST", "/v1/luns/va/detach", None),
+    ("POST", "/v1/identity-reverts", {"luns": [f"snap-{SNAP_A}"]}), ("POST", "/v1/identity-reverts", {"luns": ["va"]}),
     ("PUT", "/v1/luns/va/masks", {"initiator": "{me}", "read_only": False}),
     ("PUT", "/v1/luns/vshared/masks", {"initiator": "{me}", "read_only": True}),
     ("PUT", "/v1/luns/vfree/masks", {"initiator": "{me}"}),

@@ -86,6 +86,7 @@ def test_every_action_on_another_hosts_objects_is_refused_and_changes_nothing(wo
         ("POST", f"/v1/snapshot-sets/{world['set_b']}/abort", None),
         ("POST", f"/v1/snapshot-sets/{world['set_b']}/publish", None),
         ("POST", "/v1/luns/vol-b/detach", None),
+        ("POST", "/v1/identity-reverts", {"luns": ["vol-b"]}),
         ("GET", "/v1/luns/vol-b", None),
         ("POST", "/v1/snapshot-sets", {"set_id": str(uuid.uuid4()), "snapshots": [
             {"snapshot_id": str(uuid.uuid4()), "lun": "vol-b"}]}),

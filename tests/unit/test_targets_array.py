@@ -1073,6 +1073,112 @@ def test_unknown_job(arr):
         arr.job("nope")
 
 
+# --- identity revert (BreakSnapshotSetEx REVERT_IDENTITY_ALL) -------------------------------------
+
+def whole(arr) -> tuple:
+    """Everything the array holds: store rows, LV tags, LIO exports with serials and mappings."""
+    return ("\n".join(arr.store._db.iterdump()), sorted((lv.name, tuple(lv.tags)) for lv in arr.lvm.lvs.values()),
+            sorted((n, e.serial, e.mappings) for n, e in arr.lio.exports().items()))
+
+
+def imported_elsewhere(arr, *volumes):
+    """Volumes masked to host 1, a committed set of them whose shadow LUNs host 2 imported."""
+    make_volumes(arr, *volumes)
+    for v in volumes:
+        arr.mask(v, IQN1)
+    set_id, targets = committed(arr, *volumes)
+    for t in targets:
+        arr.mask(t, IQN2)
+    return set_id, targets
+
+
+def test_a_broken_copy_takes_its_originals_identity(arr, lio):
+    _, (t1, t2) = imported_elsewhere(arr, "vol1", "vol2")
+    arr.detach(t1)  # broken already, or still a shadow copy: both may take the identity
+    views = arr.take_identity([t1, t2, t1])
+    for view, origin in zip(views, ("vol1", "vol2")):
+        orig = arr.lun(origin)
+        assert (view.serial, view.wwid, view.identity_of) == (orig.serial, orig.wwid, origin)
+        assert lio.exports()[view.name].serial == orig.serial  # what hosts read now
+        assert lio.mappings(view.name) == {IQN2: Mapping(IQN2, view.lun_id, False)}  # masks kept
+    assert arr.store.lun(t1).serial != arr.lun("vol1").serial  # its own serial is kept in the store
+    calls = len(lio.called("change_serial"))
+    assert arr.take_identity([t1, t2]) == [arr.lun(t1), arr.lun(t2)]  # again: nothing to do
+    assert len(lio.called("change_serial")) == calls
+    assert arr.luns.new_serial() not in {arr.lun("vol1").serial, arr.lun("vol2").serial}
+
+
+def test_an_identity_revert_that_would_show_a_host_two_luns_with_one_identity_changes_nothing(arr):
+    _, (t1, t2) = imported_elsewhere(arr, "vol1", "vol2")
+    arr.mask("vol2", IQN2)  # the second original is presented to the importing host too
+    before = whole(arr)
+    with expect(HResult.VSS_E_BREAK_REVERT_ID_FAILED, VssError) as e:
+        arr.take_identity([t1, t2])
+    assert "vol2" in e.value.message
+    assert whole(arr) == before  # not even the first LUN's identity changed
+    arr.unmask("vol2", IQN2)
+    arr.take_identity([t1, t2])
+    before = whole(arr)
+    for lun, host in (("vol1", IQN2), (t1, IQN1)):  # and no mask may make it so later
+        with expect(HResult.VSS_E_BAD_STATE):
+            arr.mask(lun, host)
+    assert whole(arr) == before
+
+
+def test_an_identity_revert_is_refused_for_what_is_no_shadow_copy_or_has_lost_its_original(arr, copies):
+    _, (t1,) = imported_elsewhere(arr, "vol1")
+    make_volumes(arr, "vol3")
+    wait_job(arr, arr.start_copy("vol3", "full3").job_id)
+    before = whole(arr)
+    for names, code in ((["vol1"], HResult.E_INVALIDARG), (["full3"], HResult.E_INVALIDARG),
+                        ([t1, "vol3"], HResult.E_INVALIDARG), (["nope"], HResult.VSS_E_OBJECT_NOT_FOUND),
+                        ([], HResult.E_INVALIDARG), ("vol1", HResult.E_INVALIDARG), ([7], HResult.E_INVALIDARG)):
+        with expect(code):
+            arr.take_identity(names)
+        assert whole(arr) == before, names
+    arr.unmask("vol1", IQN1)
+    arr.delete("vol1")
+    before = whole(arr)
+    with expect(HResult.VSS_E_BREAK_REVERT_ID_FAILED, VssError) as e:
+        arr.take_identity([t1])
+    assert "no longer on this array" in e.value.message and whole(arr) == before
+
+
+def test_an_identity_revert_only_by_the_host_holding_the_copies(arr):
+    _, (t1,) = imported_elsewhere(arr, "vol1")
+    arr.claim_import([arr.lun(t1).serial], IQN2)  # host 2 holds the copy now
+    one, two = (arr.caller_for(arr.issue_token(i)["token"]) for i in (IQN1, IQN2))
+    before = whole(arr)
+    with pytest.raises(VssError) as e:
+        arr.take_identity([t1], caller=one)
+    assert e.value.hresult == HResult.E_ACCESSDENIED and whole(arr) == before
+    arr.take_identity([t1], caller=two)
+    assert arr.lun(t1).identity_of == "vol1"
+
+
+def test_a_failed_identity_revert_puts_back_what_it_changed(arr, lio):
+    _, (t1, t2) = imported_elsewhere(arr, "vol1", "vol2")
+    before = whole(arr)
+    lio.inject("change_serial", OSError("configfs: device busy"), name=t2)
+    with expect(HResult.VSS_E_BREAK_REVERT_ID_FAILED, VssError) as e:
+        arr.take_identity([t1, t2])
+    assert "nothing was reverted" in e.value.message
+    assert whole(arr) == before  # the first LUN has its own identity again
+
+
+def test_a_crash_inside_an_identity_revert_is_finished_by_the_reconcile(arr, lio, crash_at):
+    _, (t1,) = imported_elsewhere(arr, "vol1")
+    crash_at("take-identity-after-store")
+    with pytest.raises(Crash):
+        arr.take_identity([t1])
+    assert lio.exports()[t1].serial != arr.lun("vol1").serial  # LIO not changed yet
+    crash_at(None)
+    again = restarted(arr)
+    reconcile(again)
+    assert lio.exports()[t1].serial == arr.lun("vol1").serial == again.lun(t1).serial
+    assert set(lio.mappings(t1)) == {IQN2}
+
+
 # --- reconcile ---------------------------------------------------------------------------------
 
 class Crash(BaseException):

@@ -408,7 +408,8 @@ def test_a_database_of_an_older_schema_is_refused(tmp_path):
 
 
 def test_a_store_of_schema_2_is_migrated_and_keeps_its_sets(tmp_path):
-    """Schema 2 (sets without `handed_out`) becomes 3 in place: every row kept, none handed out."""
+    """Schema 2 (sets without `handed_out`, LUNs without `taken_serial`) becomes 4 in place: every
+    row kept, no set handed out, every LUN with its own identity."""
     import sqlite3
 
     path = tmp_path / "x.db"
@@ -416,6 +417,8 @@ def test_a_store_of_schema_2_is_migrated_and_keeps_its_sets(tmp_path):
     db.executescript(_schema_2())
     db.execute("INSERT INTO sets VALUES ('s1', 'committed', 1.0, 0.5, NULL, 1)")
     db.execute("INSERT INTO jobs VALUES ('j1', 'copy', 'a', 'b', 'done', 5, 5, NULL, 1.0, NULL)")
+    db.execute(f"INSERT INTO luns VALUES ('lun-a', 'volume', 1048576, '{SERIAL_A}', NULL, NULL, NULL, "
+               f"'ready', 1.0, NULL)")
     db.execute("PRAGMA user_version = 2")
     db.commit()
     db.close()
@@ -425,14 +428,20 @@ def test_a_store_of_schema_2_is_migrated_and_keeps_its_sets(tmp_path):
     assert s.hand_out("s1") > 0 and s.snapshot_set("s1").handed_out is not None
     assert [(j.job_id, j.state, j.done_bytes) for j in s.jobs()] == [("j1", "done", 5)]
     s.update_job("j1", state="cancelled")  # the new state is allowed
-    assert Store(path).snapshot_set("s1").handed_out is not None  # version 3 now: opened as is
+    lun = s.lun("lun-a")
+    assert (lun.serial, lun.taken_serial, lun.exported_serial) == (SERIAL_A, None, SERIAL_A)
+    s.set_taken_serial("lun-a", SERIAL_B)
+    assert s.lun("lun-a").exported_serial == SERIAL_B and s.serial_in_use(SERIAL_B)
+    assert Store(path).snapshot_set("s1").handed_out is not None  # version 4 now: opened as is
 
 
 def _schema_2() -> str:
-    """Version 2's tables: this version's without the column version 3 added."""
+    """Version 2's tables: this version's without the columns versions 3 and 4 added."""
     from targets.store import SCHEMA
 
-    head, tail = SCHEMA.split("    transportable INTEGER NOT NULL DEFAULT 0,", 1)
+    luns_head, luns_tail = SCHEMA.split("    holder      TEXT,", 1)
+    schema = luns_head + "    holder      TEXT\n);" + luns_tail.split(");", 1)[1]
+    head, tail = schema.split("    transportable INTEGER NOT NULL DEFAULT 0,", 1)
     return (head + "    transportable INTEGER NOT NULL DEFAULT 0\n);" + tail.split(");", 1)[1]).replace(
         "'failed', 'cancelled'", "'failed'")
 
