@@ -5,7 +5,8 @@
     shadowlun list                         the shadow copies imported on this host
     shadowlun expose SNAPSHOT_ID [DIR]     mount read-only at DIR, or present the block device
     shadowlun unexpose SNAPSHOT_ID
-    shadowlun break [--writable|--mask] SET_ID   the LUNs become ordinary LUNs, no longer tracked
+    shadowlun break [--writable|--mask] [--revert-identity] SET_ID
+                                                 the LUNs become ordinary LUNs, no longer tracked
     shadowlun delete (--snapshot ID | --set ID | --all)
     shadowlun resync --bcd FILE [--snapshot ID]...   revert the original LUNs on the array
     shadowlun recover                      abort sets a crash left half-made, release the
@@ -158,7 +159,8 @@ def cmd_unexpose(args: argparse.Namespace) -> dict:
 
 def cmd_break(args: argparse.Namespace) -> dict:
     with loaded_providers() as loaded:
-        return coordinator(loaded).break_set(args.set_id, writable=args.writable, mask=args.mask)
+        return coordinator(loaded).break_set(args.set_id, writable=args.writable, mask=args.mask,
+                                             revert_identity=args.revert_identity)
 
 
 def cmd_delete(args: argparse.Namespace) -> dict:
@@ -258,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     how.add_argument("--writable", action="store_true", help="also clear read-only and hidden (MAKE_READ_WRITE)")
     how.add_argument("--mask", action="store_true",
                      help="hide the LUNs from this host, keeping them on the array (MASK_LUNS)")
+    brk.add_argument("--revert-identity", action="store_true",
+                     help="the LUNs take their originals' identity (REVERT_IDENTITY_ALL); refused while an "
+                          "original is on this host")
     brk.set_defaults(func=cmd_break)
     delete = sub.add_parser("delete", help="delete shadow copies and their LUNs (host and array)")
     which = delete.add_mutually_exclusive_group(required=True)

@@ -323,11 +323,11 @@ class Coordinator:
                 self.flags.set_read_only(disk, parts if disk == on else [], True)
         return {"device": device, "flags": describe(attrs or 0)}
 
-    def _located(self, entry: ImportedSnapshot) -> tuple[list[str], dict]:
-        """The snapshot's disks on this host and its volume; VSS_E_OBJECT_NOT_FOUND when a disk is
-        not here (e.g. after a reboot without a session)."""
+    def _located(self, entry: ImportedSnapshot, records: list[dict] | None = None) -> tuple[list[str], dict]:
+        """The snapshot's disks on this host (by its LUNs' records, or `records`) and its volume;
+        VSS_E_OBJECT_NOT_FOUND when a disk is not here (e.g. after a reboot without a session)."""
         disks = []
-        for rec in entry.luns:
+        for rec in entry.luns if records is None else records:
             disk = self._find_disk(rec)
             if disk is None:
                 raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
@@ -415,28 +415,44 @@ class Coordinator:
 
     # -- break (spec 11.1, 14.4) -----------------------------------------------------------------
 
-    def break_set(self, set_id: str, writable: bool = False, mask: bool = False) -> dict:
+    def break_set(self, set_id: str, writable: bool = False, mask: bool = False,
+                  revert_identity: bool = False) -> dict:
         """The set leaves VSS: its LUNs become ordinary LUNs, no longer shadow copies (the array
         forgets them as such too). BreakSnapshotSetEx's flags: without any, the disks stay
         read-only and hidden (only the shadow-copy flag is cleared); `writable`
         (MAKE_READ_WRITE) clears every flag and makes them writable; `mask` (MASK_LUNS) hides the
         LUNs from this host instead (unmasked, the disks and session removed), keeping them on the
-        array. All or nothing on this host: the disks keep their flags and exposures until the
-        provider has agreed (a refusal leaves an intact shadow copy); a break that stops after
-        that can be run again."""
-        if writable and mask:
-            raise vss_error(HResult.E_INVALIDARG, "a break either masks the LUNs or makes them writable")
+        array; `revert_identity` (REVERT_IDENTITY_ALL) gives each LUN its original's page 0x83
+        identity (its disk ids are the original's already: a shadow copy is a copy of the bytes),
+        refused with VSS_E_BREAK_REVERT_ID_FAILED when an original is on this host. All or
+        nothing on this host: the disks keep their flags and exposures until the provider has
+        agreed (a refusal leaves an intact shadow copy); a break that stops after that can be
+        run again."""
+        if mask and (writable or revert_identity):
+            raise vss_error(HResult.E_INVALIDARG, "a break that masks the LUNs neither makes them writable "
+                                                  "nor reverts their identity")
         s = self.catalog.require_set(set_id)
         provider = self._provider(s.provider_id)
-        located = [(e, *self._located(e)) for e in s.snapshots]  # all present, or nothing changes
+        records = {e.snapshot_id: self._identity_now(e, revert_identity) for e in s.snapshots}
+        located = [(e, *self._located(e, records[e.snapshot_id])) for e in s.snapshots]  # all, or nothing changes
+        if revert_identity:
+            ours = {d for _, disks, _ in located for d in disks}
+            here = [e.snapshot_id for e in s.snapshots for src in e.sources if self._find_disk(src) not in ours | {None}]
+            if here:
+                raise vss_error(HResult.VSS_E_BREAK_REVERT_ID_FAILED,
+                                f"the original LUN of shadow copy {', '.join(here)} is on this host: two disks "
+                                f"with one identity; nothing was reverted")
         clear = SHADOW_FLAGS if writable else SHADOW_COPY
         notify = (HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_READ_WRITE if writable
                   else HardwareOptions.VSS_ONLUNSTATECHANGE_DO_MASK_LUNS if mask else 0)
-        if mask:  # the provider removes the disks: nothing of this host may still use them
+        if mask or revert_identity:  # the provider removes the disks: nothing here may still use them
             for entry, disks, _ in located:
                 self._require_unused(entry, disks)
-        provider.call("on_lun_state_change", snapshot_luns=[r for e in s.snapshots for r in e.luns],
-                      original_luns=[r for e in s.snapshots for r in e.sources], flags=int(notify))
+        provider.call("on_lun_state_change", snapshot_luns=[r for e in s.snapshots for r in records[e.snapshot_id]],
+                      original_luns=[r for e in s.snapshots for r in e.sources], flags=int(notify),
+                      **({"revert_identity": True} if revert_identity else {}))
+        if revert_identity:  # the same LUNs, on new disks that answer with the originals' identity
+            located = [(e, *self._located(e, e.sources)) for e in s.snapshots]
         out = []
         for entry, disks, vol in located:
             if not mask:
@@ -449,7 +465,16 @@ class Coordinator:
             out.append({"snapshot_id": entry.snapshot_id, "volume": entry.volume,
                         "device": None if mask else vol["device"]})
         self.catalog.remove(set_id)
-        return {"set_id": set_id, "writable": writable, "masked": mask, "volumes": out}
+        return {"set_id": set_id, "writable": writable, "masked": mask, "identity_reverted": revert_identity,
+                "volumes": out}
+
+    def _identity_now(self, entry: ImportedSnapshot, revert_identity: bool) -> list[dict]:
+        """The records the snapshot's disks answer with: its LUNs' own, or, for a break reverting
+        identities that an earlier run took past the provider, the originals'."""
+        if revert_identity and all(self._find_disk(r) is None for r in entry.luns) \
+                and all(self._find_disk(r) is not None for r in entry.sources):
+            return entry.sources
+        return entry.luns
 
     def _require_unused(self, entry: ImportedSnapshot, disks: list[str]) -> None:
         """Refuse (VSS_E_VOLUME_IN_USE) a shadow copy that is exposed or mounted here."""

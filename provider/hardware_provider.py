@@ -71,6 +71,7 @@ class Array(Protocol):
     def unmask(self, name: str, initiator: str) -> dict: ...
     def delete(self, name: str) -> None: ...
     def detach(self, name: str) -> dict: ...
+    def take_identity(self, names: list[str]) -> list[dict]: ...
     def hosts(self) -> list[dict]: ...
     def start_resync(self, name: str, snapshot: str) -> dict: ...
     def job(self, job_id: str) -> dict: ...
@@ -86,6 +87,7 @@ class Initiator(Protocol):
     def scan_lun(self, host: int, lun: int) -> None: ...
     def wait_for_disk(self, wwid: str, timeout: float) -> str: ...
     def find_disk(self, wwid: str) -> str | None: ...
+    def remove_disk(self, block_name_or_path: str) -> None: ...
     def disconnect(self, target_iqn: str, portal: str, disks: list[str]) -> None: ...
 
 
@@ -195,7 +197,12 @@ class ShadowLunProvider:
             log.error("discard of set %s: %s", set_id, e)
 
     def _inventory_by_serial(self) -> dict[str, dict]:
-        return {lun["serial"]: lun for lun in self.array.luns()}
+        """The array's LUNs by the serial a host reads. An original and the broken copy that took
+        its identity share one; the array lets a host see only one of them, which wins here."""
+        def mine(lun: dict) -> bool:
+            return any(m["initiator"] == self.host.initiator for m in lun["masks"])
+
+        return {lun["serial"]: lun for lun in sorted(self.array.luns(), key=mine)}
 
     def _lun_for(self, info: LunInformation, inventory: dict[str, dict]) -> dict | None:
         """The array LUN a record describes: our vendor, a serial the array knows, and the same
@@ -442,14 +449,20 @@ class ShadowLunProvider:
                    | ProviderCapabilities.VSS_PRV_CAPABILITY_PLEX
                    | ProviderCapabilities.VSS_PRV_CAPABILITY_LUN_RESYNC)
 
-    def on_lun_state_change(self, snapshot_luns: list[dict], original_luns: list[dict], flags: int) -> None:
+    def on_lun_state_change(self, snapshot_luns: list[dict], original_luns: list[dict], flags: int,
+                            revert_identity: bool = False) -> None:
         """Break (no flag, NOTIFY_READ_WRITE, DO_MASK_LUNS): the shadow LUNs become ordinary LUNs
         on the array, no longer members of their set; DO_MASK_LUNS also hides them from this host.
-        The recovery notifications (around a resync) need nothing."""
+        `revert_identity` (shadowlun's part of BreakSnapshotSetEx's REVERT_IDENTITY_ALL, which
+        only the array can do): first each LUN takes its original's page 0x83 identity, all or
+        none, and this host's disks of them come back with it. The recovery notifications
+        (around a resync) need nothing."""
         from .vss_types import HardwareOptions as H
 
         if flags & (H.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_PRE_RECOVERY | H.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_POST_RECOVERY):
             return
+        if revert_identity and flags & H.VSS_ONLUNSTATECHANGE_DO_MASK_LUNS:
+            raise vss_error(HResult.E_INVALIDARG, "a break that masks the LUNs keeps no disk to revert the identity of")
         inventory = self._inventory_by_serial()
         luns: dict[str, dict] = {}
         for d in snapshot_luns:  # all checked before anything changes
@@ -464,12 +477,41 @@ class ShadowLunProvider:
             luns[lun["name"]] = lun  # the same LUN twice is one
         luns = list(luns.values())
         target = self.array.target()
+        if revert_identity:
+            self._take_identities(luns, target)
         for lun in luns:
             if lun["kind"] == "snapshot":
                 self.array.detach(lun["name"])
             if flags & H.VSS_ONLUNSTATECHANGE_DO_MASK_LUNS:
                 self._release_on_host(lun, target)
                 self.array.unmask(lun["name"], self.host.initiator)
+
+    def _take_identities(self, luns: list[dict], target: dict) -> None:
+        """The array gives the LUNs their originals' identities (refused, changing nothing, when
+        a host of theirs sees an original). The kernel keeps a disk's identity from its first
+        scan, so this host's disks of them are removed first and scanned again after: with the
+        new identity, or with the old one when the array refused."""
+        for lun in luns:
+            disk = self.initiator.find_disk(lun["wwid"])
+            if disk:
+                self.initiator.remove_disk(disk)
+        try:
+            taken = self.array.take_identity([lun["name"] for lun in luns])
+        except VssError:
+            try:
+                self._scan_back(luns, target)
+            except VssError as e:
+                log.error("the disks of the LUNs whose identity was kept did not come back: %s", e)
+            raise
+        self._scan_back(taken, target)
+
+    def _scan_back(self, luns: list[dict], target: dict) -> None:
+        """Scan these LUNs of the session again and wait, bounded, for each disk by its WWID."""
+        host = self.initiator.login(target["iqn"], target["portals"][0], self.host.chap_user, self.host.chap_secret)
+        for lun in luns:
+            self.initiator.scan_lun(host, lun["lun_id"])
+        for lun in luns:
+            self.initiator.wait_for_disk(lun["wwid"], DISK_WAIT_S)
 
     def resync_luns(self, source_luns: list[dict], target_luns: list[dict], timeout: float = 3600,
                     wait: bool = True) -> dict:

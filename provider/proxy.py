@@ -94,7 +94,7 @@ DOCUMENTED_CODES: Mapping[str, frozenset[HResult]] = per_method({
     _M.FILL_IN_LUN_INFO: _BASE,  # the WS2003 list; the value is ignored since 2008
     _M.ON_LUN_EMPTY: _BASE,
     _M.GET_PROVIDER_CAPABILITIES: frozenset(),  # reserved
-    _M.ON_LUN_STATE_CHANGE: _BASE,
+    _M.ON_LUN_STATE_CHANGE: _BASE | {_H.VSS_E_BREAK_REVERT_ID_FAILED},  # with shadowlun's revert_identity
     _M.RESYNC_LUNS: frozenset({_H.E_OUTOFMEMORY, _H.VSS_E_PROVIDER_VETO, _H.VSS_E_INSUFFICIENT_STORAGE}),
     _M.ON_REUSE_LUNS: frozenset(),  # reserved: "S_OK or HRESULT error"
     _M.QUERY_STATUS: frozenset({_H.VSS_E_PROVIDER_VETO, _H.VSS_E_OBJECT_NOT_FOUND}),  # those of ResyncLuns' work

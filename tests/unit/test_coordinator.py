@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import threading
 from contextlib import contextmanager
+from dataclasses import asdict
 
 import pytest
 
@@ -731,6 +732,38 @@ def test_break_with_mask_luns_hides_them_from_this_host_and_keeps_them_on_the_ar
     with pytest.raises(VssError) as e:
         coord_b.break_set(doc.set_id, writable=True, mask=True)
     assert e.value.hresult == HResult.E_INVALIDARG
+
+
+def test_break_with_revert_identity_gives_the_copies_their_originals_identity(tmp_path):
+    """REVERT_IDENTITY_ALL: refused (the spec's code, nothing changed) while an original is on
+    this host, and with MASK_LUNS; otherwise the broken LUNs answer with their originals'
+    identity, on disks found by it, flags handled as for any break."""
+    lab, doc, coord_b, impl_b, _ = imported(tmp_path)
+    originals = {v.name: v for v in lab.array.inventory() if not v.origin}
+
+    def state():
+        return ([asdict(v) for v in lab.array.inventory()], dict(impl_b.initiator.disks),
+                {d: dict(p) for d, p in coord_b.flags.attrs.items()}, dict(coord_b.flags.read_only),
+                coord_b.list_sets())
+
+    impl_b.initiator.disks[originals["db"].wwid] = "sdz"  # the original db is attached here too
+    before = state()
+    with pytest.raises(VssError) as e:
+        coord_b.break_set(doc.set_id, writable=True, revert_identity=True)
+    assert e.value.hresult == HResult.VSS_E_BREAK_REVERT_ID_FAILED and state() == before
+    del impl_b.initiator.disks[originals["db"].wwid]
+    before = state()
+    with pytest.raises(VssError) as e:
+        coord_b.break_set(doc.set_id, mask=True, revert_identity=True)
+    assert e.value.hresult == HResult.E_INVALIDARG and state() == before
+    out = coord_b.break_set(doc.set_id, writable=True, revert_identity=True)
+    assert out["identity_reverted"] is True and [v["device"] for v in out["volumes"]] == ["/dev/sdb1", "/dev/sdc1"]
+    broken = {v.origin: v for v in lab.array.inventory() if v.origin}
+    for name in ("db", "logs"):
+        assert (broken[name].kind, broken[name].serial) == ("volume", originals[name].serial)
+        assert impl_b.initiator.find_disk(originals[name].wwid)  # the disk answers as the original
+    assert coord_b.flags.attrs == {"sdb": {1: 0}, "sdc": {1: 0}} and coord_b.flags.read_only["sdb1"] is False
+    assert coord_b.list_sets() == []
 
 
 def test_a_resync_interrupted_by_the_user_is_cancelled_on_the_array(tmp_path, monkeypatch):

@@ -80,6 +80,9 @@ class InProcessArray:
     def detach(self, name):
         return asdict(self.a.detach(name, self.c))
 
+    def take_identity(self, names):
+        return [asdict(v) for v in self.a.take_identity(names, self.c)]
+
     def wait_job(self, job_id, timeout, on_progress=None):
         import time
 
@@ -107,6 +110,10 @@ class FakeInitiator:
 
     def find_disk(self, wwid):
         return self.disks.get(wwid)
+
+    def remove_disk(self, disk):
+        self.calls.append(("remove", disk))
+        self.disks = {w: d for w, d in self.disks.items() if d != disk}
 
     def disconnect(self, target_iqn, portal, disks):
         self.calls.append(("disconnect", target_iqn, portal, tuple(disks)))
@@ -396,6 +403,32 @@ def test_recovery_notifications_change_nothing_and_break_detaches(prov, array):
     with pytest.raises(VssError) as e:
         prov.on_lun_state_change([predict_lio_lun_info("f" * 32).to_dict()], [recs["db"]], 0)
     assert e.value.hresult == HResult.VSS_E_OBJECT_NOT_FOUND
+
+
+def test_a_break_that_reverts_identities_gives_the_disks_the_originals_identity(prov, array):
+    recs = volumes(array, "db")
+    create(prov, {"v": [recs["db"]]})
+    target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]
+    [disk] = prov.locate_luns([target])
+    rw = int(HardwareOptions.VSS_ONLUNSTATECHANGE_NOTIFY_READ_WRITE)
+    before = [asdict(v) for v in array.inventory()]
+    for flags, code in ((rw, HResult.VSS_E_BREAK_REVERT_ID_FAILED),  # the original is on this host too
+                        (int(HardwareOptions.VSS_ONLUNSTATECHANGE_DO_MASK_LUNS), HResult.E_INVALIDARG)):
+        with pytest.raises(VssError) as e:
+            prov.on_lun_state_change([target], [recs["db"]], flags, revert_identity=True)
+        assert e.value.hresult == code
+        assert [asdict(v) for v in array.inventory()] == before  # a shadow copy still, its own identity
+        assert prov.initiator.find_disk(disk["wwid"])  # the disk is back (or was never removed)
+    array.unmask("db", HOST.initiator)
+    prov.initiator.calls.clear()
+    prov.on_lun_state_change([target], [recs["db"]], rw, revert_identity=True)
+    [broken] = [v for v in array.inventory() if v.origin]
+    assert (broken.kind, broken.serial, broken.wwid) == ("volume", array.lun("db").serial, array.lun("db").wwid)
+    assert prov.initiator.find_disk(disk["wwid"]) is None and prov.initiator.find_disk(broken.wwid)
+    assert [c[0] for c in prov.initiator.calls] == ["remove", "login", "scan", "wait"]
+    prov.initiator.calls.clear()  # a break run again (stopped after this call): found by its new identity
+    prov.on_lun_state_change([recs["db"]], [recs["db"]], rw, revert_identity=True)
+    assert array.lun(broken.name) == broken and prov.initiator.find_disk(broken.wwid)
 
 
 def test_production_luns_are_never_the_object_of_a_shadow_copy_call(array, lvm):

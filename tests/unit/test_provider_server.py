@@ -493,6 +493,8 @@ def test_the_allowed_code_table_follows_the_spec():
             assert allowed is None
         elif method == "begin_prepare_snapshot":
             assert allowed == GENERAL | BEGIN_PREPARE_ONLY
+        elif method == "on_lun_state_change":  # shadowlun's revert_identity (CONTRACT.md 10)
+            assert allowed == GENERAL | {H.VSS_E_BREAK_REVERT_ID_FAILED}
         else:
             assert allowed == GENERAL, method
     assert DEFAULT_TIMEOUTS["commit_snapshots"] <= 10.0  # §16.1: the hold window
