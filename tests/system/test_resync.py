@@ -1,0 +1,95 @@
+"""LUN resync at its edges on the real stack (issue 13): a destination larger than the shadow
+copy ends the size the copy is, with its bytes; a resync the user stops (SIGTERM to the CLI) is
+cancelled on the array, where the copy stops."""
+from __future__ import annotations
+
+import json
+
+from lab import checks
+from lab.host_volumes import HostVolumes
+from lab.provider_call import provider_call
+from lab.story import SHADOWLUN, shadowlun
+from provider.hresult import HResult
+
+MIB = 1 << 20
+STORE = "/var/lib/shadowlun/array.db"
+
+
+def shadow_disk(vm) -> str:
+    """The disk of the one shadow copy imported on this host."""
+    [s] = shadowlun(vm, "list")["sets"]
+    [snap] = s["snapshots"]
+    return snap["disks"][0]
+
+
+def disk_sha256(vm, disk: str, size_bytes: int) -> str:
+    return vm.run(f"head -c {size_bytes} {disk} | sha256sum").stdout.split()[0]
+
+
+def resync_jobs(array, lv: str) -> list[dict]:
+    """The array's resync jobs onto `lv`, from its store (what the agent recorded)."""
+    out = array.run(["python3", "-c", "import json, sqlite3, sys; print(json.dumps([dict(zip(('state', 'done', "
+                     "'total'), r)) for r in sqlite3.connect(sys.argv[1]).execute(\"SELECT state, done_bytes, "
+                     "total_bytes FROM jobs WHERE kind = 'resync' AND target = ?\", (sys.argv[2],))]))",
+                     STORE, lv]).stdout
+    return json.loads(out)
+
+
+def test_a_resync_onto_a_larger_lun_leaves_it_the_size_and_bytes_of_the_copy(lab):
+    a, array = lab.vm("host-a"), lab.vm("array")
+    small = HostVolumes(lab, a, ["rsmall"]).create()
+    big = HostVolumes(lab, a, ["rbig"], size_bytes=96 * MIB).create()
+    try:
+        a.run(f"head -c 8M /dev/urandom > {small.mounts[0]}/data && sync")
+        shadowlun(a, "create", "--context", "app_rollback", small.mounts[0])  # imported here, read-only
+        shadow = shadow_disk(a)
+        [big_name], big_disk = big.names, big.disks[big.names[0]]
+        a.run(f"umount {big.mounts[0]}")
+        done = provider_call(a, "resync_luns", source_disks=[shadow.removeprefix("/dev/")],
+                             target_disks=[big_disk.removeprefix("/dev/")])
+        assert done["ok"]["status"] == int(HResult.VSS_S_ASYNC_FINISHED), done
+        assert big.api.call("GET", f"/v1/luns/{big_name}")["size_bytes"] == 64 * MIB
+        lv_size = array.run(f"lvs --noheadings --units b --nosuffix -o lv_size shadowlun/lun-{big_name}").stdout
+        assert int(lv_size.strip()) == 64 * MIB
+        a.run(f"echo 1 > /sys/block/{big_disk.removeprefix('/dev/')}/device/rescan")
+        checks.until(lambda: int(a.run(f"blockdev --getsize64 {big_disk}").stdout) == 64 * MIB, 60,
+                     lambda: f"host-a still sees {big_disk} at {a.run(f'blockdev --getsize64 {big_disk}').stdout}")
+        assert disk_sha256(a, big_disk, 64 * MIB) == disk_sha256(a, shadow, 64 * MIB)
+        assert len(shadowlun(a, "delete", "--all")["deleted"]) == 1
+    finally:
+        errors = big.remove() + small.remove()
+        assert errors == []
+
+
+def test_a_resync_stopped_by_the_user_is_cancelled_on_the_array(lab):
+    a, array = lab.vm("host-a"), lab.vm("array")
+    vols = HostVolumes(lab, a, ["rcan"]).create()
+    mount, [name] = vols.mounts[0], vols.names
+    lv = f"lun-{name}"
+    try:
+        a.run(f"head -c 4M /dev/urandom > {mount}/data && sync")
+        shadowlun(a, "create", "--context", "app_rollback", "--bcd", "/root/rc.xml", mount)
+        a.run(f"head -c 4M /dev/urandom > {mount}/data && sync && umount {mount}")
+        # The destination's device suspended on the array: the copy's first read of it waits
+        # there, so the resync is surely running when the user stops it.
+        dm = array.run(f"lvs --noheadings -o lv_dm_path shadowlun/{lv}").stdout.strip()
+        array.run(f"dmsetup suspend {dm}")
+        try:
+            a.run(f"setsid sh -c '{SHADOWLUN} --json resync --bcd /root/rc.xml > /root/rc.out 2> /root/rc.err' "
+                  f"< /dev/null > /dev/null 2>&1 & echo $! > /root/rc.pid")
+            checks.until(lambda: [j["state"] for j in resync_jobs(array, lv)] == ["running"], 180,
+                         lambda: f"no running resync onto {lv}: {resync_jobs(array, lv)}")
+            a.run("pkill -TERM -f 'provider.cli --json resync'")
+            checks.until(lambda: a.run("pgrep -f 'provider.cli --json resync'", check=False).returncode != 0, 120,
+                         lambda: "the CLI did not end after SIGTERM: " + a.run("cat /root/rc.err").stdout[-500:])
+        finally:
+            array.run(f"dmsetup resume {dm}")
+        err = json.loads(a.run("cat /root/rc.err").stdout.strip().splitlines()[-1])
+        assert err["vss"] == "E_ABORT" and "cancelled on the array" in err["message"], err
+        checks.until(lambda: [j["state"] for j in resync_jobs(array, lv)] == ["cancelled"], 120,
+                     lambda: f"the resync onto {lv} did not stop: {resync_jobs(array, lv)}")
+        [job] = resync_jobs(array, lv)
+        assert job["done"] < job["total"]  # it stopped at its next chunk
+        assert len(shadowlun(a, "delete", "--all")["deleted"]) == 1
+    finally:
+        assert vols.remove() == []
