@@ -67,22 +67,37 @@ class Jobs(ArrayPart):
             return jobs
 
     def _plex(self, lun: Lun, plex: str, progress) -> None:
-        """Copy, then swap: the snapshot LV goes, the copy is renamed to it and tagged as it was,
-        and exported again with the same serial if it was exported."""
+        """Copy, then swap. The finished copy is first tagged as the snapshot it replaces: from
+        then on a crash is finished by the reconcile (finish_plex), not undone."""
         copy_blocks(self._active_device(lun), self.lvm.device(plex), lun.size_bytes, progress)
         with self.ctx.lock:
             if self.store.masks(lun.name):
                 raise RuntimeError(f"{lun.name} was masked to a host during its full copy")
-            exported = lun.name in self.lio.exports()
-            if exported:
-                self.lio.unexport(lun.name)
-            self.lvm.remove(lun.name)
-            self.lvm.rename(plex, lun.name)
-            self.lvm.retag(lun.name, [f"{KIND_TAG}=copy"],
+            self.lvm.retag(plex, [f"{KIND_TAG}=copy"],
                            {KIND_TAG: "snapshot", SET_TAG: lun.set_id, SNAPSHOT_TAG: lun.snapshot_id})
-            if exported:
-                self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial)
+            crash_point("plex-copied")
+            self.finish_plex(lun, plex)
+
+    def finish_plex(self, lun: Lun, plex: str) -> None:
+        """The swap of a finished full copy: the snapshot LV goes (its export first, so LIO
+        lets go of it), the copy is renamed to it and exported again with the same serial if
+        the snapshot was. Each step can be run again after a crash."""
+        exported = lun.name in self.lio.exports()
+        if exported:
+            self.lio.unexport(lun.name)
+        if self.lvm.get(lun.name) is not None:
+            self.lvm.remove(lun.name)
+        crash_point("plex-swap")
+        self.lvm.rename(plex, lun.name)
+        if exported:
+            self.lio.export(lun.name, self.lvm.device(lun.name), lun.exported_serial)
         log.info("%s is a full copy now (plex)", lun.name)
+
+    @staticmethod
+    def is_finished_plex(lun: Lun | None, lv) -> bool:
+        """Whether the LV `lv` is a full copy made for `lun` to the end (tagged as its snapshot)."""
+        return (lun is not None and lv is not None and lv.name.startswith(PLEX_PREFIX)
+                and lun.snapshot_id is not None and lv.tag(SNAPSHOT_TAG) == lun.snapshot_id)
 
     def start_copy(self, source: str, target: str, caller: Caller = ADMIN) -> Job:
         """A full copy of `source` into a new volume `target`, made on the array. The copy is

@@ -138,6 +138,15 @@ class Reconciler:
             if job.job_id in live:
                 busy.add(job.target)
                 continue
+            source = a.store.lun(job.source)
+            if a.jobs.is_finished_plex(source, a.lvm.get(job.target)):  # copied: the swap is finished
+                try:
+                    a.jobs.finish_plex(source, job.target)
+                    a.store.update_job(job.job_id, done_bytes=job.total_bytes, state="done")
+                    done["rebuilt"].append(f"{job.source} (its full copy swapped in)")
+                except Exception as e:  # noqa: BLE001 - reported; the LVs are left for the next start
+                    done["errors"].append(f"{job.source}: finishing its full copy: {e}")
+                continue
             a.store.update_job(job.job_id, state="failed", error="interrupted: the agent restarted")
             done["failed_jobs"].append(job.job_id)
             if job.kind == "copy":

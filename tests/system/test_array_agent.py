@@ -262,6 +262,37 @@ def test_killed_agent_restarted_mid_operation_leaves_nothing_half_made(lab, api,
             api.call("DELETE", f"/v1/luns/{v}")
 
 
+def test_agent_killed_after_a_full_copy_swaps_it_in_when_it_starts_again(lab, api):
+    """PLEX: the agent dies once a shadow LUN's full copy is made, before it takes the
+    snapshot's place; the restarted agent's reconcile finishes the swap (the copy kept, under
+    the LUN's name and serial), and leaves no copy LV aside."""
+    vol, set_id, sid = name("plexcrash"), str(uuid.uuid4()), str(uuid.uuid4())
+    snap = f"snap-{sid}"
+    api.call("POST", "/v1/luns", {"name": vol, "size_bytes": SIZE})
+    try:
+        api.call("POST", "/v1/snapshot-sets", {"set_id": set_id, "snapshots": [{"snapshot_id": sid, "lun": vol}]})
+        api.call("POST", f"/v1/snapshot-sets/{set_id}/commit")
+        serial = api.call("GET", f"/v1/luns/{snap}")["serial"]
+        restart_agent(lab, "SHADOWLUN_ARRAY_CRASH_AT=plex-copied")
+        api.call("POST", f"/v1/snapshot-sets/{set_id}/plex")
+
+        def journal() -> str:
+            return lab.array.run("journalctl -u shadowlun-array-agent --no-pager -n 300").stdout
+
+        checks.until(lambda: "crash point plex-copied reached" in journal(), 180, journal)
+        restart_agent(lab)
+        lvs = lab.array.run("lvs --noheadings --separator , -o lv_name,origin shadowlun").stdout.split()
+        assert f"{snap}," in lvs, lvs  # the LUN's LV is the full copy: no origin
+        assert not [lv for lv in lvs if lv.startswith("plex-")], lvs
+        lun = api.call("GET", f"/v1/luns/{snap}")
+        assert (lun["serial"], lun["kind"], lun["state"]) == (serial, "snapshot", "ready")
+        assert api.call("GET", "/v1/health")["set_aside"] == []
+    finally:
+        restart_agent(lab)
+        api.call("POST", f"/v1/snapshot-sets/{set_id}/abort")
+        api.call("DELETE", f"/v1/luns/{vol}")
+
+
 def test_restarted_agent_rebuilds_lio_from_its_store(lab, api):
     """LIO wiped behind the agent's back (as after a lost saveconfig): the reconcile at start
     rebuilds the export with the same serial and the same masking."""

@@ -1209,6 +1209,48 @@ def restarted(arr):
     return make_array(arr.store, arr.lvm, arr.lio)
 
 
+def plexed_until(arr, monkeypatch, point: str | None, copy_crashes: bool = False) -> tuple[str, str]:
+    """A committed set of vol1, exported, whose PLEX copy job the agent's death stops at
+    `point` (or inside the copy); returns (the shadow LUN, its copy's LV)."""
+    def copy(src, dst, size, progress=None, only_changed=False):
+        if copy_crashes:
+            raise Crash("copy")
+        return size
+
+    monkeypatch.setattr(jobs_mod, "copy_blocks", copy)
+    _, (target,) = committed(arr, "vol1")
+    set_id = arr.store.lun(target).set_id
+    [job] = arr.plex_set(set_id)
+    arr.jobs.threads[job.job_id].join(5)
+    assert arr.store.job(job.job_id).state == "running"  # what a SIGKILL leaves
+    return target, job.target
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the job thread's "SIGKILL"
+@pytest.mark.parametrize("point", ["plex-copied", "plex-swap"])
+def test_a_crash_after_a_full_copy_is_finished_by_the_reconcile(arr, lvm, lio, monkeypatch, crash_at, point):
+    """Killed once the copy was made (tagged as the snapshot it replaces), or between the
+    snapshot's removal and the copy's rename: the next start swaps the copy in."""
+    crash_at(point)
+    target, plex = plexed_until(arr, monkeypatch, point)
+    crash_at(None)
+    done = reconcile(restarted(arr))
+    assert plex not in lvm.lvs and lvm.lvs[target].origin == ""  # the copy, no snapshot any more
+    assert lvm.lvs[target].tag("shadowlun.snapshot") == arr.store.lun(target).snapshot_id
+    assert lio.exports()[target].serial == arr.store.lun(target).serial
+    assert [j.state for j in arr.store.jobs()] == ["done"] and done["failed_jobs"] == []
+    assert done["set_aside"] == [] and done["errors"] == []
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the job thread's "SIGKILL"
+def test_a_crash_inside_a_full_copy_removes_the_copy_and_keeps_the_snapshot(arr, lvm, lio, monkeypatch, crash_at):
+    target, plex = plexed_until(arr, monkeypatch, None, copy_crashes=True)
+    snapshot = lvm.lvs[target]
+    done = reconcile(restarted(arr))
+    assert plex not in lvm.lvs and lvm.lvs[target] == snapshot and target in lio.exports()
+    assert [j.state for j in arr.store.jobs()] == ["failed"] and done["set_aside"] == []
+
+
 def test_reconcile_of_a_clean_array_does_nothing(arr, lvm, lio):
     make_volumes(arr, "vol1")
     arr.mask("vol1", IQN1)
