@@ -127,6 +127,7 @@ USER_ERROR_CODES: frozenset[HResult] = frozenset({
     HResult.VSS_E_INSUFFICIENT_STORAGE,
     HResult.VSS_E_RESYNC_IN_PROGRESS,
     HResult.VSS_E_VOLUME_IN_USE,
+    HResult.VSS_E_BREAK_REVERT_ID_FAILED,  # an original still presented: the identity would collide
 })
 
 _HTTP_STATUS: dict[HResult, int] = {
@@ -138,6 +139,7 @@ _HTTP_STATUS: dict[HResult, int] = {
     HResult.VSS_E_SNAPSHOT_SET_IN_PROGRESS: 409,
     HResult.VSS_E_RESYNC_IN_PROGRESS: 409,
     HResult.VSS_E_VOLUME_IN_USE: 409,
+    HResult.VSS_E_BREAK_REVERT_ID_FAILED: 409,
     HResult.VSS_E_INSUFFICIENT_STORAGE: 507,
 }
 

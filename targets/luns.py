@@ -313,8 +313,8 @@ class Luns(ArrayPart):
         unit serial, so hosts read the original's page 0x83 identity on it. All or none: refused
         with VSS_E_BREAK_REVERT_ID_FAILED, nothing changed, when an original is gone or a host the
         copy is masked to also sees the original (or another LUN with that identity). The store
-        changes before LIO (a crash between is finished by the reconcile); a failure puts back
-        what was changed, errors collected."""
+        changes before LIO (a crash between is finished by the reconcile); a failure of LIO
+        (VSS_E_PROVIDER_VETO) puts back what was changed, errors collected."""
         if not isinstance(lun_names, list) or not lun_names or not all(isinstance(n, str) for n in lun_names):
             raise vss_error(HResult.E_INVALIDARG, "luns: a non-empty list of LUN names")
         with self.ctx.lock:
@@ -350,7 +350,7 @@ class Luns(ArrayPart):
                     exported.append(lun)
             except Exception as e:
                 errors = self._give_back_identities(stored, exported)
-                raise vss_error(HResult.VSS_E_BREAK_REVERT_ID_FAILED,
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO,
                                 f"identity revert failed: {e}; "
                                 + ("; ".join(errors) if errors else "nothing was reverted")) from e
             for lun, _ in plan:
