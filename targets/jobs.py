@@ -11,10 +11,10 @@ from provider.hresult import HResult, vss_error
 
 from . import names
 from .authority import ADMIN, Caller, denied
+from .block_copy import copy_blocks
 from .context import ArrayContext, ArrayPart
 from .faults import crash_point
 from .luns import KIND_TAG, SET_TAG, SNAPSHOT_TAG, Luns
-from .lvm import copy_blocks
 from .names import SNAPSHOT_PREFIX, VOLUME_PREFIX
 from .snapshot_sets import SnapshotSets
 from .store import Job, Lun

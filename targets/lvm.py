@@ -25,7 +25,6 @@ from .faults import crash_point
 OWNER_TAG = "shadowlun"
 LV_FIELDS = "lv_name,lv_uuid,lv_size,lv_attr,pool_lv,origin,lv_tags,data_percent,metadata_percent"
 COMMAND_TIMEOUT_S = 120
-CHUNK = 4 << 20
 
 
 class LvmError(RuntimeError):
@@ -346,37 +345,3 @@ class Lvm:
             argv += ["--addtag", f"{k}={v}"]
         if len(argv) > 2:
             self._run([*argv, f"{self.vg}/{name}"], None)
-
-
-def copy_blocks(src: str, dst: str, size: int, progress: Callable[[int], None] | None = None,
-                only_changed: bool = False) -> int:
-    """Copy `size` bytes from device src to dst on the array (never through a host).
-
-    Zero chunks are skipped when the destination is a fresh thin LV (it reads zeros and stays
-    thin). With only_changed (resync onto a volume with data), each chunk is compared and only
-    differing chunks are written. Returns the bytes written; progress(done_bytes) per chunk.
-    """
-    written = 0
-    zero = bytes(CHUNK)
-    with open(src, "rb", buffering=0) as s, open(dst, "r+b", buffering=0) as d:
-        done = 0
-        while done < size:
-            n = min(CHUNK, size - done)
-            data = s.read(n)
-            if len(data) != n:
-                raise OSError(f"short read from {src} at {done}")
-            if only_changed:
-                d.seek(done)
-                if d.read(n) != data:
-                    d.seek(done)
-                    d.write(data)
-                    written += n
-            elif data != zero[:n]:
-                d.seek(done)
-                d.write(data)
-                written += n
-            done += n
-            if progress:
-                progress(done)
-        os.fsync(d.fileno())
-    return written
