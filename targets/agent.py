@@ -36,6 +36,7 @@ from .config import CONFIG_FILE, ArrayConfig, san_portals
 from .lio import ISCSI_PORT, Lio, LioStateError
 from .luns import LunView
 from .lvm import Lvm
+from .lvm_thin import LvmThin
 from .reconcile import Reconciler
 from .store import Job, Store, StoreError
 
@@ -404,7 +405,7 @@ def build_array(config: ArrayConfig) -> Array:
         store = Store(Path(config.state_dir) / "array.db")
     except (LioStateError, StoreError) as e:
         raise SystemExit(str(e)) from None
-    return Array(config, store, Lvm(config.vg, config.pool), lio)
+    return Array(config, store, LvmThin(Lvm(config.vg, config.pool)), lio)
 
 
 def main(argv: list[str] | None = None) -> int:

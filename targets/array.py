@@ -1,4 +1,4 @@
-"""The array's operations: what the agent's API does, over the store, LVM and LIO.
+"""The array's operations: what the agent's API does, over the store, the storage backend and LIO.
 
 `Array` is the one object the agent calls. It is made of parts, one object each, over the
 context they share (targets.context): the LUNs (targets.luns), the hosts (targets.hosts), the
@@ -15,21 +15,21 @@ Rules kept everywhere:
 from __future__ import annotations
 
 from .authority import ADMIN, Caller
+from .backend import Backend
 from .config import ArrayConfig
 from .context import ArrayContext
 from .hosts import HostRegistry
 from .jobs import Jobs
 from .lio import Lio
 from .luns import LunView, Luns
-from .lvm import Lvm
 from .snapshot_sets import SnapshotSets
 from .store import Job, Store
 
 
 class Array:
-    def __init__(self, config: ArrayConfig, store: Store, lvm: Lvm, lio: Lio) -> None:
-        self.config, self.store, self.lvm, self.lio = config, store, lvm, lio
-        self.ctx = ArrayContext(config, store, lvm, lio)
+    def __init__(self, config: ArrayConfig, store: Store, backend: Backend, lio: Lio) -> None:
+        self.config, self.store, self.backend, self.lio = config, store, backend, lio
+        self.ctx = ArrayContext(config, store, backend, lio)
         self.registry = HostRegistry(self.ctx)
         self.luns = Luns(self.ctx, self.registry)
         self.sets = SnapshotSets(self.ctx, self.luns, self.registry)

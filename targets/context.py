@@ -1,20 +1,20 @@
 """What the array's parts (LUNs, hosts, snapshot sets, jobs) share: its configuration, the
-store, LVM and LIO, the one lock of changing operations, and whether the store is trusted."""
+store, the storage backend and LIO, the one lock of changing operations, and whether the store is trusted."""
 from __future__ import annotations
 
 import threading
 
 from provider.hresult import HResult, vss_error
 
+from .backend import Backend
 from .config import ArrayConfig
 from .lio import Lio
-from .lvm import Lvm
 from .store import Store
 
 
 class ArrayContext:
-    def __init__(self, config: ArrayConfig, store: Store, lvm: Lvm, lio: Lio) -> None:
-        self.config, self.store, self.lvm, self.lio = config, store, lvm, lio
+    def __init__(self, config: ArrayConfig, store: Store, backend: Backend, lio: Lio) -> None:
+        self.config, self.store, self.backend, self.lio = config, store, backend, lio
         self.lock = threading.RLock()  # one changing operation at a time; reads are free
         # False while the store is not known to be this array's (targets.reconcile decides at
         # start): then nothing that removes or overwrites data runs.
@@ -32,4 +32,4 @@ class ArrayPart:
 
     def __init__(self, ctx: ArrayContext) -> None:
         self.ctx = ctx
-        self.config, self.store, self.lvm, self.lio = ctx.config, ctx.store, ctx.lvm, ctx.lio
+        self.config, self.store, self.backend, self.lio = ctx.config, ctx.store, ctx.backend, ctx.lio

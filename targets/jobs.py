@@ -58,10 +58,10 @@ class Jobs(ArrayPart):
             jobs = []
             for lun in luns:
                 plex = PLEX_PREFIX + lun.name.removeprefix(SNAPSHOT_PREFIX)
-                self.luns.require_no_lv(plex)
+                self.luns.require_no_volume(plex)
                 job = self.store.add_job(uuid.uuid4().hex, "copy", lun.name, plex, lun.size_bytes,
                                          caller.initiator)
-                self._make_copy_lv(job, plex, lun.size_bytes)
+                self._make_copy_volume(job, plex, lun.size_bytes)
                 self._run_job(job, lambda progress, lun=lun, plex=plex: self._plex(lun, plex, progress))
                 jobs.append(job)
             return jobs
@@ -69,11 +69,11 @@ class Jobs(ArrayPart):
     def _plex(self, lun: Lun, plex: str, progress) -> None:
         """Copy, then swap. The finished copy is first tagged as the snapshot it replaces: from
         then on a crash is finished by the reconcile (finish_plex), not undone."""
-        copy_blocks(self._active_device(lun), self.lvm.device(plex), lun.size_bytes, progress)
+        copy_blocks(self._active_device(lun), self.backend.device(plex), lun.size_bytes, progress)
         with self.ctx.lock:
             if self.store.masks(lun.name):
                 raise RuntimeError(f"{lun.name} was masked to a host during its full copy")
-            self.lvm.retag(plex, [f"{KIND_TAG}=copy"],
+            self.backend.retag(plex, [f"{KIND_TAG}=copy"],
                            {KIND_TAG: "snapshot", SET_TAG: lun.set_id, SNAPSHOT_TAG: lun.snapshot_id})
             crash_point("plex-copied")
             self.finish_plex(lun, plex)
@@ -85,17 +85,17 @@ class Jobs(ArrayPart):
         exported = lun.name in self.lio.exports()
         if exported:
             self.lio.unexport(lun.name)
-        if self.lvm.get(lun.name) is not None:
-            self.lvm.remove(lun.name)
+        if self.backend.volume(lun.name) is not None:
+            self.backend.remove(lun.name)
         crash_point("plex-swap")
-        self.lvm.rename(plex, lun.name)
+        self.backend.rename(plex, lun.name)
         if exported:
-            self.lio.export(lun.name, self.lvm.device(lun.name), lun.exported_serial)
+            self.lio.export(lun.name, self.backend.device(lun.name), lun.exported_serial)
         log.info("%s is a full copy now (plex)", lun.name)
 
     @staticmethod
     def is_finished_plex(lun: Lun | None, lv) -> bool:
-        """Whether the LV `lv` is a full copy made for `lun` to the end (tagged as its snapshot)."""
+        """Whether the volume `lv` is a full copy made for `lun` to the end (tagged as its snapshot)."""
         return (lun is not None and lv is not None and lv.name.startswith(PLEX_PREFIX)
                 and lun.snapshot_id is not None and lv.tag(SNAPSHOT_TAG) == lun.snapshot_id)
 
@@ -109,21 +109,21 @@ class Jobs(ArrayPart):
             self.luns.require_use(src, caller, "copy")
             if self.store.lun(lv) is not None:
                 raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"a LUN named {target!r} exists")
-            self.luns.require_no_lv(lv)
+            self.luns.require_no_volume(lv)
             self.luns.check_size(src.size_bytes, "copy size")
             self.luns.check_pool(need_bytes=src.size_bytes)
             lun = self.store.add_lun(lv, "copy", src.size_bytes, self.luns.new_serial(), origin=src.name,
                                      holder=caller.initiator)
             job = self.store.add_job(uuid.uuid4().hex, "copy", src.name, lv, src.size_bytes, caller.initiator)
-            self._make_copy_lv(job, lv, src.size_bytes)
+            self._make_copy_volume(job, lv, src.size_bytes)
             self._run_job(job, lambda progress: self._copy_then_export(src, lun, progress))
             return job
 
-    def _make_copy_lv(self, job: Job, lv: str, size_bytes: int) -> None:
-        """The thin LV a copy job writes into; if it cannot be made, whatever of it (and of its
+    def _make_copy_volume(self, job: Job, lv: str, size_bytes: int) -> None:
+        """The volume a copy job writes into; if it cannot be made, whatever of it (and of its
         store row) exists goes, the job is failed, and the caller gets the reason."""
         try:
-            self.lvm.create_volume(lv, size_bytes, {KIND_TAG: "copy"})
+            self.backend.create_volume(lv, size_bytes, {KIND_TAG: "copy"})
         except Exception as e:
             self.luns.destroy(lv)
             self.store.update_job(job.job_id, state="failed", error=str(e))
@@ -131,21 +131,21 @@ class Jobs(ArrayPart):
 
     def _unmapped_bytes(self, lun: Lun) -> int:
         """What writing every block of the LUN could still take from the pool."""
-        lv = self.lvm.get(lun.name)
+        lv = self.backend.volume(lun.name)
         return lun.size_bytes - int(lun.size_bytes * (lv.data_percent or 0.0) / 100) if lv else lun.size_bytes
 
     def _active_device(self, lun: Lun) -> str:
-        """The LUN's device node, activating the LV first (thin snapshots skip activation)."""
-        lv = self.lvm.get(lun.name)
+        """The LUN's device node, activating it first (snapshots are made inactive)."""
+        lv = self.backend.volume(lun.name)
         if lv is not None and not lv.active:
-            self.lvm.activate(lun.name)
-        return self.lvm.device(lun.name)
+            self.backend.activate(lun.name)
+        return self.backend.device(lun.name)
 
     def _copy_then_export(self, src: Lun, lun: Lun, progress) -> None:
         self._active_device(src)
-        copy_blocks(self.lvm.device(src.name), self.lvm.device(lun.name), src.size_bytes, progress)
+        copy_blocks(self.backend.device(src.name), self.backend.device(lun.name), src.size_bytes, progress)
         crash_point("copy-before-export")
-        self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial)
+        self.lio.export(lun.name, self.backend.device(lun.name), lun.serial)
         self.store.set_lun_state(lun.name, "ready")
 
     def start_resync(self, snapshot: str, target: str, caller: Caller = ADMIN) -> Job:
@@ -180,7 +180,7 @@ class Jobs(ArrayPart):
                     only_changed=True)
         if dst.size_bytes > snap.size_bytes:
             with self.ctx.lock:
-                self.lvm.resize(dst.name, snap.size_bytes)
+                self.backend.resize(dst.name, snap.size_bytes)
                 self.store.set_lun_size(dst.name, snap.size_bytes)
             log.info("%s shrunk to %d bytes, the size of %s", dst.name, snap.size_bytes, snap.name)
 

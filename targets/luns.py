@@ -10,12 +10,12 @@ from provider.hresult import HResult, vss_error
 from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
 
 from . import names
+from .backend import Volume
 from .authority import ADMIN, Caller, denied, may_import, require_admin
 from .context import ArrayContext, ArrayPart
 from .faults import crash_point
 from .hosts import HostRegistry
 from .lio import naa_wwid
-from .lvm import LogicalVolume
 from .names import SNAPSHOT_PREFIX, VOLUME_PREFIX, api_name
 from .store import Lun, Mask
 
@@ -25,7 +25,7 @@ MIN_VOLUME_BYTES = 1 << 20
 KIND_TAG, SET_TAG, SNAPSHOT_TAG = "shadowlun.kind", "shadowlun.set", "shadowlun.snapshot"
 
 
-def kind_tags(lv: LogicalVolume, kind: str) -> tuple[list[str], dict[str, str]]:
+def kind_tags(lv: Volume, kind: str) -> tuple[list[str], dict[str, str]]:
     """(tags to delete, tags to add) so that the LV is tagged as a LUN of `kind` that is no
     snapshot: no set and snapshot tags, one kind tag."""
     remove = [t for t in lv.tags if t.startswith((SET_TAG + "=", SNAPSHOT_TAG + "="))
@@ -55,7 +55,7 @@ class LunView:
 
 
 class Luns(ArrayPart):
-    """The array's LUNs, each an LV exported by LIO, and who may see and use them."""
+    """The array's LUNs, each a volume of the storage backend exported by LIO, and who may see and use them."""
 
     def __init__(self, ctx: ArrayContext, hosts: HostRegistry) -> None:
         super().__init__(ctx)
@@ -116,21 +116,21 @@ class Luns(ArrayPart):
             return self._view(self.get(name, caller), caller=caller)
 
     def pool(self) -> dict:
-        p = self.lvm.pool_status()
-        return {"vg": p.vg, "pool": p.name, "size_bytes": p.size_bytes, "used_bytes": p.used_bytes,
+        p = self.backend.use()
+        return {"vg": p.group, "pool": p.name, "size_bytes": p.size_bytes, "used_bytes": p.used_bytes,
                 "free_bytes": p.free_bytes, "data_percent": p.data_percent,
                 "metadata_percent": p.metadata_percent, "full_percent": self.config.pool_full_percent}
 
     def check_pool(self, need_bytes: int = 0) -> None:
         """Refuse new work on a nearly full pool (data or metadata), before anything is made.
         Running copies have reserved what they have still to write."""
-        p = self.lvm.pool_status()
+        p = self.backend.use()
         limit = self.config.pool_full_percent
         reserved = sum(j.total_bytes - j.done_bytes for j in self.store.jobs("running") if j.kind == "copy")
         after = 100.0 * (p.used_bytes + reserved + need_bytes) / p.size_bytes if p.size_bytes else 100.0
         if p.data_percent >= limit or p.metadata_percent >= limit or after >= limit:
             raise vss_error(HResult.VSS_E_INSUFFICIENT_STORAGE,
-                            f"thin pool {p.vg}/{p.name} is too full: data {p.data_percent:.1f}%, "
+                            f"thin pool {p.group}/{p.name} is too full: data {p.data_percent:.1f}%, "
                             f"metadata {p.metadata_percent:.1f}%, {need_bytes} bytes needed, "
                             f"{reserved} reserved by running copies, limit {limit:.0f}%")
 
@@ -143,7 +143,7 @@ class Luns(ArrayPart):
         if size_bytes > self.config.max_volume_bytes:
             raise vss_error(HResult.E_INVALIDARG, f"{what} {size_bytes}: at most "
                                                   f"{self.config.max_volume_bytes} bytes on this array")
-        p = self.lvm.pool_status()
+        p = self.backend.use()
         virtual = sum(lun.size_bytes for lun in self.store.luns() if lun.kind != "snapshot")
         allowed = int(self.config.overcommit_ratio * p.size_bytes)
         if virtual + size_bytes > allowed:
@@ -152,10 +152,10 @@ class Luns(ArrayPart):
                             f"over {self.config.overcommit_ratio:g} times the thin pool ({allowed} bytes)")
         return size_bytes
 
-    def require_no_lv(self, lv: str) -> None:
-        """A new LUN's LV name must be free in LVM too: an LV the store does not know (set aside
-        at start) would otherwise be removed by the failed create's cleanup."""
-        if self.lvm.get(lv) is not None:
+    def require_no_volume(self, lv: str) -> None:
+        """A new LUN's name must be free in the backend too: a volume the store does not know (set
+        aside at start) would otherwise be removed by the failed create's cleanup."""
+        if self.backend.volume(lv) is not None:
             raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS,
                              f"an LV named {lv} exists on the array, unknown to its store (see GET /v1/health)")
 
@@ -181,18 +181,18 @@ class Luns(ArrayPart):
                     return self._view(existing)  # a retry
                 raise vss_error(HResult.VSS_E_OBJECT_ALREADY_EXISTS, f"a LUN named {name!r} exists")
             self.check_size(size_bytes)
-            self.require_no_lv(lv)
+            self.require_no_volume(lv)
             self.check_pool()
             lun = self.store.add_lun(lv, "volume", size_bytes, self.new_serial())
-            self._make(lun, lambda: self.lvm.create_volume(lv, size_bytes, {KIND_TAG: "volume"}))
+            self._make(lun, lambda: self.backend.create_volume(lv, size_bytes, {KIND_TAG: "volume"}))
             return self._view(self.store.lun(lv))
 
-    def _make(self, lun: Lun, create_lv) -> None:
-        """LV, then export; on failure undo both and drop the intent (errors collected)."""
+    def _make(self, lun: Lun, create) -> None:
+        """Volume, then export; on failure undo both and drop the intent (errors collected)."""
         try:
-            create_lv()
+            create()
             crash_point("volume-lv-created")
-            self.lio.export(lun.name, self.lvm.device(lun.name), lun.serial)
+            self.lio.export(lun.name, self.backend.device(lun.name), lun.serial)
             self.store.set_lun_state(lun.name, "ready")
         except Exception as e:
             self.destroy(lun.name)
@@ -204,7 +204,7 @@ class Luns(ArrayPart):
         start finishes it from the store's record (it never removes LVs the store does not know)."""
         errors = []
         for what, fn in (("LIO export", lambda: self.lio.unexport(lv)),
-                         ("LV", lambda: self.lvm.get(lv) and self.lvm.remove(lv)),
+                         ("LV", lambda: self.backend.volume(lv) and self.backend.remove(lv)),
                          ("store", lambda: self.store.set_lun_state(lv, "deleting") if errors
                           else self.store.remove_lun(lv))):
             try:
@@ -275,12 +275,12 @@ class Luns(ArrayPart):
             return self._view(lun, caller=caller)
 
     def publish(self, *luns: Lun) -> None:
-        """Activate (thin snapshots skip activation) and export with the stored serials, in
-        batches: one lvs, one lvchange for every LV (LIO saves once, after the burst)."""
-        active = {lv.name for lv in self.lvm.volumes() if lv.active}
-        self.lvm.activate(*(lun.name for lun in luns if lun.name not in active))
+        """Activate (snapshots are made inactive) and export with the stored serials, in batches:
+        one listing, one activation for every volume (LIO saves once, after the burst)."""
+        active = {lv.name for lv in self.backend.volumes() if lv.active}
+        self.backend.activate(*(lun.name for lun in luns if lun.name not in active))
         for lun in luns:
-            self.lio.export(lun.name, self.lvm.device(lun.name), lun.exported_serial)
+            self.lio.export(lun.name, self.backend.device(lun.name), lun.exported_serial)
             crash_point("publish-after-first-export")
 
     def detach(self, name: str, caller: Caller = ADMIN) -> LunView:
@@ -299,9 +299,9 @@ class Luns(ArrayPart):
             self.store.set_lun_kind(lun.name, "volume")
             crash_point("detach-after-store")
             try:
-                lv = self.lvm.get(lun.name)
+                lv = self.backend.volume(lun.name)
                 if lv is not None:
-                    self.lvm.retag(lun.name, *kind_tags(lv, "volume"))
+                    self.backend.retag(lun.name, *kind_tags(lv, "volume"))
             except Exception as e:
                 self.store.set_lun_kind(lun.name, lun.kind, set_id=lun.set_id, snapshot_id=lun.snapshot_id)
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"could not detach {name}: {e}") from e

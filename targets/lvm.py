@@ -19,6 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from .backend import PoolUse
 from .dm import INACTIVE_PRESENT_FLAG, SUSPEND_FLAG, Control, DmControl, DmError
 from .faults import crash_point
 
@@ -72,23 +73,6 @@ class LogicalVolume:
     @property
     def device(self) -> str:
         return f"/dev/{self.vg}/{self.name}"
-
-
-@dataclass(frozen=True)
-class PoolStatus:
-    vg: str
-    name: str
-    size_bytes: int
-    data_percent: float
-    metadata_percent: float
-
-    @property
-    def used_bytes(self) -> int:
-        return int(self.size_bytes * self.data_percent / 100)
-
-    @property
-    def free_bytes(self) -> int:
-        return self.size_bytes - self.used_bytes
 
 
 @dataclass(frozen=True)
@@ -158,11 +142,11 @@ def parse_lvs(report: str, vg: str) -> list[LogicalVolume]:
     ]
 
 
-def pool_status(lvs: list[LogicalVolume], pool: str) -> PoolStatus:
+def pool_status(lvs: list[LogicalVolume], pool: str) -> PoolUse:
     lv = next((v for v in lvs if v.name == pool), None)
     if lv is None or not lv.is_thin_pool:
         raise LookupError(f"no thin pool {pool!r}")
-    return PoolStatus(lv.vg, pool, lv.size_bytes, lv.data_percent or 0.0, lv.metadata_percent or 0.0)
+    return PoolUse(lv.vg, pool, lv.size_bytes, lv.data_percent or 0.0, lv.metadata_percent or 0.0)
 
 
 def parse_vg_tags(report: str) -> tuple[str, ...]:
@@ -214,7 +198,7 @@ class Lvm:
     def get(self, name: str) -> LogicalVolume | None:
         return next((v for v in self.volumes() if v.name == name), None)
 
-    def pool_status(self) -> PoolStatus:
+    def pool_status(self) -> PoolUse:
         return pool_status(self.volumes(), self.pool)
 
     def device(self, name: str) -> str:

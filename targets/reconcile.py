@@ -25,19 +25,18 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from provider.hresult import HResult, vss_error
 
 from .array import Array
 from .luns import SET_TAG, SNAPSHOT_TAG, kind_tags
-from .lvm import LogicalVolume
+from .backend import Volume
 from .names import SNAPSHOT_PREFIX, VOLUME_PREFIX
 
 log = logging.getLogger("shadowlun.reconcile")
 
-ARRAY_TAG = "shadowlun.array"  # VG tag: shadowlun.array=<array id>, the same id as in the store
 EXPIRY_CHECK_MAX_S = 60.0
 STOP_WAIT_S = 10.0
 
@@ -63,18 +62,18 @@ class Reconciler:
             "resumed", "removed", "rebuilt", "failed_jobs", "aborted_sets", "expired_sets",
             "set_aside", "failed_luns", "errors")}
         with a.op_lock:
-            resumed, failures = a.lvm.resume_suspended()
+            resumed, failures = a.backend.recover_window()
             if resumed:
                 log.warning("resumed devices left suspended (an agent killed in a commit): %s", ", ".join(resumed))
             done["resumed"] = resumed
             done["errors"] += [str(e) for e in failures]
-            lvs = a.lvm.volumes()
+            lvs = a.backend.volumes()
             self._identify(lvs)
             if self.store_problem:
                 done["errors"].append(f"store not trusted, nothing cleaned up: {self.store_problem}")
             else:
                 self._clean_up(lvs, done)
-                lvs = a.lvm.volumes()
+                lvs = a.backend.volumes()
             aside = {lv.name for lv in self._set_aside(lvs)}
             done["set_aside"] = sorted(aside)
             if not self.store_problem:
@@ -86,15 +85,14 @@ class Reconciler:
         self.last = done
         return done
 
-    def _identify(self, lvs: list[LogicalVolume]) -> None:
+    def _identify(self, lvs: Sequence[Volume]) -> None:
         """Trust the store when it carries the VG's array id. A store without an id is given
         one (the VG's, or a new one) only when that cannot hide a loss: no LV of ours exists, or
         neither has an id yet (a store from before ids, with its LVs). An empty store beside
         LVs of ours is a lost store, never adopted silently."""
         a = self.array
         store_id = a.store.array_id()
-        self.vg_array_id = next((t.split("=", 1)[1] for t in a.lvm.vg_tags() if t.startswith(ARRAY_TAG + "=")),
-                                None)
+        self.vg_array_id = a.backend.array_id()
         ours = any(lv.owned for lv in lvs)
         problem = None
         if store_id is not None:
@@ -115,8 +113,7 @@ class Reconciler:
         a = self.array
         a.store.set_array_id(array_id)
         if self.vg_array_id != array_id:
-            old = [f"{ARRAY_TAG}={self.vg_array_id}"] if self.vg_array_id else []
-            a.lvm.retag_vg(remove=old, add=[f"{ARRAY_TAG}={array_id}"])
+            a.backend.set_array_id(array_id, was=self.vg_array_id)
             self.vg_array_id = array_id
         log.info("array id %s written to the store and the volume group", array_id)
 
@@ -124,7 +121,7 @@ class Reconciler:
         """Jobs of this process still running (a confirm reconciles while the agent serves)."""
         return self.array.jobs.live()
 
-    def _clean_up(self, lvs: list[LogicalVolume], done: dict[str, list[str]]) -> None:
+    def _clean_up(self, lvs: Sequence[Volume], done: dict[str, list[str]]) -> None:
         """Finish or undo what interrupted operations left, by the store's own records only."""
         a, live = self.array, self._live_jobs()
         luns = {lun.name for lun in a.store.luns()}
@@ -139,7 +136,7 @@ class Reconciler:
                 busy.add(job.target)
                 continue
             source = a.store.lun(job.source)
-            if a.jobs.is_finished_plex(source, a.lvm.get(job.target)):  # copied: the swap is finished
+            if a.jobs.is_finished_plex(source, a.backend.volume(job.target)):  # copied: the swap is finished
                 try:
                     a.jobs.finish_plex(source, job.target)
                     a.store.update_job(job.job_id, done_bytes=job.total_bytes, state="done")
@@ -161,7 +158,7 @@ class Reconciler:
                 done["errors"] += a.luns.destroy(lun.name)
                 done["removed"].append(lun.name)
 
-    def _set_aside(self, lvs: list[LogicalVolume]) -> list[LogicalVolume]:
+    def _set_aside(self, lvs: Sequence[Volume]) -> list[Volume]:
         """Our LVs the store does not know: neither a LUN nor a snapshot of a set in progress."""
         store = self.array.store
         known = {lun.name for lun in store.luns()}
@@ -182,7 +179,7 @@ class Reconciler:
                 a.lio.unexport(name)
                 done["removed"].append(f"LIO backstore {name}")
 
-    def _rebuild(self, lvs: dict[str, LogicalVolume], done: dict[str, list[str]]) -> None:
+    def _rebuild(self, lvs: dict[str, Volume], done: dict[str, list[str]]) -> None:
         """Every ready LUN activated, exported and masked as stored; one that fails is reported
         and the others still come up."""
         a = self.array
@@ -196,15 +193,15 @@ class Reconciler:
                 done["failed_luns"].append(lun.name)
                 done["errors"].append(f"{lun.name}: {e}")
 
-    def _bring_up(self, lun, lv: LogicalVolume | None, export, done: dict[str, list[str]]) -> None:
+    def _bring_up(self, lun, lv: Volume | None, export, done: dict[str, list[str]]) -> None:
         a = self.array
         if lv is None:
             raise LookupError("its LV is gone; left in the store for an operator")
         if not lv.active:
-            a.lvm.activate(lun.name)
+            a.backend.activate(lun.name)
         if lun.kind != "snapshot" and (lv.tag(SET_TAG) or lv.tag(SNAPSHOT_TAG)):
             # an interrupted detach: the store says it is no snapshot any more
-            a.lvm.retag(lun.name, *kind_tags(lv, lun.kind))
+            a.backend.retag(lun.name, *kind_tags(lv, lun.kind))
             done["rebuilt"].append(f"{lun.name} tags")
         if export is None or export.serial != lun.exported_serial:
             if export is not None:
@@ -283,7 +280,7 @@ class Reconciler:
         aside = [{"lv": lv.name, "size_bytes": lv.size_bytes, "tags": list(lv.tags),
                   "exported": lv.name in exports,
                   "mapped_to": sorted(m.initiator for m in exports[lv.name].mappings) if lv.name in exports else []}
-                 for lv in self._set_aside(a.lvm.volumes())]
+                 for lv in self._set_aside(a.backend.volumes())]
         return {
             "ok": self.store_problem is None and not aside and not self.failed_luns,
             "store": {"trusted": self.store_problem is None, "problem": self.store_problem,
@@ -311,11 +308,11 @@ class Reconciler:
         a = self.array
         with a.op_lock:
             a.require_trusted(f"removal of LV {lv}")
-            if lv not in {v.name for v in self._set_aside(a.lvm.volumes())}:
+            if lv not in {v.name for v in self._set_aside(a.backend.volumes())}:
                 raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no set-aside LV named {lv!r}")
             try:
                 a.lio.unexport(lv)
-                a.lvm.remove(lv)
+                a.backend.remove(lv)
             except Exception as e:
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"could not remove LV {lv}: {e}") from e
             log.warning("set-aside LV %s removed by an admin", lv)

@@ -11,6 +11,7 @@ from provider.vss_types import MAX_LUNS_PER_SET
 
 from . import names
 from .authority import ADMIN, Caller, denied, may_import
+from .backend import Snapshot
 from .context import ArrayContext, ArrayPart
 from .faults import crash_point
 from .hosts import HostRegistry
@@ -28,7 +29,6 @@ class SnapshotSets(ArrayPart):
     def __init__(self, ctx: ArrayContext, luns: Luns, hosts: HostRegistry) -> None:
         super().__init__(ctx)
         self.luns, self.hosts = luns, hosts
-        self.premade: dict[str, list] = {}  # prepared set -> [(origin, snapshot) ThinDevice]
 
     def prepare_set(self, set_id: str, snapshots: list[dict], caller: Caller = ADMIN,
                     transportable: bool = False) -> dict:
@@ -79,43 +79,21 @@ class SnapshotSets(ArrayPart):
             return self.set_view(set_id)
 
     def _premake(self, set_id: str, members: list[SetMember]) -> None:
-        """Make the set's snapshots now, outside the commit window, so the commit only has to
-        make them again from the origins' current blocks (`Lvm.repoint_snapshots`), which costs
-        no LVM metadata update. A failure aborts the set and nothing is left."""
+        """Make the set's snapshots now, outside the commit window, so that the commit has as
+        little as can be to do. A failure aborts the set and nothing is left."""
         try:
-            self._create_snapshots(members)
-            self.premade[set_id] = self._thin_pairs(members)
+            self.backend.prepare_snapshots(set_id, self._snapshots(members))
         except Exception as e:
             errors = self.undo(set_id)
             raise vss_error(HResult.VSS_E_PROVIDER_VETO,
                             f"snapshot set {set_id}: the snapshots could not be prepared: {e}"
                             + (f"; cleanup: {'; '.join(errors)}" if errors else "")) from e
 
-    def _create_snapshots(self, members: list[SetMember]) -> float:
-        """lvcreate -s of every member, tagged as the set's, in one lvm process."""
-        return self.lvm.create_snapshots([
-            (m.origin, m.name, {KIND_TAG: "snapshot", SET_TAG: m.set_id, SNAPSHOT_TAG: m.snapshot_id})
-            for m in members])
-
-    def _thin_pairs(self, members: list[SetMember]) -> list:
-        """(origin, snapshot) ThinDevice of each member, from one lvs (None where an LV is missing)."""
-        devices = self.lvm.thin_devices([m.origin for m in members] + [m.name for m in members])
-        return [(devices.get(m.origin), devices.get(m.name)) for m in members]
-
-    def _commit_snapshots(self, s) -> float:
-        """The commit window: the pre-made snapshots made again at this moment. Without them
-        (removed behind the agent's back since the prepare, or an origin is not active), one
-        batch of lvcreate -s, as slow as LVM is but just as consistent."""
-        pairs = self.premade.pop(s.set_id, None)
-        if pairs is None:
-            pairs = self._thin_pairs(s.members)
-        if all(o is not None and o.dm_name and sn is not None and sn.dm_name is None for o, sn in pairs):
-            return self.lvm.repoint_snapshots(pairs)
-        log.warning("set %s: snapshots not pre-made (or an origin inactive); creating them now", s.set_id)
-        for m in s.members:
-            if self.lvm.get(m.name) is not None:
-                self.lvm.remove(m.name)
-        return self._create_snapshots(s.members)
+    @staticmethod
+    def _snapshots(members: list[SetMember]) -> list[Snapshot]:
+        """Each member's snapshot, tagged as the set's."""
+        return [(m.origin, m.name, {KIND_TAG: "snapshot", SET_TAG: m.set_id, SNAPSHOT_TAG: m.snapshot_id})
+                for m in members]
 
     def get(self, set_id: str, caller: Caller, owner_only: bool = False) -> SnapshotSet:
         """A snapshot set the caller may see (its owner, its importer, or a host that may
@@ -210,7 +188,7 @@ class SnapshotSets(ArrayPart):
                                        set_id=set_id, snapshot_id=m.snapshot_id, holder=s.owner)
             crash_point("commit-before-snapshots")
             try:
-                window = self._commit_snapshots(s)
+                window = self.backend.commit_snapshots(set_id, self._snapshots(s.members))
                 crash_point("commit-after-snapshots")
             except Exception as e:
                 self.undo(s.set_id)
@@ -250,7 +228,7 @@ class SnapshotSets(ArrayPart):
 
     def undo(self, set_id: str) -> list[str]:
         errors = []
-        self.premade.pop(set_id, None)
+        self.backend.forget_snapshots(set_id)
         s = self.store.snapshot_set(set_id)
         for m in s.members if s else ():
             lun = self.store.lun(m.name)

@@ -27,7 +27,9 @@ from targets import names
 from targets.array import Array
 from targets.config import ArrayConfig
 from targets.lio import BackstoreConflictError, Export, Mapping, NotExportedError
-from targets.lvm import OWNER_TAG, LogicalVolume, LvmError, PoolStatus, ThinDevice, dm_name
+from targets.backend import PoolUse
+from targets.lvm import OWNER_TAG, LogicalVolume, LvmError, ThinDevice, dm_name
+from targets.lvm_thin import LvmThin
 from targets.store import Store
 
 TARGET_IQN = "iqn.2026-11.lab.shadowlun:array.target"
@@ -109,9 +111,9 @@ class FakeLvm(_Injectable):
         self._call("get", name)
         return self.lvs.get(name)
 
-    def pool_status(self) -> PoolStatus:
+    def pool_status(self) -> PoolUse:
         self._call("pool_status")
-        return PoolStatus(self.vg, self.pool, self.pool_size, self.data_percent, self.metadata_percent)
+        return PoolUse(self.vg, self.pool, self.pool_size, self.data_percent, self.metadata_percent)
 
     def device(self, name: str) -> str:
         return f"/dev/{self.vg}/{name}"
@@ -305,7 +307,7 @@ def make_array(store: Store | None = None, lvm: FakeLvm | None = None, lio: Fake
                **config) -> Array:
     """The array as the agent starts it (targets.agent.build_array): its config's hosts registered."""
     arr = Array(make_config(**config), store if store is not None else Store(":memory:"),
-                lvm if lvm is not None else FakeLvm(), lio if lio is not None else FakeLio())
+                LvmThin(lvm if lvm is not None else FakeLvm()), lio if lio is not None else FakeLio())
     arr.register_configured_hosts()
     return arr
 
@@ -322,11 +324,11 @@ def assert_consistent(arr: Array) -> None:
     premade = {m.name for s in arr.store.sets("prepared") for m in s.members}
     assert all(lun.state == "ready" for lun in luns.values()), [x for x in luns.values() if x.state != "ready"]
     for lun in luns.values():
-        assert lun.name in arr.lvm.lvs, f"{lun.name}: in the store, no LV"
+        assert lun.name in arr.backend.lvm.lvs, f"{lun.name}: in the store, no LV"
         e = exports.get(lun.name)
         if e is not None or not (lun.kind == "snapshot" or lun.kind == "volume" and lun.origin):
             assert e is not None and e.serial == lun.serial, f"{lun.name}: export {e}, store serial {lun.serial}"
-    unknown = set(arr.lvm.lvs) - set(luns) - premade
+    unknown = set(arr.backend.lvm.lvs) - set(luns) - premade
     assert not unknown, f"LVs the store does not know: {unknown}"
     assert set(exports) <= set(luns), f"exports the store does not know: {set(exports) - set(luns)}"
     stored = {(m.lun, m.initiator, m.read_only) for m in arr.store.masks()}
@@ -339,6 +341,6 @@ def assert_consistent(arr: Array) -> None:
     for s in arr.store.sets("aborted"):
         for m in s.members:
             lun = arr.store.lun(m.name)
-            assert (lun is None or lun.set_id != s.set_id) and (m.name in arr.lvm.lvs) == (lun is not None), \
+            assert (lun is None or lun.set_id != s.set_id) and (m.name in arr.backend.lvm.lvs) == (lun is not None), \
                 f"aborted set {s.set_id} left {m.name}"
     assert not arr.store.sets("committing")

@@ -159,9 +159,7 @@ def _clone(t: Array) -> Array:
     store = Store(":memory:")
     with t.store._lock:
         t.store._db.backup(store._db)
-    arr = Array(t.config, store, copy.deepcopy(t.lvm), copy.deepcopy(t.lio))
-    arr.sets.premade = copy.deepcopy(t.sets.premade)
-    return arr
+    return Array(t.config, store, copy.deepcopy(t.backend), copy.deepcopy(t.lio))
 
 
 def build_world() -> World:
@@ -195,13 +193,13 @@ def state_of(arr: Array) -> dict:
     return {
         "store": dump,
         "lvm": sorted((lv.name, lv.uuid, lv.size_bytes, lv.attr, lv.origin, tuple(sorted(lv.tags)))
-                      for lv in arr.lvm.lvs.values()),
+                      for lv in arr.backend.lvm.lvs.values()),
         "lio": sorted((e.name, e.device, e.serial, e.lun,
                        tuple(sorted((m.initiator, m.mapped_lun, m.read_only) for m in e.mappings)))
                       for e in arr.lio.exports().values()),
         "chap": dict(arr.lio.chap),
         "orphans": sorted(arr.lio.orphans),
-        "premade": sorted(arr.sets.premade),
+        "premade": sorted(arr.backend.premade),
     }
 
 

@@ -167,7 +167,7 @@ def test_sizes_are_bounded_integers(world, size):
 
 def test_thin_overcommit_is_bounded(world):
     arr, admin = world["arr"], world["admin"]
-    pool = arr.lvm.pool_status().size_bytes
+    pool = arr.backend.use().size_bytes
     too_much = (int(arr.config.overcommit_ratio * pool) // (1 << 20)) * (1 << 20)
     status, answer = admin("POST", "/v1/luns", {"name": "huge", "size_bytes": too_much})
     assert status == 507 and answer["vss"] == "VSS_E_INSUFFICIENT_STORAGE", answer
@@ -176,7 +176,7 @@ def test_thin_overcommit_is_bounded(world):
 def test_running_copies_reserve_what_they_will_write(world, monkeypatch):
     """Five overlapping copies of a big LUN on a pool that can take two: the rest are refused."""
     arr, admin = world["arr"], world["admin"]
-    pool = arr.lvm.pool_status()
+    pool = arr.backend.use()
     size = (pool.size_bytes * 35 // 100) // (1 << 20) * (1 << 20)
     admin.ok("POST", "/v1/luns", {"name": "big", "size_bytes": size})
     release = __import__("threading").Event()

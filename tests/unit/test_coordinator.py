@@ -524,12 +524,12 @@ def test_a_break_the_provider_refuses_changes_nothing_on_the_host(tmp_path):
     lab, doc, coord_b, impl_b, _ = imported(tmp_path)
     flags, read_only = {d: dict(p) for d, p in coord_b.flags.attrs.items()}, dict(coord_b.flags.read_only)
     lab.array.lio.inject("unmask", RuntimeError("not reached"))  # any array failure will do:
-    lab.array.lvm.inject("retag", RuntimeError("the array could not detach"))
+    lab.array.backend.lvm.inject("retag", RuntimeError("the array could not detach"))
     with pytest.raises(VssError):
         coord_b.break_set(doc.set_id, writable=True)
     assert coord_b.flags.attrs == flags and coord_b.flags.read_only == read_only
     assert [s["set_id"] for s in coord_b.list_sets()] == [doc.set_id]
-    lab.array.lvm.clear_failures()
+    lab.array.backend.lvm.clear_failures()
     lab.array.lio.clear_failures()
     assert coord_b.break_set(doc.set_id, writable=True)["writable"] is True
     assert coord_b.list_sets() == []

@@ -22,6 +22,7 @@ from provider.polling import poll
 from provider.vss_types import MAX_LUNS_PER_SET
 from targets.lio import Mapping, naa_wwid
 from targets.lvm import LvmError
+from targets.lvm_thin import LvmThin
 from targets.reconcile import Reconciler
 from targets.store import Mask
 from targets_fakes import HOST_B, HOSTS, IQN1, IQN2, STRANGER, GiB, MiB, FakeLio, FakeLvm, make_array
@@ -725,7 +726,7 @@ def test_abort_prepared_set(arr, lvm):
 def test_commit_after_a_restart_finds_the_snapshots_made_in_advance(arr, lvm, lio):
     """A new agent process knows nothing of the prepare: it looks the thin ids up."""
     set_id, prep = prepared(arr, "vol1", "vol2")
-    again = Array(arr.config, arr.store, lvm, lio)
+    again = Array(arr.config, arr.store, LvmThin(lvm), lio)
     lvm.calls.clear()
     assert again.commit_set(set_id)["state"] == "committed"
     assert len(lvm.called("thin_devices")) == 1 and len(lvm.called("repoint_snapshots")) == 1
@@ -736,7 +737,7 @@ def test_a_restart_keeps_the_snapshots_made_in_advance_for_the_commit(arr, lvm, 
     """A prepared set's snapshots are the store's (its members): the reconcile of a restarted
     agent keeps them, and the commit makes them again in the pool as usual."""
     set_id, prep = prepared(arr, "vol1", "vol2")
-    again = Array(arr.config, arr.store, lvm, lio)
+    again = Array(arr.config, arr.store, LvmThin(lvm), lio)
     done = reconcile(again)
     assert {s["target"] for s in prep["snapshots"]} <= lvm.names() and done["set_aside"] == []
     lvm.calls.clear()
@@ -750,7 +751,7 @@ def test_commit_without_the_snapshots_made_in_advance_makes_them(arr, lvm, lio):
     set_id, prep = prepared(arr, "vol1", "vol2")
     for s in prep["snapshots"]:
         del lvm.lvs[s["target"]]
-    again = Array(arr.config, arr.store, lvm, lio)
+    again = Array(arr.config, arr.store, LvmThin(lvm), lio)
     lvm.calls.clear()
     assert again.commit_set(set_id)["state"] == "committed"
     assert lvm.called("repoint_snapshots") == [] and len(lvm.called("create_snapshots")) == 1
@@ -1077,7 +1078,7 @@ def test_unknown_job(arr):
 
 def whole(arr) -> tuple:
     """Everything the array holds: store rows, LV tags, LIO exports with serials and mappings."""
-    return ("\n".join(arr.store._db.iterdump()), sorted((lv.name, tuple(lv.tags)) for lv in arr.lvm.lvs.values()),
+    return ("\n".join(arr.store._db.iterdump()), sorted((lv.name, tuple(lv.tags)) for lv in arr.backend.lvm.lvs.values()),
             sorted((n, e.serial, e.mappings) for n, e in arr.lio.exports().items()))
 
 
@@ -1206,7 +1207,7 @@ def reconcile(arr) -> dict:
 
 def restarted(arr):
     """The agent again, after a restart: the same store, kernel state and config."""
-    return make_array(arr.store, arr.lvm, arr.lio)
+    return make_array(arr.store, arr.backend.lvm, arr.lio)
 
 
 def plexed_until(arr, monkeypatch, point: str | None, copy_crashes: bool = False) -> tuple[str, str]:

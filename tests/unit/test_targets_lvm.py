@@ -122,7 +122,7 @@ def test_parse_lvs_of_an_empty_vg():
 
 def test_pool_status(lvs):
     p = pool_status(list(lvs.values()), "pool")
-    assert (p.vg, p.name, p.size_bytes) == (VG, "pool", 30916214784)
+    assert (p.group, p.name, p.size_bytes) == (VG, "pool", 30916214784)
     assert p.data_percent == 0.0 and p.metadata_percent == 10.46
     assert p.used_bytes == 0 and p.free_bytes == 30916214784
 

@@ -15,7 +15,8 @@ from provider.hresult import HResult, VssRuntimeError, VssUserError
 from targets.agent import create_app
 from targets.lio import Mapping
 from targets.lvm import LvmError
-from targets.reconcile import ARRAY_TAG, Reconciler
+from targets.lvm_thin import ARRAY_TAG
+from targets.reconcile import Reconciler
 from targets.store import Store
 from targets_fakes import IQN1, IQN2, MiB, FakeLio, FakeLvm, make_array
 
@@ -35,7 +36,7 @@ def started(arr) -> Reconciler:
 
 def restarted(arr, store: Store | None = None):
     """The agent again on the same LVM and LIO, with its store or another."""
-    return make_array(store if store is not None else arr.store, arr.lvm, arr.lio)
+    return make_array(store if store is not None else arr.store, arr.backend.lvm, arr.lio)
 
 
 @pytest.fixture
