@@ -58,7 +58,7 @@ class LvmThin:
         if pairs is None:
             pairs = self._thin_pairs(snaps)
         if all(o is not None and o.dm_name and sn is not None and sn.dm_name is None for o, sn in pairs):
-            return self.lvm.repoint_snapshots(pairs)  # type: ignore[arg-type]  # none is None: checked
+            return self.lvm.repoint_snapshots(pairs)
         log.warning("set %s: snapshots not pre-made (or an origin inactive); creating them now", set_id)
         for _, name, _ in snaps:
             if self.lvm.get(name) is not None:
