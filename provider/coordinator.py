@@ -33,7 +33,7 @@ from . import bcd
 from .catalog import Catalog, ImportedSet, ImportedSnapshot
 from .durable import write_durably
 from .hresult import HResult, VssError, vss_error
-from .iscsi import DEFAULT_RUNNER, Runner, run_checked
+from .commands import DEFAULT_RUNNER, Runner, run_checked
 from .lun_info import read_lun_info
 from .polling import poll
 from .requester_holds import RequesterHolds, is_auto_release

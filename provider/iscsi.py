@@ -21,21 +21,18 @@ import ipaddress
 import logging
 import os
 import re
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
+from .commands import DEFAULT_RUNNER, CommandResult, Runner, command_text, tail
 from .hresult import HResult, VssError, VssRuntimeError, vss_error
 
 log = logging.getLogger("shadowlun.iscsi")
 
 ISCSI_PORT = 3260
-IFACE_PREFIX = "shadowlun-"       # iscsiadm iface records this module owns: shadowlun-<ifname>
-DEFAULT_COMMAND_TIMEOUT = 90.0    # s; bounds every command, the login included (see LOGIN_RETRIES)
 # iscsid retries a failing first login node.session.initial_login_retry_max times (default 8, each
 # up to the 15 s login timeout: about 2 min). 3 tries bound a login to a dead portal to about 45 s.
 LOGIN_RETRIES = 3
@@ -63,78 +60,6 @@ _LOGIN_FAILURES = {
     _ERR_LOGIN_AUTH_FAILED: "authorization failure: the array does not accept this initiator name "
                             "or these CHAP credentials (check the LUN masking and CHAP on the array)",
 }
-
-_SECRET_KEYS = ("node.session.auth.password", "node.session.auth.password_in")
-
-
-# --- running commands --------------------------------------------------------------------------
-
-class CommandResult(Protocol):
-    """What a Runner returns; subprocess.CompletedProcess fits."""
-
-    stdout: str
-    stderr: str
-    returncode: int
-
-
-class Runner(Protocol):
-    """Runs a command. With check=True a non-zero exit raises VssRuntimeError; this module always
-    passes check=False and reads the exit code itself, because several codes are success paths."""
-
-    def __call__(self, argv: list[str], check: bool = True) -> CommandResult: ...
-
-
-def command_text(argv: Sequence[str]) -> str:
-    """`argv` for messages and logs, with CHAP secrets replaced by '***'."""
-    shown = list(argv)
-    for i in range(len(shown) - 2):
-        if shown[i] == "-n" and shown[i + 1] in _SECRET_KEYS and shown[i + 2] == "-v" and i + 3 < len(shown):
-            shown[i + 3] = "***"
-    return " ".join(shown)
-
-
-@dataclass(frozen=True)
-class SubprocessRunner:
-    """The real Runner: LC_ALL=C (messages are quoted to users), no stdin, and a timeout, so a hung
-    iscsid cannot hang the provider."""
-
-    timeout: float = DEFAULT_COMMAND_TIMEOUT
-
-    def __call__(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "LC_ALL": "C"}
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=self.timeout,
-                                  stdin=subprocess.DEVNULL)
-        except FileNotFoundError:
-            raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"{argv[0]}: command not found") from None
-        except subprocess.TimeoutExpired:
-            raise vss_error(HResult.VSS_E_PROVIDER_VETO,
-                            f"{command_text(argv)}: no answer within {self.timeout:g} s") from None
-        if check and done.returncode:
-            raise vss_error(HResult.VSS_E_PROVIDER_VETO,
-                            f"{command_text(argv)} failed (exit {done.returncode}): {_tail(done)}")
-        return done
-
-
-DEFAULT_RUNNER: Runner = SubprocessRunner()
-
-
-def _tail(result: CommandResult) -> str:
-    """The useful part of a failed command's output: stderr, else stdout, trimmed."""
-    text = (result.stderr or "").strip() or (result.stdout or "").strip()
-    return text[-1000:] if text else "no message"
-
-
-def run_checked(runner: Runner, argv: list[str], code: HResult = HResult.VSS_E_UNEXPECTED,
-                tolerated: str | None = None) -> str | None:
-    """The command's stdout; a failure raises `code` with the command and the tail of its output,
-    except one whose stderr says `tolerated` (then None)."""
-    done = runner(argv, check=False)
-    if done.returncode and tolerated and tolerated in (done.stderr or ""):
-        return None
-    if done.returncode:
-        raise vss_error(code, f"{command_text(argv)} failed (exit {done.returncode}): {_tail(done)}")
-    return done.stdout
 
 
 def _veto(message: str) -> VssError:
@@ -190,57 +115,6 @@ def _same_address(a: str, b: str) -> bool:
         return ipaddress.ip_address(a) == ipaddress.ip_address(b)
     except ValueError:
         return a.lower() == b.lower()  # a host name
-
-
-def route_to(address: str, iproute: Callable[[], Any] | None = None) -> tuple[str, str]:
-    """(interface name, source address) this host uses to reach `address` (an IP or a portal).
-
-    The iSCSI session is bound to that interface so that it stays on the SAN network and never
-    falls back to the management network. `iproute` builds the pyroute2 IPRoute (tests pass a fake).
-    """
-    target, _ = parse_portal(address)
-    if iproute is None:
-        from pyroute2 import IPRoute
-        iproute = IPRoute
-    try:
-        with iproute() as ipr:
-            routes = list(ipr.route("get", dst=target))
-            if not routes:
-                raise _veto(f"no route to {target}")
-            oif, src = routes[0].get_attr("RTA_OIF"), routes[0].get_attr("RTA_PREFSRC")
-            links = list(ipr.get_links(oif)) if oif is not None else []
-            ifname = links[0].get_attr("IFLA_IFNAME") if links else None
-    except VssError:
-        raise
-    except Exception as e:  # NetlinkError (ENETUNREACH, ...), a malformed address
-        raise _veto(f"no route to {target}: {e}") from None
-    if not ifname or not src:
-        raise _veto(f"route to {target} names no interface or source address (oif={oif}, src={src})")
-    return ifname, src
-
-
-def ensure_iface(ifname: str, runner: Runner = DEFAULT_RUNNER) -> str:
-    """The name of the iscsiadm iface record `shadowlun-<ifname>` bound to network interface
-    `ifname`, created or corrected if needed. An unchanged record is not rewritten, because
-    sessions may be using it."""
-    name = IFACE_PREFIX + ifname
-    base = ["iscsiadm", "-m", "iface", "-I", name]
-    shown = runner(base, check=False)
-    current = None
-    if shown.returncode == 0:
-        for line in shown.stdout.splitlines():
-            key, _, value = line.partition("=")
-            if key.strip() == "iface.net_ifacename":
-                current = value.strip()
-    else:  # missing (exit 6 or 21, depending on the version): create it
-        created = runner(base + ["-o", "new"], check=False)
-        if created.returncode:
-            raise _veto(f"cannot create iscsiadm iface {name}: {_tail(created)}")
-    if current != ifname:
-        updated = runner(base + ["-o", "update", "-n", "iface.net_ifacename", "-v", ifname], check=False)
-        if updated.returncode:
-            raise _veto(f"cannot bind iscsiadm iface {name} to {ifname}: {_tail(updated)}")
-    return name
 
 
 # --- udev events -------------------------------------------------------------------------------
@@ -346,7 +220,7 @@ class Initiator:
         result = self.runner(argv, check=False)
         if result.returncode not in tuple(ok):
             raise _veto(f"{what or command_text(argv)} failed (iscsiadm exit {result.returncode}): "
-                        f"{_tail(result)}")
+                        f"{tail(result)}")
         return result
 
     def _set(self, node: list[str], key: str, value: str) -> None:
@@ -422,7 +296,7 @@ class Initiator:
             created = lookup.returncode != 0
             if lookup.returncode not in (0, _ERR_NO_OBJS_FOUND, 255):  # 255: "no records", old versions
                 raise _veto(f"cannot read the node record of {target_iqn} at {portal} "
-                            f"(iscsiadm exit {lookup.returncode}): {_tail(lookup)}")
+                            f"(iscsiadm exit {lookup.returncode}): {tail(lookup)}")
             if created:
                 self._run(node + ["-o", "new"], what=f"creating the node record of {target_iqn} at {portal}")
             try:
@@ -441,7 +315,7 @@ class Initiator:
                     if result.returncode not in (0, _ERR_SESS_EXISTS):
                         reason = _LOGIN_FAILURES.get(result.returncode, "login failed")
                         raise _veto(f"iSCSI login to {target_iqn} at {portal} failed: {reason} "
-                                    f"(iscsiadm exit {result.returncode}: {_tail(result)})")
+                                    f"(iscsiadm exit {result.returncode}: {tail(result)})")
                     session = self._find_session(target_iqn, portal)
             except VssError:
                 if created:
@@ -551,7 +425,7 @@ class Initiator:
         if flush.returncode:
             if not block.exists():
                 return  # it went away meanwhile
-            raise _veto(f"flushing {name} failed (exit {flush.returncode}): {_tail(flush)}; not deleted")
+            raise _veto(f"flushing {name} failed (exit {flush.returncode}): {tail(flush)}; not deleted")
         try:
             (block / "device/delete").write_text("1")
         except FileNotFoundError:

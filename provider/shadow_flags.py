@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .hresult import HResult, vss_error
-from .iscsi import DEFAULT_RUNNER, Runner, block_name, run_checked
+from .commands import DEFAULT_RUNNER, Runner, run_checked
+from .iscsi import block_name
 from .vss_types import GptAttributes
 
 log = logging.getLogger("shadowlun.flags")

@@ -12,16 +12,13 @@ from typing import Any, Callable
 import pytest
 
 from provider.hresult import HResult, VssRuntimeError, VssUserError
+from provider.commands import command_text
 from provider.iscsi import (
-    IFACE_PREFIX,
     Initiator,
-    command_text,
-    ensure_iface,
     format_portal,
     initiator_name,
     normalize_wwid,
     parse_portal,
-    route_to,
 )
 
 TARGET = "iqn.2026-11.lab.shadowlun:array.target"
@@ -131,7 +128,7 @@ class FakeClock:
         self.now += seconds
 
 
-# --- identity, portals, routes, ifaces ---------------------------------------------------------
+# --- identity and portals ---------------------------------------------------------------------
 
 def test_initiator_name(tmp_path: Path) -> None:
     f = tmp_path / "initiatorname.iscsi"
@@ -172,78 +169,6 @@ def test_command_text_hides_chap_secret() -> None:
     argv = ["iscsiadm", "-m", "node", "-o", "update", "-n", "node.session.auth.password", "-v", SECRET]
     assert SECRET not in command_text(argv)
     assert command_text(argv).endswith("-v ***")
-
-
-class _Msg:
-    def __init__(self, **attrs: Any) -> None:
-        self.attrs = attrs
-
-    def get_attr(self, name: str) -> Any:
-        return self.attrs.get(name)
-
-
-class FakeIPRoute:
-    def __init__(self, routes: list[_Msg], links: dict[int, str]) -> None:
-        self.routes, self.links = routes, links
-        self.asked: list[tuple[str, str]] = []
-
-    def __enter__(self) -> FakeIPRoute:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def route(self, cmd: str, dst: str) -> list[_Msg]:
-        self.asked.append((cmd, dst))
-        if not self.routes:
-            raise OSError(101, "Network is unreachable")
-        return self.routes
-
-    def get_links(self, index: int) -> tuple[_Msg, ...]:
-        return (_Msg(IFLA_IFNAME=self.links[index]),)
-
-
-def test_route_to_names_interface_and_source() -> None:
-    ipr = FakeIPRoute([_Msg(RTA_OIF=3, RTA_PREFSRC="10.87.0.21")], {3: "eth1"})
-    assert route_to("10.87.0.10:3260", iproute=lambda: ipr) == ("eth1", "10.87.0.21")
-    assert ipr.asked == [("get", "10.87.0.10")]
-
-
-def test_route_to_unreachable_is_a_veto() -> None:
-    with pytest.raises(VssRuntimeError, match="no route to 10.99.0.1") as e:
-        route_to("10.99.0.1", iproute=lambda: FakeIPRoute([], {}))
-    assert e.value.hresult == HResult.VSS_E_PROVIDER_VETO
-
-
-def test_route_to_loopback_with_pyroute2() -> None:
-    try:
-        result = route_to("127.0.0.1")
-    except VssRuntimeError as e:  # no netlink in this sandbox
-        pytest.skip(str(e))
-    assert result == ("lo", "127.0.0.1")
-
-
-def test_ensure_iface_creates_and_binds(runner: FakeRunner) -> None:
-    runner.on("-m", "iface", "-o", rc=0)  # new / update succeed
-    runner.on("-m", "iface", rc=6, stderr="iscsiadm: Could not read iface shadowlun-eth1 (6)")
-    assert ensure_iface("eth1", runner) == IFACE_PREFIX + "eth1"
-    assert runner.calls[1][-2:] == ["-o", "new"]
-    assert runner.calls[2][-6:] == ["-o", "update", "-n", "iface.net_ifacename", "-v", "eth1"]
-
-
-def test_ensure_iface_leaves_a_correct_record_alone(runner: FakeRunner) -> None:
-    runner.on("-m", "iface", stdout="# BEGIN RECORD\niface.iscsi_ifacename = shadowlun-eth1\n"
-                                    "iface.net_ifacename = eth1\niface.transport_name = tcp\n")
-    assert ensure_iface("eth1", runner) == "shadowlun-eth1"
-    assert len(runner.calls) == 1
-
-
-def test_ensure_iface_rebinds_a_changed_record(runner: FakeRunner) -> None:
-    runner.on("-o", "update")
-    runner.on("-m", "iface", stdout="iface.net_ifacename = <empty>\n")
-    ensure_iface("eth2", runner)
-    assert [c[-2:] for c in runner.calls] == [["-I", "shadowlun-eth2"], ["-v", "eth2"]]
-    assert not runner.having("new")
 
 
 # --- login ---------------------------------------------------------------------------------------
@@ -578,7 +503,7 @@ def test_disconnect_reports_a_failed_logout_and_keeps_the_record(runner: FakeRun
 
 
 def test_real_default_runner_uses_c_locale() -> None:
-    from provider.iscsi import SubprocessRunner
+    from provider.commands import SubprocessRunner
 
     out = SubprocessRunner(timeout=10)(["sh", "-c", "echo $LC_ALL"]).stdout
     assert out.strip() == "C"

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from provider.hresult import HResult, VssError
-from provider.iscsi import SubprocessRunner
+from provider.commands import SubprocessRunner
 from provider.shadow_flags import (
     HIDDEN,
     NO_DRIVE_LETTER,
