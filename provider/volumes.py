@@ -344,7 +344,9 @@ class Freezer:
         if self._guard is not None:
             if self._guard.mountpoints == order:
                 return
-            self._guard.release(thawed=True)  # armed for other mount points, never held
+            self._release_guard(thawed=True)  # armed for other mount points, never held
+        if not order:  # volumes with no filesystem (raw LUNs): nothing is frozen, nothing to guard
+            return
         try:
             self._guard = self._guard_factory(order, self.timeout + MARGIN_S)
         except RuntimeError as e:
@@ -369,12 +371,12 @@ class Freezer:
             if self._holding:
                 raise vss_error(HResult.VSS_E_BAD_STATE, "writes are already held by this freezer")
         self.arm(order)
-        assert self._guard is not None
-        try:
-            self._guard.hold()
-        except RuntimeError as e:
-            self._release_guard(thawed=True)
-            raise vss_error(HResult.VSS_E_UNEXPECTED, f"writes are not held: the thaw guard: {e}") from None
+        if self._guard is not None:
+            try:
+                self._guard.hold()
+            except RuntimeError as e:
+                self._release_guard(thawed=True)
+                raise vss_error(HResult.VSS_E_UNEXPECTED, f"writes are not held: the thaw guard: {e}") from None
         with self._lock:
             self._holding, self.watchdog_fired, self._order = True, False, order
             self.watchdog_errors = []

@@ -484,3 +484,13 @@ def test_no_freeze_without_a_guard(mps: list[str], fail: str) -> None:
     assert e.value.hresult == HResult.VSS_E_UNEXPECTED and "writes are not held" in e.value.message
     assert not [c for c in ioctl.calls if c[0] == "FREEZE"] and freezer.frozen == []
     freezer.thaw()  # nothing held: nothing to do
+
+
+def test_a_set_of_raw_volumes_holds_no_filesystem_and_starts_no_guard() -> None:
+    """Volumes with no filesystem (raw LUNs) have nothing to freeze: the commit runs with no
+    guard process, whose command line needs at least one mount point."""
+    ioctl = FakeIoctl()
+    guard = FakeGuard(ioctl)
+    with hold_writes([], freezer=Freezer(ioctl=ioctl, timer=FakeTimer, guard=guard)):
+        pass
+    assert guard.started == [] and ioctl.calls == []
