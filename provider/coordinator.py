@@ -202,8 +202,8 @@ class Coordinator:
     def import_document(self, xml: bytes) -> ImportResult:
         """Import a transportable set from its Backup Components Document: LocateLuns on the
         provider named in it (the array refuses a set another host imported, or a host it does not
-        serve), then FillInLunInfo of every disk that arrived, matched to the document's target
-        records. Each volume comes online read-only and hidden, as its flags say, and the set
+        serve), whose answer carries the record of every disk that arrived (FillInLunInfo's, read
+        in the same pass), matched to the document's target records. Each volume comes online read-only and hidden, as its flags say, and the set
         enters this host's catalog. A set is imported once on this host too."""
         doc = bcd.from_xml(xml)
         if not is_transportable(doc.context):
@@ -222,11 +222,8 @@ class Coordinator:
         provider = self._provider(doc.provider_id)
         wanted = [m.destination for s in doc.snapshots for m in s.luns]
         arrived = provider.call("locate_luns", luns=wanted)
-        seen = {}
-        for disk in arrived:
-            info = provider.call("fill_in_lun_info", device=disk["device"], lun_info=None)
-            if info["supported"]:
-                seen[disk["device"]] = LunInformation.from_dict(info["lun_info"])
+        # Each disk comes with the record its provider read from sysfs (what FillInLunInfo answers).
+        seen = {disk["device"]: LunInformation.from_dict(disk["lun_info"]) for disk in arrived}
         self._settle()
         snapshots, missing, entries = [], [], []
         for s in doc.snapshots:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .hresult import HResult, VssError, VssUserError, vss_error
+from .iscsi import normalize_wwid
 from .lun_info import LIO_VENDOR, predict_lio_lun_info, read_lun_info
 from .methods import ProviderMethod
 from .polling import poll
@@ -63,11 +64,11 @@ class Array(Protocol):
     def prepare_set(self, set_id: str, snapshots: list[dict], transportable: bool = False) -> dict: ...
     def commit_set(self, set_id: str) -> dict: ...
     def publish_set(self, set_id: str) -> dict: ...
-    def claim_import(self, serials: list[str], host: str) -> dict: ...
+    def attach_import(self, serials: list[str], host: str) -> dict: ...
+    def release_import(self, serials: list[str], host: str) -> dict: ...
     def abort_set(self, set_id: str) -> dict: ...
     def hand_out_set(self, set_id: str) -> dict: ...
     def plex_set(self, set_id: str) -> dict: ...
-    def mask(self, name: str, initiator: str, read_only: bool = False) -> dict: ...
     def unmask(self, name: str, initiator: str) -> dict: ...
     def delete(self, name: str) -> None: ...
     def detach(self, name: str) -> dict: ...
@@ -82,10 +83,8 @@ class Array(Protocol):
 class Initiator(Protocol):
     """What the provider needs of the host's iSCSI initiator (provider.iscsi.Initiator)."""
 
-    def login(self, target_iqn: str, portal: str, chap_user: str, chap_secret: str,
-              iface: str | None = None) -> int: ...
-    def scan_lun(self, host: int, lun: int) -> None: ...
-    def wait_for_disk(self, wwid: str, timeout: float) -> str: ...
+    def connect(self, target_iqn: str, portal: str, chap_user: str | None, chap_secret: str | None,
+                luns: dict[int, str], timeout: float) -> dict[str, str]: ...
     def find_disk(self, wwid: str) -> str | None: ...
     def remove_disk(self, block_name_or_path: str) -> None: ...
     def disconnect(self, target_iqn: str, portal: str, disks: list[str]) -> None: ...
@@ -204,13 +203,19 @@ class ShadowLunProvider:
 
         return {lun["serial"]: lun for lun in sorted(self.array.luns(), key=mine)}
 
+    @staticmethod
+    def _lio_record(info: LunInformation) -> bool:
+        """Whether a record is what a LIO LUN with its serial reports: our vendor and the NAA
+        identity made from that serial (so a foreign LUN with a colliding serial is not ours)."""
+        try:
+            return info.vendor_id.rstrip() == LIO_VENDOR and predict_lio_lun_info(info.serial_number).matches(info)
+        except VssError:  # a serial no LIO LUN could have
+            return False
+
     def _lun_for(self, info: LunInformation, inventory: dict[str, dict]) -> dict | None:
-        """The array LUN a record describes: our vendor, a serial the array knows, and the same
-        NAA identity (so a foreign LUN with a colliding serial is not taken for ours)."""
-        if info.vendor_id.rstrip() != LIO_VENDOR or info.serial_number not in inventory:
-            return None
-        lun = inventory[info.serial_number]
-        return lun if predict_lio_lun_info(lun["serial"]).matches(info) else None
+        """The array LUN a record describes: a LIO record (`_lio_record`) of a serial the array knows."""
+        lun = inventory.get(info.serial_number)
+        return lun if lun is not None and self._lio_record(info) else None
 
     @staticmethod
     def _context_supported(context: int) -> bool:
@@ -388,32 +393,47 @@ class ShadowLunProvider:
         return self._creation(ProviderMethod.GET_TARGET_LUNS, None, work)
 
     def locate_luns(self, luns: list[dict]) -> list[dict]:
-        """Unmask each shadow LUN to this host (read-write: spec 13), log in with manual scan,
-        scan just those LUNs and wait, bounded, until each disk is there by its WWID."""
-        inventory = self._inventory_by_serial()
-        located = []
-        for d in luns:
-            info = record(d)
-            lun = self._lun_for(info, inventory)
-            if lun is None:
-                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
-                                f"no LUN with serial {info.serial_number!r} on this array")
-            located.append(lun)
-        # A transportable set is imported once: the array refuses another host (BAD_STATE).
-        self.array.claim_import([lun["serial"] for lun in located], self.host.initiator)
-        found = []
-        for lun in located:
-            found.append(self.array.mask(lun["name"], self.host.initiator, read_only=False))
-        target = self.array.target()
-        disks = []
-        for portal in target["portals"][:1]:
-            host = self.initiator.login(target["iqn"], portal, self.host.chap_user, self.host.chap_secret)
-            for lun in found:
-                self.initiator.scan_lun(host, lun["lun_id"])
-            for lun in found:
-                disks.append({"device": "/dev/" + self.initiator.wait_for_disk(lun["wwid"], DISK_WAIT_S),
-                              "wwid": lun["wwid"], "lun": lun["name"]})
-        return disks
+        """LocateLuns in one batch: one array call claims the set for this host and masks every
+        shadow LUN to it (read-write: spec 13); the initiator connects them all (one login or
+        none, one scan pass, one bounded wait); each disk's record is read from sysfs once and
+        carried back as `lun_info`, what FillInLunInfo would answer, so that the coordinator needs
+        no call per disk. A failure undoes what the call did, host first (os-brick's order): the
+        disks and a session it made, then its masks and claim on the array; cleanup failures are
+        added to the error."""
+        infos = [record(d) for d in luns]
+        foreign = [i.serial_number for i in infos if not self._lio_record(i)]
+        if not infos or foreign:  # checked before anything changes
+            raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
+                            f"no LUN with serial {', '.join(map(repr, foreign)) or '(none given)'} on this array")
+        attached = self.array.attach_import([i.serial_number for i in infos], self.host.initiator)
+        target, portal = attached["target"], attached["target"]["portals"][0]
+        shadows = [(lun, normalize_wwid(lun["wwid"])) for lun in attached["luns"]]
+        before = {w for _, w in shadows if self.initiator.find_disk(w)}
+        disks: dict[str, str] = {}
+        try:
+            disks = self.initiator.connect(target["iqn"], portal, self.host.chap_user, self.host.chap_secret,
+                                           {lun["lun_id"]: w for lun, w in shadows}, DISK_WAIT_S)
+            return [{"device": f"/dev/{disks[w]}", "wwid": lun["wwid"], "lun": lun["name"],
+                     "lun_info": read_lun_info(self.sysfs_block / disks[w]).to_dict()} for lun, w in shadows]
+        except Exception as e:
+            undo = []
+            made = [d for w, d in disks.items() if w not in before]  # connect undoes its own failure
+            if made:
+                undo.append(lambda: self.initiator.disconnect(target["iqn"], portal, made))
+            if attached["masked"]:
+                undo.append(lambda: self.array.release_import(attached["masked"], self.host.initiator))
+            errors = []
+            for step in undo:
+                try:
+                    step()
+                except VssError as failed:
+                    errors.append(failed.message)
+            log.error("LocateLuns failed (%s); undone%s", e, f" but for: {'; '.join(errors)}" if errors else "")
+            if errors and isinstance(e, VssError):
+                raise vss_error(e.hresult, f"{e.message}; undoing it: {'; '.join(errors)}") from e
+            if errors:
+                e.add_note(f"undoing it: {'; '.join(errors)}")
+            raise
 
     def on_lun_empty(self, device: str, lun_info: dict) -> None:
         """The only regular trigger for deleting a shadow LUN: remove the host's disk, log out if

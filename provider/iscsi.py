@@ -1,5 +1,5 @@
-"""The host's iSCSI initiator (open-iscsi): log in to the array's target, make one LUN appear, find
-its disk by WWID, and take it all down again.
+"""The host's iSCSI initiator (open-iscsi): log in to the array's target, make LUNs appear, find
+their disks by WWID, and take it all down again.
 
 The lessons come from os-brick's connector (peers.md §1.2, §5.5), reimplemented here:
 - Sessions log in with `node.session.scan=manual`, so a login surfaces no LUN by itself; each LUN
@@ -191,7 +191,7 @@ class Initiator:
     """open-iscsi on this host, driven through iscsiadm and sysfs.
 
     `runner` runs commands; `sysfs_root` and `dev_root` let tests use fake trees; `events` opens
-    the udev event source for `wait_for_disk` (None: poll sysfs); `clock` and `sleep` let tests
+    the udev event source for `wait_for_disks` (None: poll sysfs); `clock` and `sleep` let tests
     drive time. Logins and disconnects are serialized within the process, as os-brick does per
     target and portal, because iscsiadm's node database is not safe against concurrent edits.
     """
@@ -363,32 +363,38 @@ class Initiator:
                 return name
         return None
 
-    def wait_for_disk(self, wwid: str, timeout: float, *, rescan: tuple[int, int] | None = None) -> str:
-        """The block name of the disk with this WWID, waiting up to `timeout` s for it to appear.
+    def wait_for_disks(self, wwids: dict[str, int], timeout: float, *, host: int | None = None) -> dict[str, str]:
+        """{WWID: block name} of the disks with these WWIDs (each mapped to its LUN number), in one
+        wait of up to `timeout` s for all of them.
 
         sysfs is re-read on every udev block-disk 'add' event and at least every 0.5 s. With
-        `rescan=(host, lun)` the LUN is scanned again after 3 s, then at doubling intervals, in case
-        the first scan raced with the target. A timeout raises VSS_E_MISSING_DISK ("an expected disk
-        did not arrive") listing the WWIDs that were seen.
+        `host`, the LUNs still missing are scanned again after 3 s, then at doubling intervals,
+        in case the first scan raced with the target. A timeout raises VSS_E_MISSING_DISK ("an
+        expected disk did not arrive") naming the WWIDs missing and listing those that were seen.
         """
-        wanted = normalize_wwid(wwid)
+        wanted = {normalize_wwid(w): lun for w, lun in wwids.items()}
         start = self.clock()
         deadline = start + timeout
         events = self.events() if self.events else None  # opened before the first check
         how = "udev block-disk 'add' events and sysfs every 0.5 s" if events else "sysfs every 0.5 s"
         rescans, gap = 0, FIRST_RESCAN_AFTER
         next_rescan = start + gap
+        found: dict[str, str] = {}
         try:
             while True:
-                name = self.find_disk(wanted)
-                if name:
-                    log.info("disk %s has WWID %s (after %.1f s)", name, wanted, self.clock() - start)
-                    return name
+                by_wwid = {seen.lower(): name for name, seen in reversed(self._wwids().items())}  # first by name
+                found = {w: by_wwid[w] for w in wanted if w in by_wwid}
+                if len(found) == len(wanted):
+                    log.info("%d disk(s) by WWID after %.1f s: %s", len(found), self.clock() - start,
+                             ", ".join(f"{n}={w}" for w, n in found.items()))
+                    return found
                 now = self.clock()
                 if now >= deadline:
                     break
-                if rescan and now >= next_rescan:
-                    self.scan_lun(*rescan)
+                if host is not None and now >= next_rescan:
+                    for w, lun in wanted.items():
+                        if w not in found:
+                            self.scan_lun(host, lun)
                     rescans += 1
                     gap *= 2
                     next_rescan = now + gap
@@ -405,12 +411,46 @@ class Initiator:
         finally:
             if events is not None:
                 events.close()
-        seen = self._wwids()
-        shown = ", ".join(f"{n}={w}" for n, w in seen.items()) or "none"
-        scans = f"; LUN {rescan[1]} on host{rescan[0]} rescanned {rescans} times" if rescan else ""
+        missing = [w for w in wanted if w not in found]
+        shown = ", ".join(f"{n}={w}" for n, w in self._wwids().items()) or "none"
+        scans = (f"; LUN(s) {', '.join(str(wanted[w]) for w in missing)} on host{host} rescanned {rescans} times"
+                 if host is not None else "")
         raise vss_error(HResult.VSS_E_MISSING_DISK,
-                        f"no disk with WWID {wanted} appeared within {timeout:g} s (watched {how}{scans}); "
+                        f"no disk with WWID {', '.join(missing)} appeared within {timeout:g} s (watched {how}{scans}); "
                         f"disks with a WWID in {self.sysfs_root / 'block'}: {shown}")
+
+    def connect(self, target_iqn: str, portal: str, chap_user: str | None, chap_secret: str | None,
+                luns: dict[int, str], timeout: float) -> dict[str, str]:
+        """{WWID: block name} of these LUNs (number -> WWID) of the target, made to appear in one
+        go: the session to the target reused as it is, or one `login`; one scan pass of just these
+        LUNs; one bounded wait for all their disks.
+
+        A failure undoes what this call did, as os-brick does after a failed connect: the disks
+        that appeared are removed, and a session it logged in goes (with its node record) when no
+        disk is left on it. The cleanup carries on past its own failures and adds them to the error.
+        """
+        wwids = {normalize_wwid(w): lun for lun, w in luns.items()}
+        before = {w for w in wwids if self.find_disk(w)}
+        session = self._find_session(target_iqn, format_portal(*parse_portal(portal)))
+        if session is not None and session["host"] is None:
+            raise _veto(f"session {session['sid']} to {target_iqn} at {portal} is being torn down; try again")
+        host = session["host"] if session is not None else self.login(target_iqn, portal, chap_user, chap_secret)
+        try:
+            for lun in sorted(set(wwids.values())):
+                self.scan_lun(host, lun)
+            return self.wait_for_disks(wwids, timeout, host=host)
+        except VssError as e:
+            appeared = [d for w in wwids if w not in before and (d := self.find_disk(w))]
+            errors = []
+            for step in ([lambda: self.disconnect(target_iqn, portal, appeared)] if session is None
+                         else [lambda d=d: self.remove_disk(d) for d in appeared]):
+                try:
+                    step()
+                except VssError as cleanup:
+                    errors.append(cleanup.message)
+            if errors:
+                raise vss_error(e.hresult, f"{e.message}; undoing the connect: {'; '.join(errors)}") from e
+            raise
 
     def remove_disk(self, block_name_or_path: str) -> None:
         """Flush the disk and delete its SCSI device, so the LUN can be unmapped on the array

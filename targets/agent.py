@@ -313,6 +313,19 @@ def create_app(array: Array, admin_token: str, keeper: Reconciler | None = None)
     def claim_import(body: ImportIn, c: Caller = who) -> dict:
         return array.claim_import(body.serials, body.host, c)
 
+    @app.post("/v1/imports/attach",
+              summary="claim these shadow LUNs' sets for one host and mask them all to it read-write, "
+                      "in one call; with the target to log in to")
+    def attach_import(body: ImportIn, c: Caller = who) -> dict:
+        attached = array.attach_import(body.serials, body.host, c)
+        return {**attached, "luns": [lun_dict(v) for v in attached["luns"]], "target": target()}
+
+    @app.post("/v1/imports/release",
+              summary="undo a failed import: unmask these shadow LUNs from the host and drop its claim "
+                      "of each set left with none (the importing host)")
+    def release_import(body: ImportIn, c: Caller = who) -> dict:
+        return array.release_import(body.serials, body.host, c)
+
     @app.post("/v1/luns/{name}/copy", status_code=202,
               summary="full copy (plex) into a new volume held by the caller, as a job")
     def copy(name: str, body: CopyIn, c: Caller = who) -> dict:

@@ -113,6 +113,12 @@ class Array:
     def claim_import(self, serials: list[str], host: str | None = None, caller: Caller = ADMIN) -> dict:
         return self.sets.claim_import(serials, host, caller)
 
+    def attach_import(self, serials: list[str], host: str | None = None, caller: Caller = ADMIN) -> dict:
+        return self.sets.attach_import(serials, host, caller)
+
+    def release_import(self, serials: list[str], host: str | None = None, caller: Caller = ADMIN) -> dict:
+        return self.sets.release_import(serials, host, caller)
+
     def commit_set(self, set_id: str, caller: Caller = ADMIN) -> dict:
         return self.sets.commit_set(set_id, caller)
 

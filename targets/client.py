@@ -137,6 +137,12 @@ class ArrayClient:
     def claim_import(self, serials: list[str], host: str) -> dict:
         return self.call("POST", "/v1/imports", {"serials": serials, "host": host})
 
+    def attach_import(self, serials: list[str], host: str) -> dict:
+        return self.call("POST", "/v1/imports/attach", {"serials": serials, "host": host})
+
+    def release_import(self, serials: list[str], host: str) -> dict:
+        return self.call("POST", "/v1/imports/release", {"serials": serials, "host": host})
+
     def abort_set(self, set_id: str) -> dict:
         return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/abort")
 

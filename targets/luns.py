@@ -17,7 +17,7 @@ from .faults import crash_point
 from .hosts import HostRegistry
 from .lio import naa_wwid
 from .names import SNAPSHOT_PREFIX, VOLUME_PREFIX, api_name
-from .store import Lun, Mask
+from .store import Host, Lun, Mask
 
 log = logging.getLogger("shadowlun.array")
 
@@ -96,8 +96,12 @@ class Luns(ArrayPart):
 
     def inventory(self, caller: Caller = ADMIN) -> list[LunView]:
         with self.ctx.lock:
-            exports = self.lio.exports()
-            return [self._view(lun, exports, caller) for lun in self.store.luns() if self._visible(lun, caller)]
+            return self.views([lun for lun in self.store.luns() if self._visible(lun, caller)], caller)
+
+    def views(self, luns: list[Lun], caller: Caller = ADMIN) -> list[LunView]:
+        """The API's view of these LUNs, from one walk of LIO's exports."""
+        exports = self.lio.exports()
+        return [self._view(lun, exports, caller) for lun in luns]
 
     def get(self, name: str, caller: Caller = ADMIN) -> Lun:
         """A LUN by its API name (a volume name, or a snapshot's name snap-<snapshot id>) that
@@ -238,21 +242,27 @@ class Luns(ArrayPart):
             if not caller.is_admin and initiator != caller.initiator:
                 raise denied(caller, f"mask {name} to another initiator ({initiator})")
             self._require_holder(lun, caller, "mask")
-            self._require_one_identity(lun, initiator)
             host = self.hosts.require_host(initiator)
             self.publish(lun)  # a committed snapshot not published yet is exported now
-            had = self.store.masks(lun.name)
-            self.lio.mask(lun.name, initiator, host.chap_user, host.chap_secret, read_only)
-            try:
-                self.store.put_mask(Mask(lun.name, initiator, read_only))
-            except Exception:
-                old = next((m for m in had if m.initiator == initiator), None)
-                if old is None:
-                    self.lio.unmask(lun.name, initiator)
-                else:
-                    self.lio.mask(lun.name, initiator, host.chap_user, host.chap_secret, old.read_only)
-                raise
+            self.map(lun, host, read_only)
             return self._view(lun, caller=caller)
+
+    def map(self, lun: Lun, host: Host, read_only: bool) -> None:
+        """The mask itself, of an exported LUN to a registered host, once every check passed:
+        LIO first, then the store (undone in LIO if the store fails), so the two never disagree.
+        Never a second LUN with one identity to one host."""
+        self._require_one_identity(lun, host.initiator)
+        had = self.store.masks(lun.name)
+        self.lio.mask(lun.name, host.initiator, host.chap_user, host.chap_secret, read_only)
+        try:
+            self.store.put_mask(Mask(lun.name, host.initiator, read_only))
+        except Exception:
+            old = next((m for m in had if m.initiator == host.initiator), None)
+            if old is None:
+                self.lio.unmask(lun.name, host.initiator)
+            else:
+                self.lio.mask(lun.name, host.initiator, host.chap_user, host.chap_secret, old.read_only)
+            raise
 
     def _require_one_identity(self, lun: Lun, initiator: str) -> None:
         """A host never sees two LUNs with one identity (an original and the broken copy that

@@ -18,7 +18,7 @@ from .hosts import HostRegistry
 from .lio import naa_wwid
 from .luns import KIND_TAG, SET_TAG, SNAPSHOT_TAG, Luns
 from .names import SNAPSHOT_PREFIX, api_name
-from .store import SetMember, SnapshotSet
+from .store import Host, Lun, SetMember, SnapshotSet
 
 log = logging.getLogger("shadowlun.array")
 
@@ -124,45 +124,134 @@ class SnapshotSets(ArrayPart):
                            "vendor": LIO_VENDOR, "product": LIO_PRODUCT} for m in s.members],
         }
 
-    def claim_import(self, serials: list[str], host: str | None = None, caller: Caller = ADMIN) -> dict:
-        """Before a host locates shadow LUNs: the sets they belong to become that host's import,
-        and their shadow LUNs the host's to mask, break and delete. A set already imported by
-        another host is refused (spec 9.1: a transportable set is imported once); the same host
-        again is a retry. A host claims for itself only, and only sets it may import. Nothing is
-        claimed unless all can be."""
+    def _import_request(self, serials: list[str], host: str | None,
+                        caller: Caller) -> tuple[Host, list[Lun], list[str]]:
+        """What an import call names, checked before anything changes: the registered host (a
+        host acts for itself only), the ready shadow LUNs of `serials` and their sets' ids."""
         host = names.initiator(host if host is not None else caller.initiator, "host")
         if not caller.is_admin and host != caller.initiator:
             raise denied(caller, f"claim an import for another host ({host})")
         if not isinstance(serials, list) or not serials or len(serials) > MAX_LUNS_PER_SET * 4:
             raise vss_error(HResult.E_INVALIDARG, "serials: a non-empty list of LUN serials")
         serials = [names.serial(x) for x in serials]
-        with self.ctx.lock:
-            self.hosts.require_host(host)  # only a registered host imports, and before any claim
-            set_ids = []
-            for serial in serials:
-                lun = self.store.lun_by_serial(serial)
-                if lun is None or lun.state != "ready" or lun.kind != "snapshot":
-                    raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no shadow LUN with serial {serial!r}")
-                if lun.set_id not in set_ids:
-                    set_ids.append(lun.set_id)
+        registered = self.hosts.require_host(host)  # only a registered host imports, and before any claim
+        luns: dict[str, Lun] = {}
+        set_ids: list[str] = []
+        for serial in serials:
+            lun = self.store.lun_by_serial(serial)
+            if lun is None or lun.state != "ready" or lun.kind != "snapshot":
+                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND, f"no shadow LUN with serial {serial!r}")
+            luns.setdefault(lun.name, lun)
+            if lun.set_id not in set_ids:
+                set_ids.append(lun.set_id)
+        return registered, list(luns.values()), set_ids
+
+    def _claimable(self, serials: list[str], host: str | None,
+                   caller: Caller) -> tuple[Host, list[Lun], list[str]]:
+        """_import_request, and each set committed, importable by that host, and not imported by
+        another (spec 9.1: a transportable set is imported once; the same host again is a retry)."""
+        registered, luns, set_ids = self._import_request(serials, host, caller)
+        for set_id in set_ids:
+            s = self.store.snapshot_set(set_id)
+            if s is None or s.state != "committed":
+                raise vss_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is not committed")
+            if not may_import(s, registered.initiator):
+                raise denied(caller, f"import snapshot set {set_id} to {registered.initiator}: it is not "
+                                     f"transportable and another host made it")
+            taken = self.store.import_of(set_id)
+            if taken is not None and taken[0] != registered.initiator:
+                raise vss_error(HResult.VSS_E_BAD_STATE,
+                                 f"snapshot set {set_id} was already imported by {taken[0]} at "
+                                 f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(taken[1]))}")
+        return registered, luns, set_ids
+
+    def _claim(self, set_ids: list[str], host: str) -> list[dict]:
+        """The sets become `host`'s import, and their shadow LUNs its to mask, break and delete."""
+        with self.store.tx():
+            claims = [self.store.claim_import(set_id, host) for set_id in set_ids]
             for set_id in set_ids:
-                s = self.store.snapshot_set(set_id)
-                if s is None or s.state != "committed":
-                    raise vss_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is not committed")
-                if not may_import(s, host):
-                    raise denied(caller, f"import snapshot set {set_id} to {host}: it is not transportable "
-                                         f"and another host made it")
+                self.store.set_holder([lun.name for lun in self.store.luns() if lun.set_id == set_id], host)
+        return [{"set_id": sid, "host": h, "since": since} for sid, (h, since) in zip(set_ids, claims)]
+
+    def claim_import(self, serials: list[str], host: str | None = None, caller: Caller = ADMIN) -> dict:
+        """Before a host locates shadow LUNs: the sets they belong to become that host's import
+        (see _claimable). Nothing is claimed unless all can be."""
+        with self.ctx.lock:
+            registered, _, set_ids = self._claimable(serials, host, caller)
+            return {"sets": self._claim(set_ids, registered.initiator)}
+
+    def attach_import(self, serials: list[str], host: str | None = None, caller: Caller = ADMIN) -> dict:
+        """LocateLuns' work on the array in one call instead of one per LUN: claim_import, then
+        each of these shadow LUNs masked read-write to the host (spec 13), all published first in
+        one batch. Answers the claims, the LUNs as the host will read them (LUN number, WWID),
+        and the serials this call masked: what release_import gives back if the import fails on
+        the host. A failure here undoes the call's masks and claims, so nothing has changed."""
+        with self.ctx.lock:
+            registered, luns, set_ids = self._claimable(serials, host, caller)
+            host = registered.initiator
+            claimed_before = {sid for sid in set_ids if self.store.import_of(sid) is not None}
+            masked_before = {lun.name for lun in luns if self._masked(lun.name, host)}
+            sets = self._claim(set_ids, host)
+            try:
+                self.luns.publish(*luns)
+                for lun in luns:
+                    self.luns.map(lun, registered, read_only=False)
+            except Exception as e:
+                errors = self._give_back([lun for lun in luns if lun.name not in masked_before], host,
+                                         keep=claimed_before)
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"import of {len(luns)} shadow LUNs to {host}: {e}"
+                                + (f"; undoing it: {'; '.join(errors)}" if errors else "")) from e
+            return {"sets": sets, "luns": self.luns.views(luns, caller),
+                    "masked": [lun.serial for lun in luns if lun.name not in masked_before]}
+
+    def release_import(self, serials: list[str], host: str | None = None, caller: Caller = ADMIN) -> dict:
+        """The undo of a failed import: these shadow LUNs unmasked from the host, and the host's
+        claim dropped on each of their sets that has no LUN masked to it any more (its LUNs are
+        their owner's again, so the set can be imported once more). Only the importing host's
+        own sets; everything is checked before anything changes, and failures are collected."""
+        with self.ctx.lock:
+            registered, luns, set_ids = self._import_request(serials, host, caller)
+            host = registered.initiator
+            for set_id in set_ids:
                 taken = self.store.import_of(set_id)
-                if taken is not None and taken[0] != host:
-                    raise vss_error(HResult.VSS_E_BAD_STATE,
-                                     f"snapshot set {set_id} was already imported by {taken[0]} at "
-                                     f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(taken[1]))}")
-            with self.store.tx():
-                claims = [self.store.claim_import(set_id, host) for set_id in set_ids]
-                for set_id in set_ids:
-                    self.store.set_holder([lun.name for lun in self.store.luns() if lun.set_id == set_id], host)
-            return {"sets": [{"set_id": sid, "host": h, "since": since}
-                             for sid, (h, since) in zip(set_ids, claims)]}
+                if taken is None:
+                    raise vss_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is not imported")
+                if taken[0] != host:
+                    raise denied(caller, f"release snapshot set {set_id}: {taken[0]} imported it")
+            errors = self._give_back(luns, host, keep=set())
+            if errors:
+                raise vss_error(HResult.VSS_E_PROVIDER_VETO, "; ".join(errors))
+            return {"unmasked": [lun.serial for lun in luns],
+                    "unclaimed": [sid for sid in set_ids if self.store.import_of(sid) is None]}
+
+    def _masked(self, lun: str, host: str) -> bool:
+        return any(m.initiator == host for m in self.store.masks(lun))
+
+    def _give_back(self, luns: list[Lun], host: str, keep: set[str]) -> list[str]:
+        """Unmask `luns` from `host`, then drop its claim of each of their sets (but `keep`) that
+        has no LUN masked to it any more, the set's LUNs held by its owner again. Errors are
+        collected, and every step is tried."""
+        errors = []
+        for lun in luns:
+            try:
+                self.luns.unmask(api_name(lun.name), host)
+            except Exception as e:  # noqa: BLE001 - collected and reported
+                errors.append(f"unmask of {api_name(lun.name)}: {e}")
+        for set_id in dict.fromkeys(lun.set_id for lun in luns):
+            taken = self.store.import_of(set_id)
+            members = [m for m in self.store.luns() if m.set_id == set_id]
+            if set_id in keep or taken is None or taken[0] != host or any(self._masked(m.name, host) for m in members):
+                continue
+            try:
+                s = self.store.snapshot_set(set_id)
+                with self.store.tx():
+                    self.store.drop_import(set_id)
+                    self.store.set_holder([m.name for m in members], s.owner if s else None)
+            except Exception as e:  # noqa: BLE001 - collected and reported
+                errors.append(f"claim of snapshot set {set_id}: {e}")
+        for err in errors:
+            log.error("giving back an import: %s", err)
+        return errors
 
     def commit_set(self, set_id: str, caller: Caller = ADMIN) -> dict:
         """Only the snapshots, all of the set in one batch: this is the window in which writes

@@ -390,6 +390,11 @@ class Store:
             db.execute("INSERT OR IGNORE INTO imports VALUES (?, ?, ?)", (set_id, host, time.time()))
             return db.execute("SELECT host, since FROM imports WHERE set_id = ?", (set_id,)).fetchone()
 
+    def drop_import(self, set_id: str) -> None:
+        """Forget the set's importer (the undo of a failed import)."""
+        with self.tx() as db:
+            db.execute("DELETE FROM imports WHERE set_id = ?", (set_id,))
+
     def import_of(self, set_id: str) -> tuple[str, float] | None:
         rows = self._rows("SELECT host, since FROM imports WHERE set_id = ?", set_id)
         return rows[0] if rows else None

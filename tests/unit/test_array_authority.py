@@ -71,6 +71,9 @@ def test_every_action_on_another_hosts_objects_is_refused_and_changes_nothing(wo
         ("PUT", "/v1/luns/vol-a/masks", {"initiator": HOST_B}),           # mask its own LUN to another
         ("POST", "/v1/imports", {"serials": [snap["serial"]], "host": HOST_C}),  # claim for a third host
         ("POST", "/v1/imports", {"serials": [snap["serial"]]}),          # import a set not transportable
+        ("POST", "/v1/imports/attach", {"serials": [snap["serial"]]}),   # ...claimed and masked in one call
+        ("POST", "/v1/imports/attach", {"serials": [snap["serial"]], "host": HOST_B}),  # for another host
+        ("POST", "/v1/imports/release", {"serials": [snap["serial"]], "host": HOST_B}),  # undo another's
         ("POST", "/v1/luns/vol-b/copy", {"target": "stolen"}),            # copy host-b's LUN
         ("PUT", f"/v1/luns/{snap['target']}/masks", {"initiator": HOST_A}),  # mask its shadow LUN
         ("POST", "/v1/luns/vol-b/resync", {"snapshot": snap["target"]}),  # resync host-b's LUN
@@ -184,3 +187,35 @@ def test_running_copies_reserve_what_they_will_write(world, monkeypatch):
     answers = [admin("POST", "/v1/luns/big/copy", {"target": f"big-copy{i}"})[0] for i in range(5)]
     release.set()
     assert answers[:2] == [202, 202] and set(answers[2:]) == {507}, answers
+
+
+def test_an_import_in_one_call_and_its_undo(world):
+    """POST /v1/imports/attach claims the set and masks its shadow LUN to the caller in one call,
+    with the target to log in to; only the importer gives it back (POST /v1/imports/release),
+    after which nothing is left of the import and another host may import the set."""
+    a, b, c = world["a"], world["b"], world["c"]
+    world["lio"].target_iqn, world["lio"].portals = "iqn.2026-11.lab.shadowlun:array", ["10.87.0.1"]
+    set_id = str(uuid.uuid4())
+    prepared = a.ok("POST", "/v1/snapshot-sets", {"set_id": set_id, "transportable": True, "snapshots": [
+        {"snapshot_id": str(uuid.uuid4()), "lun": "vol-a"}]})
+    a.ok("POST", f"/v1/snapshot-sets/{set_id}/commit")
+    a.ok("POST", f"/v1/snapshot-sets/{set_id}/publish")
+    shadow = prepared["snapshots"][0]
+    before = state(world["arr"], world["lvm"], world["lio"])
+    attached = b.ok("POST", "/v1/imports/attach", {"serials": [shadow["serial"]]})
+    assert attached["sets"][0]["host"] == HOST_B and attached["masked"] == [shadow["serial"]]
+    [lun] = attached["luns"]
+    assert lun["masks"] == [{"initiator": HOST_B, "read_only": False}] and lun["wwid"] == shadow["wwid"]
+    assert lun["lun_id"] is not None and attached["target"]["portals"]
+    again = b.ok("POST", "/v1/imports/attach", {"serials": [shadow["serial"]]})  # a retry
+    assert again["masked"] == [] and again["sets"] == attached["sets"]
+    status, answer = c("POST", "/v1/imports/attach", {"serials": [shadow["serial"]]})
+    assert (status, answer["vss"]) == (409, "VSS_E_BAD_STATE")  # imported once
+    status, answer = c("POST", "/v1/imports/release", {"serials": [shadow["serial"]]})
+    assert (status, answer["vss"]) == (403, "E_ACCESSDENIED")  # not host-c's import
+    released = b.ok("POST", "/v1/imports/release", {"serials": [shadow["serial"]]})
+    assert released == {"unmasked": [shadow["serial"]], "unclaimed": [set_id]}
+    assert state(world["arr"], world["lvm"], world["lio"]) == before
+    status, answer = b("POST", "/v1/imports/release", {"serials": [shadow["serial"]]})
+    assert (status, answer["vss"]) == (409, "VSS_E_BAD_STATE")  # nothing imported to give back
+    assert c.ok("POST", "/v1/imports/attach", {"serials": [shadow["serial"]]})["sets"][0]["host"] == HOST_C

@@ -127,11 +127,8 @@ class HostInitiator(FakeInitiator):
         super().__init__()
         self._names = (f"sd{host}{i}" for i in itertools.count())
 
-    def wait_for_disk(self, wwid, timeout):
-        self.calls.append(("wait", wwid))
-        if wwid not in self.disks:
-            self.disks[wwid] = next(self._names)
-        return self.disks[wwid]
+    def new_disk(self, wwid: str) -> str:
+        return next(self._names)
 
 
 def fake_read_lun_info(block: Path):
@@ -141,6 +138,8 @@ def fake_read_lun_info(block: Path):
     host = block.parent.name
     disks = {d: w for w, d in m.inits[host].disks.items()} if host in m.inits else {}
     wwid = disks.get(block.name)
+    if wwid is not None and wwid not in m.serial_by_wwid:
+        m.refresh()  # a LUN located by a direct call, outside provider_call's bookkeeping
     if wwid is None or wwid not in m.serial_by_wwid:
         raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"{block}/device/type: no such file")
     return predict_lio_lun_info(m.serial_by_wwid[wwid])

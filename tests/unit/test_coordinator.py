@@ -17,7 +17,9 @@ from provider.shadow_flags import Partition
 from provider.volumes import Extent
 from provider.vss_types import SnapshotContext, VolumeSnapshotAttributes
 from targets_fakes import FakeLvm, make_array
-from test_hardware_provider import HOST, FakeInitiator, InProcessArray
+from test_hardware_provider import HOST, FakeInitiator, FakeSysfs, InProcessArray, fake_sysfs
+
+pytestmark = pytest.mark.usefixtures(fake_sysfs.__name__)  # disks read as LIO reports them
 
 MIB = 1 << 20
 BACKUP = int(SnapshotContext.VSS_CTX_BACKUP)
@@ -97,9 +99,8 @@ class ShadowDisks(FakeInitiator):
     """The creating host's initiator: its shadow disks are named shb, shc, ... (its own
     originals are sdb, sdc, ...)."""
 
-    def wait_for_disk(self, wwid, timeout):
-        self.calls.append(("wait", wwid))
-        return self.disks.setdefault(wwid, f"sh{chr(ord('b') + len(self.disks))}")
+    def new_disk(self, wwid: str) -> str:
+        return f"sh{chr(ord('b') + len(self.disks))}"
 
 
 def found_disks(impl, array, hide: set[str] = frozenset()):
@@ -114,6 +115,7 @@ def found_disks(impl, array, hide: set[str] = frozenset()):
         return {"supported": device not in hide, "lun_info": record_of(device)}
 
     impl.fill_in_lun_info = fill_in_lun_info
+    FakeSysfs.foreign |= {d.removeprefix("/dev/") for d in hide}  # what LocateLuns reads of them
     return record_of
 
 
@@ -661,7 +663,7 @@ def test_a_crash_before_the_auto_import_is_released_by_recover(tmp_path, monkeyp
 def test_a_failed_auto_import_deletes_the_set_and_says_why(tmp_path):
     lab = Lab(tmp_path)
     vols = [lab.volume("db", "sdb")]
-    lab.impl.fill_in_lun_info = lambda device, lun_info=None: {"supported": False, "lun_info": None}
+    FakeSysfs.foreign.add("shb")  # the shadow disk reports another LUN's identity
     with pytest.raises(VssError) as e:
         lab.coord.create(vols, APP_ROLLBACK)
     assert e.value.hresult == HResult.VSS_E_NO_SNAPSHOTS_IMPORTED

@@ -7,10 +7,11 @@ from dataclasses import asdict
 
 import pytest
 
+from provider import hardware_provider
 from provider.hardware_provider import HostIdentity, ShadowLunProvider, array_snapshot_id
 from targets.authority import ADMIN, Caller
-from provider.hresult import HResult, VssError
-from provider.lun_info import predict_lio_lun_info
+from provider.hresult import HResult, VssError, vss_error
+from provider.lun_info import predict_lio_lun_info, read_lun_info
 from provider.state_machine import ProviderState
 from provider.vss_types import HardwareOptions, SnapshotContext, VolumeSnapshotAttributes
 from targets_fakes import FakeLvm, make_array
@@ -44,8 +45,14 @@ class InProcessArray:
     def commit_set(self, set_id):
         return self.a.commit_set(set_id, self.c)
 
-    def claim_import(self, serials, host):
-        return self.a.claim_import(serials, host, self.c)
+    def attach_import(self, serials, host):
+        attached = self.a.attach_import(serials, host, self.c)
+        for v in attached["luns"]:  # what LIO will report for these LUNs on the host
+            FakeSysfs.records[v.wwid] = predict_lio_lun_info(v.serial)
+        return {**attached, "luns": [asdict(v) for v in attached["luns"]], "target": self.target()}
+
+    def release_import(self, serials, host):
+        return self.a.release_import(serials, host, self.c)
 
     def publish_set(self, set_id):
         return self.a.publish_set(set_id, self.c)
@@ -92,21 +99,58 @@ class InProcessArray:
         return asdict(job)
 
 
+class FakeSysfs:
+    """/sys/block as read_lun_info sees it on the fake hosts: a disk a FakeInitiator made reports
+    what LIO reports for the LUN of its WWID (recorded when the array handed that LUN out)."""
+
+    records: dict[str, object] = {}  # WWID -> LunInformation
+    disks: dict[str, str] = {}  # block name -> WWID of the latest disk of that name
+    foreign: set[str] = set()  # block names that report another LUN's record
+
+    @classmethod
+    def read(cls, block, real=read_lun_info):
+        if block.name in cls.foreign:
+            return predict_lio_lun_info("0" * 32)
+        wwid = cls.disks.get(block.name)
+        return cls.records[wwid] if wwid in cls.records else real(block)
+
+
+@pytest.fixture(autouse=True)
+def fake_sysfs(monkeypatch):
+    FakeSysfs.records, FakeSysfs.disks, FakeSysfs.foreign = {}, {}, set()
+    monkeypatch.setattr(hardware_provider, "read_lun_info", FakeSysfs.read)
+    return FakeSysfs
+
+
 class FakeInitiator:
+    """The host's initiator: `connect` makes a disk for each LUN on one session, unless its WWID
+    is in `missing` (then, as the real one, it undoes what it made and raises)."""
+
     def __init__(self) -> None:
         self.calls: list[tuple] = []
         self.disks: dict[str, str] = {}
+        self.session = False
+        self.missing: set[str] = set()
 
-    def login(self, target_iqn, portal, chap_user, chap_secret, iface=None):
-        self.calls.append(("login", target_iqn, portal, chap_user, chap_secret))
-        return 7
+    def new_disk(self, wwid: str) -> str:
+        return f"sd{chr(ord('b') + len(self.disks))}"
 
-    def scan_lun(self, host, lun):
-        self.calls.append(("scan", host, lun))
-
-    def wait_for_disk(self, wwid, timeout):
-        self.calls.append(("wait", wwid))
-        return self.disks.setdefault(wwid, f"sd{chr(ord('b') + len(self.disks))}")
+    def connect(self, target_iqn, portal, chap_user, chap_secret, luns, timeout):
+        self.calls.append(("connect", target_iqn, portal, chap_user, chap_secret, tuple(sorted(luns))))
+        logged_in, self.session = not self.session, True
+        made = []
+        for lun, wwid in sorted(luns.items()):
+            if wwid not in self.disks and wwid not in self.missing:
+                self.disks[wwid] = self.new_disk(wwid)
+                FakeSysfs.disks[self.disks[wwid]] = wwid
+                made.append(wwid)
+        lost = [w for w in luns.values() if w not in self.disks]
+        if lost:
+            for w in made:
+                del self.disks[w]
+            self.session = self.session and not (logged_in and not self.disks)
+            raise vss_error(HResult.VSS_E_MISSING_DISK, f"no disk with WWID {', '.join(lost)} appeared")
+        return {w: self.disks[w] for w in luns.values()}
 
     def find_disk(self, wwid):
         return self.disks.get(wwid)
@@ -120,6 +164,7 @@ class FakeInitiator:
         for w, d in list(self.disks.items()):
             if d in disks:
                 del self.disks[w]
+        self.session = bool(self.disks)
 
 
 @pytest.fixture
@@ -348,20 +393,123 @@ def test_hand_out_is_its_owners_and_only_of_a_committed_set(array):
     assert array.set_view(set_id)["state"] == "aborted"
 
 
-def test_locate_luns_unmasks_read_write_logs_in_and_finds_each_disk(prov, array):
+def test_locate_luns_is_one_array_call_and_one_connect_carrying_each_disks_record(prov, array):
     recs = volumes(array, "db", "logs")
-    set_id, _ = create(prov, {"v": [recs["db"], recs["logs"]]})
+    create(prov, {"v": [recs["db"], recs["logs"]]})
     targets = prov.get_target_luns(["/dev/sdb", "/dev/sdc"], [recs["db"], recs["logs"]])
+    calls = CountingArray.wrap(prov)
     disks = prov.locate_luns(targets)
+    assert calls == ["attach_import"]  # no inventory, claim or mask per LUN
     assert [d["wwid"] for d in disks] == ["naa." + t["device_id_descriptor"]["identifiers"][0]["identifier"]
                                           for t in targets]
+    assert [d["lun_info"] for d in disks] == targets  # read from sysfs: what GetTargetLuns predicted
     for lun in array.inventory():
         if lun.kind == "snapshot":
-            assert lun.masks == [{"initiator": HOST.initiator, "read_only": False}]
-    calls = prov.initiator.calls
-    assert calls[0] == ("login", "iqn.2026-11.lab.shadowlun:array.target", "10.87.0.10:3260", "host-a",
-                        "secret-host-a1")
-    assert [c[0] for c in calls[1:]] == ["scan", "scan", "wait", "wait"]
+            assert lun.masks == [{"initiator": HOST.initiator, "read_only": False}] and lun.lun_id is not None
+    lun_ids = tuple(sorted(v.lun_id for v in array.inventory() if v.kind == "snapshot"))
+    assert prov.initiator.calls == [("connect", "iqn.2026-11.lab.shadowlun:array.target", "10.87.0.10:3260",
+                                     "host-a", "secret-host-a1", lun_ids)]
+
+
+class CountingArray:
+    """The provider's array with each call's name recorded."""
+
+    @staticmethod
+    def wrap(prov) -> list[str]:
+        calls: list[str] = []
+        inner = prov.array
+
+        class Counted:
+            def __getattr__(self, name):
+                calls.append(name)
+                return getattr(inner, name)
+
+        prov.array = Counted()
+        return calls
+
+
+def imported_state(array) -> tuple:
+    """What an import changes on the array: masks, claims, holders."""
+    db = array.store
+    return (sorted((m.lun, m.initiator) for m in db.masks()), sorted(db._rows("SELECT set_id, host FROM imports")),
+            sorted((lun.name, lun.holder) for lun in db.luns()))
+
+
+def test_a_disk_that_never_arrives_undoes_the_whole_locate(prov, array):
+    """A LUN whose disk does not arrive: the disks that did are removed, the session made for
+    them goes, and on the array the masks and the claim are given back; the set can be
+    imported again, by this host or another."""
+    recs = volumes(array, "db", "logs")
+    create(prov, {"v": [recs["db"], recs["logs"]]}, context=TRANSPORTABLE)
+    targets = prov.get_target_luns(["/dev/sdb", "/dev/sdc"], [recs["db"], recs["logs"]])
+    before = imported_state(array)
+    prov.initiator.missing = {"naa." + targets[1]["device_id_descriptor"]["identifiers"][0]["identifier"]}
+    with pytest.raises(VssError) as e:
+        prov.locate_luns(targets)
+    assert e.value.hresult == HResult.VSS_E_MISSING_DISK
+    assert imported_state(array) == before and prov.initiator.disks == {} and not prov.initiator.session
+    prov.initiator.missing = set()
+    assert len(prov.locate_luns(targets)) == 2  # importable again
+
+
+def test_a_failure_after_the_disks_arrived_removes_them_before_giving_the_luns_back(prov, array, monkeypatch):
+    recs = volumes(array, "db")
+    create(prov, {"v": [recs["db"]]})
+    target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]
+    before = imported_state(array)
+
+    def unreadable(block):
+        raise hardware_provider.vss_error(HResult.VSS_E_PROVIDER_VETO, f"{block}/device/vpd_pg83: I/O error")
+
+    monkeypatch.setattr(hardware_provider, "read_lun_info", unreadable)
+    calls = CountingArray.wrap(prov)
+    with pytest.raises(VssError, match="vpd_pg83"):
+        prov.locate_luns([target])
+    assert prov.initiator.calls[-1][0] == "disconnect" and calls == ["attach_import", "release_import"]
+    assert imported_state(array) == before and prov.initiator.disks == {}
+
+
+def test_cleanup_failures_are_added_to_the_error(prov, array):
+    recs = volumes(array, "db")
+    create(prov, {"v": [recs["db"]]})
+    target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]
+    prov.initiator.missing = {"naa." + target["device_id_descriptor"]["identifiers"][0]["identifier"]}
+    inner = prov.array
+
+    class ReleaseFails:
+        def __getattr__(self, name):
+            return getattr(inner, name)
+
+        def release_import(self, serials, host):
+            raise hardware_provider.vss_error(HResult.VSS_E_PROVIDER_VETO, "array agent unreachable")
+
+    prov.array = ReleaseFails()
+    with pytest.raises(VssError) as e:
+        prov.locate_luns([target])
+    assert e.value.hresult == HResult.VSS_E_MISSING_DISK and "undoing it: array agent unreachable" in e.value.message
+
+
+def test_locate_misuse_changes_nothing(array):
+    """A record that is no LIO LUN's, a LUN the array does not have, another host's set that is
+    not transportable, a set another host imported: a clear VSS code, and nothing changed."""
+    recs = volumes(array, "db")
+    prov = ShadowLunProvider(InProcessArray(array, Caller("host-a", HOST.initiator)), FakeInitiator(), HOST)
+    create(prov, {"v": [recs["db"]]})  # host-a's own set, not transportable
+    target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]
+    before = imported_state(array)
+    foreign = dict(target, vendor_id="OTHER")
+    host_b = HostIdentity("iqn.2026-11.lab.shadowlun:host-b", "host-b", "secret-host-b1")
+    array.register_host(host_b.initiator, "host-b")
+    other = ShadowLunProvider(InProcessArray(array, Caller("host-b", host_b.initiator)), FakeInitiator(), host_b)
+    for who, luns, code in [(prov, [foreign], HResult.VSS_E_OBJECT_NOT_FOUND),
+                            (prov, [target, predict_lio_lun_info("f" * 32).to_dict()], HResult.VSS_E_OBJECT_NOT_FOUND),
+                            (other, [target], HResult.E_ACCESSDENIED)]:
+        with pytest.raises(VssError) as e:
+            who.locate_luns(luns)
+        assert e.value.hresult == code and imported_state(array) == before
+        assert who.initiator.calls == []
+    prov.locate_luns([target])
+    assert len(prov.locate_luns([target])) == 1  # the same host again: a retry, nothing new
 
 
 def test_on_lun_empty_removes_the_disk_then_deletes_the_lun(prov, array):
@@ -708,3 +856,18 @@ def test_an_abort_during_a_slow_end_prepare_interrupts_it_and_leaves_nothing(arr
     assert outcome["result"] == HResult.VSS_E_PROVIDER_VETO
     assert array.set_view(set_id)["state"] == "aborted"
     assert [lv for lv in lvm.lvs if lv.startswith("snap-")] == []
+
+
+def test_a_transportable_set_located_by_one_host_is_refused_to_another(prov, array):
+    recs = volumes(array, "db")
+    create(prov, {"v": [recs["db"]]}, context=TRANSPORTABLE)
+    target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]
+    host_b = HostIdentity("iqn.2026-11.lab.shadowlun:host-b", "host-b", "secret-host-b1")
+    array.register_host(host_b.initiator, "host-b")
+    other = ShadowLunProvider(InProcessArray(array, Caller("host-b", host_b.initiator)), FakeInitiator(), host_b)
+    other.locate_luns([target])
+    before = imported_state(array)
+    with pytest.raises(VssError) as e:
+        prov.locate_luns([target])
+    assert e.value.hresult == HResult.VSS_E_BAD_STATE and "already imported by" in e.value.message
+    assert imported_state(array) == before and prov.initiator.calls == []

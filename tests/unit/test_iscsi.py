@@ -324,16 +324,16 @@ class DiskArrives:
         self.closed = True
 
 
-def test_wait_for_disk_wakes_on_udev_event(runner: FakeRunner, sysfs: FakeSys) -> None:
+def test_wait_for_disks_wakes_on_udev_event(runner: FakeRunner, sysfs: FakeSys) -> None:
     sysfs.session(1, 3)
     clock = FakeClock()
     events = DiskArrives(sysfs, clock, after=3)
     initiator = make(runner, sysfs, events=lambda: events, clock=clock, sleep=clock.sleep)
-    assert initiator.wait_for_disk(WWID, timeout=30) == "sdd"
+    assert initiator.wait_for_disks({WWID: 2}, timeout=30) == {WWID: "sdd"}
     assert events.waits == [0.5, 0.5, 0.5] and events.closed
 
 
-def test_wait_for_disk_polls_without_udev(runner: FakeRunner, sysfs: FakeSys) -> None:
+def test_wait_for_disks_polls_without_udev(runner: FakeRunner, sysfs: FakeSys) -> None:
     sysfs.session(1, 3)
     clock = FakeClock()
     sleeps: list[float] = []
@@ -345,29 +345,29 @@ def test_wait_for_disk_polls_without_udev(runner: FakeRunner, sysfs: FakeSys) ->
             sysfs.disk("sde", 3, 1, 4, WWID)
 
     initiator = make(runner, sysfs, clock=clock, sleep=sleep)
-    assert initiator.wait_for_disk(WWID, timeout=10) == "sde"
+    assert initiator.wait_for_disks({WWID: 4}, timeout=10) == {WWID: "sde"}
     assert sleeps == [0.5] * 4
 
 
-def test_wait_for_disk_sees_a_disk_added_by_another_thread(runner: FakeRunner, sysfs: FakeSys) -> None:
+def test_wait_for_disks_sees_a_disk_added_by_another_thread(runner: FakeRunner, sysfs: FakeSys) -> None:
     sysfs.session(1, 3)
     adder = threading.Timer(0.3, lambda: sysfs.disk("sdf", 3, 1, 5, WWID))
     adder.start()
     started = time.monotonic()
     try:
-        assert make(runner, sysfs).wait_for_disk(WWID, timeout=10) == "sdf"
+        assert make(runner, sysfs).wait_for_disks({WWID: 5}, timeout=10) == {WWID: "sdf"}
     finally:
         adder.join()
     assert time.monotonic() - started < 5
 
 
-def test_wait_for_disk_timeout_explains(runner: FakeRunner, sysfs: FakeSys) -> None:
+def test_wait_for_disks_timeout_explains(runner: FakeRunner, sysfs: FakeSys) -> None:
     sysfs.session(1, 3)
     sysfs.disk("sdb", 3, 1, 0, WWID2)
     clock = FakeClock()
     initiator = make(runner, sysfs, clock=clock, sleep=clock.sleep)
     with pytest.raises(VssRuntimeError) as e:
-        initiator.wait_for_disk(WWID, timeout=2)
+        initiator.wait_for_disks({WWID: 0}, timeout=2)
     assert e.value.hresult == HResult.VSS_E_MISSING_DISK
     msg = e.value.message
     assert f"no disk with WWID {WWID} appeared within 2 s" in msg
@@ -375,15 +375,15 @@ def test_wait_for_disk_timeout_explains(runner: FakeRunner, sysfs: FakeSys) -> N
     assert clock.now == pytest.approx(1002.0)
 
 
-def test_wait_for_disk_rescans_at_growing_intervals(runner: FakeRunner, sysfs: FakeSys,
+def test_wait_for_disks_rescans_at_growing_intervals(runner: FakeRunner, sysfs: FakeSys,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     sysfs.session(1, 3)
     clock = FakeClock()
     initiator = make(runner, sysfs, clock=clock, sleep=clock.sleep)
     scans: list[float] = []
     monkeypatch.setattr(initiator, "scan_lun", lambda host, lun: scans.append(clock.now - 1000))
-    with pytest.raises(VssRuntimeError, match="LUN 2 on host3 rescanned 2 times"):
-        initiator.wait_for_disk(WWID, timeout=12, rescan=(3, 2))
+    with pytest.raises(VssRuntimeError, match=r"LUN\(s\) 2 on host3 rescanned 2 times"):
+        initiator.wait_for_disks({WWID: 2}, timeout=12, host=3)
     assert scans == [pytest.approx(3.0), pytest.approx(9.0)]
 
 
@@ -400,7 +400,7 @@ def test_broken_udev_monitor_falls_back_to_polling(runner: FakeRunner, sysfs: Fa
     clock = FakeClock()
     initiator = make(runner, sysfs, events=Broken, clock=clock, sleep=clock.sleep)
     with pytest.raises(VssRuntimeError, match="within 1 s"):
-        initiator.wait_for_disk(WWID, timeout=1)
+        initiator.wait_for_disks({WWID: 0}, timeout=1)
     assert Broken.closed
 
 
@@ -511,3 +511,63 @@ def test_real_default_runner_uses_c_locale() -> None:
         SubprocessRunner(timeout=10)(["sh", "-c", "echo oops >&2; exit 3"])
     with pytest.raises(VssRuntimeError, match="no answer within 0.2 s"):
         SubprocessRunner(timeout=0.2)(["sleep", "5"])
+
+
+# --- connect: one login (or none), one scan pass, one wait, undone on failure --------------------
+
+def arriving(sysfs: FakeSys, clock: FakeClock, disks: list[tuple[str, int, str]]) -> Callable[[float], None]:
+    """A sleep during which these disks (name, LUN, WWID) appear on session 1 of host 3."""
+    def sleep(seconds: float) -> None:
+        clock.sleep(seconds)
+        for name, lun, wwid in disks:
+            if not (sysfs.root / "block" / name).exists():
+                sysfs.disk(name, 3, 1, lun, wwid)
+    return sleep
+
+
+def test_connect_over_an_existing_session_runs_no_iscsiadm(runner: FakeRunner, sysfs: FakeSys,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    sysfs.session(1, 3)
+    clock = FakeClock()
+    initiator = make(runner, sysfs, clock=clock,
+                     sleep=arriving(sysfs, clock, [("sdb", 4, WWID), ("sdc", 5, WWID2)]))
+    scans: list[tuple[int, int]] = []
+    monkeypatch.setattr(initiator, "scan_lun", lambda host, lun: scans.append((host, lun)))
+    assert initiator.connect(TARGET, PORTAL, "u", SECRET, {4: WWID, 5: WWID2}, 30) == {WWID: "sdb", WWID2: "sdc"}
+    assert runner.calls == [] and scans == [(3, 4), (3, 5)]
+
+
+def test_connect_logs_in_once_for_all_its_luns(runner: FakeRunner, sysfs: FakeSys) -> None:
+    runner.on("--login", effect=logs_in(sysfs))
+    clock = FakeClock()
+    initiator = make(runner, sysfs, clock=clock,
+                     sleep=arriving(sysfs, clock, [("sdb", 0, WWID), ("sdc", 1, WWID2)]))
+    assert initiator.connect(TARGET, PORTAL, "u", SECRET, {0: WWID, 1: WWID2}, 30) == {WWID: "sdb", WWID2: "sdc"}
+    assert len(runner.having("--login")) == 1
+    assert (sysfs.root / "class/scsi_host/host3/scan").read_text() == "- - 1"
+
+
+def test_a_failed_connect_removes_the_disks_it_made_then_its_session_and_record(runner: FakeRunner,
+                                                                               sysfs: FakeSys) -> None:
+    runner.on("--login", effect=logs_in(sysfs))
+    runner.on("-o")
+    runner.on("node", "-p", PORTAL, rc=21, stderr="iscsiadm: No records found")  # the lookup: a new record
+    clock = FakeClock()
+    initiator = make(runner, sysfs, clock=clock, sleep=arriving(sysfs, clock, [("sdb", 0, WWID)]))
+    with pytest.raises(VssRuntimeError) as e:
+        initiator.connect(TARGET, PORTAL, "u", SECRET, {0: WWID, 1: WWID2}, 2)
+    assert e.value.hresult == HResult.VSS_E_MISSING_DISK and WWID2 in e.value.message
+    after = runner.calls[runner.index("--login") + 1:]
+    assert [c[0] if c[0] == "blockdev" else c[-1] for c in after] == ["blockdev", "--logout", "delete"]
+
+
+def test_a_failed_connect_over_a_session_it_found_keeps_that_session(runner: FakeRunner, sysfs: FakeSys) -> None:
+    sysfs.session(1, 3)
+    sysfs.disk("sdx", 3, 1, 7, "naa.600140533333333333333333333333")  # in use, not this call's
+    clock = FakeClock()
+    initiator = make(runner, sysfs, clock=clock, sleep=arriving(sysfs, clock, [("sdb", 0, WWID)]))
+    runner.on("blockdev", rc=1, stderr="blockdev: cannot flush")
+    with pytest.raises(VssRuntimeError) as e:
+        initiator.connect(TARGET, PORTAL, "u", SECRET, {0: WWID, 1: WWID2}, 2)
+    assert "undoing the connect: flushing sdb failed" in e.value.message  # the cleanup's failure, added
+    assert [c[0] for c in runner.calls] == ["blockdev"] and (sysfs.root / "block/sdx").exists()

@@ -1479,3 +1479,50 @@ def test_publish_activates_in_one_lvchange(arr, lvm, lio):
     snaps = [lun for lun in arr.inventory() if lun.kind == "snapshot"]
     assert len(snaps) == 16 and all(lv.active for lv in lvm.volumes() if lv.name.startswith("snap-"))
     assert set(lio.exports()) >= {lun.name for lun in snaps}
+
+
+def import_state(arr) -> tuple:
+    return (sorted((m.lun, m.initiator) for m in arr.store.masks()), sorted(arr.store._rows("SELECT * FROM imports")),
+            sorted((lun.name, lun.holder) for lun in arr.store.luns()), sorted(arr.lio.exports().items()))
+
+
+def test_attach_import_claims_and_masks_the_set_in_one_call_with_one_lvs(arr, lvm):
+    set_id, prep = prepared(arr, "vol1", "vol2", "vol3")
+    arr.commit_set(set_id)
+    arr.publish_set(set_id)
+    serials = [s["serial"] for s in prep["snapshots"]]
+    lvs_before = len(lvm.called("volumes"))
+    attached = arr.attach_import(serials, HOST_B)
+    assert len(lvm.called("volumes")) - lvs_before <= 1  # the publish check once, not per LUN
+    assert attached["sets"][0]["host"] == HOST_B and attached["masked"] == serials
+    assert [v.masks for v in attached["luns"]] == [[{"initiator": HOST_B, "read_only": False}]] * 3
+    assert [v.serial for v in attached["luns"]] == serials and all(v.lun_id is not None for v in attached["luns"])
+    assert arr.attach_import(serials, HOST_B)["masked"] == []  # a retry masks nothing new
+
+
+def test_a_mask_refused_by_lio_undoes_the_whole_attach(arr, lio):
+    set_id, prep = prepared(arr, "vol1", "vol2")
+    arr.commit_set(set_id)
+    arr.publish_set(set_id)
+    serials = [s["serial"] for s in prep["snapshots"]]
+    before = import_state(arr)
+    lio.inject("mask", RuntimeError("configfs: no space"), name=prep["snapshots"][1]["target"])
+    with expect(HResult.VSS_E_PROVIDER_VETO, VssRuntimeError) as e:
+        arr.attach_import(serials, HOST_B)
+    assert "configfs: no space" in e.value.message and import_state(arr) == before
+    lio.clear_failures()
+    assert arr.attach_import(serials, HOST_B)["masked"] == serials
+
+
+def test_release_import_gives_back_only_the_importers_and_keeps_a_claim_with_luns_left(arr):
+    set_id, prep = prepared(arr, "vol1", "vol2")
+    arr.commit_set(set_id)
+    serials = [s["serial"] for s in prep["snapshots"]]
+    arr.attach_import(serials, HOST_B)
+    with expect(HResult.VSS_E_OBJECT_NOT_FOUND):
+        arr.release_import(serials + ["f" * 32], HOST_B)  # all checked first: nothing released
+    assert arr.release_import(serials[:1], HOST_B) == {"unmasked": serials[:1], "unclaimed": []}
+    assert arr.set_view(set_id)["imported_by"] == HOST_B  # vol2's shadow LUN is still masked to it
+    assert arr.release_import(serials[1:], HOST_B) == {"unmasked": serials[1:], "unclaimed": [set_id]}
+    assert arr.set_view(set_id)["imported_by"] is None and arr.store.masks() == [
+        m for m in arr.store.masks() if not m.lun.startswith("snap-")]

@@ -26,7 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from provider.iscsi import Initiator
+from provider.iscsi import Initiator, normalize_wwid
 from targets.client import ADMIN_ACCESS_FILE, ArrayAccess, ArrayClient
 
 MIB = 1 << 20
@@ -49,18 +49,18 @@ def destroy(name: str) -> dict:
 
 
 def attach(names: list[str]) -> dict[str, str]:
-    """Log in (once) with this host's CHAP credentials, scan each LUN masked to this host and
-    wait for its disk by WWID."""
+    """Connect the LUNs masked to this host with its CHAP credentials (one login, one scan
+    pass, one wait for their disks by WWID)."""
     access = ArrayAccess.load()
     array, initiator = ArrayClient(access), Initiator()
     luns = [array.lun(n) for n in names]
     target = array.target()
-    host = initiator.login(target["iqn"], target["portals"][0], access.chap_user, access.chap_secret)
-    for lun in luns:
-        if lun["lun_id"] is None:
-            raise SystemExit(f"{lun['name']} is not exported")
-        initiator.scan_lun(host, lun["lun_id"])
-    return {lun["name"]: "/dev/" + initiator.wait_for_disk(lun["wwid"], DISK_WAIT_S) for lun in luns}
+    unexported = [lun["name"] for lun in luns if lun["lun_id"] is None]
+    if unexported:
+        raise SystemExit(f"not exported: {', '.join(unexported)}")
+    disks = initiator.connect(target["iqn"], target["portals"][0], access.chap_user, access.chap_secret,
+                              {lun["lun_id"]: lun["wwid"] for lun in luns}, DISK_WAIT_S)
+    return {lun["name"]: "/dev/" + disks[normalize_wwid(lun["wwid"])] for lun in luns}
 
 
 def detach(names: list[str]) -> None:
