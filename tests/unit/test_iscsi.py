@@ -186,8 +186,10 @@ def test_login_creates_record_sets_manual_scan_and_chap(runner: FakeRunner, sysf
     node = ["iscsiadm", "-m", "node", "-T", TARGET, "-p", PORTAL]
     assert runner.calls[0] == node
     assert runner.calls[1] == node + ["-o", "new"]
-    updates = {c[-3]: c[-1] for c in runner.having("-o", "update")}
-    assert updates == {
+    [update] = runner.having("-o", "update")  # one iscsiadm for every setting
+    pairs = update[update.index("update") + 1:]
+    assert pairs[0::4] == ["-n"] * 6 and pairs[2::4] == ["-v"] * 6
+    assert dict(zip(pairs[1::4], pairs[3::4])) == {
         "node.startup": "manual",
         "node.session.scan": "manual",
         "node.session.initial_login_retry_max": "3",
