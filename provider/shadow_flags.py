@@ -19,9 +19,14 @@ disk has no place for the bits at all; transportable sets therefore need GPT par
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import re
+import struct
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,12 +108,62 @@ class Partition:
     attrs: int
 
 
+BLKROSET = 0x125D  # _IO(0x12, 93): the kernel's read-only flag of a block device (blockdev --setro)
+_GPT_SIGNATURE = b"EFI PART"
+
+
+def blk_set_ro(path: str, read_only: bool) -> None:
+    """BLKROSET on the block device at `path`, as `blockdev --setro/--setrw` does, in-process."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, BLKROSET, struct.pack("i", int(read_only)))
+    finally:
+        os.close(fd)
+
+
+def read_gpt(path: str) -> dict[int, Partition] | None:
+    """The partitions of the primary GPT of the disk (or image) at `path`, read in-process, with
+    header and entry CRCs checked; None when LBA 1 (of 512 or 4096-byte sectors) holds no GPT
+    header. ValueError when the header or entries are damaged (sfdisk then reads the backup)."""
+    with open(path, "rb") as f:
+        for sector in (512, 4096):
+            f.seek(sector)
+            header = f.read(sector)
+            if header[:8] == _GPT_SIGNATURE:
+                break
+        else:
+            return None
+        size = int.from_bytes(header[12:16], "little")
+        if not 92 <= size <= sector or zlib.crc32(header[:16] + bytes(4) + header[20:size]) != \
+                int.from_bytes(header[16:20], "little"):
+            raise ValueError(f"{path}: primary GPT header CRC mismatch")
+        entries_lba, count, entry_size = (int.from_bytes(header[72:80], "little"),
+                                          int.from_bytes(header[80:84], "little"),
+                                          int.from_bytes(header[84:88], "little"))
+        if not 128 <= entry_size <= 4096 or count > 1024:
+            raise ValueError(f"{path}: {count} GPT entries of {entry_size} bytes")
+        f.seek(entries_lba * sector)
+        entries = f.read(count * entry_size)
+    if len(entries) != count * entry_size or zlib.crc32(entries) != int.from_bytes(header[88:92], "little"):
+        raise ValueError(f"{path}: GPT entries CRC mismatch")
+    found = {}
+    for i in range(count):
+        e = entries[i * entry_size:(i + 1) * entry_size]
+        if e[:16] == bytes(16):  # unused entry (type GUID zero)
+            continue
+        first, last = int.from_bytes(e[32:40], "little"), int.from_bytes(e[40:48], "little")
+        found[i + 1] = Partition(i + 1, first * sector, (last - first + 1) * sector, int.from_bytes(e[48:56], "little"))
+    return found
+
+
 class GptFlags:
     """Reads and writes the shadow-copy bits of a disk's GPT partitions, and sets the kernel's
-    read-only state that enforces them. `runner` runs commands (tests pass a fake)."""
+    read-only state that enforces them. `runner` runs commands and `set_ro` sets a device's
+    read-only flag (tests pass fakes)."""
 
-    def __init__(self, runner: Runner = DEFAULT_RUNNER, dev_root: Path = Path("/dev")) -> None:
-        self.runner, self.dev_root = runner, Path(dev_root)
+    def __init__(self, runner: Runner = DEFAULT_RUNNER, dev_root: Path = Path("/dev"),
+                 set_ro: Callable[[str, bool], None] = blk_set_ro) -> None:
+        self.runner, self.dev_root, self.set_ro = runner, Path(dev_root), set_ro
 
     def _dev(self, disk: str) -> str:
         return str(self.dev_root / block_name(disk))
@@ -117,7 +172,16 @@ class GptFlags:
         return run_checked(self.runner, argv, tolerated=tolerated)
 
     def partitions(self, disk: str) -> dict[int, Partition] | None:
-        """The disk's GPT partitions by number; None when the disk has no GPT (none, or MBR)."""
+        """The disk's GPT partitions by number; None when the disk has no GPT (none, or MBR).
+        Read in-process (an import reads every disk's table, and an sfdisk process costs about
+        half a second under emulation); a damaged primary table is left to sfdisk."""
+        try:
+            return read_gpt(self._dev(disk))
+        except ValueError as e:
+            log.warning("%s; asking sfdisk", e)
+        except OSError as e:
+            raise vss_error(HResult.VSS_E_UNEXPECTED, f"reading the partition table of {self._dev(disk)}: "
+                                                      f"{e.strerror or e}") from None
         out = self._run(["sfdisk", "--json", self._dev(disk)],
                         tolerated="does not contain a recognized partition table")
         if out is None:
@@ -168,8 +232,12 @@ class GptFlags:
     def set_read_only(self, disk: str, numbers: list[int], read_only: bool) -> None:
         """The kernel's read-only state (BLKROSET) of the disk and the given partitions."""
         name = block_name(disk)
-        nodes = [self._dev(name)] + [self._dev(partition_name(name, n)) for n in numbers]
-        self._run(["blockdev", "--setro" if read_only else "--setrw", *nodes])
+        for node in [self._dev(name)] + [self._dev(partition_name(name, n)) for n in numbers]:
+            try:
+                self.set_ro(node, read_only)
+            except OSError as e:
+                raise vss_error(HResult.VSS_E_UNEXPECTED, f"making {node} {'read-only' if read_only else 'writable'}: "
+                                                          f"{e.strerror or e}") from None
 
 
 def partition_name(disk: str, number: int) -> str:

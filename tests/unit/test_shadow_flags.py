@@ -3,6 +3,7 @@ patterns checked against every combination of the four bits."""
 from __future__ import annotations
 
 import fnmatch
+import json
 import re
 import subprocess
 
@@ -28,17 +29,22 @@ MIB = 1 << 20
 
 
 class FilesRunner:
-    """sfdisk for real on image files; blockdev (an ioctl on block devices only) recorded."""
+    """sfdisk for real on image files, every command recorded; blockdev and BLKROSET (ioctls on
+    block devices only) recorded, not run."""
 
     def __init__(self) -> None:
-        self.blockdev: list[list[str]] = []
+        self.commands: list[list[str]] = []
+        self.read_only: list[tuple[str, bool]] = []
         self.real = SubprocessRunner()
 
     def __call__(self, argv, check=True):
+        self.commands.append(list(argv))
         if argv[0] == "blockdev":
-            self.blockdev.append(list(argv))
             return subprocess.CompletedProcess(argv, 0, "", "")
         return self.real(argv, check)
+
+    def set_ro(self, path: str, read_only: bool) -> None:
+        self.read_only.append((path, read_only))
 
 
 @pytest.fixture
@@ -48,7 +54,7 @@ def disk(tmp_path):
     subprocess.run(["truncate", "-s", str(64 * MIB), str(image)], check=True)
     subprocess.run(["sfdisk", "-q", str(image)], input="label: gpt\n,32M\n,\n", text=True, check=True)
     runner = FilesRunner()
-    return GptFlags(runner, dev_root=tmp_path), runner
+    return GptFlags(runner, dev_root=tmp_path, set_ro=runner.set_ro), runner
 
 
 def test_attribute_text_both_ways():
@@ -98,8 +104,32 @@ def test_read_only_is_set_on_the_disk_and_the_volume_partition(disk):
     gpt.set_read_only("sdx", [2], True)
     gpt.set_read_only("sdx", [], False)
     root = str(gpt.dev_root)
-    assert runner.blockdev == [["blockdev", "--setro", f"{root}/sdx", f"{root}/sdx2"],
-                               ["blockdev", "--setrw", f"{root}/sdx"]]
+    assert runner.read_only == [(f"{root}/sdx", True), (f"{root}/sdx2", True), (f"{root}/sdx", False)]
+
+
+def test_tables_are_read_in_process_as_sfdisk_reads_them(disk):
+    """An import reads every shadow disk's table: no sfdisk process for that, the same answer."""
+    gpt, runner = disk
+    gpt.set("sdx", [2], HIDDEN | 1 << 48)
+    runner.commands.clear()
+    ours = gpt.partitions("sdx")
+    assert runner.commands == []
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(gpt.dev_root / "sdx")], capture_output=True,
+                                      text=True, check=True).stdout)["partitiontable"]
+    assert {n: (p.start_bytes, p.length_bytes) for n, p in ours.items()} == {
+        int(p["node"][-1]): (p["start"] * 512, p["size"] * 512) for p in table["partitions"]}
+    assert ours[2].attrs == HIDDEN | 1 << 48 and ours[1].attrs == 0
+
+
+def test_a_damaged_primary_table_is_left_to_sfdisk(disk):
+    gpt, runner = disk
+    image = gpt.dev_root / "sdx"
+    data = bytearray(image.read_bytes())
+    data[1024] ^= 0xFF  # the first partition entry (LBA 2): the entries' CRC no longer matches
+    image.write_bytes(bytes(data))
+    runner.commands.clear()
+    gpt.partitions("sdx")  # sfdisk reads the backup table, or says what is wrong
+    assert runner.commands[0][:2] == ["sfdisk", "--json"]
 
 
 def _rule_pattern(env: str) -> str:
