@@ -7,9 +7,9 @@ the same run on the same VMs, and the ratio is what we track.
                       and the array's own commit window; against a loop of one `lvcreate -s`
                       per LUN, and one raw `lvcreate -s`, run on the array.
   origin size         the array's commit window for a 1 GiB and a 1 TiB (thin, sparse) origin.
-  import              `shadowlun import` of a 4-LUN transportable set on host-b (document in
-                      hand -> disks verified by WWID), against a raw `iscsiadm --login` (scan on)
-                      + `udevadm settle` of 4 LUNs of the same kind.
+  import              `shadowlun import` of a 4-LUN and a 16-LUN transportable set on host-b
+                      (document in hand -> disks verified by WWID), against a raw `iscsiadm
+                      --login` (scan on) + `udevadm settle` of as many LUNs of the same kind.
   IOPS                fio 4 KiB random writes on the array: a thin origin before any snapshot,
                       after a thin snapshot, and a linear LV after a classic LVM snapshot.
   many snapshots      the array's commit window, and one `lvcreate -s` (the prepare's work), with
@@ -32,6 +32,7 @@ from .vm import VM
 
 MIB, GIB = 1 << 20, 1 << 30
 SIZES = (1, 4, 16, 64)
+IMPORT_SIZES = (4, 16)
 VG, POOL = "shadowlun", "pool"
 SHADOWLUN = "python3 -m provider.cli --json"
 FIO = ("fio --name=bench --filename={dev} --rw=randwrite --bs=4k --direct=1 --ioengine=libaio "
@@ -165,24 +166,25 @@ class Bench:
         self.add(Figure("array commit window, 1 TiB origin", w_large, "s", "1 GiB origin", w_small))
 
     def import_time(self) -> None:
-        self.say("import: document in hand -> disks verified by WWID, 4 LUNs")
-        names = self.luns([f"i{i}" for i in range(4)], 64 * MIB)
-        raw = self.luns([f"r{i}" for i in range(4)], 64 * MIB)
-        disks = self.attach_to_a(names)
-        try:
-            for d in disks.values():
-                self.a.run(f"printf 'label: gpt\\n,\\n' | sfdisk -q {d} && udevadm settle")
-            self.a.run(f"{SHADOWLUN} create --transportable --bcd /root/bench.xml "
-                       + " ".join(f"{d}1" for d in disks.values()), timeout=900)
-        finally:
-            self.detach_from_a(names)
-        self.b.put("/root/bench.xml", self.a.run("cat /root/bench.xml").stdout)
-        imported = timed_on(self.b, f"{SHADOWLUN} import /root/bench.xml")
-        listed = json.loads(self.b.run(f"{SHADOWLUN} list").stdout)["sets"]
-        self.b.run(f"{SHADOWLUN} delete --set {listed[0]['set_id']}", timeout=600)
-        login = self.raw_login(raw)
-        self.add(Figure("import of a 4-LUN set (shadowlun import)", imported, "s",
-                        "iscsiadm --login + udevadm settle", login))
+        for n in IMPORT_SIZES:
+            self.say(f"import: document in hand -> disks verified by WWID, {n} LUNs")
+            names = self.luns([f"i{n}-{i}" for i in range(n)], 64 * MIB)
+            raw = self.luns([f"r{n}-{i}" for i in range(n)], 64 * MIB)
+            disks = self.attach_to_a(names)
+            try:
+                self.a.run(" && ".join(f"printf 'label: gpt\\n,\\n' | sfdisk -q {d}" for d in disks.values())
+                           + " && udevadm settle", timeout=900)
+                self.a.run(f"{SHADOWLUN} create --transportable --bcd /root/bench.xml "
+                           + " ".join(f"{d}1" for d in disks.values()), timeout=900)
+            finally:
+                self.detach_from_a(names)
+            self.b.put("/root/bench.xml", self.a.run("cat /root/bench.xml").stdout)
+            imported = timed_on(self.b, f"{SHADOWLUN} import /root/bench.xml")
+            listed = json.loads(self.b.run(f"{SHADOWLUN} list").stdout)["sets"]
+            self.b.run(f"{SHADOWLUN} delete --set {listed[0]['set_id']}", timeout=900)
+            login = self.raw_login(raw)
+            self.add(Figure(f"import of a {n}-LUN set (shadowlun import)", imported, "s",
+                            f"iscsiadm --login + udevadm settle, {n} LUNs", login))
 
     def raw_login(self, names: list[str]) -> float:
         """The raw way on host-b: LUNs masked, a node with automatic scan, login, settle, WWIDs."""
