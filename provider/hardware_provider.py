@@ -526,12 +526,9 @@ class ShadowLunProvider:
         self._scan_back(taken, target)
 
     def _scan_back(self, luns: list[dict], target: dict) -> None:
-        """Scan these LUNs of the session again and wait, bounded, for each disk by its WWID."""
-        host = self.initiator.login(target["iqn"], target["portals"][0], self.host.chap_user, self.host.chap_secret)
-        for lun in luns:
-            self.initiator.scan_lun(host, lun["lun_id"])
-        for lun in luns:
-            self.initiator.wait_for_disk(lun["wwid"], DISK_WAIT_S)
+        """These LUNs' disks again, found by their WWIDs (one scan pass, one bounded wait)."""
+        self.initiator.connect(target["iqn"], target["portals"][0], self.host.chap_user, self.host.chap_secret,
+                               {lun["lun_id"]: lun["wwid"] for lun in luns}, DISK_WAIT_S)
 
     def resync_luns(self, source_luns: list[dict], target_luns: list[dict], timeout: float = 3600,
                     wait: bool = True) -> dict:

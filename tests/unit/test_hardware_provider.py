@@ -573,7 +573,7 @@ def test_a_break_that_reverts_identities_gives_the_disks_the_originals_identity(
     [broken] = [v for v in array.inventory() if v.origin]
     assert (broken.kind, broken.serial, broken.wwid) == ("volume", array.lun("db").serial, array.lun("db").wwid)
     assert prov.initiator.find_disk(disk["wwid"]) is None and prov.initiator.find_disk(broken.wwid)
-    assert [c[0] for c in prov.initiator.calls] == ["remove", "login", "scan", "wait"]
+    assert [c[0] for c in prov.initiator.calls] == ["remove", "connect"]
     prov.initiator.calls.clear()  # a break run again (stopped after this call): found by its new identity
     prov.on_lun_state_change([recs["db"]], [recs["db"]], rw, revert_identity=True)
     assert array.lun(broken.name) == broken and prov.initiator.find_disk(broken.wwid)
