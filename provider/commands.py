@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from .hresult import HResult, vss_error
+from provider.contract.hresult import HResult, vss_error
 
 DEFAULT_COMMAND_TIMEOUT = 90.0  # s; bounds every command (an iSCSI login with its retries included)
 SECRET_OPTIONS = ("node.session.auth.password", "node.session.auth.password_in")  # iscsiadm -n NAME -v SECRET

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .hresult import HResult, VssRuntimeError
+from provider.contract.hresult import HResult, VssRuntimeError
 
 _T = TypeVar("_T")
 

@@ -28,12 +28,13 @@ from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, Extra, Field, StrictBool, StrictInt, StrictStr
 
-from provider.hresult import HResult, VssError, http_status, vss_error
+from provider.contract.hresult import HResult, VssError, http_status, vss_error
+from provider.contract.lio_target import ISCSI_PORT
 
 from .array import Array
 from .authority import ADMIN, Caller, require_admin
 from .config import CONFIG_FILE, ArrayConfig, san_portals
-from .lio import ISCSI_PORT, Lio, LioStateError
+from .lio import Lio, LioStateError
 from .luns import LunView
 from .lvm import Lvm
 from .lvm_thin import LvmThin

@@ -19,7 +19,7 @@ import hashlib
 import secrets
 from dataclasses import dataclass
 
-from provider.hresult import HResult, VssError, vss_error
+from provider.contract.hresult import HResult, VssError, vss_error
 
 CHAP_SECRET_HEX = 32  # 128 bits of secret (RFC 3720 asks for at least 96); LIO takes up to 255
 

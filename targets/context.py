@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from provider.hresult import HResult, vss_error
+from provider.contract.hresult import HResult, vss_error
 
 from .backend import Backend
 from .config import ArrayConfig

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from provider.hresult import HResult, vss_error
+from provider.contract.hresult import HResult, vss_error
 
 from . import names
 from .authority import ADMIN, Caller, new_chap_secret, new_token, require_admin, token_digest

@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 
-from provider.hresult import HResult, vss_error
+from provider.contract.hresult import HResult, vss_error
 
 from . import names
 from .authority import ADMIN, Caller, denied

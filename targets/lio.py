@@ -26,13 +26,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provider.lun_info import lio_naa_identifier
+from provider.contract.lio_target import ISCSI_PORT, lio_naa_identifier
 
 # In a root-only directory: a lock file in world-writable /run/lock could be held (or made a
 # symlink) by any user, blocking every change the agent makes.
 LOCK_FILE = Path("/run/shadowlun/lio.lock")
 SAVE_FILE = "/etc/rtslib-fb-target/saveconfig.json"  # what Debian's target service restores
-ISCSI_PORT = 3260
 TPG_TAG = 1
 CONFIGFS = "/sys/kernel/config/target"
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 
-from provider.hresult import HResult, vss_error
-from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
+from provider.contract.hresult import HResult, vss_error
+from provider.contract.lio_target import LIO_PRODUCT, LIO_VENDOR
 
 from . import names
 from .backend import Volume

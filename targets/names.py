@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 
-from provider.hresult import HResult, VssUserError, vss_error
+from provider.contract.hresult import HResult, VssUserError, vss_error
 
 INITIATOR_MAX_BYTES = 223  # RFC 3720 3.2.6.1
 _LABEL = r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?"

@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from provider.hresult import HResult, vss_error
+from provider.contract.hresult import HResult, vss_error
 
 from .array import Array
 from .luns import SET_TAG, SNAPSHOT_TAG, kind_tags

@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 import time
 
-from provider.hresult import HResult, vss_error
-from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
-from provider.vss_types import MAX_LUNS_PER_SET
+from provider.contract.hresult import HResult, vss_error
+from provider.contract.lio_target import LIO_PRODUCT, LIO_VENDOR
+from provider.contract.vss_types import MAX_LUNS_PER_SET
 
 from . import names
 from .authority import ADMIN, Caller, denied, may_import

@@ -12,7 +12,7 @@ from lab import checks
 from lab.agent_api import ADMIN_ACCESS, AgentApi
 from lab.host_volumes import HostVolumes, host_chap
 from lab.initiator import Node
-from provider.hresult import HResult, VssError, VssUserError
+from provider.contract.hresult import HResult, VssError, VssUserError
 
 MIB = 1 << 20
 SIZE = 32 * MIB
@@ -128,7 +128,7 @@ def test_snapshot_set_visible_with_predicted_wwids_masked_to_one_host(lab, api, 
 
 WATCH_JOB = """
 import json, sys
-from targets.client import ADMIN_ACCESS_FILE, ArrayAccess, ArrayClient
+from provider.hardware.array_client import ADMIN_ACCESS_FILE, ArrayAccess, ArrayClient
 seen = []
 job = ArrayClient(ArrayAccess.load(ADMIN_ACCESS_FILE)).wait_job(sys.argv[1], 300, lambda j: seen.append(j["percent"]))
 print(json.dumps({"job": job, "seen": seen}))
@@ -422,7 +422,8 @@ def test_array_reboot_keeps_luns_serials_and_masking(lab, api, target):
 READ_RECORD = """
 import json, sys
 from pathlib import Path
-from provider.lun_info import predict_lio_lun_info, read_lun_info
+from provider.contract.lio_target import predict_lio_lun_info
+from provider.hardware.lun_info import read_lun_info
 seen = read_lun_info(Path("/sys/block") / Path(sys.argv[1]).name)
 predicted = predict_lio_lun_info(sys.argv[2])
 print(json.dumps({"seen": seen.to_dict(), "predicted": predicted.to_dict(),

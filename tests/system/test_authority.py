@@ -12,7 +12,7 @@ import pytest
 from lab import checks
 from lab.agent_api import AgentApi
 from lab.host_volumes import HostVolumes, initiator
-from provider.hresult import HResult, VssError
+from provider.contract.hresult import HResult, VssError
 
 STORE_DUMP = ("import sqlite3; db = sqlite3.connect('file:/var/lib/shadowlun/array.db?mode=ro', uri=True); "
               "print('\\n'.join(db.iterdump()))")
@@ -93,6 +93,6 @@ def test_an_unknown_or_missing_token_gets_nothing(lab):
     a = lab.vm("host-a")
     r = a.run("python3 -c \"import json, sys; d = json.load(open('/etc/shadowlun/array-access.json')); "
               "d['token'] = 'not-' + d['token']; json.dump(d, open('/tmp/wrong.json', 'w'))\" && "
-              "python3 -m targets.client --access /tmp/wrong.json GET /v1/luns; rc=$?; rm -f /tmp/wrong.json; exit $rc",
+              "python3 -m provider.hardware.array_client --access /tmp/wrong.json GET /v1/luns; rc=$?; rm -f /tmp/wrong.json; exit $rc",
               check=False)
     assert r.returncode == 2 and "E_ACCESSDENIED" in r.stderr

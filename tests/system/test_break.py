@@ -10,7 +10,7 @@ import pytest
 from lab import checks
 from lab.host_volumes import VOLUME, HostVolumes, initiator
 from lab.story import shadowlun
-from provider.hresult import HResult, VssError
+from provider.contract.hresult import HResult, VssError
 
 SHADOWLUN = "python3 -m provider.cli --json"
 

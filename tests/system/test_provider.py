@@ -107,7 +107,7 @@ def test_set_of_three_luns_through_the_out_of_process_server_holds_writes_only_i
 
 LOCATE_AND_READ = """
 import json, sys
-from provider.hardware_provider import make
+from provider.hardware.hardware_provider import make
 records = json.loads(sys.stdin.read())
 p = make()
 disks = p.locate_luns(records)
@@ -117,7 +117,7 @@ print(json.dumps({"disks": disks, "seen": seen}))
 
 EMPTY = """
 import json, sys
-from provider.hardware_provider import make
+from provider.hardware.hardware_provider import make
 pairs = json.loads(sys.stdin.read())
 p = make()
 for device, record in pairs:
@@ -154,7 +154,7 @@ def test_provider_server_killed_during_prepare_aborts_the_set(lab, volumes_on_ho
     api, mounts = volumes_on_host_a["api"], volumes_on_host_a["mounts"]
     create = PausedCreate(a, f"{mounts[0]} {mounts[1]}", pause_s=120)
     create.wait_paused()  # inside EndPrepareSnapshots: the array holds a prepared set
-    a.run("pkill -KILL -f 'provider.server --socket'")
+    a.run("pkill -KILL -f 'provider.hosting.server --socket'")
     assert create.wait_done() == 1
     err = create.stderr()
     assert "VSS_E_UNEXPECTED_PROVIDER_ERROR" in err and "crashed" in err
@@ -184,9 +184,9 @@ def test_unsupported_context_is_refused_with_a_clear_error(lab, volumes_on_host_
 ARE_LUNS_SUPPORTED = """
 import json, sys
 from provider.cli import providers
-from provider.volumes import resolve_volume
-from provider.lun_info import read_lun_info
-from provider.vss_types import SnapshotContext, VolumeSnapshotAttributes as A
+from provider.requester.volumes import resolve_volume
+from provider.hardware.lun_info import read_lun_info
+from provider.contract.vss_types import SnapshotContext, VolumeSnapshotAttributes as A
 from pathlib import Path
 disks = resolve_volume(sys.argv[1])
 records = [read_lun_info(Path("/sys/block") / d).to_dict() for d in disks]

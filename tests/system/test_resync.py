@@ -9,7 +9,7 @@ from lab import checks
 from lab.host_volumes import HostVolumes
 from lab.provider_call import provider_call
 from lab.story import SHADOWLUN, shadowlun
-from provider.hresult import HResult
+from provider.contract.hresult import HResult
 
 MIB = 1 << 20
 STORE = "/var/lib/shadowlun/array.db"

@@ -96,7 +96,7 @@ def test_the_agent_refuses_to_start_without_lios_reservation_directory(lab):
                      lambda: f"the agent started without {pr}, or said nothing: {array.run(journal).stdout[-2000:]}")
         said = array.run(journal).stdout
         assert f"LIO's state directories {pr} are missing" in said and "PERSISTENT RESERVE OUT" in said
-        assert not array.run(["python3", "-m", "targets.client", "--access", ADMIN_ACCESS, "GET", "/v1/pool"],
+        assert not array.run(["python3", "-m", "provider.hardware.array_client", "--access", ADMIN_ACCESS, "GET", "/v1/pool"],
                              check=False).ok
     finally:
         array.run(f"systemctl stop shadowlun-array-agent; mv {pr}.away {pr}")

@@ -1,5 +1,5 @@
-"""A small provider for tests of provider.server and provider.proxy, in process or behind
-`python3 -m provider.server --provider fake_provider_module:make` (tests/unit on PYTHONPATH).
+"""A small provider for tests of provider.hosting.server and provider.hosting.proxy, in process or behind
+`python3 -m provider.hosting.server --provider fake_provider_module:make` (tests/unit on PYTHONPATH).
 
 It implements some contract methods and deliberately lacks others (E_NOTIMPL), has one public
 method outside the contract (`status`, which must never be reachable over the socket), and takes
@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from provider.hresult import HResult, vss_error
+from provider.contract.hresult import HResult, vss_error
 
 
 class FakeProvider:

@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import targets.jobs as jobs_mod
-from provider.hresult import HResult, http_status
+from provider.contract.hresult import HResult, http_status
 from targets.agent import MAX_BODY_BYTES, create_app
 from targets.array import Array
 from targets.store import Store

@@ -1,4 +1,4 @@
-"""Unit tests of provider.bcd: the Backup Components Document, its XML, safe parsing and fingerprint."""
+"""Unit tests of provider.requester.bcd: the Backup Components Document, its XML, safe parsing and fingerprint."""
 from __future__ import annotations
 
 import copy
@@ -8,9 +8,9 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from provider import bcd
-from provider.bcd import BackupComponentsDocument, DiskExtent, LunMapping, SnapshotRecord
-from provider.hresult import HResult, VssUserError
+from provider.requester import bcd
+from provider.requester.bcd import BackupComponentsDocument, DiskExtent, LunMapping, SnapshotRecord
+from provider.contract.hresult import HResult, VssUserError
 
 NS = "{urn:shadowlun:backup-components}"
 CORRUPT = HResult.VSS_E_CORRUPT_XML_DOCUMENT

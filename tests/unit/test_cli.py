@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import pytest
 
 from provider import cli
-from provider.cli_tables import RENDERERS, render
-from provider.coordinator import Coordinator
-from provider.cli_errors import FileReadError, read_file
-from provider.hresult import HResult, VssUserError, vss_error
+from provider.cli.tables import RENDERERS, render
+from provider.requester.coordinator import Coordinator
+from provider.cli.errors import FileReadError, read_file
+from provider.contract.hresult import HResult, VssUserError, vss_error
 
 SET = "7f0c5d2e-3b1a-4c8d-9e6f-1a2b3c4d5e6f"
 SNAP = "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
@@ -135,3 +135,18 @@ def test_human_output_shows_the_ids_and_devices(command, capsys):
             assert value in out
     if command in ("import", "list", "break"):
         assert "/dev/sdb1" in out and SNAP in out
+
+
+def test_the_command_exits_with_the_status_of_a_refusal(tmp_path):
+    """`python3 -m provider.cli` as users and the lab run it: a refused request is exit 2 with the
+    error's JSON on stderr (here a document that cannot be read, refused before anything runs)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "provider.cli", "--json", "import", str(tmp_path / "none.xml")],
+                          cwd=root, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert json.loads(done.stderr.strip().splitlines()[-1])["vss"] == "E_INVALIDARG"

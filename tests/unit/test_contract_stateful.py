@@ -63,18 +63,18 @@ from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
-import provider.coordinator as coordinator_module
-import provider.hardware_provider as hp
+import provider.requester.coordinator as coordinator_module
+import provider.hardware.hardware_provider as hp
 import targets.jobs as jobs_module
 import targets.luns as luns_module
-from provider import bcd
-from provider.coordinator import Coordinator
-from provider.hardware_provider import PROVIDER_ID, HostIdentity, ShadowLunProvider
-from provider.hresult import HResult, VssError, vss_error
-from provider.lun_info import predict_lio_lun_info
-from provider.state_machine import ProviderState
-from provider.volumes import Extent
-from provider.vss_types import HardwareOptions, SnapshotContext, VolumeSnapshotAttributes
+from provider.requester import bcd
+from provider.requester.coordinator import Coordinator
+from provider.hardware.hardware_provider import PROVIDER_ID, HostIdentity, ShadowLunProvider
+from provider.contract.hresult import HResult, VssError, vss_error
+from provider.contract.lio_target import predict_lio_lun_info
+from provider.contract.state_machine import ProviderState
+from provider.requester.volumes import Extent
+from provider.contract.vss_types import HardwareOptions, SnapshotContext, VolumeSnapshotAttributes
 from targets.authority import Caller
 from targets.lio import naa_wwid
 from targets_fakes import HOST_A, HOST_B, HOST_C, FakeLio, FakeLvm, make_array
@@ -158,7 +158,7 @@ def fake_copy_blocks(src, dst, size, progress=None, only_changed=False):
 
 
 class CoordinatorProvider:
-    """What provider.proxy gives the coordinator: here the host's current provider instance,
+    """What provider.hosting.proxy gives the coordinator: here the host's current provider instance,
     with the machine's bookkeeping of what was located, deleted and broken."""
 
     provider_id = str(PROVIDER_ID)

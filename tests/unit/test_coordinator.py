@@ -8,14 +8,14 @@ from dataclasses import asdict
 
 import pytest
 
-from provider import bcd
-from provider.coordinator import Coordinator, SetProgress
-from provider.hardware_provider import PROVIDER_ID, ShadowLunProvider
-from provider.hresult import HResult, VssError, vss_error
-from provider.lun_info import predict_lio_lun_info
-from provider.shadow_flags import Partition
-from provider.volumes import Extent
-from provider.vss_types import SnapshotContext, VolumeSnapshotAttributes
+from provider.requester import bcd
+from provider.requester.coordinator import Coordinator, SetProgress
+from provider.hardware.hardware_provider import PROVIDER_ID, ShadowLunProvider
+from provider.contract.hresult import HResult, VssError, vss_error
+from provider.contract.lio_target import predict_lio_lun_info
+from provider.requester.shadow_flags import Partition
+from provider.requester.volumes import Extent
+from provider.contract.vss_types import SnapshotContext, VolumeSnapshotAttributes
 from targets_fakes import FakeLvm, make_array
 from test_hardware_provider import HOST, FakeInitiator, FakeSysfs, InProcessArray, fake_sysfs
 
@@ -27,7 +27,7 @@ TRANSPORTABLE = BACKUP | int(VolumeSnapshotAttributes.VSS_VOLSNAP_ATTR_TRANSPORT
 
 
 class InProcessProvider:
-    """What provider.proxy gives the coordinator, without the process boundary."""
+    """What provider.hosting.proxy gives the coordinator, without the process boundary."""
 
     def __init__(self, impl, events: list, fail: str | None = None) -> None:
         self.provider_id, self.impl, self.events, self.fail = str(PROVIDER_ID), impl, events, fail
@@ -43,7 +43,7 @@ PART_START = MIB  # each volume is partition 1 of its disk, from 1 MiB on
 
 
 class FakeGpt:
-    """provider.shadow_flags.GptFlags over in-memory partition tables: {disk: {number: attrs}}.
+    """provider.requester.shadow_flags.GptFlags over in-memory partition tables: {disk: {number: attrs}}.
     Disks named 'raw*' have no partition table."""
 
     def __init__(self) -> None:
@@ -330,7 +330,7 @@ def test_a_set_whose_abort_failed_is_left_for_recover(tmp_path):
 
 # -- import ---------------------------------------------------------------------------------
 
-from provider.hardware_provider import HostIdentity  # noqa: E402
+from provider.hardware.hardware_provider import HostIdentity  # noqa: E402
 
 
 def importer(lab, tmp_path, name: str, hide: set[str] = frozenset()):
@@ -398,7 +398,7 @@ def test_import_refuses_a_non_transportable_or_broken_document(tmp_path):
 
 # -- shadow-copy flags ----------------------------------------------------------------------
 
-from provider.shadow_flags import READ_ONLY, SHADOW_COPY, SHADOW_FLAGS  # noqa: E402
+from provider.requester.shadow_flags import READ_ONLY, SHADOW_COPY, SHADOW_FLAGS  # noqa: E402
 
 
 def test_flags_are_on_the_originals_only_while_the_commit_captures_them(tmp_path):

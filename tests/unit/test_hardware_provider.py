@@ -7,13 +7,14 @@ from dataclasses import asdict
 
 import pytest
 
-from provider import hardware_provider
-from provider.hardware_provider import HostIdentity, ShadowLunProvider, array_snapshot_id
+from provider.hardware import hardware_provider
+from provider.hardware.hardware_provider import HostIdentity, ShadowLunProvider, array_snapshot_id
 from targets.authority import ADMIN, Caller
-from provider.hresult import HResult, VssError, vss_error
-from provider.lun_info import predict_lio_lun_info, read_lun_info
-from provider.state_machine import ProviderState
-from provider.vss_types import HardwareOptions, SnapshotContext, VolumeSnapshotAttributes
+from provider.contract.hresult import HResult, VssError, vss_error
+from provider.contract.lio_target import predict_lio_lun_info
+from provider.hardware.lun_info import read_lun_info
+from provider.contract.state_machine import ProviderState
+from provider.contract.vss_types import HardwareOptions, SnapshotContext, VolumeSnapshotAttributes
 from targets_fakes import FakeLvm, make_array
 
 MIB = 1 << 20
@@ -24,7 +25,7 @@ HOST = HostIdentity("iqn.2026-11.lab.shadowlun:host-a", "host-a", "secret-host-a
 
 
 class InProcessArray:
-    """targets.client.ArrayClient's methods, answered by an in-process Array as `caller` (the
+    """provider.hardware.array_client.ArrayClient's methods, answered by an in-process Array as `caller` (the
     admin unless a host is given: what that host's token would get from the agent)."""
 
     def __init__(self, array, caller=ADMIN) -> None:
@@ -702,8 +703,8 @@ def test_capabilities_and_reserved_method(prov):
 
 # -- every creation call from every state, through the provider, against the array ---------
 
-from provider.methods import ProviderMethod  # noqa: E402
-from provider.state_machine import MACHINE_METHODS, NON_CREATION_METHODS  # noqa: E402
+from provider.contract.methods import ProviderMethod  # noqa: E402
+from provider.contract.state_machine import MACHINE_METHODS, NON_CREATION_METHODS  # noqa: E402
 
 STATES = ["idle", "preparing", "prepared", "precommitted", "committed", "created", "aborted"]
 SEQUENCE = ["begin_prepare_snapshot", "end_prepare_snapshots", "pre_commit_snapshots",

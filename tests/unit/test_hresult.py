@@ -1,4 +1,4 @@
-"""Unit tests of provider.hresult: the codes of provider/CONTRACT.md §4.9, the error classes, the wire
+"""Unit tests of provider.contract.hresult: the codes of provider/CONTRACT.md §4.9, the error classes, the wire
 form and HTTP statuses."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import re
 import contract_doc as contract
 import pytest
 
-from provider.hresult import (
+from provider.contract.hresult import (
     USER_ERROR_CODES,
     HResult,
     VssError,

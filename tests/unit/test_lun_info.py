@@ -1,4 +1,4 @@
-"""Unit tests of provider.lun_info on the lab capture of a LIO LUN (tests/unit/data/lio-lun/):
+"""Unit tests of provider.hardware.lun_info on the lab capture of a LIO LUN (tests/unit/data/lio-lun/):
 the VPD parsers, FillInLunInfo from a fake sysfs tree, and the GetTargetLuns prediction, which must
 equal what the host reads."""
 from __future__ import annotations
@@ -10,21 +10,10 @@ from pathlib import Path
 import contract_doc as contract
 import pytest
 
-from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError
-from provider.lun_info import (
-    LIO_COMPANY_ID,
-    LIO_PRODUCT,
-    LIO_REVISION,
-    LIO_VENDOR,
-    is_supported,
-    lio_naa_identifier,
-    lio_t10_vendor_identifier,
-    parse_vpd80,
-    parse_vpd83,
-    predict_lio_lun_info,
-    read_lun_info,
-)
-from provider.vss_types import (
+from provider.contract.hresult import HResult, VssError, VssRuntimeError, VssUserError
+from provider.contract.lio_target import LIO_COMPANY_ID, LIO_PRODUCT, LIO_REVISION, LIO_VENDOR, lio_naa_identifier, lio_t10_vendor_identifier, predict_lio_lun_info
+from provider.hardware.lun_info import is_supported, parse_vpd80, parse_vpd83, read_lun_info
+from provider.contract.vss_types import (
     GUID_NULL,
     LunInformation,
     StorageBusType,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from provider import polling
-from provider.hresult import HResult, VssRuntimeError
+from provider.contract.hresult import HResult, VssRuntimeError
 from provider.polling import StillRunningError, poll
 
 

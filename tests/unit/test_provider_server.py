@@ -1,6 +1,6 @@
-"""Unit tests of the out-of-process provider: provider.rpc (wire format), provider.server (a real
-server on a Unix socket, in a thread or as `python3 -m provider.server`), provider.proxy (the
-coordinator's side, spec §8 translation) and provider.registry (registration files).
+"""Unit tests of the out-of-process provider: provider.hosting.rpc (wire format), provider.hosting.server (a real
+server on a Unix socket, in a thread or as `python3 -m provider.hosting.server`), provider.hosting.proxy (the
+coordinator's side, spec §8 translation) and provider.hosting.registry (registration files).
 
 The expected allowed-code sets are transcribed here from spec §5.1/§8, not read from the proxy's
 table, so that a typo there fails a test. Every wait is bounded; each test takes well under 2 s.
@@ -27,8 +27,8 @@ import contract_doc as contract
 import pytest
 
 from fake_provider_module import FakeProvider
-from provider.hresult import HResult, VssRuntimeError, VssUserError, vss_error
-from provider.proxy import (
+from provider.contract.hresult import HResult, VssRuntimeError, VssUserError, vss_error
+from provider.hosting.proxy import (
     ALLOWED_CODES,
     DEFAULT_TIMEOUTS,
     DOCUMENTED_CODES,
@@ -38,9 +38,9 @@ from provider.proxy import (
     ProviderTimeoutError,
     translate_error,
 )
-from provider.registry import ProviderRegistration, ProviderRegistry
-from provider.methods import PROVIDER_METHODS, ProviderMethod, per_method
-from provider.rpc import (
+from provider.hosting.registry import ProviderRegistration, ProviderRegistry
+from provider.contract.methods import PROVIDER_METHODS, ProviderMethod, per_method
+from provider.hosting.rpc import (
     PING,
     PROTOCOL_VERSION,
     MessageReader,
@@ -51,7 +51,7 @@ from provider.rpc import (
     decode_response,
     encode,
 )
-from provider.server import ProviderServer, socket_answers
+from provider.hosting.server import ProviderServer, socket_answers
 
 H = HResult
 HERE = Path(__file__).resolve().parent
@@ -120,16 +120,16 @@ def error_code(answer: dict | None) -> HResult:
 
 
 def server_env(monkeypatch) -> None:
-    """`python3 -m provider.server` finds the project and the fake module from any directory."""
+    """`python3 -m provider.hosting.server` finds the project and the fake module from any directory."""
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(HERE)]))
 
 
 def server_argv(sock: Path, factory: str = "fake_provider_module:make") -> list[str]:
-    return [sys.executable, "-m", "provider.server", "--socket", str(sock), "--provider", factory,
+    return [sys.executable, "-m", "provider.hosting.server", "--socket", str(sock), "--provider", factory,
             "--allow-uid", str(os.getuid())]
 
 
-# --- provider.rpc --------------------------------------------------------------------------------
+# --- provider.hosting.rpc --------------------------------------------------------------------------------
 
 def test_messages_round_trip_as_single_ascii_lines():
     req = Request(7, "are_luns_supported", {"context": 1, "luns": [{"vendor": "LIO-ORG\n", "é": True}]})
@@ -209,7 +209,7 @@ def test_message_reader_limits_and_cut_off_messages():
         assert time.monotonic() - started < 1
 
 
-# --- provider.server on its socket -------------------------------------------------------------
+# --- provider.hosting.server on its socket -------------------------------------------------------------
 
 def test_socket_is_private_and_removed_on_stop(sockdir):
     path = sockdir / "p.sock"
@@ -331,7 +331,7 @@ def test_a_result_over_the_size_limit_is_a_veto(sockdir):
         assert error_code(answer) is H.VSS_E_PROVIDER_VETO and "exceeds the limit" in answer["error"]["message"]
 
 
-# --- provider.proxy against the in-process server -------------------------------------------------
+# --- provider.hosting.proxy against the in-process server -------------------------------------------------
 
 def test_results_round_trip_and_on_load_is_called_once(served, proxy):
     fake, _server = served
@@ -476,7 +476,7 @@ def test_a_server_that_is_not_running_is_reported(sockdir):
 
 # --- §8 table ------------------------------------------------------------------------------------
 
-# §5.1 "Allowed codes", transcribed again, plus §8's general list (the DECISION in provider.proxy).
+# §5.1 "Allowed codes", transcribed again, plus §8's general list (the DECISION in provider.hosting.proxy).
 GENERAL = {H.E_OUTOFMEMORY, H.E_INVALIDARG, H.E_ACCESSDENIED, H.VSS_E_BAD_STATE, H.VSS_E_OBJECT_NOT_FOUND,
            H.VSS_E_INSUFFICIENT_STORAGE, H.VSS_E_VOLUME_NOT_SUPPORTED, H.VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER,
            H.VSS_E_MAXIMUM_NUMBER_OF_SNAPSHOTS_REACHED, H.VSS_E_PROVIDER_VETO, H.VSS_E_CANNOT_REVERT_DISKID}
@@ -683,17 +683,17 @@ def test_sigterm_stops_the_server_cleanly(sockdir, monkeypatch):
     assert not sock.exists()
 
 
-# --- provider.registry ---------------------------------------------------------------------------
+# --- provider.hosting.registry ---------------------------------------------------------------------------
 
 def test_register_get_load_all_unregister(tmp_path):
     registry = ProviderRegistry(tmp_path / "providers.d")
     assert registry.load_all() == []
-    reg = registration(Path("/run/shadowlun/p.sock"), ["/usr/bin/python3", "-m", "provider.server"])
+    reg = registration(Path("/run/shadowlun/p.sock"), ["/usr/bin/python3", "-m", "provider.hosting.server"])
     path = registry.register(reg)
     assert path == tmp_path / "providers.d" / f"{reg.provider_id}.json"
     assert json.loads(path.read_text()) == {
         "provider_id": str(reg.provider_id), "version_id": str(reg.version_id), "name": "fake",
-        "version": "1.0", "type": 3, "exec": ["/usr/bin/python3", "-m", "provider.server"],
+        "version": "1.0", "type": 3, "exec": ["/usr/bin/python3", "-m", "provider.hosting.server"],
         "socket": "/run/shadowlun/p.sock"}
     assert registry.get(str(reg.provider_id).upper()) == reg
     assert registry.load_all() == [reg]

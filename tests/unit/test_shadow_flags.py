@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from provider.hresult import HResult, VssError
+from provider.contract.hresult import HResult, VssError
 from provider.commands import SubprocessRunner
-from provider.shadow_flags import (
+from provider.requester.shadow_flags import (
     HIDDEN,
     NO_DRIVE_LETTER,
     READ_ONLY,
@@ -155,7 +155,7 @@ def test_udev_rule_acts_on_add_only_for_read_only():
 
 
 def test_udev_rule_leaves_originals_alone_while_the_coordinator_has_flags_on_them():
-    from provider.shadow_flags import ORIGINALS_DIR
+    from provider.requester.shadow_flags import ORIGINALS_DIR
 
     lines = UDEV_RULE.splitlines()
     skip = f'TEST=="{ORIGINALS_DIR}/$parent", GOTO="shadowlun_end"'

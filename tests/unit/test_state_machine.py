@@ -1,4 +1,4 @@
-"""Unit tests of provider.state_machine against spec §6 and §7.
+"""Unit tests of provider.contract.state_machine against spec §6 and §7.
 
 The expectations are transcribed here from the spec (§7.2 matrix, §7.1 next states) together with the
 decisions documented in the module, and are not read from the module's table, so that a typo there
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import contract_doc as contract
 import pytest
 
-from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError
-from provider.methods import ProviderMethod
-from provider.state_machine import (
+from provider.contract.hresult import HResult, VssError, VssRuntimeError, VssUserError
+from provider.contract.methods import ProviderMethod
+from provider.contract.state_machine import (
     MACHINE_METHODS,
     TRANSITIONS,
     OutOfSequenceError,

@@ -1,5 +1,5 @@
 """Unit tests of targets.agent (the HTTP API, through FastAPI's TestClient, over a real Array on
-the fakes of targets_fakes) and targets.client (error mapping with urlopen replaced, and the
+the fakes of targets_fakes) and provider.hardware.array_client (error mapping with urlopen replaced, and the
 client against the agent app with urlopen bridged to the TestClient). No network, no TLS server."""
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 import targets.jobs as jobs_mod
-from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError, http_status, vss_error
+from provider.contract.hresult import HResult, VssError, VssRuntimeError, VssUserError, http_status, vss_error
 from provider.polling import poll
 import targets.agent as agent_mod
 from targets.agent import build_array, create_app, hand_out_access
-from targets.client import ArrayAccess, ArrayClient
+from provider.hardware.array_client import ArrayAccess, ArrayClient
 from targets.lio import LioStateError, naa_wwid
 from targets_fakes import HOSTS, IQN1, IQN2, STRANGER, FakeLio, FakeLvm, MiB, make_config
 

@@ -14,12 +14,12 @@ import pytest
 import targets.jobs as jobs_mod
 import targets.luns as luns_mod
 import targets.snapshot_sets as sets_mod
-from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError
+from provider.contract.hresult import HResult, VssError, VssRuntimeError, VssUserError
 from targets.array import Array
 from targets.luns import LunView
-from provider.lun_info import LIO_PRODUCT, LIO_VENDOR
+from provider.contract.lio_target import LIO_PRODUCT, LIO_VENDOR
 from provider.polling import poll
-from provider.vss_types import MAX_LUNS_PER_SET
+from provider.contract.vss_types import MAX_LUNS_PER_SET
 from targets.lio import Mapping, naa_wwid
 from targets.lvm import LvmError
 from targets.lvm_thin import LvmThin

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 import targets.jobs as jobs_mod
-from provider.hresult import HResult, VssRuntimeError, VssUserError
+from provider.contract.hresult import HResult, VssRuntimeError, VssUserError
 from targets.agent import create_app
 from targets.lio import Mapping
 from targets.lvm import LvmError

@@ -1,4 +1,4 @@
-"""Unit tests of provider.thaw_guard, the process that thaws what a killed or hung requester
+"""Unit tests of provider.requester.thaw_guard, the process that thaws what a killed or hung requester
 left frozen: the protocol with an injected ioctl (EOF, deadline, "thawed"), and the real process
 outliving a SIGKILLed requester's whole process group. Real FIFREEZE needs a real filesystem: the
 lab test kills `shadowlun create` during a real hold. Every wait is bounded."""
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from provider.thaw_guard import FITHAW, ThawGuard, guard
+from provider.requester.thaw_guard import FITHAW, ThawGuard, guard
 from test_volumes import FakeIoctl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +95,7 @@ def test_not_frozen_is_fine_and_other_errors_are_failures(fds):
 
 REQUESTER = """
 import sys, time
-from provider.thaw_guard import ThawGuard
+from provider.requester.thaw_guard import ThawGuard
 g = ThawGuard.start(sys.argv[1:], 30.0)
 g.hold()
 print(g.proc.pid, flush=True)

@@ -1,4 +1,4 @@
-"""Unit tests of provider.volumes: volume -> SCSI disks on fake sysfs trees laid out as the kernel
+"""Unit tests of provider.requester.volumes: volume -> SCSI disks on fake sysfs trees laid out as the kernel
 does it (/sys/class/block, /sys/block, /sys/dev/block links into /sys/devices; partitions inside
 their disk's directory; dm devices with slaves/ and dm/name), mountinfo files, and the Freezer with
 a fake ioctl (real FIFREEZE needs root and a real filesystem: the lab tests do that)."""
@@ -13,8 +13,8 @@ from typing import Callable
 
 import pytest
 
-from provider.hresult import HResult, VssError, VssRuntimeError, VssUserError
-from provider.volumes import (
+from provider.contract.hresult import HResult, VssError, VssRuntimeError, VssUserError
+from provider.requester.volumes import (
     FIFREEZE,
     FITHAW,
     Freezer,
@@ -411,7 +411,7 @@ def test_freezing_twice_is_a_bad_state(mps: list[str]) -> None:
     freezer.thaw()
 
 
-# --- the Freezer and its thaw guard (provider.thaw_guard) --------------------------------------------
+# --- the Freezer and its thaw guard (provider.requester.thaw_guard) --------------------------------------------
 
 class FakeGuard:
     """Records the guard's life among the ioctl calls: started, hold, released(thawed)."""

@@ -1,4 +1,4 @@
-"""Unit tests of provider.vss_types: the values against the tables of provider/CONTRACT.md (sections
+"""Unit tests of provider.contract.vss_types: the values against the tables of provider/CONTRACT.md (sections
 4 and 5), the LUN records' JSON form, validation of untrusted input, canonical form and the import
 matching rule."""
 from __future__ import annotations
@@ -12,8 +12,8 @@ import uuid
 import contract_doc as contract
 import pytest
 
-from provider.hresult import HResult, VssError, VssUserError
-from provider.vss_types import (
+from provider.contract.hresult import HResult, VssError, VssUserError
+from provider.contract.vss_types import (
     CONTEXT_BITS,
     GUID_NULL,
     MAX_LUNS_PER_SET,
@@ -162,7 +162,7 @@ def test_each_context_is_the_bit_pattern_the_contract_names():
 
 
 def test_the_contract_names_the_supported_contexts():
-    from provider.hardware_provider import SUPPORTED_CONTEXTS
+    from provider.hardware.hardware_provider import SUPPORTED_CONTEXTS
     said = {r[0] for r in contract.table(contract.section(r"4\.3 ")) if r[-1].startswith("supported")}
     assert said == {c.name for c in SUPPORTED_CONTEXTS}
 
@@ -176,7 +176,7 @@ def test_the_requester_bits_of_the_contract_are_the_code_s():
 
 
 def test_the_capabilities_the_contract_names_are_those_answered():
-    from provider.hardware_provider import ShadowLunProvider
+    from provider.hardware.hardware_provider import ShadowLunProvider
     said = 0
     for r in contract.table(contract.section(r"4\.5 ")):
         if r[2] == "yes":
@@ -192,7 +192,7 @@ def test_the_record_fields_of_the_contract_are_the_json_keys():
 
 
 def test_the_set_limits_of_the_contract_are_the_code_s():
-    from provider.bcd import MAX_SNAPSHOTS
+    from provider.requester.bcd import MAX_SNAPSHOTS
     limits = dict(contract.table(contract.section(r"12\. ")))
     assert contract.value(limits["LUNs per set"]) == MAX_LUNS_PER_SET
     assert contract.value(limits["volumes per set"]) == MAX_SNAPSHOTS

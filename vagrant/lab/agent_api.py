@@ -1,4 +1,4 @@
-"""The array agent's API as the tests use it, with targets.client run inside a VM (the machine
+"""The array agent's API as the tests use it, with provider.hardware.array_client run inside a VM (the machine
 running the tests is not on the lab's networks, exactly like a real management LAN).
 
 `AgentApi.admin(lab)` is the admin (on the array, with admin-access.json): provisioning and
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 
-from provider.hresult import VssError
-from targets.client import ACCESS_FILE, ADMIN_ACCESS_FILE
+from provider.contract.hresult import VssError
+from provider.hardware.array_client import ACCESS_FILE, ADMIN_ACCESS_FILE
 
 from .errors import CommandFailed
 from .vm import VM
@@ -27,7 +27,7 @@ class AgentApi:
         return cls(lab.array, ADMIN_ACCESS)
 
     def call(self, method: str, path: str, body: dict | None = None):
-        argv = ["python3", "-m", "targets.client", "--access", self.access, method, path]
+        argv = ["python3", "-m", "provider.hardware.array_client", "--access", self.access, method, path]
         if body is not None:
             argv.append(json.dumps(body))
         r = self.vm.run(argv, check=False, timeout=180)

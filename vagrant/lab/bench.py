@@ -63,7 +63,7 @@ class Figure:
 
 API_BATCH = """
 import json, sys
-from targets.client import ADMIN_ACCESS_FILE, ArrayAccess, ArrayClient
+from provider.hardware.array_client import ADMIN_ACCESS_FILE, ArrayAccess, ArrayClient
 client = ArrayClient(ArrayAccess.load(ADMIN_ACCESS_FILE))
 print(json.dumps([client.call(m, p, b) for m, p, b in json.loads(sys.stdin.read())]))
 """

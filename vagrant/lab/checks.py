@@ -46,6 +46,6 @@ def until(condition: Callable[[], bool], timeout: float, why: Callable[[], str],
 def wait_for_agent(vm: VM, timeout: float = 90, access: str | None = None) -> None:
     """Until the array agent answers `vm` (after a restart or a reboot of the array), bounded;
     with the VM's own access file, or `access` (e.g. the admin's, on the array)."""
-    argv = ["python3", "-m", "targets.client"] + (["--access", access] if access else []) + ["GET", "/v1/pool"]
+    argv = ["python3", "-m", "provider.hardware.array_client"] + (["--access", access] if access else []) + ["GET", "/v1/pool"]
     until(lambda: vm.run(argv, check=False).ok, timeout,
           lambda: f"the array agent did not answer {vm.name} within {timeout:g} s")

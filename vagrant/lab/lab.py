@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from targets.client import ACCESS_FILE
+from provider.hardware.array_client import ACCESS_FILE
 
 from . import accel as accel_mod
 from . import image as image_mod
@@ -176,7 +176,7 @@ class Lab:
                           f"{host.name}); agent journal:\n{journal()}")
             host.put(ARRAY_ACCESS, self.array.run(f"cat {own}").stdout, mode="0600")
         for host in self.hosts:
-            until(lambda: host.run("python3 -m targets.client GET /v1/pool", check=False).ok,
+            until(lambda: host.run("python3 -m provider.hardware.array_client GET /v1/pool", check=False).ok,
                   deadline - time.monotonic(),
                   lambda: f"{host.name}: no answer from the array agent after {AGENT_TIMEOUT_S} s; "
                           f"agent journal:\n{journal()}")

@@ -14,8 +14,8 @@ CALL = r"""
 import json, sys
 from pathlib import Path
 from provider.cli import providers
-from provider.hresult import VssError
-from provider.lun_info import read_lun_info
+from provider.contract.hresult import VssError
+from provider.hardware.lun_info import read_lun_info
 method, params = sys.argv[1], json.loads(sys.argv[2])
 for key in [k for k in params if k.endswith("_disks")]:
     params[key.removesuffix("_disks") + "_luns"] = [read_lun_info(Path("/sys/block") / d).to_dict()

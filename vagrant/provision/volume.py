@@ -26,8 +26,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from provider.iscsi import Initiator, normalize_wwid
-from targets.client import ADMIN_ACCESS_FILE, ArrayAccess, ArrayClient
+from provider.hardware.iscsi import Initiator, normalize_wwid
+from provider.hardware.array_client import ADMIN_ACCESS_FILE, ArrayAccess, ArrayClient
 
 MIB = 1 << 20
 DISK_WAIT_S = 60.0

@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .hresult import HResult, VssError, VssUserError, vss_error
-from .iscsi import normalize_wwid
-from .lun_info import LIO_VENDOR, predict_lio_lun_info, read_lun_info
-from .methods import ProviderMethod
-from .polling import poll
-from .state_machine import OutOfSequenceError, ProviderState, ProviderStateMachine, Verdict
-from .vss_types import (
+from provider.contract.hresult import HResult, VssError, VssUserError, vss_error
+from provider.hardware.iscsi import normalize_wwid
+from provider.contract.lio_target import LIO_VENDOR, predict_lio_lun_info
+from provider.hardware.lun_info import read_lun_info
+from provider.contract.methods import ProviderMethod
+from provider.polling import poll
+from provider.contract.state_machine import OutOfSequenceError, ProviderState, ProviderStateMachine, Verdict
+from provider.contract.vss_types import (
     MAX_LUNS_PER_SET,
     LunInformation,
     REQUESTER_MODIFIERS,
@@ -56,7 +57,7 @@ SUPPORTED_CONTEXTS = frozenset({
 
 
 class Array(Protocol):
-    """What the provider needs of the array agent (targets.client.ArrayClient)."""
+    """What the provider needs of the array agent (provider.hardware.array_client.ArrayClient)."""
 
     def luns(self) -> list[dict]: ...
     def target(self) -> dict: ...
@@ -81,7 +82,7 @@ class Array(Protocol):
 
 
 class Initiator(Protocol):
-    """What the provider needs of the host's iSCSI initiator (provider.iscsi.Initiator)."""
+    """What the provider needs of the host's iSCSI initiator (provider.hardware.iscsi.Initiator)."""
 
     def connect(self, target_iqn: str, portal: str, chap_user: str | None, chap_secret: str | None,
                 luns: dict[int, str], timeout: float) -> dict[str, str]: ...
@@ -477,7 +478,7 @@ class ShadowLunProvider:
         only the array can do): first each LUN takes its original's page 0x83 identity, all or
         none, and this host's disks of them come back with it. The recovery notifications
         (around a resync) need nothing."""
-        from .vss_types import HardwareOptions as H
+        from provider.contract.vss_types import HardwareOptions as H
 
         if flags & (H.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_PRE_RECOVERY | H.VSS_ONLUNSTATECHANGE_NOTIFY_LUN_POST_RECOVERY):
             return
@@ -597,11 +598,11 @@ class ShadowLunProvider:
 
 
 def make() -> ShadowLunProvider:
-    """Factory for the provider server (`--provider provider.hardware_provider:make`)."""
-    from targets.client import ArrayAccess, ArrayClient
+    """Factory for the provider server (`--provider provider.hardware.hardware_provider:make`)."""
+    from provider.hardware.array_client import ArrayAccess, ArrayClient
 
-    from .iscsi import Initiator as IscsiInitiator
-    from .iscsi import initiator_name
+    from provider.hardware.iscsi import Initiator as IscsiInitiator
+    from provider.hardware.iscsi import initiator_name
 
     access = ArrayAccess.load()
     if access.initiator is None or access.chap_user is None or access.chap_secret is None:

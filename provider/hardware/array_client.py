@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from provider.hresult import HResult, VssError, vss_error
+from provider.contract.hresult import HResult, VssError, vss_error
 from provider.polling import poll
 
 ACCESS_FILE = Path("/etc/shadowlun/array-access.json")
@@ -165,7 +165,7 @@ class ArrayClient:
 
 
 def main() -> None:
-    """`python3 -m targets.client [--access FILE] METHOD PATH [JSON]`: one API call, for tests
+    """`python3 -m provider.hardware.array_client [--access FILE] METHOD PATH [JSON]`: one API call, for tests
     and operators (the admin: `--access /etc/shadowlun/admin-access.json` on the array)."""
     import argparse
     import sys

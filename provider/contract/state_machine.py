@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from provider.hresult import HResult, VssError, VssRuntimeError, vss_error
-from provider.methods import ProviderMethod
+from provider.contract.hresult import HResult, VssError, VssRuntimeError, vss_error
+from provider.contract.methods import ProviderMethod
 
 SetId = uuid.UUID
 

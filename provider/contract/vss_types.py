@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .hresult import HResult, vss_error
+from provider.contract.hresult import HResult, vss_error
 
 GUID_NULL = uuid.UUID(int=0)
 

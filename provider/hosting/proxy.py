@@ -32,10 +32,10 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import IO, Any
 
-from provider.hresult import HResult, VssError, VssRuntimeError, vss_error
-from provider.methods import PROVIDER_METHODS, ProviderMethod, per_method, spec_name
-from provider.registry import ProviderRegistration
-from provider.rpc import (
+from provider.contract.hresult import HResult, VssError, VssRuntimeError, vss_error
+from provider.contract.methods import PROVIDER_METHODS, ProviderMethod, per_method, spec_name
+from provider.hosting.registry import ProviderRegistration
+from provider.hosting.rpc import (
     MAX_MESSAGE,
     PING,
     PROTOCOL_VERSION,
@@ -169,7 +169,7 @@ class _NotListening(Exception):
 
 
 class ProviderProxy:
-    """One provider server as the coordinator calls it (the `Provider` of provider.coordinator)."""
+    """One provider server as the coordinator calls it (the `Provider` of provider.requester.coordinator)."""
 
     def __init__(self, registration: ProviderRegistration, *, start_timeout: float = START_TIMEOUT_S,
                  timeouts: Mapping[str, float] | None = None) -> None:

@@ -10,8 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .durable import write_durably
-from .hresult import HResult, vss_error
+from provider.durable import write_durably
+from provider.contract.hresult import HResult, vss_error
 
 
 @dataclass

@@ -3,7 +3,7 @@
 One JSON file per provider, `<provider_id>.json`, in a directory (default /etc/shadowlun/providers.d/):
 
     {"provider_id": "…", "version_id": "…", "name": "…", "version": "0.1.0", "type": 3,
-     "exec": ["/usr/bin/python3", "-m", "provider.server", "--socket", "/run/…", "--provider", "…"],
+     "exec": ["/usr/bin/python3", "-m", "provider.hosting.server", "--socket", "/run/…", "--provider", "…"],
      "socket": "/run/…"}
 
 `exec` and `socket` stand for the COM ClassId (§17.1 "CLSID"): how the coordinator starts the
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from provider.hresult import HResult, VssError, vss_error
-from provider.vss_types import GUID_NULL, ProviderType
+from provider.contract.hresult import HResult, VssError, vss_error
+from provider.contract.vss_types import GUID_NULL, ProviderType
 
 log = logging.getLogger("shadowlun.provider.registry")
 

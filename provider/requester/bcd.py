@@ -70,7 +70,7 @@ from typing import Any, Callable
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
 
-from provider.hresult import HResult, VssUserError
+from provider.contract.hresult import HResult, VssUserError
 
 NAMESPACE = "urn:shadowlun:backup-components"
 SCHEMA_VERSION = 1
@@ -79,7 +79,7 @@ MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 MAX_SNAPSHOTS = 64               # volumes per snapshot set (spec §16.1)
 MAX_LUNS_PER_SNAPSHOT = 32       # LUNs one volume may span
 MAX_EXTENTS_PER_SNAPSHOT = 128
-MAX_IDENTIFIERS = 256            # per LUN, as provider.vss_types allows: every record it
+MAX_IDENTIFIERS = 256            # per LUN, as provider.contract.vss_types allows: every record it
 MAX_INTERCONNECTS = 256          # writes must fit in a BCD
 MAX_STRING = 4096                # characters in any string (PATH_MAX for volume names)
 _MAX_DEPTH = 16                  # the schema needs 8

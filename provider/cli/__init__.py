@@ -14,9 +14,9 @@
     shadowlun register-provider            register shadowlun's provider and its udev rule here
 
 Errors name their VSS code; the exit status is 2 for the caller's errors (VssUserError), 1 for
-failures of the system (VssRuntimeError), as provider.cli_errors decides. `--json` prints machine-readable results and errors;
+failures of the system (VssRuntimeError), as provider.cli.errors decides. `--json` prints machine-readable results and errors;
 otherwise results are tables on stdout and progress goes to stderr. The same operations are the
-methods of provider.coordinator.Coordinator (see `coordinator()` here for how to make one).
+methods of provider.requester.coordinator.Coordinator (see `coordinator()` here for how to make one).
 """
 from __future__ import annotations
 
@@ -31,11 +31,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from . import bcd
-from .cli_errors import SystemFailure, read_file, report
-from .hardware_provider import PROVIDER_ID, PROVIDER_NAME, PROVIDER_VERSION, VERSION_ID
-from .hresult import HResult, VssError, vss_error
-from .vss_types import SnapshotContext, VolumeSnapshotAttributes
+from provider.requester import bcd
+from provider.cli.errors import SystemFailure, read_file, report
+from provider.hardware.hardware_provider import PROVIDER_ID, PROVIDER_NAME, PROVIDER_VERSION, VERSION_ID
+from provider.contract.hresult import HResult, VssError, vss_error
+from provider.contract.vss_types import SnapshotContext, VolumeSnapshotAttributes
 
 PROVIDER_SOCKET = Path("/run/shadowlun/provider.sock")
 CONTEXTS = {c.name.removeprefix("VSS_CTX_").lower(): c for c in SnapshotContext if c.name != "VSS_CTX_ALL"}
@@ -53,8 +53,8 @@ def parse_context(name: str) -> int:
 
 def providers() -> list:
     """Every registered provider, as proxies (servers start on demand at the first call)."""
-    from .proxy import ProviderProxy
-    from .registry import ProviderRegistry
+    from provider.hosting.proxy import ProviderProxy
+    from provider.hosting.registry import ProviderRegistry
 
     return [ProviderProxy(r) for r in ProviderRegistry().load_all()]
 
@@ -76,7 +76,7 @@ def loaded_providers() -> Iterator[list]:
 
 def coordinator(loaded: list | None = None):
     """A Coordinator over `loaded` providers (none: for what only reads or changes this host)."""
-    from .coordinator import Coordinator
+    from provider.requester.coordinator import Coordinator
 
     return Coordinator(loaded or [])
 
@@ -182,14 +182,14 @@ def cmd_recover(args: argparse.Namespace) -> dict:
 
 def cmd_register_provider(args: argparse.Namespace) -> dict:
     """Idempotent: an identical registration is left as it is."""
-    from .registry import ProviderRegistration, ProviderRegistry
+    from provider.hosting.registry import ProviderRegistration, ProviderRegistry
 
     reg = ProviderRegistration(
         provider_id=PROVIDER_ID, version_id=VERSION_ID, name=PROVIDER_NAME, version=PROVIDER_VERSION,
-        exec=(sys.executable, "-m", "provider.server", "--socket", str(PROVIDER_SOCKET),
-              "--provider", "provider.hardware_provider:make"),
+        exec=(sys.executable, "-m", "provider.hosting.server", "--socket", str(PROVIDER_SOCKET),
+              "--provider", "provider.hardware.hardware_provider:make"),
         socket=PROVIDER_SOCKET)
-    from .shadow_flags import UDEV_RULE_PATH, install_udev_rule
+    from provider.requester.shadow_flags import UDEV_RULE_PATH, install_udev_rule
 
     rule = {"udev_rule": str(UDEV_RULE_PATH), "udev_rule_changed": install_udev_rule()}
     registry = ProviderRegistry()
@@ -289,11 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        from .cli_tables import render
+        from provider.cli.tables import render
 
         render(args.command, result)
     return 1 if result.get("exec_status") else 0  # the requester's command failed
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from .hresult import HResult, VssError, VssRuntimeError, VssUserError
+from provider.contract.hresult import HResult, VssError, VssRuntimeError, VssUserError
 
 USER_EXIT = 2
 RUNTIME_EXIT = 1

@@ -8,10 +8,10 @@ a 10 s watchdog (and a thaw guard process, for a coordinator that is killed), ab
 Each set's progress is persisted before each step, so a set left by a crash of the coordinator
 or the provider server is aborted at the next start (`recover()`).
 
-The shadow-copy flags (GPT attributes, `provider.shadow_flags`) are set on the originals right
+The shadow-copy flags (GPT attributes, `provider.requester.shadow_flags`) are set on the originals right
 after EndPrepare, captured by the commit, and cleared on the originals after it (spec 14.2), so
 they travel with the shadow LUNs. After an import the set is in this host's catalog
-(`provider.catalog`), from which list, expose/unexpose, break and delete work (spec 10, 11, 14.4);
+(`provider.requester.catalog`), from which list, expose/unexpose, break and delete work (spec 10, 11, 14.4);
 resync works from the document (spec 12, 14.5).
 """
 from __future__ import annotations
@@ -29,15 +29,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from . import bcd
-from .catalog import Catalog, ImportedSet, ImportedSnapshot
-from .durable import write_durably
-from .hresult import HResult, VssError, vss_error
-from .commands import DEFAULT_RUNNER, Runner, run_checked
-from .lun_info import read_lun_info
-from .polling import poll
-from .requester_holds import RequesterHolds, is_auto_release
-from .shadow_flags import (
+from provider.requester import bcd
+from provider.requester.catalog import Catalog, ImportedSet, ImportedSnapshot
+from provider.durable import write_durably
+from provider.contract.hresult import HResult, VssError, vss_error
+from provider.commands import DEFAULT_RUNNER, Runner, run_checked
+from provider.hardware.lun_info import read_lun_info
+from provider.polling import poll
+from provider.requester.holds import RequesterHolds, is_auto_release
+from provider.requester.shadow_flags import (
     ORIGINALS_DIR,
     READ_ONLY,
     SHADOW_COPY,
@@ -46,8 +46,8 @@ from .shadow_flags import (
     describe,
     partition_name,
 )
-from .volumes import Extent
-from .vss_types import (
+from provider.requester.volumes import Extent
+from provider.contract.vss_types import (
     MAX_LUNS_PER_SET,
     HardwareOptions,
     LunInformation,
@@ -66,7 +66,7 @@ SYSFS_BLOCK = Path("/sys/block")
 
 
 class Provider(Protocol):
-    """A loaded provider as the coordinator calls it (provider.proxy over the provider server)."""
+    """A loaded provider as the coordinator calls it (provider.hosting.proxy over the provider server)."""
 
     provider_id: str
 
@@ -108,7 +108,7 @@ class Coordinator:
                  list_disks: Callable[[], list[str]] | None = None,
                  originals_dir: Path = ORIGINALS_DIR) -> None:
         if not (resolve and filesystems_on and hold_writes and extents):
-            from . import volumes as vol
+            from provider.requester import volumes as vol
 
             resolve = resolve or vol.resolve_volume
             filesystems_on = filesystems_on or vol.filesystems_on

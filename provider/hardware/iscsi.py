@@ -27,12 +27,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
-from .commands import DEFAULT_RUNNER, CommandResult, Runner, command_text, tail
-from .hresult import HResult, VssError, VssRuntimeError, vss_error
+from provider.commands import DEFAULT_RUNNER, CommandResult, Runner, command_text, tail
+from provider.contract.hresult import HResult, VssError, VssRuntimeError, vss_error
+from provider.contract.lio_target import ISCSI_PORT
 
 log = logging.getLogger("shadowlun.iscsi")
 
-ISCSI_PORT = 3260
 # iscsid retries a failing first login node.session.initial_login_retry_max times (default 8, each
 # up to the 15 s login timeout: about 2 min). 3 tries bound a login to a dead portal to about 45 s.
 LOGIN_RETRIES = 3
@@ -212,9 +212,8 @@ class Initiator:
     # -- iscsiadm -------------------------------------------------------------------------------
 
     @staticmethod
-    def _node(target_iqn: str, portal: str, iface: str | None = None) -> list[str]:
-        argv = ["iscsiadm", "-m", "node", "-T", target_iqn, "-p", portal]
-        return argv + ["-I", iface] if iface else argv
+    def _node(target_iqn: str, portal: str) -> list[str]:
+        return ["iscsiadm", "-m", "node", "-T", target_iqn, "-p", portal]
 
     def _run(self, argv: list[str], ok: Iterable[int] = (0,), what: str = "") -> CommandResult:
         result = self.runner(argv, check=False)
@@ -279,8 +278,7 @@ class Initiator:
 
     # -- login ----------------------------------------------------------------------------------
 
-    def login(self, target_iqn: str, portal: str, chap_user: str | None, chap_secret: str | None,
-              iface: str | None = None) -> int:
+    def login(self, target_iqn: str, portal: str, chap_user: str | None, chap_secret: str | None) -> int:
         """Log in to `target_iqn` at `portal` (once: an existing session is reused) and return the
         SCSI host number of the session. No LUN appears until `scan_lun`.
 
@@ -292,7 +290,7 @@ class Initiator:
             raise vss_error(HResult.E_INVALIDARG, "CHAP needs both a user name and a secret, or neither")
         address, port = parse_portal(portal)
         portal = format_portal(address, port)
-        node = self._node(target_iqn, portal, iface)
+        node = self._node(target_iqn, portal)
         with self._lock:
             lookup = self.runner(node, check=False)
             created = lookup.returncode != 0

@@ -1,25 +1,25 @@
 """The provider server: one provider object behind a Unix socket (spec §1, §17.1 "Out-of-process COM server").
 
-The coordinator starts it from the registration's `exec` (provider.registry), for example
+The coordinator starts it from the registration's `exec` (provider.hosting.registry), for example
 
-    python3 -m provider.server --socket /run/shadowlun/provider.sock \\
-        --provider provider.hardware_provider:make
+    python3 -m provider.hosting.server --socket /run/shadowlun/provider.sock \\
+        --provider provider.hardware.hardware_provider:make
 
-and calls the provider's methods over provider.rpc. Every connection gets its own thread, and the
+and calls the provider's methods over provider.hosting.rpc. Every connection gets its own thread, and the
 proxy opens one connection per call, so AbortSnapshots runs while a long EndPrepareSnapshots is
 still waiting (§5.2.9, §17.2 #5). Thread safety of the provider object is the provider's business
-(provider.state_machine locks).
+(provider.contract.state_machine locks).
 
 What the server answers on its own:
 * a peer whose uid is not in `allowed_uids` (SO_PEERCRED): E_ACCESSDENIED (§17.1 "E_ACCESSDENIED");
-* a line that is not a request (provider.rpc): E_INVALIDARG, and the connection stays usable; a
+* a line that is not a request (provider.hosting.rpc): E_INVALIDARG, and the connection stays usable; a
   message over the size limit or cut off: E_INVALIDARG, then the connection is closed;
 * DECISION: a method name outside the contract (PROVIDER_METHODS): E_INVALIDARG, the provider is
   not called. A contract method the provider object does not have: E_NOTIMPL, as a COM provider
   without that interface would answer. Parameters that do not fit the method's signature:
   E_INVALIDARG.
 * A VssError raised by the provider goes back unchanged: translating codes the method may not
-  return is the coordinator's job (§8, provider.proxy). A MemoryError becomes E_OUTOFMEMORY, any
+  return is the coordinator's job (§8, provider.hosting.proxy). A MemoryError becomes E_OUTOFMEMORY, any
   other exception VSS_E_PROVIDER_VETO with the exception in the message, and a result that is not
   JSON or too large VSS_E_PROVIDER_VETO too: the provider must not return anything else (§8).
 
@@ -49,9 +49,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from provider.hresult import HResult, VssError, vss_error
-from provider.methods import PROVIDER_METHODS, spec_name
-from provider.rpc import (
+from provider.contract.hresult import HResult, VssError, vss_error
+from provider.contract.methods import PROVIDER_METHODS, spec_name
+from provider.hosting.rpc import (
     MAX_MESSAGE,
     PING,
     PROTOCOL_VERSION,
@@ -366,15 +366,15 @@ def _log_to_stderr(level: str) -> logging.handlers.QueueListener:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python3 -m provider.server --socket PATH --provider MODULE:FACTORY [--allow-uid UID ...]`.
+    """`python3 -m provider.hosting.server --socket PATH --provider MODULE:FACTORY [--allow-uid UID ...]`.
 
     Exit status 0 after SIGTERM/SIGINT, 2 when the provider cannot be made, 1 when the socket
     cannot be served.
     """
-    parser = argparse.ArgumentParser(prog="python3 -m provider.server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python3 -m provider.hosting.server", description=__doc__.split("\n")[0])
     parser.add_argument("--socket", required=True, type=Path, help="absolute path of the Unix socket")
     parser.add_argument("--provider", required=True, metavar="MODULE:FACTORY",
-                        help="factory returning the provider object, e.g. provider.hardware_provider:make")
+                        help="factory returning the provider object, e.g. provider.hardware.hardware_provider:make")
     parser.add_argument("--allow-uid", type=int, action="append", metavar="UID",
                         help="uid allowed to call (repeatable; default 0)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -30,10 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .hresult import HResult, vss_error
-from .commands import DEFAULT_RUNNER, Runner, run_checked
-from .iscsi import block_name
-from .vss_types import GptAttributes
+from provider.contract.hresult import HResult, vss_error
+from provider.commands import DEFAULT_RUNNER, Runner, run_checked
+from provider.hardware.iscsi import block_name
+from provider.contract.vss_types import GptAttributes
 
 log = logging.getLogger("shadowlun.flags")
 
@@ -57,7 +57,7 @@ ORIGINALS_DIR = Path("/run/shadowlun/originals")
 UDEV_RULE = """\
 # shadowlun: shadow copies stay read-only and hidden while their GPT attributes say so
 # (bit 60 read-only, 61 shadow copy, 62 hidden, 63 no drive letter). Installed by
-# `shadowlun register-provider`; see provider/shadow_flags.py.
+# `shadowlun register-provider`; see provider/requester/shadow_flags.py.
 SUBSYSTEM!="block", GOTO="shadowlun_end"
 ENV{DEVTYPE}!="partition", GOTO="shadowlun_end"
 TEST=="/run/shadowlun/originals/$parent", GOTO="shadowlun_end"

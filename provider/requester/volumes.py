@@ -1,7 +1,7 @@
 """What the coordinator needs of a host's volumes: which SCSI disks (LUNs) carry a volume, which
 filesystems live on given disks, and holding their writes (FIFREEZE/FITHAW) around
 CommitSnapshots, the Linux equivalent of VSS's flush-and-hold with its 10 s watchdog (in the
-requester, and out of it in `provider.thaw_guard`, for a requester that is killed).
+requester, and out of it in `provider.requester.thaw_guard`, for a requester that is killed).
 
 A volume is a mount point or a block device path. Everything is read from sysfs and mountinfo,
 not from lsblk or udev links: sysfs is what the kernel has now, and the stack below a volume
@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .hresult import HResult, VssError, vss_error
-from .lun_info import is_supported
-from .thaw_guard import FIFREEZE, FITHAW, MARGIN_S, Ioctl, ThawGuard, fs_ioctl
+from provider.contract.hresult import HResult, VssError, vss_error
+from provider.hardware.lun_info import is_supported
+from provider.requester.thaw_guard import FIFREEZE, FITHAW, MARGIN_S, Ioctl, ThawGuard, fs_ioctl
 
 log = logging.getLogger("shadowlun.volumes")
 
@@ -308,7 +308,7 @@ class Freezer:
     A watchdog thaws everything by itself when the hold lasts `timeout` s (VSS kernel support
     does the same at 10 s), so a stuck commit cannot leave the host's filesystems frozen; `thaw()`
     then raises VSS_E_HOLD_WRITES_TIMEOUT. That watchdog dies with this process, so each hold also
-    has a thaw guard (`provider.thaw_guard`), a process that thaws when this one dies or hangs
+    has a thaw guard (`provider.requester.thaw_guard`), a process that thaws when this one dies or hangs
     during the hold; it is started by arm() (or freeze()), before the hold, and told when writes
     flow again. `ioctl`, `timer` (threading.Timer-like: (seconds, callback) with start() and
     cancel()) and `guard` are injectable for tests.

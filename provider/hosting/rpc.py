@@ -10,7 +10,7 @@ formats messages, which is the easy part).
     response  {"id": 7, "result": <JSON>}
           or  {"id": 7, "error": {"hresult": "0x8004231F", "vss": "VSS_E_…", "message": "…"}}
 
-Method names are the snake_case names of the COM methods (provider.methods); names with a dot
+Method names are the snake_case names of the COM methods (provider.contract.methods); names with a dot
 belong to the protocol itself (PING). The error object is VssError.to_dict(), the same form the
 array agent uses. A response whose request could not be read carries "id": null. Messages are
 ASCII (json's escapes), NaN and Infinity are refused, and one message is at most MAX_MESSAGE bytes.
@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from provider.hresult import VssError
+from provider.contract.hresult import VssError
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE = 16 * 1024 * 1024  # bytes of one message, the newline excluded

@@ -14,8 +14,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .durable import write_durably
-from .vss_types import VolumeSnapshotAttributes
+from provider.durable import write_durably
+from provider.contract.vss_types import VolumeSnapshotAttributes
 
 _A = VolumeSnapshotAttributes
 

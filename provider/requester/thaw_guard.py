@@ -3,7 +3,7 @@ requester dies or hangs during the hold (VSS cancels a hold after 10 s whatever 
 
 The Freezer's watchdog is a thread of the requester, so a SIGKILL of `shadowlun create` during
 the hold would leave the filesystems frozen for ever and every writer on them hung. Before
-freezing, the Freezer starts `python3 -m provider.thaw_guard --seconds S MOUNTPOINT...` in a
+freezing, the Freezer starts `python3 -m provider.requester.thaw_guard --seconds S MOUNTPOINT...` in a
 session of its own (a kill of the requester's process group does not reach it), its stdin the
 read end of a pipe whose write end only the requester holds. One line each:
 
@@ -123,7 +123,7 @@ def _report(outcome: Outcome) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m provider.thaw_guard", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python3 -m provider.requester.thaw_guard", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, required=True, help="the longest hold after 'hold'")
     parser.add_argument("mountpoints", nargs="+")
     args = parser.parse_args(argv)
@@ -154,7 +154,7 @@ class ThawGuard:
         RuntimeError with its reason when it does not come (the guard is killed then)."""
         read_end, write_end = os.pipe()  # not inheritable: no other child keeps the guard from its EOF
         try:
-            proc = subprocess.Popen([python, "-m", "provider.thaw_guard", "--seconds", f"{seconds:g}", "--",
+            proc = subprocess.Popen([python, "-m", "provider.requester.thaw_guard", "--seconds", f"{seconds:g}", "--",
                                      *mountpoints], stdin=read_end, stdout=subprocess.PIPE,
                                     start_new_session=True, close_fds=True)
         except OSError as e:
