@@ -1,7 +1,7 @@
 """The host's iSCSI initiator (open-iscsi): log in to the array's target, make LUNs appear, find
 their disks by WWID, and take it all down again.
 
-The lessons come from os-brick's connector (peers.md §1.2, §5.5), reimplemented here:
+The lessons come from os-brick's iSCSI connector (OpenStack), reimplemented here:
 - Sessions log in with `node.session.scan=manual`, so a login surfaces no LUN by itself; each LUN
   is scanned by number (`"- - L" > /sys/class/scsi_host/hostH/scan`). Automatic scans at login and
   on AEN are what leaves unexpected disks on hosts sharing a target.
