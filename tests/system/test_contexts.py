@@ -26,7 +26,7 @@ def ctx_volume(lab):
         a.run("pkill -KILL -f '[s]leep 3600'; true")
         a.run(f"{SHADOWLUN} recover; {SHADOWLUN} delete --all", check=False, timeout=600)
         # A killed requester's provider server (its own session) outlives it; later tests start theirs.
-        a.run("pkill -f '[p]rovider.server --socket'; true")
+        a.run("pkill -f '[p]rovider.hosting.server --socket'; true")
         assert vols.remove() == []
 
 

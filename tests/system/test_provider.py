@@ -92,7 +92,7 @@ def test_set_of_three_luns_through_the_out_of_process_server_holds_writes_only_i
 
     # The provider ran out of process, started on demand from its registration.
     assert out["provider_server_pids"] and all(out["provider_server_pids"])
-    assert a.run("pgrep -f '[p]rovider.server --socket' || true").stdout.strip() == "", "server not stopped"
+    assert a.run("pgrep -f '[p]rovider.hosting.server --socket' || true").stdout.strip() == "", "server not stopped"
 
     # The array has the three snapshots with the identities the document promises.
     assert len(out["snapshots"]) == 3
@@ -279,7 +279,7 @@ def test_create_killed_while_frozen_is_thawed_by_its_guard_and_recover_cleans_th
         err = create.stderr()
         assert "shadowlun-thaw-guard: the requester went away during the hold without thawing" in err, err
         assert f"{mounts[0]}: thawed" in err and f"{mounts[1]}: thawed" in err, err
-        assert a.run("pgrep -f 'provider[.]thaw_guard' || true").stdout.strip() == "", "the guard lingers"
+        assert a.run("pgrep -f 'provider[.]requester[.]thaw_guard' || true").stdout.strip() == "", "the guard lingers"
 
         # The provider server (its own session) outlived the requester, still paused: recover uses it.
         assert set_id in json.loads(cli(a, "recover").stdout)["aborted"]
@@ -288,7 +288,7 @@ def test_create_killed_while_frozen_is_thawed_by_its_guard_and_recover_cleans_th
         assert not [lun for lun in snapshot_luns(api) if lun["origin"] in names]
         a.run(f"touch {mounts[1]}/after-recover")
     finally:
-        a.run("touch /tmp/stop-writer; pkill -KILL -f '[p]rovider.server --socket'; true")
+        a.run("touch /tmp/stop-writer; pkill -KILL -f '[p]rovider.hosting.server --socket'; true")
 
 
 def test_a_provider_hung_in_commit_is_killed_at_its_deadline_and_the_set_aborted(lab, volumes_on_host_a):
@@ -303,10 +303,10 @@ def test_a_provider_hung_in_commit_is_killed_at_its_deadline_and_the_set_aborted
         create.wait_paused()
         assert create.wait_done(timeout=60) == 1
         thawed_at = float(a.run("date +%s.%N").stdout)
-        assert a.run("pgrep -f '[p]rovider.server --socket|provider[.]thaw_guard' || true").stdout.strip() == ""
+        assert a.run("pgrep -f '[p]rovider.hosting.server --socket|provider[.]requester[.]thaw_guard' || true").stdout.strip() == ""
     finally:
         ticks = stop_writer(a)
-        a.run("pkill -KILL -f '[p]rovider.server --socket'; true")
+        a.run("pkill -KILL -f '[p]rovider.hosting.server --socket'; true")
     err = create.stderr()
     assert json.loads(err.strip().splitlines()[-1])["vss"] == "VSS_E_HOLD_WRITES_TIMEOUT", err
     assert "is hung: killing it" in err, err
