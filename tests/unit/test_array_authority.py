@@ -111,14 +111,20 @@ def test_a_host_sees_its_own_and_what_it_may_import(world):
     assert seen["masks"] == [{"initiator": HOST_A, "read_only": False}]
 
 
+def published_transportable_set(host) -> tuple[str, dict]:
+    """A transportable set of vol-a that `host` prepared, committed and published: (its id, its
+    shadow LUN's description)."""
+    set_id = str(uuid.uuid4())
+    prepared = host.ok("POST", "/v1/snapshot-sets", {"set_id": set_id, "transportable": True, "snapshots": [
+        {"snapshot_id": str(uuid.uuid4()), "lun": "vol-a"}]})
+    host.ok("POST", f"/v1/snapshot-sets/{set_id}/commit")
+    host.ok("POST", f"/v1/snapshot-sets/{set_id}/publish")
+    return set_id, prepared["snapshots"][0]
+
+
 def test_a_transportable_set_moves_to_another_host_which_then_holds_it(world):
     a, b, admin = world["a"], world["b"], world["admin"]
-    set_id = str(uuid.uuid4())
-    prepared = a.ok("POST", "/v1/snapshot-sets", {"set_id": set_id, "transportable": True, "snapshots": [
-        {"snapshot_id": str(uuid.uuid4()), "lun": "vol-a"}]})
-    a.ok("POST", f"/v1/snapshot-sets/{set_id}/commit")
-    a.ok("POST", f"/v1/snapshot-sets/{set_id}/publish")
-    shadow = prepared["snapshots"][0]
+    set_id, shadow = published_transportable_set(a)
     assert shadow["target"] in {x["name"] for x in b.ok("GET", "/v1/luns")}  # importable by host-b
     status, answer = b("PUT", f"/v1/luns/{shadow['target']}/masks", {"initiator": HOST_B})
     assert (status, answer["vss"]) == (403, "E_ACCESSDENIED")  # claim first
@@ -195,12 +201,7 @@ def test_an_import_in_one_call_and_its_undo(world):
     after which nothing is left of the import and another host may import the set."""
     a, b, c = world["a"], world["b"], world["c"]
     world["lio"].target_iqn, world["lio"].portals = "iqn.2026-11.lab.shadowlun:array", ["10.87.0.1"]
-    set_id = str(uuid.uuid4())
-    prepared = a.ok("POST", "/v1/snapshot-sets", {"set_id": set_id, "transportable": True, "snapshots": [
-        {"snapshot_id": str(uuid.uuid4()), "lun": "vol-a"}]})
-    a.ok("POST", f"/v1/snapshot-sets/{set_id}/commit")
-    a.ok("POST", f"/v1/snapshot-sets/{set_id}/publish")
-    shadow = prepared["snapshots"][0]
+    set_id, shadow = published_transportable_set(a)
     before = state(world["arr"], world["lvm"], world["lio"])
     attached = b.ok("POST", "/v1/imports/attach", {"serials": [shadow["serial"]]})
     assert attached["sets"][0]["host"] == HOST_B and attached["masked"] == [shadow["serial"]]
