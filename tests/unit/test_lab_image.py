@@ -312,3 +312,32 @@ def test_image_finished_by_another_run_while_waiting_for_the_lock_is_not_rebuilt
     monkeypatch.setattr(image_mod, "build", _no_build)
     assert ensure_image("bookworm", log=lambda m: None) == (Image(done), False)
     assert not (cache / f"image-{key}.partial").exists()
+
+
+def test_build_step_tells_its_stages_and_fetched_packages(tmp_path):
+    said: list[str] = []
+    script = ("echo 'Get:1 http://deb bookworm/main amd64 libc6'; echo 'Get:2 x'; "
+              "echo 'I: extracting archives...'; echo noise; echo 'I: installing remaining packages'")
+    image_mod._run(["sh", "-c", script], tmp_path / "build.log", 60, "step", progress=said.append)
+    assert [s.split("] ", 1)[1] for s in said] == ["extracting archives... (2 packages fetched)",
+                                                    "installing remaining packages (2 packages fetched)"]
+    assert "noise" in (tmp_path / "build.log").read_text()  # the log keeps every line
+
+
+def test_build_step_heartbeat_when_a_stage_is_quiet(tmp_path, monkeypatch):
+    monkeypatch.setattr(image_mod, "HEARTBEAT_S", 0.2)
+    said: list[str] = []
+    image_mod._run(["sh", "-c", "echo 'I: installing essential packages...'; sleep 0.7; echo done"],
+                   tmp_path / "build.log", 60, "step", progress=said.append)
+    assert said[0].endswith("installing essential packages...")
+    assert any("still at: installing essential packages..." in s for s in said[1:])
+
+
+def test_build_step_over_its_time_is_killed_and_said(tmp_path):
+    with pytest.raises(LabError, match="did not finish within 1 s"):
+        image_mod._run(["sleep", "30"], tmp_path / "build.log", 1, "step")
+
+
+def test_build_step_failure_shows_the_log_tail(tmp_path):
+    with pytest.raises(LabError, match=r"(?s)exit 3.*last words"):
+        image_mod._run(["sh", "-c", "echo 'last words'; exit 3"], tmp_path / "build.log", 60, "step")

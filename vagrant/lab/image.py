@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import json
 import os
+import select
 import shutil
 import subprocess
 import time
@@ -32,6 +33,7 @@ INPUT_FILES = (
     VAGRANT_DIR / "lab" / "image-customize.sh",
 )
 BUILD_TIMEOUT_S = 1800
+HEARTBEAT_S = 30.0  # the longest a build goes without a line of progress
 BUILD_TOOLS = ("mmdebstrap", "mke2fs", "ssh-keygen", "dpkg-query")
 APT_SOURCES = (Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d"))
 
@@ -148,18 +150,66 @@ def ensure_cached(item: Image, lock_name: str, build_into: Callable[[Path], None
     return True
 
 
-def _run(argv: list[str], log_file: Path, timeout: float, what: str) -> None:
+def _run(argv: list[str], log_file: Path, timeout: float, what: str,
+         progress: Callable[[str], None] | None = None) -> None:
+    """Run a build step with its output appended to `log_file`. With `progress`, the step's
+    stage lines are told to it as they come (see `_Progress`), so a long build shows it works."""
     with open(log_file, "a") as out:
         out.write(f"\n$ {' '.join(argv)}\n")
         out.flush()
-        try:
-            proc = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
-                                  stdin=subprocess.DEVNULL, env=dict(os.environ, LC_ALL="C"))
-        except subprocess.TimeoutExpired:
-            raise LabError(f"{what} did not finish within {timeout:.0f} s; see {log_file}") from None
-    if proc.returncode != 0:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace", stdin=subprocess.DEVNULL, env=dict(os.environ, LC_ALL="C"))
+        watch = _Progress(progress) if progress else None
+        deadline = time.monotonic() + timeout
+        assert proc.stdout is not None
+        while True:
+            left = deadline - time.monotonic()
+            ready = select.select([proc.stdout], [], [], min(max(left, 0), HEARTBEAT_S))[0] if left > 0 else []
+            if not ready:
+                if time.monotonic() >= deadline:
+                    proc.kill()
+                    proc.wait()
+                    raise LabError(f"{what} did not finish within {timeout:.0f} s; see {log_file}")
+                if watch:
+                    watch.heartbeat()
+                continue
+            line = proc.stdout.readline()
+            if not line:
+                break
+            out.write(line)
+            if watch:
+                watch.line(line.rstrip("\n"))
+        returncode = proc.wait()
+    if returncode != 0:
         tail = "".join(log_file.read_text().splitlines(keepends=True)[-40:])
-        raise LabError(f"{what} failed (exit {proc.returncode}); last lines of {log_file}:\n{tail}")
+        raise LabError(f"{what} failed (exit {returncode}); last lines of {log_file}:\n{tail}")
+
+
+class _Progress:
+    """What a newcomer sees of a build of several minutes: mmdebstrap's stage lines ("I: ...",
+    e.g. downloading, extracting, installing, each hook), the packages fetched so far (apt's
+    "Get:" lines) and, when nothing was said for HEARTBEAT_S, how long the stage has run."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say, self.started = say, time.monotonic()
+        self.stage, self.stage_started, self.fetched, self.said_at = "starting", self.started, 0, self.started
+
+    def _tell(self, text: str) -> None:
+        self.say(f"  [{time.monotonic() - self.started:4.0f} s] {text}")
+        self.said_at = time.monotonic()
+
+    def line(self, line: str) -> None:
+        if line.startswith("Get:"):
+            self.fetched += 1
+        elif line.startswith("I: "):
+            self.stage, self.stage_started = line[3:].strip()[:100], time.monotonic()
+            self._tell(self.stage + (f" ({self.fetched} packages fetched)" if self.fetched else ""))
+        if time.monotonic() - self.said_at >= HEARTBEAT_S:
+            self.heartbeat()
+
+    def heartbeat(self) -> None:
+        fetched = f", {self.fetched} packages fetched" if self.fetched else ""
+        self._tell(f"still at: {self.stage} ({time.monotonic() - self.stage_started:.0f} s{fetched})")
 
 
 def build(dest: Path, suite: str, key: str, log: Callable[[str], None]) -> None:
@@ -191,7 +241,7 @@ def build(dest: Path, suite: str, key: str, log: Callable[[str], None]) -> None:
             f"--customize-hook=rm -rf \"$1\"{inside}",
             suite, str(rootfs), *host_apt_sources(),
         ],
-        build_log, BUILD_TIMEOUT_S, "mmdebstrap",
+        build_log, BUILD_TIMEOUT_S, "mmdebstrap", progress=log,
     )
     kernel = os.readlink(rootfs / "vmlinuz")  # boot/vmlinuz-<release>
     shutil.copy(rootfs / kernel, dest / "vmlinuz")
