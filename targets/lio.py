@@ -357,6 +357,15 @@ class Lio:
             self._drop_mapping(acl, lun)
             self._changed()
 
+    def lun_number(self, name: str) -> int | None:
+        """The TPG LUN number of the backstore `name` (None: not exported), found by its configfs
+        path: exports() builds every LUN and mapping of the target, which costs seconds once the
+        target has a hundred of them."""
+        with locked():
+            so = self._find_so(name)
+            lun = self._lun_of(self._tpg(), so) if so else None
+            return lun.lun if lun else None
+
     def exports(self) -> dict[str, Export]:
         """What LIO has now in our target, by backstore name."""
         with locked():

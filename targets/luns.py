@@ -62,14 +62,17 @@ class Luns(ArrayPart):
         self.hosts = hosts
 
     def _view(self, lun: Lun, exports: dict | None = None, caller: Caller = ADMIN) -> LunView:
-        exports = self.lio.exports() if exports is None else exports
-        export = exports.get(lun.name)
+        if exports is None:  # one LUN's view: its own LUN number only
+            lun_id = self.lio.lun_number(lun.name)
+        else:
+            export = exports.get(lun.name)
+            lun_id = export.lun if export else None
         return LunView(
             name=api_name(lun.name), kind=lun.kind, size_bytes=lun.size_bytes,
             serial=lun.exported_serial, wwid=naa_wwid(lun.exported_serial), vendor=LIO_VENDOR, product=LIO_PRODUCT,
             origin=api_name(lun.origin) if lun.origin else None,
             set_id=lun.set_id, snapshot_id=lun.snapshot_id, state=lun.state,
-            lun_id=export.lun if export else None,
+            lun_id=lun_id,
             masks=[{"initiator": m.initiator, "read_only": m.read_only} for m in self.store.masks(lun.name)
                    if caller.is_admin or m.initiator == caller.initiator],  # a host sees only its own
             identity_of=api_name(lun.origin) if lun.taken_serial and lun.origin else None,
@@ -243,7 +246,8 @@ class Luns(ArrayPart):
                 raise denied(caller, f"mask {name} to another initiator ({initiator})")
             self._require_holder(lun, caller, "mask")
             host = self.hosts.require_host(initiator)
-            self.publish(lun)  # a committed snapshot not published yet is exported now
+            if self.lio.lun_number(lun.name) is None:  # a committed snapshot not published yet
+                self.publish(lun)                        # is exported now (one lvs: only then)
             self.map(lun, host, read_only)
             return self._view(lun, caller=caller)
 

@@ -33,7 +33,6 @@ from pathlib import Path
 
 from provider.requester import bcd
 from provider.cli.errors import SystemFailure, read_file, report
-from provider.hardware.hardware_provider import PROVIDER_ID, PROVIDER_NAME, PROVIDER_VERSION, VERSION_ID
 from provider.contract.hresult import HResult, VssError, vss_error
 from provider.contract.vss_types import SnapshotContext, VolumeSnapshotAttributes
 
@@ -182,6 +181,9 @@ def cmd_recover(args: argparse.Namespace) -> dict:
 
 def cmd_register_provider(args: argparse.Namespace) -> dict:
     """Idempotent: an identical registration is left as it is."""
+    # Imported here, not at the top: the other commands reach the provider through its server
+    # and need not pay for loading its modules in this process too.
+    from provider.hardware.hardware_provider import PROVIDER_ID, PROVIDER_NAME, PROVIDER_VERSION, VERSION_ID
     from provider.hosting.registry import ProviderRegistration, ProviderRegistry
 
     reg = ProviderRegistration(

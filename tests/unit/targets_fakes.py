@@ -289,6 +289,11 @@ class FakeLio(_Injectable):
         if e is not None:
             self._exports[name] = replace(e, mappings=tuple(x for x in e.mappings if x.initiator != initiator))
 
+    def lun_number(self, name: str) -> int | None:
+        self._call("lun_number", name)
+        e = self._exports.get(name)
+        return e.lun if e else None
+
     def exports(self) -> dict[str, Export]:
         self._call("exports")
         return dict(self._exports)

@@ -60,7 +60,7 @@ def _slow(cls: type, methods: tuple[str, ...]) -> type:
 
 SlowLvm = _slow(FakeLvm, ("create_volume", "create_snapshots", "repoint_snapshots", "activate", "retag", "remove",
                           "get", "volumes", "pool_status"))
-SlowLio = _slow(FakeLio, ("export", "unexport", "mask", "unmask", "exports"))
+SlowLio = _slow(FakeLio, ("export", "unexport", "mask", "unmask", "exports", "lun_number"))
 
 
 class Shared:
