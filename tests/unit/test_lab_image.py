@@ -341,3 +341,11 @@ def test_build_step_over_its_time_is_killed_and_said(tmp_path):
 def test_build_step_failure_shows_the_log_tail(tmp_path):
     with pytest.raises(LabError, match=r"(?s)exit 3.*last words"):
         image_mod._run(["sh", "-c", "echo 'last words'; exit 3"], tmp_path / "build.log", 60, "step")
+
+
+def test_build_step_heartbeat_while_a_line_is_unfinished(tmp_path, monkeypatch):
+    monkeypatch.setattr(image_mod, "HEARTBEAT_S", 0.2)
+    said: list[str] = []
+    image_mod._run(["sh", "-c", "echo 'I: configuring'; printf 'Progress: 50%%'; sleep 0.7; echo"],
+                   tmp_path / "build.log", 60, "step", progress=said.append)
+    assert any("still at: configuring" in s for s in said[1:])

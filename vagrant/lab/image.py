@@ -157,28 +157,29 @@ def _run(argv: list[str], log_file: Path, timeout: float, what: str,
     with open(log_file, "a") as out:
         out.write(f"\n$ {' '.join(argv)}\n")
         out.flush()
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", stdin=subprocess.DEVNULL, env=dict(os.environ, LC_ALL="C"))
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=dict(os.environ, LC_ALL="C"))
         watch = _Progress(progress) if progress else None
         deadline = time.monotonic() + timeout
         assert proc.stdout is not None
-        while True:
+        fd, pending = proc.stdout.fileno(), b""
+        while True:  # chunks, not readline: a line without its end yet must not stop the heartbeat
             left = deadline - time.monotonic()
-            ready = select.select([proc.stdout], [], [], min(max(left, 0), HEARTBEAT_S))[0] if left > 0 else []
-            if not ready:
-                if time.monotonic() >= deadline:
-                    proc.kill()
-                    proc.wait()
-                    raise LabError(f"{what} did not finish within {timeout:.0f} s; see {log_file}")
+            if left <= 0:
+                proc.kill()
+                proc.wait()
+                raise LabError(f"{what} did not finish within {timeout:.0f} s; see {log_file}")
+            if not select.select([fd], [], [], min(left, HEARTBEAT_S))[0]:
                 if watch:
                     watch.heartbeat()
                 continue
-            line = proc.stdout.readline()
-            if not line:
+            chunk = os.read(fd, 65536)
+            if not chunk:
                 break
-            out.write(line)
-            if watch:
-                watch.line(line.rstrip("\n"))
+            out.write(chunk.decode(errors="replace"))
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines if watch else ():
+                watch.line(line.decode(errors="replace").rstrip("\r"))
         returncode = proc.wait()
     if returncode != 0:
         tail = "".join(log_file.read_text().splitlines(keepends=True)[-40:])
