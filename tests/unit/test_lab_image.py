@@ -346,6 +346,6 @@ def test_build_step_failure_shows_the_log_tail(tmp_path):
 def test_build_step_heartbeat_while_a_line_is_unfinished(tmp_path, monkeypatch):
     monkeypatch.setattr(image_mod, "HEARTBEAT_S", 0.2)
     said: list[str] = []
-    image_mod._run(["sh", "-c", "echo 'I: configuring'; printf 'Progress: 50%%'; sleep 0.7; echo"],
+    image_mod._run(["sh", "-c", "echo 'I: configuring'; sleep 0.1; printf 'Progress: 50%%'; sleep 0.9; echo"],
                    tmp_path / "build.log", 60, "step", progress=said.append)
     assert sum("still at: configuring" in s for s in said) >= 2  # every 0.2 s, not once the line ends
