@@ -111,6 +111,8 @@ class PendingSet:
     members: dict[str, str] = field(default_factory=dict)      # origin LUN name -> array snapshot id
     volumes: dict[str, list[str]] = field(default_factory=dict)  # VSS snapshot id -> origin LUN names
     serials: dict[str, str] = field(default_factory=dict)      # origin LUN name -> shadow LUN serial
+    sources: dict[str, str] = field(default_factory=dict)      # source record's serial -> origin LUN name
+    inventory: dict[str, dict] = field(default_factory=dict)  # the array's LUNs by serial, as first read
 
 
 PAUSE_ENV = "SHADOWLUN_PROVIDER_PAUSE_AT"
@@ -289,18 +291,25 @@ class ShadowLunProvider:
         def work() -> list[dict]:
             if not self._context_supported(context):
                 raise vss_error(HResult.VSS_E_UNSUPPORTED_CONTEXT, f"context {context:#x}")
-            inventory = self._inventory_by_serial()
+            # The array's inventory is read once per set (a set of 64 volumes made 64 listings of
+            # every LUN), and again only when a record is not in it.
+            with self._lock:
+                known = self._sets[str(set_id)].inventory if str(set_id) in self._sets else {}
+            records = [record(d) for d in luns]
+            inventory = known if all(r.serial_number in known for r in records) else self._inventory_by_serial()
             names = []
-            for device, d in zip(devices, luns, strict=True):
-                lun = self._lun_for(record(d), inventory)
+            for device, info in zip(devices, records, strict=True):
+                lun = self._lun_for(info, inventory)
                 if lun is None:
                     raise vss_error(HResult.VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER,
                                     f"{device} is not a LUN of this array")
                 names.append(lun["name"])
             with self._lock:
                 pending = self._sets.setdefault(str(set_id), PendingSet(str(set_id), context))
-                for name in names:  # a LUN shared by several volumes is snapshotted once
+                pending.inventory = inventory
+                for name, info in zip(names, records, strict=True):  # a LUN of several volumes: once
                     pending.members.setdefault(name, array_snapshot_id(str(snapshot_id), name))
+                    pending.sources[info.serial_number] = name
                 pending.volumes[str(snapshot_id)] = names
                 if len(pending.members) > MAX_LUNS_PER_SET:
                     raise vss_error(HResult.VSS_E_MAXIMUM_NUMBER_OF_VOLUMES_REACHED,
@@ -380,13 +389,13 @@ class ShadowLunProvider:
         identity the LUN will report on any host (FillInLunInfo there returns the same)."""
         def work() -> list[dict]:
             pending = self._pending(str(self.sm.set_id))
-            inventory = self._inventory_by_serial()
             out = []
-            for device, d in zip(devices, source_luns, strict=True):
-                lun = self._lun_for(record(d), inventory)
-                if lun is None or lun["name"] not in pending.serials:
+            for device, d in zip(devices, source_luns, strict=True):  # the set's own sources: no listing
+                info = record(d)
+                name = pending.sources.get(info.serial_number) if self._lio_record(info) else None
+                if name is None or name not in pending.serials:
                     raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"{device} is not in the snapshot set")
-                out.append(predict_lio_lun_info(pending.serials[lun["name"]]).to_dict())
+                out.append(predict_lio_lun_info(pending.serials[name]).to_dict())
             with self._lock:
                 self._handed_out.add(str(self.sm.set_id))
             return out

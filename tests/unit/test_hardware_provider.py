@@ -412,6 +412,33 @@ def test_locate_luns_is_one_array_call_and_one_connect_carrying_each_disks_recor
                                      "host-a", "secret-host-a1", lun_ids)]
 
 
+def test_a_set_of_many_volumes_reads_the_inventory_once_and_target_luns_none(prov, array):
+    recs = volumes(array, "db", "logs", "shared")
+    calls = CountingArray.wrap(prov)
+    create(prov, {"v1": [recs["db"]], "v2": [recs["logs"]], "v3": [recs["db"], recs["shared"]]})
+    assert calls.count("luns") == 1
+    calls.clear()
+    targets = prov.get_target_luns(["/dev/sdb", "/dev/sdc"], [recs["db"], recs["logs"]])
+    assert calls == [] and len(targets) == 2
+    with pytest.raises(VssError) as e:  # a LUN of the array, but not a source of this set
+        prov.get_target_luns(["/dev/sdd"], [volumes(array, "other")["other"]])
+    assert e.value.hresult == HResult.VSS_E_PROVIDER_VETO
+
+
+def test_a_volume_added_to_the_array_meanwhile_is_found_by_reading_the_inventory_again(prov, array):
+    recs = volumes(array, "db")
+    set_id = new_id()
+    prov.begin_prepare_snapshot(set_id, new_id(), BACKUP, ["/dev/sdb"], [recs["db"]])
+    late = volumes(array, "late")["late"]  # not in the inventory the set read first
+    calls = CountingArray.wrap(prov)
+    prov.begin_prepare_snapshot(set_id, new_id(), BACKUP, ["/dev/sdc"], [late])
+    assert calls.count("luns") == 1
+    for step in (prov.end_prepare_snapshots, prov.pre_commit_snapshots, prov.commit_snapshots):
+        step(set_id)
+    prov.post_commit_snapshots(set_id, 2)
+    assert len(prov.get_target_luns(["/dev/sdb", "/dev/sdc"], [recs["db"], late])) == 2
+
+
 class CountingArray:
     """The provider's array with each call's name recorded."""
 
