@@ -33,6 +33,7 @@ from pathlib import Path
 from provider.contract.hresult import HResult, vss_error
 from provider.commands import DEFAULT_RUNNER, Runner, run_checked
 from provider.hardware.iscsi import block_name
+from provider.hardware.multipath import Multipath
 from provider.contract.vss_types import GptAttributes
 
 log = logging.getLogger("shadowlun.flags")
@@ -162,8 +163,22 @@ class GptFlags:
     read-only flag (tests pass fakes)."""
 
     def __init__(self, runner: Runner = DEFAULT_RUNNER, dev_root: Path = Path("/dev"),
-                 set_ro: Callable[[str, bool], None] = blk_set_ro) -> None:
+                 set_ro: Callable[[str, bool], None] = blk_set_ro, sysfs_root: Path = Path("/sys")) -> None:
         self.runner, self.dev_root, self.set_ro = runner, Path(dev_root), set_ro
+        self.multipath = Multipath(runner, sysfs_root)
+
+    def partition_device(self, disk: str, number: int) -> str:
+        """The block name of partition `number` of `disk`: 'sdb1', or for a multipath map the
+        partition map kpartx made of it ('dm-4'; a map's partitions are no kernel partitions)."""
+        name = block_name(disk)
+        if self.multipath.is_map(name):
+            part = self.multipath.partition(name, number)
+            if part is None:
+                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
+                                f"multipath map {self.multipath.name(name)} ({name}) has no partition map for "
+                                f"partition {number} (kpartx makes them as udev sees the map)")
+            return part
+        return partition_name(name, number)
 
     def _dev(self, disk: str) -> str:
         return str(self.dev_root / block_name(disk))
@@ -230,9 +245,12 @@ class GptFlags:
         return changed
 
     def set_read_only(self, disk: str, numbers: list[int], read_only: bool) -> None:
-        """The kernel's read-only state (BLKROSET) of the disk and the given partitions."""
+        """The kernel's read-only state (BLKROSET) of the disk and the given partitions; of a
+        multipath map, of its paths too, so that no path is a way around it."""
         name = block_name(disk)
-        for node in [self._dev(name)] + [self._dev(partition_name(name, n)) for n in numbers]:
+        paths = self.multipath.paths(name) if self.multipath.is_map(name) else []
+        for node in ([self._dev(name)] + [self._dev(self.partition_device(name, n)) for n in numbers]
+                     + [self._dev(p) for p in paths]):
             try:
                 self.set_ro(node, read_only)
             except OSError as e:
