@@ -136,7 +136,9 @@ def run(lab: Lab, say: Callable[[str], None] = lambda s: None) -> StoryResult:
         for v in r.volumes:
             s = by_volume[v]
             disk = s["devices"][0].removeprefix("/dev/")
-            r.wwids_found[v] = b.run(f"cat /sys/block/{disk}/device/wwid").stdout.strip()
+            # a multipath map's WWID is its paths' (host-b runs multipathd)
+            r.wwids_found[v] = b.run(f"d=/sys/block/{disk}; [ -e $d/device ] || d=$(ls -d $d/slaves/* | head -n1); "
+                                     "cat $d/device/wwid").stdout.strip()
             r.flags[v] = s["flags"]
             say(f"   {v} -> {s['device']} on {r.wwids_found[v]} ({', '.join(s['flags'])})")
         again = b.run(f"{SHADOWLUN} --json import /root/set.xml", check=False)
