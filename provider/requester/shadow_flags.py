@@ -8,7 +8,8 @@ in its own partition table, through reboots of the array and of any host, until 
 them. We do the same with sfdisk (util-linux), which writes both GPT copies and their CRCs.
 
 Linux does not read these bits by itself. A udev rule (`UDEV_RULE`, installed on hosts) turns
-them into behaviour whenever a partition appears: READ_ONLY sets the partition and its disk
+them into behaviour whenever a partition appears (or, on a multipath map, the partition map
+kpartx makes of it, which blkid describes the same way and which is activated, not added): READ_ONLY sets the partition and its disk
 read-only in the kernel (BLKROSET, so even root's writes fail), HIDDEN keeps udisks and desktops
 away (UDISKS_IGNORE), NO_DRIVE_LETTER disables auto-mounting (UDISKS_AUTO=0). The coordinator
 applies the same read-only setting itself right after an import, without waiting for udev.
@@ -60,13 +61,16 @@ UDEV_RULE = """\
 # (bit 60 read-only, 61 shadow copy, 62 hidden, 63 no drive letter). Installed by
 # `shadowlun register-provider`; see provider/requester/shadow_flags.py.
 SUBSYSTEM!="block", GOTO="shadowlun_end"
+ENV{DM_UUID}=="part[0-9]*-mpath-*", GOTO="shadowlun_flags"
 ENV{DEVTYPE}!="partition", GOTO="shadowlun_end"
 TEST=="/run/shadowlun/originals/$parent", GOTO="shadowlun_end"
+LABEL="shadowlun_flags"
 ENV{ID_PART_ENTRY_SCHEME}!="gpt", GOTO="shadowlun_end"
 ENV{ID_PART_ENTRY_FLAGS}=="0x[13579bdf]???????????????", ENV{SHADOWLUN_READ_ONLY}="1"
 ENV{ID_PART_ENTRY_FLAGS}=="0x[4567cdef]???????????????", ENV{UDISKS_IGNORE}="1"
 ENV{ID_PART_ENTRY_FLAGS}=="0x[89abcdef]???????????????", ENV{UDISKS_AUTO}="0"
-ACTION=="add", ENV{SHADOWLUN_READ_ONLY}=="1", RUN+="/usr/sbin/blockdev --setro /dev/$parent $devnode"
+ACTION=="add", ENV{DEVTYPE}=="partition", ENV{SHADOWLUN_READ_ONLY}=="1", RUN+="/usr/sbin/blockdev --setro /dev/$parent $devnode"
+ENV{DM_ACTIVATION}=="1", ENV{SHADOWLUN_READ_ONLY}=="1", RUN+="/usr/sbin/blockdev --setro $devnode"
 LABEL="shadowlun_end"
 """
 
