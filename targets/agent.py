@@ -410,9 +410,9 @@ def hand_out_access(array: Array, config: ArrayConfig) -> list[Path]:
 
 
 def build_array(config: ArrayConfig) -> Array:
-    portals = san_portals(config.san_cidr)
+    portals = san_portals(config.san_cidrs)
     if not portals:
-        raise SystemExit(f"no address of this machine in the SAN network {config.san_cidr}")
+        raise SystemExit(f"no address of this machine in the SAN networks {', '.join(config.san_cidrs)}")
     lio = Lio(config.target_iqn, portals)
     try:
         lio.check_state_dirs()

@@ -12,7 +12,7 @@ CONFIG_FILE = Path("/etc/shadowlun/array.json")
 @dataclass
 class ArrayConfig:
     target_iqn: str
-    san_cidr: str
+    san_cidrs: list[str]  # the SAN networks; a portal on this machine's address in each
     vg: str = "shadowlun"
     pool: str = "pool"
     listen: str = "127.0.0.1"
@@ -30,14 +30,21 @@ class ArrayConfig:
 
     @classmethod
     def load(cls, path: Path = CONFIG_FILE) -> "ArrayConfig":
-        return cls(**json.loads(path.read_text()))
+        raw = json.loads(path.read_text())
+        if "san_cidr" in raw:  # a config from before there could be several SAN networks
+            if "san_cidrs" in raw:
+                raise ValueError(f"{path}: both san_cidr and san_cidrs; keep san_cidrs")
+            raw["san_cidrs"] = [raw.pop("san_cidr")]
+        return cls(**raw)
 
 
-def san_portals(cidr: str) -> list[str]:
-    """This machine's addresses inside the SAN network (pyroute2): portals bind only there."""
+def san_portals(cidrs: list[str]) -> list[str]:
+    """This machine's addresses inside the SAN networks (pyroute2): portals bind only there,
+    one per network address, so a host can reach the target on every path. In the order of the
+    networks: a single-path host uses the first."""
     from pyroute2 import IPRoute
 
-    net = ipaddress.ip_network(cidr)
+    nets = [ipaddress.ip_network(c) for c in cidrs]
     with IPRoute() as ipr:
         addrs = [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr()]
-    return sorted(a for a in addrs if a and ipaddress.ip_address(a) in net)
+    return [a for n in nets for a in sorted(a for a in addrs if a and ipaddress.ip_address(a) in n)]

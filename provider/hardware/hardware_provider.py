@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from provider.contract.hresult import HResult, VssError, VssUserError, vss_error
+from provider.hardware.iscsi import Initiator as IscsiInitiator
 from provider.hardware.iscsi import normalize_wwid
 from provider.contract.lio_target import LIO_VENDOR, predict_lio_lun_info
 from provider.hardware.lun_info import read_lun_info
@@ -82,13 +83,15 @@ class Array(Protocol):
 
 
 class Initiator(Protocol):
-    """What the provider needs of the host's iSCSI initiator (provider.hardware.iscsi.Initiator)."""
+    """What the provider needs of the host's iSCSI transport: one path (single_path.SinglePath)
+    or, with multipathd, every portal and a dm-multipath map per LUN
+    (multipath_initiator.MultipathInitiator). Disks are block names: 'sdb', or a map's 'dm-3'."""
 
-    def connect(self, target_iqn: str, portal: str, chap_user: str | None, chap_secret: str | None,
+    def connect(self, target_iqn: str, portals: list[str], chap_user: str | None, chap_secret: str | None,
                 luns: dict[int, str], timeout: float) -> dict[str, str]: ...
     def find_disk(self, wwid: str) -> str | None: ...
     def remove_disk(self, block_name_or_path: str) -> None: ...
-    def disconnect(self, target_iqn: str, portal: str, disks: list[str]) -> None: ...
+    def disconnect(self, target_iqn: str, portals: list[str], disks: list[str]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -416,12 +419,12 @@ class ShadowLunProvider:
             raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
                             f"no LUN with serial {', '.join(map(repr, foreign)) or '(none given)'} on this array")
         attached = self.array.attach_import([i.serial_number for i in infos], self.host.initiator)
-        target, portal = attached["target"], attached["target"]["portals"][0]
+        target, portals = attached["target"], attached["target"]["portals"]
         shadows = [(lun, normalize_wwid(lun["wwid"])) for lun in attached["luns"]]
         before = {w for _, w in shadows if self.initiator.find_disk(w)}
         disks: dict[str, str] = {}
         try:
-            disks = self.initiator.connect(target["iqn"], portal, self.host.chap_user, self.host.chap_secret,
+            disks = self.initiator.connect(target["iqn"], portals, self.host.chap_user, self.host.chap_secret,
                                            {lun["lun_id"]: w for lun, w in shadows}, DISK_WAIT_S)
             return [{"device": f"/dev/{disks[w]}", "wwid": lun["wwid"], "lun": lun["name"],
                      "lun_info": read_lun_info(self.sysfs_block / disks[w]).to_dict()} for lun, w in shadows]
@@ -429,7 +432,7 @@ class ShadowLunProvider:
             undo = []
             made = [d for w, d in disks.items() if w not in before]  # connect undoes its own failure
             if made:
-                undo.append(lambda: self.initiator.disconnect(target["iqn"], portal, made))
+                undo.append(lambda: self.initiator.disconnect(target["iqn"], portals, made))
             if attached["masked"]:
                 undo.append(lambda: self.array.release_import(attached["masked"], self.host.initiator))
             errors = []
@@ -470,8 +473,7 @@ class ShadowLunProvider:
         """Remove this host's disk of `lun` (if it has one), logging out when it was the
         session's last: before the array unmaps it (os-brick's order)."""
         disk = self.initiator.find_disk(lun["wwid"])
-        for portal in target["portals"][:1]:
-            self.initiator.disconnect(target["iqn"], portal, [disk] if disk else [])
+        self.initiator.disconnect(target["iqn"], target["portals"], [disk] if disk else [])
 
     def get_provider_capabilities(self) -> int:
         return int(ProviderCapabilities.VSS_PRV_CAPABILITY_COMPLIANT
@@ -537,7 +539,7 @@ class ShadowLunProvider:
 
     def _scan_back(self, luns: list[dict], target: dict) -> None:
         """These LUNs' disks again, found by their WWIDs (one scan pass, one bounded wait)."""
-        self.initiator.connect(target["iqn"], target["portals"][0], self.host.chap_user, self.host.chap_secret,
+        self.initiator.connect(target["iqn"], target["portals"], self.host.chap_user, self.host.chap_secret,
                                {lun["lun_id"]: lun["wwid"] for lun in luns}, DISK_WAIT_S)
 
     def resync_luns(self, source_luns: list[dict], target_luns: list[dict], timeout: float = 3600,
@@ -610,7 +612,6 @@ def make() -> ShadowLunProvider:
     """Factory for the provider server (`--provider provider.hardware.hardware_provider:make`)."""
     from provider.hardware.array_client import ArrayAccess, ArrayClient
 
-    from provider.hardware.iscsi import Initiator as IscsiInitiator
     from provider.hardware.iscsi import initiator_name
 
     access = ArrayAccess.load()
@@ -620,5 +621,19 @@ def make() -> ShadowLunProvider:
     if access.initiator != initiator_name().lower():
         raise vss_error(HResult.E_ACCESSDENIED, f"the array knows this host as {access.initiator}, but its "
                                                 f"initiator name is {initiator_name()}")
-    return ShadowLunProvider(ArrayClient(access), IscsiInitiator(),
+    return ShadowLunProvider(ArrayClient(access), transport(IscsiInitiator()),
                              HostIdentity(access.initiator, access.chap_user, access.chap_secret))
+
+
+def transport(initiator: IscsiInitiator) -> Initiator:
+    """Every portal and multipath maps when multipathd runs here (a path that fails costs a
+    failover, and multipathd would claim the paths anyway, so they could not be mounted); one
+    path otherwise, as a host without dm-multipath has always had."""
+    from provider.hardware.multipath import Multipath, multipathd_running
+    from provider.hardware.multipath_initiator import MultipathInitiator
+    from provider.hardware.single_path import SinglePath
+
+    if multipathd_running():
+        log.info("multipathd runs: shadow LUNs are imported on every portal, as multipath maps")
+        return MultipathInitiator(initiator, Multipath(initiator.runner, initiator.sysfs_root))
+    return SinglePath(initiator)

@@ -276,15 +276,26 @@ class Initiator:
                 names.append(block.name)
         return sorted(names, key=_disk_sort_key)
 
+    def session_disks(self, target_iqn: str, portal: str) -> list[str]:
+        """Block names of the disks of the session to `target_iqn` at `portal` (none without one)."""
+        session = self._find_session(target_iqn, format_portal(*parse_portal(portal)))
+        return self._session_disks(session["sid"]) if session is not None else []
+
+    def has_session(self, target_iqn: str, portal: str) -> bool:
+        return self._find_session(target_iqn, format_portal(*parse_portal(portal))) is not None
+
     # -- login ----------------------------------------------------------------------------------
 
-    def login(self, target_iqn: str, portal: str, chap_user: str | None, chap_secret: str | None) -> int:
+    def login(self, target_iqn: str, portal: str, chap_user: str | None, chap_secret: str | None, *,
+              replacement_timeout: int | None = None) -> int:
         """Log in to `target_iqn` at `portal` (once: an existing session is reused) and return the
         SCSI host number of the session. No LUN appears until `scan_lun`.
 
         The node record is created if missing (not overwritten: `-o new` on an existing record
         would reset it while a session may use it) and set to manual startup and manual scan, with
         CHAP when a user is given. A failed login removes a record this call created.
+        `replacement_timeout` (s) bounds how long I/O waits for a lost connection to come back
+        before it fails; with dm-multipath it then fails over to another path, so keep it short.
         """
         if (chap_user is None) != (chap_secret is None) or chap_user == "" or chap_secret == "":
             raise vss_error(HResult.E_INVALIDARG, "CHAP needs both a user name and a secret, or neither")
@@ -303,8 +314,10 @@ class Initiator:
                 auth = ({"node.session.auth.authmethod": "CHAP", "node.session.auth.username": chap_user,
                          "node.session.auth.password": chap_secret} if chap_user is not None and chap_secret
                         is not None else {"node.session.auth.authmethod": "None"})
+                timeouts = ({"node.session.timeo.replacement_timeout": str(replacement_timeout)}
+                            if replacement_timeout is not None else {})
                 self._set(node, {"node.startup": "manual", "node.session.scan": "manual",
-                                 "node.session.initial_login_retry_max": str(LOGIN_RETRIES), **auth})
+                                 "node.session.initial_login_retry_max": str(LOGIN_RETRIES), **auth, **timeouts})
                 session = self._find_session(target_iqn, portal)
                 if session is None:
                     result = self.runner(node + ["--login"], check=False)
@@ -352,12 +365,13 @@ class Initiator:
 
     def find_disk(self, wwid: str) -> str | None:
         """The block name ('sdb') of the disk with this WWID, from sysfs; None if there is none.
-        With several paths to one LUN (not set up by this module) the first by name is returned."""
+        With several paths to one LUN the first by name is returned."""
+        return next(iter(self.find_disks(wwid)), None)
+
+    def find_disks(self, wwid: str) -> list[str]:
+        """Every disk with this WWID (one per path to the LUN), by name."""
         wanted = normalize_wwid(wwid)
-        for name, seen in self._wwids().items():
-            if seen.lower() == wanted:
-                return name
-        return None
+        return [name for name, seen in self._wwids().items() if seen.lower() == wanted]
 
     def wait_for_disks(self, wwids: dict[str, int], timeout: float, *, host: int | None = None) -> dict[str, str]:
         """{WWID: block name} of the disks with these WWIDs (each mapped to its LUN number), in one

@@ -164,8 +164,20 @@ def _parse_file(path: Path, parse: Callable[[bytes], _T]) -> _T:
         raise vss_error(e.hresult, f"{path}: {e.message}") from e
 
 
+def scsi_path(block_dir: Path) -> Path:
+    """A dm-multipath map (dm uuid "mpath-…") stands for its paths, which are the same LUN: the
+    first of them, so a map's record is its LUN's. Any other block device is itself."""
+    try:
+        is_map = (block_dir / "dm" / "uuid").read_text().startswith("mpath-")
+    except OSError:
+        return block_dir
+    paths = sorted((p.name for p in (block_dir / "slaves").glob("*")), key=lambda n: (len(n), n))
+    return block_dir.parent / paths[0] if is_map and paths else block_dir
+
+
 def read_lun_info(block_dir: Path) -> LunInformation:
-    """FillInLunInfo: the canonical record of the SCSI disk at `block_dir` (/sys/block/sdX).
+    """FillInLunInfo: the canonical record of the SCSI disk at `block_dir` (/sys/block/sdX, or a
+    multipath map /sys/block/dm-N, read through its first path).
 
     Disk signature is GUID_NULL (providers output GUID_NULL, §4.1). Interconnects are left empty:
     on Windows VSS fills them from the host's port and the provider passes them through; we have no
@@ -173,7 +185,7 @@ def read_lun_info(block_dir: Path) -> LunInformation:
     VssRuntimeError VSS_E_PROVIDER_VETO naming the file; a device that is no disk raises
     VssUserError VSS_E_VOLUME_NOT_SUPPORTED_BY_PROVIDER (check `is_supported` first).
     """
-    block_dir = Path(block_dir)
+    block_dir = scsi_path(Path(block_dir))
     device = block_dir / "device"
     device_type = _device_type(block_dir)
     if device_type != SCSI_TYPE_DISK:

@@ -35,6 +35,7 @@ from provider.durable import write_durably
 from provider.contract.hresult import HResult, VssError, vss_error
 from provider.commands import DEFAULT_RUNNER, Runner, run_checked
 from provider.hardware.lun_info import read_lun_info
+from provider.hardware.multipath import Multipath
 from provider.polling import poll
 from provider.requester.holds import RequesterHolds, is_auto_release
 from provider.requester.shadow_flags import (
@@ -44,7 +45,6 @@ from provider.requester.shadow_flags import (
     SHADOW_FLAGS,
     GptFlags,
     describe,
-    partition_name,
 )
 from provider.requester.volumes import Extent
 from provider.contract.vss_types import (
@@ -121,8 +121,9 @@ class Coordinator:
         self.extents = extents
         self.flags = flags or GptFlags(runner)
         self.runner = runner
-        self.list_disks = list_disks or (lambda: sorted((p.name for p in SYSFS_BLOCK.glob("sd*")),
-                                                        key=lambda n: (len(n), n)))
+        # multipath maps first: a LUN is found as its map where it has one, not as a path of it
+        self.list_disks = list_disks or (lambda: [*Multipath().maps()] + sorted(
+            (p.name for p in SYSFS_BLOCK.glob("sd*")), key=lambda n: (len(n), n)))
         self.catalog = Catalog(state_dir / "imports")
         self.holds = RequesterHolds(state_dir / "held")
         self.originals_dir = originals_dir
@@ -307,7 +308,7 @@ class Coordinator:
         if ext["offset_bytes"] and part is None:
             raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
                             f"{disk} has no partition at byte {ext['offset_bytes']}, where the volume was")
-        device = f"/dev/{partition_name(disk, part.number)}" if part else f"/dev/{disk}"
+        device = f"/dev/{self.flags.partition_device(disk, part.number)}" if part else f"/dev/{disk}"
         return device, disk, [part.number] if part else [], part.attrs if part else None
 
     def _enforce(self, entry: ImportedSnapshot, devices: list[str]) -> dict:

@@ -8,7 +8,8 @@ in its own partition table, through reboots of the array and of any host, until 
 them. We do the same with sfdisk (util-linux), which writes both GPT copies and their CRCs.
 
 Linux does not read these bits by itself. A udev rule (`UDEV_RULE`, installed on hosts) turns
-them into behaviour whenever a partition appears: READ_ONLY sets the partition and its disk
+them into behaviour whenever a partition appears (or, on a multipath map, the partition map
+kpartx makes of it, which blkid describes the same way and which is activated, not added): READ_ONLY sets the partition and its disk
 read-only in the kernel (BLKROSET, so even root's writes fail), HIDDEN keeps udisks and desktops
 away (UDISKS_IGNORE), NO_DRIVE_LETTER disables auto-mounting (UDISKS_AUTO=0). The coordinator
 applies the same read-only setting itself right after an import, without waiting for udev.
@@ -33,6 +34,7 @@ from pathlib import Path
 from provider.contract.hresult import HResult, vss_error
 from provider.commands import DEFAULT_RUNNER, Runner, run_checked
 from provider.hardware.iscsi import block_name
+from provider.hardware.multipath import Multipath
 from provider.contract.vss_types import GptAttributes
 
 log = logging.getLogger("shadowlun.flags")
@@ -59,13 +61,16 @@ UDEV_RULE = """\
 # (bit 60 read-only, 61 shadow copy, 62 hidden, 63 no drive letter). Installed by
 # `shadowlun register-provider`; see provider/requester/shadow_flags.py.
 SUBSYSTEM!="block", GOTO="shadowlun_end"
+ENV{DM_UUID}=="part[0-9]*-mpath-*", GOTO="shadowlun_flags"
 ENV{DEVTYPE}!="partition", GOTO="shadowlun_end"
 TEST=="/run/shadowlun/originals/$parent", GOTO="shadowlun_end"
+LABEL="shadowlun_flags"
 ENV{ID_PART_ENTRY_SCHEME}!="gpt", GOTO="shadowlun_end"
 ENV{ID_PART_ENTRY_FLAGS}=="0x[13579bdf]???????????????", ENV{SHADOWLUN_READ_ONLY}="1"
 ENV{ID_PART_ENTRY_FLAGS}=="0x[4567cdef]???????????????", ENV{UDISKS_IGNORE}="1"
 ENV{ID_PART_ENTRY_FLAGS}=="0x[89abcdef]???????????????", ENV{UDISKS_AUTO}="0"
-ACTION=="add", ENV{SHADOWLUN_READ_ONLY}=="1", RUN+="/usr/sbin/blockdev --setro /dev/$parent $devnode"
+ACTION=="add", ENV{DEVTYPE}=="partition", ENV{SHADOWLUN_READ_ONLY}=="1", RUN+="/usr/sbin/blockdev --setro /dev/$parent $devnode"
+ENV{DM_ACTIVATION}=="1", ENV{SHADOWLUN_READ_ONLY}=="1", RUN+="/usr/sbin/blockdev --setro $devnode"
 LABEL="shadowlun_end"
 """
 
@@ -162,8 +167,22 @@ class GptFlags:
     read-only flag (tests pass fakes)."""
 
     def __init__(self, runner: Runner = DEFAULT_RUNNER, dev_root: Path = Path("/dev"),
-                 set_ro: Callable[[str, bool], None] = blk_set_ro) -> None:
+                 set_ro: Callable[[str, bool], None] = blk_set_ro, sysfs_root: Path = Path("/sys")) -> None:
         self.runner, self.dev_root, self.set_ro = runner, Path(dev_root), set_ro
+        self.multipath = Multipath(runner, sysfs_root)
+
+    def partition_device(self, disk: str, number: int) -> str:
+        """The block name of partition `number` of `disk`: 'sdb1', or for a multipath map the
+        partition map kpartx made of it ('dm-4'; a map's partitions are no kernel partitions)."""
+        name = block_name(disk)
+        if self.multipath.is_map(name):
+            part = self.multipath.partition(name, number)
+            if part is None:
+                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
+                                f"multipath map {self.multipath.name(name)} ({name}) has no partition map for "
+                                f"partition {number} (kpartx makes them as udev sees the map)")
+            return part
+        return partition_name(name, number)
 
     def _dev(self, disk: str) -> str:
         return str(self.dev_root / block_name(disk))
@@ -230,9 +249,12 @@ class GptFlags:
         return changed
 
     def set_read_only(self, disk: str, numbers: list[int], read_only: bool) -> None:
-        """The kernel's read-only state (BLKROSET) of the disk and the given partitions."""
+        """The kernel's read-only state (BLKROSET) of the disk and the given partitions; of a
+        multipath map, of its paths too, so that no path is a way around it."""
         name = block_name(disk)
-        for node in [self._dev(name)] + [self._dev(partition_name(name, n)) for n in numbers]:
+        paths = self.multipath.paths(name) if self.multipath.is_map(name) else []
+        for node in ([self._dev(name)] + [self._dev(self.partition_device(name, n)) for n in numbers]
+                     + [self._dev(p) for p in paths]):
             try:
                 self.set_ro(node, read_only)
             except OSError as e:

@@ -305,7 +305,7 @@ class FakeLio(_Injectable):
 
 def make_config(**kw) -> ArrayConfig:
     kw.setdefault("hosts", dict(HOSTS))
-    return ArrayConfig(target_iqn=TARGET_IQN, san_cidr=SAN_CIDR, **kw)
+    return ArrayConfig(target_iqn=TARGET_IQN, san_cidrs=[SAN_CIDR], **kw)
 
 
 def make_array(store: Store | None = None, lvm: FakeLvm | None = None, lio: FakeLio | None = None,

@@ -59,6 +59,9 @@ class FakeGpt:
         table = self.attrs.setdefault(disk, dict(self.captured(disk) or {1: 0}))
         return {n: Partition(n, PART_START, 63 * MIB, a) for n, a in table.items()}
 
+    def partition_device(self, disk, number):
+        return f"{disk}{number}"
+
     def gpt_partition(self, disk, offset_bytes):
         return next((p for p in (self.partitions(disk) or {}).values() if p.start_bytes == offset_bytes), None)
 

@@ -136,8 +136,8 @@ class FakeInitiator:
     def new_disk(self, wwid: str) -> str:
         return f"sd{chr(ord('b') + len(self.disks))}"
 
-    def connect(self, target_iqn, portal, chap_user, chap_secret, luns, timeout):
-        self.calls.append(("connect", target_iqn, portal, chap_user, chap_secret, tuple(sorted(luns))))
+    def connect(self, target_iqn, portals, chap_user, chap_secret, luns, timeout):
+        self.calls.append(("connect", target_iqn, tuple(portals), chap_user, chap_secret, tuple(sorted(luns))))
         logged_in, self.session = not self.session, True
         made = []
         for lun, wwid in sorted(luns.items()):
@@ -160,8 +160,8 @@ class FakeInitiator:
         self.calls.append(("remove", disk))
         self.disks = {w: d for w, d in self.disks.items() if d != disk}
 
-    def disconnect(self, target_iqn, portal, disks):
-        self.calls.append(("disconnect", target_iqn, portal, tuple(disks)))
+    def disconnect(self, target_iqn, portals, disks):
+        self.calls.append(("disconnect", target_iqn, tuple(portals), tuple(disks)))
         for w, d in list(self.disks.items()):
             if d in disks:
                 del self.disks[w]
@@ -408,7 +408,7 @@ def test_locate_luns_is_one_array_call_and_one_connect_carrying_each_disks_recor
         if lun.kind == "snapshot":
             assert lun.masks == [{"initiator": HOST.initiator, "read_only": False}] and lun.lun_id is not None
     lun_ids = tuple(sorted(v.lun_id for v in array.inventory() if v.kind == "snapshot"))
-    assert prov.initiator.calls == [("connect", "iqn.2026-11.lab.shadowlun:array.target", "10.87.0.10:3260",
+    assert prov.initiator.calls == [("connect", "iqn.2026-11.lab.shadowlun:array.target", ("10.87.0.10:3260",),
                                      "host-a", "secret-host-a1", lun_ids)]
 
 
@@ -546,7 +546,7 @@ def test_on_lun_empty_removes_the_disk_then_deletes_the_lun(prov, array):
     target = prov.get_target_luns(["/dev/sdb"], [recs["db"]])[0]
     disk = prov.locate_luns([target])[0]
     prov.on_lun_empty(disk["device"], target)
-    assert ("disconnect", "iqn.2026-11.lab.shadowlun:array.target", "10.87.0.10:3260",
+    assert ("disconnect", "iqn.2026-11.lab.shadowlun:array.target", ("10.87.0.10:3260",),
             (disk["device"].removeprefix("/dev/"),)) in prov.initiator.calls
     assert not [lun for lun in array.inventory() if lun.kind == "snapshot"]
     with pytest.raises(VssError) as e:

@@ -82,7 +82,7 @@ def test_prepare_wires_image_accel_switches_and_vms(prepared, tmp_path):
     assert calls["cache_dir"] == tmp_path / "cache"
     assert lab.run_dir == tmp_path / "run"
     assert lab.image == img and lab.accel == "tcg"
-    assert set(lab.switches) == {"mgmt", "san"}
+    assert set(lab.switches) == {"mgmt", "san", "san2"}
     for net, s in lab.switches.items():
         assert isinstance(s, Switch) and s.directory == tmp_path / "run" / f"switch-{net}"
     assert list(lab.vms) == ["array", "host-a", "host-b"]

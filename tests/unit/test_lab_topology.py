@@ -18,7 +18,7 @@ def topo():
 def test_loads_the_real_machines_json(topo):
     assert MACHINES_FILE.name == "machines.json" and MACHINES_FILE.is_file()
     assert topo.suite == "bookworm"
-    assert set(topo.networks) == {"mgmt", "san"}
+    assert set(topo.networks) == {"mgmt", "san", "san2"}
     assert all(isinstance(n, ipaddress.IPv4Network) for n in topo.networks.values())
 
 

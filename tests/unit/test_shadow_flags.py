@@ -148,10 +148,22 @@ def test_udev_patterns_match_exactly_their_bit(bits):
 
 def test_udev_rule_acts_on_add_only_for_read_only():
     """Only an arriving partition is set read-only: the originals carry the flags for a moment
-    during a commit, and the 'change' events of that write must not touch them."""
+    during a commit, and the 'change' events of that write must not touch them. A multipath
+    map's partition map arrives by activation (a 'change' event with DM_ACTIVATION=1)."""
     run = [line for line in UDEV_RULE.splitlines() if "RUN+=" in line]
-    assert run == ['ACTION=="add", ENV{SHADOWLUN_READ_ONLY}=="1", '
-                   'RUN+="/usr/sbin/blockdev --setro /dev/$parent $devnode"']
+    assert run == ['ACTION=="add", ENV{DEVTYPE}=="partition", ENV{SHADOWLUN_READ_ONLY}=="1", '
+                   'RUN+="/usr/sbin/blockdev --setro /dev/$parent $devnode"',
+                   'ENV{DM_ACTIVATION}=="1", ENV{SHADOWLUN_READ_ONLY}=="1", RUN+="/usr/sbin/blockdev --setro $devnode"']
+
+
+def test_udev_rule_reads_the_flags_of_a_multipath_maps_partition_maps_only():
+    lines = UDEV_RULE.splitlines()
+    jump = 'ENV{DM_UUID}=="part[0-9]*-mpath-*", GOTO="shadowlun_flags"'
+    assert fnmatch.fnmatchcase("part1-mpath-36001405aa", "part[0-9]*-mpath-*")
+    assert not fnmatch.fnmatchcase("LVM-abc", "part[0-9]*-mpath-*")
+    assert not fnmatch.fnmatchcase("mpath-36001405aa", "part[0-9]*-mpath-*")  # the map itself: a disk
+    assert lines.index(jump) < lines.index('ENV{DEVTYPE}!="partition", GOTO="shadowlun_end"')
+    assert lines.index('LABEL="shadowlun_flags"') < min(i for i, x in enumerate(lines) if "ID_PART_ENTRY_FLAGS" in x)
 
 
 def test_udev_rule_leaves_originals_alone_while_the_coordinator_has_flags_on_them():

@@ -493,7 +493,7 @@ def kernel(monkeypatch):
     """build_array on this machine: SAN portals found, LVM and LIO faked (one of each, kept
     across restarts, as the kernel's objects are)."""
     lvm, lio = FakeLvm(), FakeLio()
-    monkeypatch.setattr(agent_mod, "san_portals", lambda cidr: ["10.87.0.10"])
+    monkeypatch.setattr(agent_mod, "san_portals", lambda cidrs: ["10.87.0.10"])
     monkeypatch.setattr(agent_mod, "Lvm", lambda vg, pool: lvm)
     monkeypatch.setattr(agent_mod, "Lio", lambda iqn, portals: lio)
     return lvm, lio

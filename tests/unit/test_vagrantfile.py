@@ -362,8 +362,8 @@ def _edited(topology: dict) -> dict:
     array["disks"][0]["serial"] = "renamed-pool"
     t["machines"].insert(0, {
         "name": "host-z", "role": "host", "memory_mib": 640, "cpus": 3,
-        "addresses": {"mgmt": "10.88.0.77", "san": "10.87.0.77"},
-        "macs": {"mgmt": "52:54:00:88:00:4d", "san": "52:54:00:87:00:4d"},
+        "addresses": {"mgmt": "10.88.0.77", "san": "10.87.0.77", "san2": "10.86.0.77"},
+        "macs": {"mgmt": "52:54:00:88:00:4d", "san": "52:54:00:87:00:4d", "san2": "52:54:00:86:00:4d"},
         "disks": [{"name": "scratch", "size_gib": 2, "serial": "scratch-1"},
                   {"name": "spare", "size_gib": 3, "serial": "spare-2"}],
     })

@@ -136,7 +136,9 @@ def run(lab: Lab, say: Callable[[str], None] = lambda s: None) -> StoryResult:
         for v in r.volumes:
             s = by_volume[v]
             disk = s["devices"][0].removeprefix("/dev/")
-            r.wwids_found[v] = b.run(f"cat /sys/block/{disk}/device/wwid").stdout.strip()
+            # a multipath map's WWID is its paths' (host-b runs multipathd)
+            r.wwids_found[v] = b.run(f"d=/sys/block/{disk}; [ -e $d/device ] || d=$(ls -d $d/slaves/* | head -n1); "
+                                     "cat $d/device/wwid").stdout.strip()
             r.flags[v] = s["flags"]
             say(f"   {v} -> {s['device']} on {r.wwids_found[v]} ({', '.join(s['flags'])})")
         again = b.run(f"{SHADOWLUN} --json import /root/set.xml", check=False)
@@ -188,7 +190,10 @@ def run(lab: Lab, say: Callable[[str], None] = lambda s: None) -> StoryResult:
         say("8. cleanup: host-b releases the broken disk, the array deletes it, host-a's volumes go")
         b.run("umount /mnt/broken /mnt/shadow/* 2>/dev/null; true", check=False)
         target = api.call("GET", "/v1/target")
-        Node(b, target["iqn"], target["portals"][0].split(":")[0]).remove()
+        if b.machine.multipath:  # the maps first (multipath -F: every map not in use), then each path's session
+            b.run("multipath -F", check=False)
+        for portal in target["portals"]:
+            Node(b, target["iqn"], portal.split(":")[0]).remove()
         for x in api.call("GET", "/v1/luns"):
             if x["origin"] in vols.names:
                 try:

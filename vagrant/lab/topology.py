@@ -27,6 +27,7 @@ class Machine:
     addresses: dict[str, str]
     macs: dict[str, str]
     disks: tuple[Disk, ...]
+    multipath: bool = False  # dm-multipath over both SAN paths (else one path, no multipathd)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ def load(path: Path = MACHINES_FILE) -> Topology:
                 addresses=dict(m["addresses"]),
                 macs=dict(m["macs"]),
                 disks=tuple(Disk(d["name"], int(d["size_gib"]), d["serial"]) for d in m["disks"]),
+                multipath=bool(m.get("multipath", False)),
             )
         )
     return Topology(suite=raw["suite"], networks=networks, machines=tuple(machines))

@@ -8,7 +8,9 @@ provisioner), so both build the same machines from vagrant/machines.json:
   machine.py network                        every boot (systemd unit): SAN and mgmt addresses
 
 Addresses are set with pyroute2 on the interfaces found by MAC address, as the product finds
-its own SAN addresses; the links are renamed san0/mgmt0 so logs and portals read plainly.
+its own SAN addresses; the links are renamed as machines.json says (mgmt0, san0, san1) so logs
+and portals read plainly. A host marked `multipath` gets dm-multipath (multipathd and the lab's
+/etc/multipath.conf); every other machine has multipathd disabled, so it sees single paths.
 Everything is create-or-lookup, so running it again changes nothing.
 """
 from __future__ import annotations
@@ -66,10 +68,12 @@ def machine_entry(machines_file: Path, name: str) -> dict:
                     "mac": m["macs"][net],
                     "address": m["addresses"][net],
                     "prefixlen": ipaddress.ip_network(spec["cidr"]).prefixlen,
+                    "link": spec["link"],
                 }
                 for net, spec in topology["networks"].items()
             }
-            return {"name": name, "role": m["role"], "networks": nets, "disks": m["disks"]}
+            return {"name": name, "role": m["role"], "networks": nets, "disks": m["disks"],
+                    "multipath": bool(m.get("multipath", False))}
     raise SystemExit(f"provision: no machine {name!r} in {machines_file}")
 
 
@@ -98,6 +102,37 @@ def setup_initiator(name: str) -> None:
     log(f"initiator name {wanted.strip()}")
 
 
+MULTIPATH_CONF = Path("/etc/multipath.conf")
+# multipath-tools' built-in find_multipaths is "strict": a map only for a WWID already listed in
+# /etc/multipath/wwids. Every shadow copy is a new WWID, so the lab says "no" (a map for every
+# path device not blacklisted) and names maps by WWID, as the provider looks for them.
+MULTIPATH_CONF_TEXT = """# shadowlun lab: dm-multipath over the array's iSCSI LUNs (written by machine.py)
+defaults {
+    user_friendly_names no
+    find_multipaths no
+}
+blacklist {
+    devnode "^vd[a-z]+"
+}
+"""
+MULTIPATH_UNITS = ("multipathd.service", "multipathd.socket")
+
+
+def setup_multipath(enabled: bool) -> None:
+    """multipathd on a host marked `multipath`, with the lab's configuration; disabled and masked
+    everywhere else (the package is in every image), so those machines see single paths."""
+    if enabled:
+        MULTIPATH_CONF.write_text(MULTIPATH_CONF_TEXT)
+        run("systemctl", "unmask", *MULTIPATH_UNITS)
+        run("systemctl", "enable", *MULTIPATH_UNITS)
+        run("systemctl", "restart", "multipathd.service")
+        log("multipathd on, maps named by WWID")
+    else:
+        subprocess.run(["systemctl", "disable", "--now", *MULTIPATH_UNITS], check=False, capture_output=True)
+        run("systemctl", "mask", *MULTIPATH_UNITS)
+        log("multipathd off (single paths)")
+
+
 def wait_for_link(ipr, mac: str) -> int:
     """Interfaces appear as udev probes the virtio devices; bounded wait, then a clear error."""
     deadline = time.monotonic() + LINK_WAIT_S
@@ -117,7 +152,7 @@ def configure_networks(networks: dict) -> None:
         for net, spec in networks.items():
             idx = wait_for_link(ipr, spec["mac"])
             link = ipr.get_links(idx)[0]
-            wanted_name = f"{net}0"
+            wanted_name = spec["link"]
             if link.get_attr("IFLA_IFNAME") != wanted_name:
                 ipr.link("set", index=idx, state="down")
                 ipr.link("set", index=idx, ifname=wanted_name)
@@ -185,7 +220,8 @@ def setup_agent(entry: dict, topology: dict) -> None:
     port = 8443
     config = {
         "target_iqn": f"{IQN_PREFIX}:{entry['name']}.target",
-        "san_cidr": topology["networks"]["san"]["cidr"],
+        # portals on every SAN network (san, san2): a multipath host logs in on each
+        "san_cidrs": [spec["cidr"] for net, spec in topology["networks"].items() if net.startswith("san")],
         "vg": VG, "pool": POOL, "listen": mgmt, "port": port,
         # the hosts the array serves (registered by the agent at start): every lab host
         "hosts": {initiator_name(m["name"]): m["name"] for m in topology["machines"] if m["role"] == "host"},
@@ -236,6 +272,7 @@ def cmd_setup(args: argparse.Namespace) -> None:
     setup_initiator(entry["name"])
     install_network_unit()
     configure_networks(entry["networks"])
+    setup_multipath(entry["multipath"])
     if entry["role"] == "host":
         run("python3", "-m", "provider.cli", "register-provider")
     if entry["role"] == "array":

@@ -64,11 +64,14 @@ def attach(names: list[str]) -> dict[str, str]:
 
 
 def detach(names: list[str]) -> None:
-    """Release the disks of these LUNs (and the session with the last one)."""
-    array, initiator = ArrayClient(ArrayAccess.load()), Initiator()
+    """Release the disks of these LUNs (and the session with the last one), as the provider
+    does: on a multipath host the map first, then its paths on every portal."""
+    from provider.hardware.hardware_provider import transport
+
+    array, initiator = ArrayClient(ArrayAccess.load()), transport(Initiator())
     luns, target = [array.lun(n) for n in names], array.target()
     disks = [d for d in (initiator.find_disk(lun["wwid"]) for lun in luns) if d]
-    initiator.disconnect(target["iqn"], target["portals"][0], disks)
+    initiator.disconnect(target["iqn"], target["portals"], disks)
 
 
 def add(name: str, mount: str) -> dict:
