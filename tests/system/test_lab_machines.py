@@ -4,7 +4,10 @@ from __future__ import annotations
 import hashlib
 import json
 
-from lab.topology import CHECKOUT
+from lab.topology import CHECKOUT, MACHINES_FILE
+
+# Each network's link name inside the VMs, as machines.json gives it (provisioning renames the NICs).
+LINKS = {net: spec["link"] for net, spec in json.loads(MACHINES_FILE.read_text())["networks"].items()}
 
 
 def test_each_vm_is_provisioned_as_its_topology_entry(lab):
@@ -15,7 +18,7 @@ def test_each_vm_is_provisioned_as_its_topology_entry(lab):
             f"InitiatorName=iqn.2026-11.lab.shadowlun:{m.name}")
         links = {a["ifname"]: a for a in json.loads(vm.run("ip -j addr").stdout)}
         for net, address in m.addresses.items():
-            link = links[f"{net}0"]
+            link = links[LINKS[net]]
             assert link["address"] == m.macs[net]
             assert address in [i["local"] for i in link["addr_info"]]
 
