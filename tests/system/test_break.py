@@ -95,9 +95,10 @@ def test_break_with_revert_identity_gives_the_copies_the_originals_identity(lab)
         assert (lun["kind"], lun["serial"], lun["wwid"], lun["identity_of"]) == (
             "volume", original["serial"], original["wwid"], name)
         device = broken["volumes"][0]["device"]
-        disk = device.rstrip("0123456789")
-        assert b.run(f"cat /sys/block/{disk.removeprefix('/dev/')}/device/wwid").stdout.strip() == original["wwid"]
-        assert _lu_identity(b, disk) == original_identity  # what any SCSI client reads: the original's
+        disk = checks.whole_disk(b, device)  # sdX, or the multipath map on a multipath host
+        for path in checks.scsi_disks(b, disk):  # the disk itself, or each path of the map
+            assert b.run(f"cat /sys/block/{path.removeprefix('/dev/')}/device/wwid").stdout.strip() == original["wwid"]
+            assert _lu_identity(b, path) == original_identity  # what any SCSI client reads: the original's
         assert original["serial"] in original_identity
         assert b.run(f"blockdev --getro {disk}").stdout.strip() == "0"  # MAKE_READ_WRITE as well
         b.run(f"mkdir -p /mnt/ri-broken && mount {device} /mnt/ri-broken")

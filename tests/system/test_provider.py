@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lab import story
-from lab.checks import until
+from lab.checks import until, whole_disk
 from lab.host_volumes import HostVolumes, initiator
 from lab.story import PausedCreate
 
@@ -217,7 +217,7 @@ def test_transportable_set_imports_once_on_another_host_with_the_bytes_of_snapsh
         assert imported["status"] == "S_OK" and imported["missing"] == []
         assert [s["volume"] for s in imported["snapshots"]] == mounts[:2]
         for s in imported["snapshots"]:
-            assert len(s["devices"]) == 1 and s["device"] == s["devices"][0] + "1"  # partition 1, as on host-a
+            assert s["devices"] == [whole_disk(b, s["device"])]  # a partition of its LUN's disk, as on host-a
             b.run(f"mkdir -p /mnt/imp && mount -o ro,noload {s['device']} /mnt/imp")
             try:
                 assert b.run("sha256sum /mnt/imp/data").stdout.split()[0] == at_snapshot[s["volume"]]

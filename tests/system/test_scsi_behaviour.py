@@ -41,13 +41,6 @@ def thin_disk(vm, disk: str) -> None:
     assert int(vm.run(f"cat /sys/block/{name}/queue/discard_max_bytes").stdout) > 0
 
 
-def scsi_disks_of(vm, device: str) -> list[str]:
-    """The SCSI disks under a block device: a partition's disk, or the paths of a multipath map
-    (or of the partition map kpartx made of it), from lsblk's inverse tree."""
-    rows = [line.split() for line in vm.run(f"lsblk -s -n -r -o NAME,TYPE {device}").stdout.splitlines()]
-    return sorted({f"/dev/{r[0]}" for r in rows if len(r) == 2 and r[1] == "disk"})
-
-
 def trim_returns_space(vm, array, lv: str, mount: str) -> tuple[float, float, float]:
     """Write WRITTEN bytes under `mount`, delete them, fstrim: the LV's pool use rises by about
     that much and falls back. Returns (before, written, trimmed) bytes in use."""
@@ -148,7 +141,7 @@ def test_fstrim_on_a_broken_shadow_copy_returns_space_to_the_pool(lab, timed):
         broken = shadowlun(b, "break", "--writable", created["set_id"])
         device = broken["volumes"][0]["device"]
         (lun,) = [x["name"] for x in vols.api.call("GET", "/v1/luns") if x["origin"] == vols.names[0]]
-        disks = scsi_disks_of(b, device)
+        disks = checks.scsi_disks(b, device)
         assert disks, f"no SCSI disk under {device}"
         for disk in disks:  # each path of a multipath map, or the one disk
             thin_disk(b, disk)

@@ -49,3 +49,21 @@ def wait_for_agent(vm: VM, timeout: float = 90, access: str | None = None) -> No
     argv = ["python3", "-m", "provider.hardware.array_client"] + (["--access", access] if access else []) + ["GET", "/v1/pool"]
     until(lambda: vm.run(argv, check=False).ok, timeout,
           lambda: f"the array agent did not answer {vm.name} within {timeout:g} s")
+
+
+def whole_disk(vm, device: str) -> str:
+    """The disk a partition device is on: /dev/sdb for /dev/sdb1, and on a multipath host the
+    map (/dev/dm-11) for the partition map kpartx made of it (/dev/dm-2)."""
+    name = device.removeprefix("/dev/")
+    slaves = vm.run(f"ls /sys/class/block/{name}/slaves 2>/dev/null || true").stdout.split()
+    if slaves:  # a device-mapper device: the partition map's one slave is its map
+        (parent,) = slaves
+        return f"/dev/{parent}"
+    return "/dev/" + vm.run(f"basename $(readlink -f /sys/class/block/{name}/..)").stdout.strip()
+
+
+def scsi_disks(vm, device: str) -> list[str]:
+    """The SCSI disks under a block device: a partition's disk, or the paths of a multipath map
+    (or of the partition map kpartx made of it), from lsblk's inverse tree."""
+    rows = [line.split() for line in vm.run(["lsblk", "-s", "-n", "-r", "-o", "NAME,TYPE", device]).stdout.splitlines()]
+    return sorted({f"/dev/{r[0]}" for r in rows if len(r) == 2 and r[1] == "disk"})
