@@ -261,7 +261,9 @@ def test_reservations_on_an_imported_shadow_lun_hold_through_its_break(lab, time
         set_id = created["set_id"]
         b.put("/root/prsnap.xml", a.run("cat /root/prsnap.xml").stdout)
         (snap,) = shadowlun(b, "import", "/root/prsnap.xml")["snapshots"]
-        disk_b = snap["devices"][0]
+        # One SCSI path: a registration is per I_T nexus, so on a multipath host PR commands sent
+        # to the map could leave by another path than the one registered (mpathpersist's job).
+        disk_b = checks.scsi_disks(b, snap["devices"][0])[0]
         (shadow,) = [x["name"] for x in vols.api.call("GET", "/v1/luns") if x["origin"] == vols.names[0]]
         vols.api.call("PUT", f"/v1/luns/{shadow}/masks", {"initiator": initiator(a)})
         disk_a = json.loads(a.run(["python3", VOLUME, "attach", shadow], timeout=300).stdout)[shadow]
