@@ -4,7 +4,7 @@ Without running Vagrant. The text checks always run. With `ruby` on PATH the Vag
 also evaluated against a stand-in for Vagrant's configuration object that records every call,
 for the real topology and for an edited one, so what it would configure is compared with what
 machines.json says. The triggers that give the hosts the array's access file are fired too, in
-a small simulated world of machines (the `vagrant ssh` commands they run are interpreted, not
+a small simulated world of machines (the ssh commands they run are interpreted, not
 run); with `vagrant` on PATH, `vagrant validate` runs on a copy too.
 """
 from __future__ import annotations
@@ -148,10 +148,11 @@ def test_ruby_accepts_it():
 # "set" changes machines (state, ssh reachable, files), "fire" fires the after-triggers of a
 # machine for a command as Vagrant would (those of config.trigger and of the machine's define
 # block, for that command, honouring only_on), with the ruby blocks getting a stand-in for the
-# environment and the machine. Vagrant::Util::Subprocess is replaced: `vagrant ssh NAME --no-tty
-# -c COMMAND` is interpreted in the world for the commands the triggers may run (`sudo cat PATH`,
-# `sudo install [-D] [-o U] [-g G] [-m MODE] /dev/stdin PATH`); without --no-tty the output comes
-# through a terminal (CRLF), as it would. It prints {"calls", "runs", "ui", "world"}.
+# environment and the machine. Vagrant::Util::Subprocess is replaced: `ssh [-p|-o|-i ARG]...
+# vagrant@ADDRESS COMMAND`, to the address and with the key a machine's ssh_info gives, is
+# interpreted in the world for the commands the triggers may run (`sudo cat PATH`, `sudo install
+# [-D] [-o U] [-g G] [-m MODE] /dev/stdin PATH`); a `vagrant` command is refused, as a second
+# Vagrant process would contend for the machines' locks. It prints {"calls", "runs", "ui", "world"}.
 HARNESS = r"""
 require "json"
 require "shellwords"
@@ -226,22 +227,37 @@ module World
     MACHINES[name.to_s] ||= { "state" => "not_created", "files" => {} }
   end
 
+  # The address FakeMachine#ssh_info gives a machine, and back.
+  def self.address(name)
+    "#{name}.machines.test"
+  end
+
   def self.run(command, stdin)
-    return [127, "", "#{command.first}: not a vagrant command\n"] unless command.first == "vagrant"
-    args = command[1..]
-    return [1, "", "the stand-in only knows `vagrant ssh`\n"] unless args.first == "ssh"
-    c = args.index("-c")
-    return [1, "", "no -c COMMAND\n"] unless c
-    name = args[1]
-    tty = !args.include?("--no-tty")
+    if command.first == "vagrant"
+      return [1, "", "the stand-in runs no `vagrant`: a second Vagrant process contends for " \
+                     "the machine locks of this one\n"]
+    end
+    return [127, "", "#{command.first}: not simulated\n"] unless command.first == "ssh"
+    args = command[1..].dup
+    opts = []
+    while args.first&.start_with?("-")
+      flag = args.shift
+      return [255, "", "ssh: option #{flag} not simulated\n"] unless %w[-p -o -i].include?(flag)
+      opts << [flag, args.shift]
+    end
+    return [255, "", "ssh: USER@HOST COMMAND expected\n"] unless args.length == 2
+    destination, line = args
+    user, host = destination.split("@", 2)
+    name = MACHINES.keys.find { |n| address(n) == host }
+    return [255, "", "ssh: Could not resolve hostname #{host}\n"] unless name
     m = machine(name)
-    return [1, "", "VM must be created before running this command. Run `vagrant up` first.\n"] \
-      if m["state"] == "not_created"
-    return [1, "", "VM must be running to open SSH connection.\n"] unless m["state"] == "running"
-    return [255, "", "ssh: connect to host: Connection refused\n"] if m["ssh"] == false
-    code, out, err = remote(m, args[c + 1], stdin)
-    out = out.gsub("\n", "\r\n") if tty
-    [code, out, err]
+    unless opts.include?(["-o", "BatchMode=yes"]) && opts.include?(["-i", "/keys/#{name}"]) && user == "vagrant"
+      return [255, "", "vagrant@#{host}: Permission denied (publickey).\n"]
+    end
+    return [255, "", "ssh: connect to host #{host} port 22: No route to host\n"] \
+      unless m["state"] == "running"
+    return [255, "", "ssh: connect to host #{host} port 22: Connection refused\n"] if m["ssh"] == false
+    remote(m, line, stdin)
   end
 
   def self.remote(m, line, stdin)
@@ -299,6 +315,11 @@ class FakeMachine
   end
   def state
     FakeState.new(World.machine(@name)["state"].to_sym)
+  end
+  # As Machine#ssh_info: nil until the machine runs (a libvirt domain has no address before).
+  def ssh_info
+    return nil unless World.machine(@name)["state"] == "running"
+    { host: World.address(@name), port: 22, username: "vagrant", private_key_path: ["/keys/#{@name}"] }
   end
   def method_missing(meth, *)
     raise NoMethodError, "the machine stand-in has no #{meth}"
@@ -540,8 +561,10 @@ def _assert_hosts_have_the_access_file(result, hosts, vdir):
     for host in hosts:  # each its own, not another host's
         assert result["world"][host]["files"].get(ARRAY_ACCESS) == _access(host), (host, result["ui"])
     for run in result["runs"]:
-        # `vagrant` is run in the Vagrantfile's directory (its project), and the token and
+        # Plain ssh (no second Vagrant process, which would contend for the machines' locks
+        # while they come up in parallel), run in the Vagrantfile's directory; the token and
         # certificate never go on a command line.
+        assert run["command"][0] == "ssh", run
         assert Path(run["workdir"]) == vdir and run["stdin_closed"], run
         assert "t0ken" not in " ".join(run["command"]), run
 
@@ -608,7 +631,7 @@ def test_the_array_skips_hosts_that_are_not_running(tmp_path, topo):
                                           {"fire": [array, "up"]}])
     _assert_hosts_have_the_access_file(result, running, vdir)
     assert ARRAY_ACCESS not in result["world"][down]["files"]
-    assert not [r for r in result["runs"] if down in r["command"]]
+    assert not [r for r in result["runs"] if any(f"@{down}." in arg for arg in r["command"])]
     assert not _warnings(result), result["ui"]
     # ... and that host copies it itself when it comes up.
     result, vdir = _play(tmp_path, topo, [_up(array, *running), _up(array, files=_array_files(hosts)),
