@@ -36,7 +36,8 @@ from typing import Any
 FIFREEZE = 0xC0045877  # _IOWR('X', 119, int)
 FITHAW = 0xC0045878    # _IOWR('X', 120, int)
 ARM_TIMEOUT_S = 60.0   # from "ready" to "hold": the requester freezes right after starting us
-START_TIMEOUT_S = 10.0  # from spawning the guard to its "ready" (a Python start on a loaded host)
+START_TIMEOUT_S = 30.0  # from spawning the guard to its "ready": a Python start on a loaded host (about 1 s
+                        # on an idle TCG VM); it comes before the hold, so a generous bound costs no held time
 MARGIN_S = 0.5         # after the requester's own watchdog, which goes first while it is alive
 IDENT = "shadowlun-thaw-guard"
 

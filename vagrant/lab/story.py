@@ -237,8 +237,12 @@ class PausedCreate:
         a kill driven over SSH polls could come only after the requester's own 10 s watchdog
         under TCG load, and so would not test a requester that died during the hold."""
         err, at = self.files["err"], self.files["killed"]
-        self.vm.run(f"setsid sh -c 'until grep -q pausing {err} 2>/dev/null; do sleep 0.05; done; "
-                    f"date +%s.%N > {at}.new; pkill -KILL -f \"^python3 -m provider[.]cli\"; mv {at}.new {at}' "
+        # tail -F follows the log with inotify, through a FIFO so that the kill waits only for
+        # grep: no process started per poll, which on the VM's one TCG CPU would slow the very
+        # create under test (its thaw guard's start, say).
+        self.vm.run(f"setsid sh -c 'f=$(mktemp -u); mkfifo $f; tail -n +1 -F {err} 2>/dev/null > $f & t=$!; "
+                    f"grep -q -m1 pausing < $f; date +%s.%N > {at}.new; "
+                    f"pkill -KILL -f \"^python3 -m provider[.]cli\"; mv {at}.new {at}; kill $t; rm -f $f' "
                     "< /dev/null > /dev/null 2>&1 &")
 
     def killed_at(self, timeout: float = 120) -> float:
