@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml vagrant/host-setup.sh
 	touch $@
 
 test: setup
-	$(PY) -m pytest tests/unit tests/system
+	$(PY) -m pytest --durations=25 tests/unit tests/system
 
 unit: setup
 	$(PY) -m pytest tests/unit
