@@ -48,6 +48,9 @@ class ProviderMethod(enum.Enum):
     # IVssAsync::QueryStatus and Cancel of what ResyncLuns started (its ppAsync), by handle
     QUERY_STATUS = "query_status"
     CANCEL = "cancel"
+    # shadowlun's own: the requester's cleanup of an import that failed after LocateLuns, which
+    # VSS leaves to the requester (CONTRACT.md §9); the undo of what LocateLuns did
+    RELEASE_LUNS = "release_luns"
 
     @property
     def spec_name(self) -> str:

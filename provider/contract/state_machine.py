@@ -48,9 +48,11 @@ _IN_PROGRESS = frozenset({ProviderState.PREPARING, ProviderState.PREPARED,
 
 
 # The methods with a row in CONTRACT.md §7.2. OnLoad, OnReuseLuns (reserved, refused with
-# E_NOTIMPL) and the IVssAsync calls have none: they never touch the machine.
+# E_NOTIMPL), the IVssAsync calls and shadowlun's ReleaseLuns (an import's cleanup, no set's
+# business) have none: they never touch the machine.
 MACHINE_METHODS: tuple[ProviderMethod, ...] = tuple(m for m in ProviderMethod if m not in {
-    ProviderMethod.ON_LOAD, ProviderMethod.ON_REUSE_LUNS, ProviderMethod.QUERY_STATUS, ProviderMethod.CANCEL})
+    ProviderMethod.ON_LOAD, ProviderMethod.ON_REUSE_LUNS, ProviderMethod.QUERY_STATUS, ProviderMethod.CANCEL,
+    ProviderMethod.RELEASE_LUNS})
 # CONTRACT.md R13: the machine's methods outside the creation sequence.
 NON_CREATION_METHODS = frozenset({
     ProviderMethod.ARE_LUNS_SUPPORTED, ProviderMethod.FILL_IN_LUN_INFO, ProviderMethod.LOCATE_LUNS,

@@ -448,6 +448,43 @@ class ShadowLunProvider:
                 e.add_note(f"undoing it: {'; '.join(errors)}")
             raise
 
+    def release_luns(self, luns: list[dict]) -> dict:
+        """shadowlun's own method: the requester's cleanup of an import that failed after
+        LocateLuns succeeded (VSS leaves it to the requester). Each LUN's disk leaves this host
+        (a logout when it was the session's last), then the array unmasks the LUNs from it and
+        drops its claim, so that the set can be imported again; the shadow copies stay on the
+        array. Only shadow LUNs masked to this host, all checked before anything changes; every
+        step is tried, and failures are collected into one VSS_E_PROVIDER_VETO."""
+        inventory = self._inventory_by_serial()
+        found: dict[str, dict] = {}
+        for info in (record(d) for d in luns):
+            lun = self._lun_for(info, inventory)
+            if lun is None:
+                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
+                                f"no LUN with serial {info.serial_number!r} on this array")
+            self._require_shadow(lun, HResult.E_INVALIDARG, "ReleaseLuns")
+            if not any(m["initiator"] == self.host.initiator for m in lun["masks"]):
+                raise vss_error(HResult.E_INVALIDARG, f"ReleaseLuns of {lun['name']}: not masked to this "
+                                                      f"host ({self.host.initiator}), nothing to release")
+            found[lun["name"]] = lun
+        if not found:
+            raise vss_error(HResult.E_INVALIDARG, "ReleaseLuns of no LUN")
+        target, errors = self.array.target(), []
+        for lun in found.values():
+            try:
+                self._release_on_host(lun, target)
+            except VssError as e:
+                errors.append(f"{lun['name']} on this host: {e.message}")
+        try:
+            released = self.array.release_import([lun["serial"] for lun in found.values()], self.host.initiator)
+        except VssError as e:
+            errors.append(f"on the array: {e.message}")
+        if errors:
+            raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"releasing {', '.join(found)}: {'; '.join(errors)}")
+        log.info("released %s from this host (the array unmasked them; sets unclaimed: %s)", ", ".join(found),
+                 ", ".join(released.get("unclaimed", [])) or "none")
+        return released
+
     def on_lun_empty(self, device: str, lun_info: dict) -> None:
         """The only regular trigger for deleting a shadow LUN: remove the host's disk, log out if
         it was the last one of the session, unmask it, and have the array delete it."""

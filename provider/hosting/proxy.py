@@ -99,6 +99,7 @@ DOCUMENTED_CODES: Mapping[str, frozenset[HResult]] = per_method({
     _M.ON_REUSE_LUNS: frozenset(),  # reserved: "S_OK or HRESULT error"
     _M.QUERY_STATUS: frozenset({_H.VSS_E_PROVIDER_VETO, _H.VSS_E_OBJECT_NOT_FOUND}),  # those of ResyncLuns' work
     _M.CANCEL: frozenset({_H.VSS_E_PROVIDER_VETO, _H.VSS_E_OBJECT_NOT_FOUND}),
+    _M.RELEASE_LUNS: _BASE | {_H.VSS_E_OBJECT_NOT_FOUND},  # shadowlun's own (LocateLuns' undo)
 })
 
 # Methods whose codes the coordinator passes on untranslated: column T of §5.1 is "no"
@@ -129,6 +130,7 @@ DEFAULT_TIMEOUTS: Mapping[str, float] = per_method({
     _M.ABORT_SNAPSHOTS: 300.0, _M.LOCATE_LUNS: 300.0, _M.ON_LUN_EMPTY: 300.0,
     _M.GET_PROVIDER_CAPABILITIES: 30.0, _M.ON_LUN_STATE_CHANGE: 300.0,
     _M.RESYNC_LUNS: 3700.0, _M.ON_REUSE_LUNS: 60.0, _M.QUERY_STATUS: 60.0, _M.CANCEL: 60.0,
+    _M.RELEASE_LUNS: 300.0,
 })
 
 

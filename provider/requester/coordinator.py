@@ -222,7 +222,31 @@ class Coordinator:
                             f"snapshot set {doc.set_id} was already imported on this host at {done.imported}")
         provider = self._provider(doc.provider_id)
         wanted = [m.destination for s in doc.snapshots for m in s.luns]
-        arrived = provider.call("locate_luns", luns=wanted)
+        arrived = provider.call("locate_luns", luns=wanted)  # undoes its own failure
+        try:
+            return self._take(doc, arrived)
+        except VssError as e:
+            raise self._released(provider, doc.set_id, wanted, e) from e  # what LocateLuns masked
+
+    @staticmethod
+    def _released(provider: Any, set_id: str, luns: list[dict], error: VssError) -> VssError:
+        """The requester's cleanup of an import that failed after LocateLuns (VSS leaves it to
+        the requester): the provider's ReleaseLuns takes the disks off this host and has the
+        array unmask them and drop the claim, so the set can be imported again. Answers the
+        error to raise: `error`, with the cleanup's own failure added if it failed."""
+        try:
+            provider.call("release_luns", luns=luns)
+        except VssError as failed:
+            log.error("import of set %s failed (%s); releasing its LUNs failed too: %s", set_id, error.message,
+                      failed.message)
+            return vss_error(error.hresult, f"{error.message}; releasing its LUNs: {failed.message}")
+        log.warning("import of set %s failed (%s); its LUNs were released: nothing of it is left on this "
+                    "host, and it can be imported again", set_id, error.message)
+        return error
+
+    def _take(self, doc: bcd.BackupComponentsDocument, arrived: list[dict]) -> ImportResult:
+        """The disks LocateLuns brought, matched to the document's records: each volume online
+        read-only and hidden, and the set in this host's catalog."""
         # Each disk comes with the record its provider read from sysfs (what FillInLunInfo answers).
         seen = {disk["device"]: LunInformation.from_dict(disk["lun_info"]) for disk in arrived}
         self._settle()

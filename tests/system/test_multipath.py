@@ -11,6 +11,7 @@ import pytest
 from lab import checks, story
 from lab.host_volumes import HostVolumes
 from lab.story import shadowlun
+from provider.requester.bcd import from_xml
 
 DATA_MIB = 48
 # Reads 1 MiB at a time from the device (page cache dropped first) with a pause between, so a
@@ -147,3 +148,56 @@ def test_a_map_that_never_forms_fails_the_import_in_bounds_and_leaves_nothing(la
         assert shadowlun(b, "list")["sets"] == []
     finally:
         b.run("rm -f /etc/multipath/conf.d/shadowlun-test-blacklist.conf && multipathd reconfigure")
+
+
+# Every shadow-LUN record of a document given another product revision: the LUNs it names (by
+# serial) are real, so LocateLuns masks and connects them, but no disk matches its record.
+ALTER_RECORDS = """
+import sys
+import xml.etree.ElementTree as ET
+ns = "urn:shadowlun:backup-components"
+ET.register_namespace("", ns)
+tree = ET.parse(sys.argv[1])
+records = tree.getroot().findall(f".//{{{ns}}}DESTINATION_LUN/{{{ns}}}LUN_INFORMATION")
+assert records
+for r in records:
+    r.set("productRevision", "9.99")
+tree.write(sys.argv[2], xml_declaration=True, encoding="utf-8")
+"""
+
+
+def test_an_import_whose_disks_match_no_record_is_released_and_the_set_imports_after(lab, copy_on_host_a):
+    """Misuse: the shadow-LUN records of the document altered. The import fails after LocateLuns
+    (VSS_E_NO_SNAPSHOTS_IMPORTED), and its cleanup (ReleaseLuns) leaves host-b and the array as
+    they were: no map, path, session or node record, the LUNs masked to nobody new and the set
+    claimed by nobody. The true document then imports on the same host."""
+    bcd, _, vols = copy_on_host_a
+    b, array = lab.vm("host-b"), lab.vm("array")
+    target = vols.api.call("GET", "/v1/target")
+    set_id = str(from_xml(bcd.encode()).set_id)
+
+    def array_state() -> dict:
+        return {"acls": checks.array_objects(array)["acls"],
+                "masks": {lun["name"]: lun["masks"] for lun in vols.api.call("GET", "/v1/luns")},
+                "set": vols.api.call("GET", f"/v1/snapshot-sets/{set_id}")}
+
+    before, array_before = checks.host_objects(b, target["iqn"]), array_state()
+    b.put("/root/mp.xml", bcd)
+    b.put("/root/alter_records.py", ALTER_RECORDS)
+    b.run("python3 /root/alter_records.py /root/mp.xml /root/mp-altered.xml")
+    r = b.run("python3 -m provider.cli --json import /root/mp-altered.xml", check=False, timeout=600)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    err = json.loads(r.stderr.strip().splitlines()[-1])
+    assert err["vss"] == "VSS_E_NO_SNAPSHOTS_IMPORTED", err
+    assert "its LUNs were released" in r.stderr, r.stderr
+    assert mpath_maps(b) == {} and target_disks(b) == set()
+    assert checks.host_objects(b, target["iqn"]) == before
+    assert array_state() == array_before
+    assert shadowlun(b, "list")["sets"] == []
+
+    imported = shadowlun(b, "import", "/root/mp.xml")
+    try:
+        assert imported["set_id"] == set_id and len(imported["snapshots"]) == 1
+    finally:
+        shadowlun(b, "delete", "--set", set_id)
+    assert mpath_maps(b) == {} and checks.host_objects(b, target["iqn"]) == before

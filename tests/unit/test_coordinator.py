@@ -386,6 +386,65 @@ def test_import_with_a_lun_that_does_not_match_is_partial(tmp_path):
     assert [m["volume"] for m in result.missing] == [vols[1]]
 
 
+def array_state(lab, set_id: str) -> dict:
+    """What an import changes on the array: the set's claim and every LUN's masks."""
+    return {"set": lab.array.set_view(set_id),
+            "masks": {v.name: sorted(m.initiator for m in lab.array.store.masks(v.name))
+                      for v in lab.array.inventory()}}
+
+
+def test_an_import_that_fails_after_locate_luns_releases_what_it_located(tmp_path):
+    """No disk matches its record (VSS_E_NO_SNAPSHOTS_IMPORTED, after LocateLuns brought them):
+    the requester's cleanup (ReleaseLuns) takes the disks off the host, and the array unmasks
+    them and drops the claim: the array is as before the import, and the set can be imported
+    again, here or elsewhere."""
+    lab = Lab(tmp_path / "a")
+    vols = [lab.volume("db", "sdb"), lab.volume("logs", "sdc")]
+    doc, _ = lab.coord.create(vols, TRANSPORTABLE)
+    before = array_state(lab, doc.set_id)
+    coord_b, impl_b = importer(lab, tmp_path, "host-b", hide={"/dev/sdb", "/dev/sdc"})
+    with pytest.raises(VssError) as e:
+        coord_b.import_document(bcd.to_xml(doc))
+    assert e.value.hresult == HResult.VSS_E_NO_SNAPSHOTS_IMPORTED
+    assert coord_b.providers[0].events == ["locate_luns", "release_luns"]
+    assert impl_b.initiator.disks == {} and coord_b.list_sets() == []
+    assert array_state(lab, doc.set_id) == before
+    FakeSysfs.foreign.clear()
+    coord_c, _ = importer(lab, tmp_path, "host-c")
+    assert coord_c.import_document(bcd.to_xml(doc)).status == HResult.S_OK
+
+
+def test_a_failed_release_after_a_failed_import_says_both(tmp_path):
+    lab = Lab(tmp_path / "a")
+    doc, _ = lab.coord.create([lab.volume("db", "sdb")], TRANSPORTABLE)
+    coord_b, _ = importer(lab, tmp_path, "host-b", hide={"/dev/sdb"})
+    coord_b.providers[0].fail = "release_luns"
+    with pytest.raises(VssError) as e:
+        coord_b.import_document(bcd.to_xml(doc))
+    assert e.value.hresult == HResult.VSS_E_NO_SNAPSHOTS_IMPORTED
+    assert "could be imported" in e.value.message and "releasing its LUNs: release_luns failed" in e.value.message
+
+
+def test_release_luns_refuses_what_this_host_did_not_locate_and_changes_nothing(tmp_path):
+    """ReleaseLuns (shadowlun's own method) of a production LUN, of a LUN another host
+    imported, of an unknown serial: refused with its code before anything changes."""
+    lab = Lab(tmp_path / "a")
+    doc, _ = lab.coord.create([lab.volume("db", "sdb")], TRANSPORTABLE)
+    coord_b, impl_b = importer(lab, tmp_path, "host-b")
+    coord_b.import_document(bcd.to_xml(doc))
+    _, impl_c = importer(lab, tmp_path, "host-c")
+    shadow = [m.destination for s in doc.snapshots for m in s.luns]
+    production = [m.source for s in doc.snapshots for m in s.luns]
+    unknown = [dict(shadow[0], serial_number="0" * 32)]
+    before = (array_state(lab, doc.set_id), dict(impl_b.initiator.disks))
+    for impl, luns, code in [(impl_c, shadow, HResult.E_INVALIDARG), (impl_b, production, HResult.E_INVALIDARG),
+                             (impl_b, unknown, HResult.VSS_E_OBJECT_NOT_FOUND), (impl_b, [], HResult.E_INVALIDARG)]:
+        with pytest.raises(VssError) as e:
+            impl.release_luns(luns)
+        assert e.value.hresult == code, e.value
+        assert (array_state(lab, doc.set_id), dict(impl_b.initiator.disks)) == before
+
+
 def test_import_refuses_a_non_transportable_or_broken_document(tmp_path):
     lab = Lab(tmp_path / "a")
     doc, _ = lab.coord.create([lab.volume("db", "sdb")], BACKUP)
