@@ -35,7 +35,7 @@ class HostVolumes:
         self.names = [f"{label}-{tag}" for label in labels]  # unique on the array, run after run
         self.mounts = mounts or [f"/mnt/{n}" for n in self.names]
         self.size_bytes = size_bytes
-        self.disks: dict[str, str] = {}  # name -> /dev/sdX
+        self.disks: dict[str, str] = {}  # name -> /dev/sdX (/dev/dm-N, a map, on a multipath host)
 
     def create(self) -> HostVolumes:
         iqn = initiator(self.vm)

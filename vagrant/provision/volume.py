@@ -9,7 +9,8 @@ On the array, the admin's half (the admin credential, admin-access.json, never l
 
 On the host, the host's half (its own array-access.json: its token and CHAP credentials):
   python3 /shadowlun/vagrant/provision/volume.py add NAME MOUNT
-      logged in over iSCSI, one GPT partition with ext4, mounted
+      logged in over iSCSI (on every portal, through its multipath map, where multipathd runs),
+      one GPT partition with ext4, mounted
   python3 /shadowlun/vagrant/provision/volume.py remove NAME MOUNT
       unmounted, the disk released (and the session with the last one)
   python3 /shadowlun/vagrant/provision/volume.py attach NAME...    LUNs masked to it, as raw disks
@@ -27,6 +28,7 @@ import sys
 from pathlib import Path
 
 from provider.hardware.iscsi import Initiator, normalize_wwid
+from provider.hardware.multipath import Multipath
 from provider.hardware.array_client import ADMIN_ACCESS_FILE, ArrayAccess, ArrayClient
 
 MIB = 1 << 20
@@ -48,19 +50,44 @@ def destroy(name: str) -> dict:
     return {"name": name, "destroyed": True}
 
 
-def attach(names: list[str]) -> dict[str, str]:
+def attach(names: list[str], every_path: bool = False) -> dict[str, str]:
     """Connect the LUNs masked to this host with its CHAP credentials (one login, one scan
-    pass, one wait for their disks by WWID)."""
+    pass, one wait for their disks by WWID): {name: device}. A path each by default (raw disks
+    for SCSI commands that belong to one I_T nexus, such as reservations); `every_path`: as the
+    provider connects, on a host running multipathd each LUN's multipath map (which claims the
+    paths, so a path could not be partitioned or mounted there)."""
     access = ArrayAccess.load()
-    array, initiator = ArrayClient(access), Initiator()
+    array = ArrayClient(access)
     luns = [array.lun(n) for n in names]
     target = array.target()
     unexported = [lun["name"] for lun in luns if lun["lun_id"] is None]
     if unexported:
         raise SystemExit(f"not exported: {', '.join(unexported)}")
-    disks = initiator.connect(target["iqn"], target["portals"][0], access.chap_user, access.chap_secret,
-                              {lun["lun_id"]: lun["wwid"] for lun in luns}, DISK_WAIT_S)
+    wanted = {lun["lun_id"]: lun["wwid"] for lun in luns}
+    if every_path:
+        from provider.hardware.hardware_provider import transport
+
+        disks = transport(Initiator()).connect(target["iqn"], target["portals"], access.chap_user,
+                                               access.chap_secret, wanted, DISK_WAIT_S)
+    else:
+        disks = Initiator().connect(target["iqn"], target["portals"][0], access.chap_user, access.chap_secret,
+                                    wanted, DISK_WAIT_S)
     return {lun["name"]: "/dev/" + disks[normalize_wwid(lun["wwid"])] for lun in luns}
+
+
+def first_partition(disk: str) -> str:
+    """/dev/sdX1, or for a multipath map the partition map kpartx makes of it (udev runs kpartx
+    on the map's change; run here too, with udev's delimiter, so as not to race it)."""
+    block = disk.removeprefix("/dev/")
+    maps = Multipath()
+    if not maps.is_map(block):
+        return f"{disk}1"
+    sh("kpartx", "-u", "-p", "-part", disk)
+    sh("udevadm", "settle")
+    part = maps.partition(block, 1)
+    if part is None:
+        raise SystemExit(f"{disk}: kpartx made no partition map of multipath map {maps.name(block)}")
+    return f"/dev/{part}"
 
 
 def detach(names: list[str]) -> None:
@@ -75,13 +102,14 @@ def detach(names: list[str]) -> None:
 
 
 def add(name: str, mount: str) -> dict:
-    disk = attach([name])[name]
+    disk = attach([name], every_path=True)[name]
     subprocess.run(["sfdisk", "-q", disk], input="label: gpt\n,\n", text=True, check=True)
     sh("udevadm", "settle")
-    sh("mkfs.ext4", "-q", f"{disk}1")
+    part = first_partition(disk)
+    sh("mkfs.ext4", "-q", part)
     Path(mount).mkdir(parents=True, exist_ok=True)
-    sh("mount", f"{disk}1", mount)
-    return {"name": name, "disk": disk, "partition": f"{disk}1", "mount": mount}
+    sh("mount", part, mount)
+    return {"name": name, "disk": disk, "partition": part, "mount": mount}
 
 
 def remove(name: str, mount: str) -> dict:
