@@ -38,11 +38,18 @@ class HostVolumes:
         self.disks: dict[str, str] = {}  # name -> /dev/sdX (/dev/dm-N, a map, on a multipath host)
 
     def create(self) -> HostVolumes:
+        """Each volume made, masked, logged in to, formatted and mounted. A failed create undoes
+        itself (remove() of every name, made or not), so no session or LUN of it is left for the
+        tests after."""
         iqn = initiator(self.vm)
-        for n, mount in zip(self.names, self.mounts):
-            self.array.run(["python3", VOLUME, "make", n, str(self.size_bytes // MIB), iqn], timeout=300)
-            made = json.loads(self.vm.run(["python3", VOLUME, "add", n, mount], timeout=300).stdout)
-            self.disks[n] = made["disk"]
+        try:
+            for n, mount in zip(self.names, self.mounts):
+                self.array.run(["python3", VOLUME, "make", n, str(self.size_bytes // MIB), iqn], timeout=300)
+                made = json.loads(self.vm.run(["python3", VOLUME, "add", n, mount], timeout=300).stdout)
+                self.disks[n] = made["disk"]
+        except BaseException:
+            self.remove()
+            raise
         return self
 
     def remove(self) -> list[str]:
