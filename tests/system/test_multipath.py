@@ -150,27 +150,29 @@ def test_a_map_that_never_forms_fails_the_import_in_bounds_and_leaves_nothing(la
         b.run("rm -f /etc/multipath/conf.d/shadowlun-test-blacklist.conf && multipathd reconfigure")
 
 
-# Every shadow-LUN record of a document given another product revision: the LUNs it names (by
-# serial) are real, so LocateLuns masks and connects them, but no disk matches its record.
-ALTER_RECORDS = """
+# Every extent of a document moved to a byte where no partition starts: the shadow LUNs it
+# names are real and their records true, so LocateLuns masks and connects them, and the disks
+# match; the volume is then not found on them.
+MOVE_EXTENTS = """
 import sys
 import xml.etree.ElementTree as ET
 ns = "urn:shadowlun:backup-components"
 ET.register_namespace("", ns)
 tree = ET.parse(sys.argv[1])
-records = tree.getroot().findall(f".//{{{ns}}}DESTINATION_LUN/{{{ns}}}LUN_INFORMATION")
-assert records
-for r in records:
-    r.set("productRevision", "9.99")
+extents = tree.getroot().findall(f".//{{{ns}}}DISK_EXTENT")
+assert extents
+for e in extents:
+    e.set("offsetBytes", "3584")
 tree.write(sys.argv[2], xml_declaration=True, encoding="utf-8")
 """
 
 
-def test_an_import_whose_disks_match_no_record_is_released_and_the_set_imports_after(lab, copy_on_host_a):
-    """Misuse: the shadow-LUN records of the document altered. The import fails after LocateLuns
-    (VSS_E_NO_SNAPSHOTS_IMPORTED), and its cleanup (ReleaseLuns) leaves host-b and the array as
-    they were: no map, path, session or node record, the LUNs masked to nobody new and the set
-    claimed by nobody. The true document then imports on the same host."""
+def test_an_import_that_fails_after_its_luns_arrived_is_released_and_the_set_imports_after(lab, copy_on_host_a):
+    """Misuse: a document whose volume extents were altered. The import fails after LocateLuns
+    brought the disks (VSS_E_OBJECT_NOT_FOUND: no partition where the document says), and its
+    cleanup (ReleaseLuns) leaves host-b and the array as they were: no map, path, session or
+    node record, no mask of host-b's, the set claimed by nobody. The true document then
+    imports on the same host."""
     bcd, _, vols = copy_on_host_a
     b, array = lab.vm("host-b"), lab.vm("array")
     target = vols.api.call("GET", "/v1/target")
@@ -183,12 +185,12 @@ def test_an_import_whose_disks_match_no_record_is_released_and_the_set_imports_a
 
     before, array_before = checks.host_objects(b, target["iqn"]), array_state()
     b.put("/root/mp.xml", bcd)
-    b.put("/root/alter_records.py", ALTER_RECORDS)
-    b.run("python3 /root/alter_records.py /root/mp.xml /root/mp-altered.xml")
-    r = b.run("python3 -m provider.cli --json import /root/mp-altered.xml", check=False, timeout=600)
-    assert r.returncode == 1, (r.stdout, r.stderr)
+    b.put("/root/move_extents.py", MOVE_EXTENTS)
+    b.run("python3 /root/move_extents.py /root/mp.xml /root/mp-moved.xml")
+    r = b.run("python3 -m provider.cli --json import /root/mp-moved.xml", check=False, timeout=600)
+    assert r.returncode == 2, (r.stdout, r.stderr)  # the document is the caller's
     err = json.loads(r.stderr.strip().splitlines()[-1])
-    assert err["vss"] == "VSS_E_NO_SNAPSHOTS_IMPORTED", err
+    assert err["vss"] == "VSS_E_OBJECT_NOT_FOUND" and "no partition at byte 3584" in err["message"], err
     assert "its LUNs were released" in r.stderr, r.stderr
     assert mpath_maps(b) == {} and target_disks(b) == set()
     assert checks.host_objects(b, target["iqn"]) == before
