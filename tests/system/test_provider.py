@@ -53,19 +53,28 @@ def cli(vm, *args: str, env: str = "", check: bool = True):
     return r
 
 
-@pytest.fixture
-def volumes_on_host_a(lab):
+@pytest.fixture(scope="module")
+def three_volumes(lab):
     """Three array LUNs masked to host-a, each with a GPT partition holding ext4 mounted at
     /mnt/pv<n>-<tag> (set up as an admin would, with the lab's own tooling) and 4 MiB of data;
-    everything removed afterwards, with the LUNs the array derived from them."""
-    vols = HostVolumes(lab, lab.vm("host-a"), ["pv0", "pv1", "pv2"])
+    made once for this file's tests (a set of three costs over a minute to make and remove under
+    TCG), everything removed at the end, with the LUNs the array derived from them."""
+    vols = HostVolumes(lab, lab.vm("host-a"), ["pv0", "pv1", "pv2"]).create()
     try:
-        vols.create()
         for m in vols.mounts:
             vols.vm.run(f"head -c 4M /dev/urandom > {m}/data && sync")
-        yield {"names": vols.names, "mounts": vols.mounts, "api": vols.api}
+        yield vols
     finally:
         assert vols.remove() == []
+
+
+@pytest.fixture
+def volumes_on_host_a(three_volumes):
+    """The three volumes, as each test starts with them: after the test, their filesystems are
+    thawed and every LUN the array derived from them is deleted."""
+    vols = three_volumes
+    yield {"names": vols.names, "mounts": vols.mounts, "api": vols.api}
+    assert vols.clear_derived() == []
 
 
 def test_set_of_three_luns_through_the_out_of_process_server_holds_writes_only_in_commit(

@@ -52,16 +52,23 @@ class HostVolumes:
             raise
         return self
 
-    def remove(self) -> list[str]:
+    def clear_derived(self) -> list[str]:
+        """Back to the volumes alone: their filesystems thawed, and every LUN the array derived
+        from them (snapshots, broken copies) deleted. Errors are collected and returned."""
         errors = []
+        for mount in self.mounts:
+            self.vm.run(f"fsfreeze -u {mount} 2>/dev/null; true", check=False)
         try:
             for lun in self.api.call("GET", "/v1/luns"):
-                if lun["origin"] in self.names:  # snapshots of them, or broken ones
+                if lun["origin"] in self.names:
                     self.api.call("DELETE", f"/v1/luns/{lun['name']}")
         except Exception as e:  # noqa: BLE001 - collected and reported, the rest is still cleaned
             errors.append(f"deleting derived LUNs: {e}")
+        return errors
+
+    def remove(self) -> list[str]:
+        errors = self.clear_derived()
         for n, mount in zip(self.names, self.mounts):
-            self.vm.run(f"fsfreeze -u {mount} 2>/dev/null; true", check=False)
             for vm, argv in ((self.vm, ["python3", VOLUME, "remove", n, mount]),
                              (self.array, ["python3", VOLUME, "destroy", n])):
                 r = vm.run(argv, check=False, timeout=300)
