@@ -402,35 +402,6 @@ def test_commit_window_against_a_loop_of_lvcreate(lab, api, timings):
             api.call("DELETE", f"/v1/luns/{v}")
 
 
-def test_array_reboot_keeps_luns_serials_and_masking(lab, api, target):
-    vol = name("boot")
-    b = lab.vm("host-b")
-    api.call("POST", "/v1/luns", {"name": vol, "size_bytes": SIZE})
-    data = write_random(lab, f"lun-{vol}")
-    set_id, snap_id = str(uuid.uuid4()), str(uuid.uuid4())
-    api.call("POST", "/v1/snapshot-sets", {"set_id": set_id, "snapshots": [{"snapshot_id": snap_id, "lun": vol}]})
-    api.call("POST", f"/v1/snapshot-sets/{set_id}/commit")
-    snap = api.call("PUT", f"/v1/luns/snap-{snap_id}/masks",
-                    {"initiator": initiator(b)})
-    before = array_objects(lab)
-    try:
-        lab.array.reboot()
-        restart_agent(lab)  # waits until the agent answers again (it also restarts it once more)
-        assert array_objects(lab) == before
-        again = api.call("GET", f"/v1/luns/snap-{snap_id}")
-        assert (again["serial"], again["wwid"], again["masks"]) == (snap["serial"], snap["wwid"], snap["masks"])
-        node = login(lab, b, target)
-        try:
-            assert node.login()
-            disk = node.scan(again["lun_id"], again["wwid"])
-            assert b.run(f"sha256sum {disk['device']}").stdout.split()[0] == data
-        finally:
-            node.remove()
-    finally:
-        api.call("POST", f"/v1/snapshot-sets/{set_id}/abort")
-        api.call("DELETE", f"/v1/luns/{vol}")
-
-
 READ_RECORD = """
 import json, sys
 from pathlib import Path

@@ -1,7 +1,7 @@
 """The array's LUNs behave like a real SAN array's (issue 16), on the real stack: thin LUNs
 advertise thin provisioning, so a host's fstrim returns space to the thin pool (on a host volume
 and on a broken shadow copy); SCSI-3 persistent reservations work between two hosts, and an
-APTPL registration and reservation survive an array reboot."""
+APTPL registration and reservation survive an array reboot, with the LUNs, masks and bytes."""
 from __future__ import annotations
 
 import json
@@ -220,24 +220,36 @@ def test_a_write_exclusive_reservation_refuses_the_other_hosts_writes(lab, share
         assert registered_keys(b, disk_b) == set()
 
 
-def test_an_aptpl_reservation_survives_an_array_reboot(lab, shared_lun, timed):
-    """Registered with APTPL (activate persist through power loss): LIO writes the state to its
-    dbroot's pr/aptpl_<serial>; after the reboot the agent's reconcile (or target.service) makes
-    the backstore again with the same serial, and rtslib gives the kernel that state back."""
+def test_an_array_reboot_keeps_luns_masks_data_and_an_aptpl_reservation(lab, shared_lun, timed):
+    """An array reboot keeps every LV, export and ACL, the LUN's serial, WWID and masks, and its
+    bytes (the sessions of both hosts recover). A reservation registered with APTPL (activate
+    persist through power loss): LIO writes the state to its dbroot's pr/aptpl_<serial>; after
+    the reboot the agent's reconcile (or target.service) makes the backstore again with the same
+    serial, and rtslib gives the kernel that state back. (A shadow LUN made before an array
+    reboot is imported after one in test_transport.)"""
     a, b, array = lab.vm("host-a"), lab.vm("host-b"), lab.vm("array")
     name, disk_a, disk_b = shared_lun
-    serial = AgentApi.admin(lab).call("GET", f"/v1/luns/{name}")["serial"]
+    admin = AgentApi.admin(lab)
+    lun = admin.call("GET", f"/v1/luns/{name}")
+    a.run(f"head -c 1M /dev/urandom | dd of={disk_a} bs=1M oflag=direct status=none")
+    data = a.run(f"head -c 1M {disk_a} | sha256sum").stdout.split()[0]
     sg_persist(a, disk_a, "--out", "--register", f"--param-sark={KEY_A}", "--param-aptpl")
     sg_persist(a, disk_a, "--out", "--reserve", f"--param-rk={KEY_A}", f"--prout-type={WRITE_EXCLUSIVE}")
     dbroot = array.run("cat /sys/kernel/config/target/dbroot").stdout.strip()
-    assert "PR_REG_START" in array.run(f"cat {dbroot}/pr/aptpl_{serial}").stdout
+    assert "PR_REG_START" in array.run(f"cat {dbroot}/pr/aptpl_{lun['serial']}").stdout
+    objects = checks.array_objects(array)
     with timed("array reboot (reservations kept)"):
         array.reboot()
         checks.wait_for_agent(a)
 
+    assert checks.array_objects(array) == objects
+    again = admin.call("GET", f"/v1/luns/{name}")
+    assert (again["serial"], again["wwid"], again["masks"], again["lun_id"]) == \
+        (lun["serial"], lun["wwid"], lun["masks"], lun["lun_id"])
     for vm, disk in ((a, disk_a), (b, disk_b)):  # sessions recover; a first command may get a UNIT ATTENTION
         checks.until(lambda: sg_persist(vm, disk, "--in", "--read-keys", check=False).returncode == 0, 180,
                      lambda: f"{vm.name}: {disk} did not answer within 180 s of the array's reboot")
+    assert b.run(f"dd if={disk_b} bs=1M count=1 iflag=direct status=none | sha256sum").stdout.split()[0] == data
     assert registered_keys(a, disk_a) == {KEY_A}
     assert f"Key={KEY_A}" in reservation(b, disk_b) and "Write Exclusive" in reservation(b, disk_b)
     refused = write_one_block(b, disk_b)

@@ -90,6 +90,7 @@ def test_refused_import_exposes_nothing_and_reboots_keep_the_flags(lab, one_volu
 
     array.reboot()
     checks.wait_for_agent(a)
+    assert checks.array_objects(array) == array_before  # the shadow LUN's LV and export, and the ACLs
     b.reboot()
     imported = shadowlun(b, "import", "/root/tr.xml")
     try:
