@@ -15,19 +15,32 @@ from lab.host_volumes import HostVolumes, initiator
 SHADOWLUN = "python3 -m provider.cli --json"
 
 
-@pytest.fixture
-def ctx_volume(lab):
+@pytest.fixture(scope="module")
+def ctx_volumes(lab):
+    """One host-a volume with data, made once for this file's tests (half a minute to make and
+    remove under TCG)."""
     a = lab.vm("host-a")
     vols = HostVolumes(lab, a, ["ctx"]).create()
-    a.run(f"head -c 4M /dev/urandom > {vols.mounts[0]}/data && sync")
     try:
+        a.run(f"head -c 4M /dev/urandom > {vols.mounts[0]}/data && sync")
         yield vols
+    finally:
+        assert vols.remove() == []
+
+
+@pytest.fixture
+def ctx_volume(lab, ctx_volumes):
+    """The volume; after each test, what the test's sets left is recovered and deleted, and
+    every LUN derived from the volume is gone."""
+    a = lab.vm("host-a")
+    try:
+        yield ctx_volumes
     finally:
         a.run("pkill -KILL -f '[s]leep 3600'; true")
         a.run(f"{SHADOWLUN} recover; {SHADOWLUN} delete --all", check=False, timeout=600)
         # A killed requester's provider server (its own session) outlives it; later tests start theirs.
         a.run("pkill -f '[p]rovider.hosting.server --socket'; true")
-        assert vols.remove() == []
+        assert ctx_volumes.clear_derived() == []
 
 
 def shadow_luns(api, origin: str) -> list[dict]:
