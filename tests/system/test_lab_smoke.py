@@ -7,7 +7,7 @@ import re
 from lab import smoke
 
 
-def test_snapshot_exported_to_host_b_only(lab, timed):
+def test_snapshot_exported_to_host_b_only_and_nothing_left_behind(lab, timed):
     with timed("scenario: smoke"):
         r = smoke.run(lab)
 
@@ -29,9 +29,7 @@ def test_snapshot_exported_to_host_b_only(lab, timed):
     assert r.host_a_sessions == ""
     assert not r.host_a_disk_present
 
-
-def test_smoke_leaves_nothing_behind(lab):
-    r = smoke.run(lab)
+    # The scenario's cleanup left nothing: no LV, target, backstore, session, node record or disk.
     lvs = lab.array.run("lvs --noheadings -o lv_name shadowlun").stdout
     assert f"smoke-{r.run_id}" not in lvs
     assert r.target_iqn not in lab.array.run("ls /sys/kernel/config/target/iscsi").stdout
