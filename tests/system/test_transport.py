@@ -1,5 +1,6 @@
-"""Transportable shadow copies end to end on the real stack (issue: transport): the demo story,
-an import the array refuses, reboots between create and import, delete, and resync."""
+"""Transportable shadow copies end to end on the real stack (issue: transport): an import the
+array refuses, reboots between create and import, delete, and resync. The demo story itself
+(`make demo`'s) is checked on Vagrant's machines, in test_vagrant.py: the same story, run once."""
 from __future__ import annotations
 
 import json
@@ -25,28 +26,6 @@ def refused(vm, *args: str) -> dict:
 def partition_attrs(vm, disk: str) -> str:
     table = json.loads(vm.run(f"sfdisk --json {disk}").stdout)["partitiontable"]
     return table["partitions"][0].get("attrs", "")
-
-
-def test_demo_story(lab, timed):
-    """What `make demo` tells, checked: host-b reads the bytes of snapshot time while host-a kept
-    writing, the copies arrive read-only and hidden by WWID, a second import is refused, delete
-    leaves nothing, break makes an ordinary writable disk."""
-    with timed("transport story (make demo)"):
-        r = story.run(lab)
-    assert r.problems() == []
-    assert r.volumes == ["/mnt/db", "/mnt/logs"]
-    for v in r.volumes:
-        assert r.host_b_read[v] == r.at_snapshot[v] != r.host_a_after[v]
-        assert r.flags[v] == ["read-only", "shadow-copy", "hidden", "no-drive-letter"]
-        assert "Operation not permitted" in r.write_refused[v] or "Permission denied" in r.write_refused[v]
-    assert r.second_import == "VSS_E_BAD_STATE"
-    assert all(r.deleted_gone.values()) and len(r.deleted_gone) == 5
-    assert "/mnt/shadow/db" in r.tables["list"] and "read-only" in r.tables["list"]
-    # The story's cleanup left nothing of host-b's on the array or on host-b.
-    a, b = lab.vm("host-a"), lab.vm("host-b")
-    target = story.AgentApi(a).call("GET", "/v1/target")["iqn"]
-    assert checks.host_objects(b, target)["sessions"] == set()
-    assert initiator(b) not in checks.array_objects(lab.vm("array"))["acls"]
 
 
 @pytest.fixture
