@@ -448,6 +448,25 @@ class ShadowLunProvider:
                 e.add_note(f"undoing it: {'; '.join(errors)}")
             raise
 
+    def _imported_shadows(self, records: list[dict], what: str, broken_too: bool = False) -> dict[str, dict]:
+        """{name: LUN} of these records, all checked before anything changes: each a shadow LUN
+        of this array (VSS_E_OBJECT_NOT_FOUND for an unknown serial; E_INVALIDARG for a
+        production LUN, see _require_shadow) masked to this host (E_INVALIDARG otherwise). The
+        same LUN twice is one."""
+        inventory = self._inventory_by_serial()
+        found: dict[str, dict] = {}
+        for info in (record(d) for d in records):
+            lun = self._lun_for(info, inventory)
+            if lun is None:
+                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
+                                f"no LUN with serial {info.serial_number!r} on this array")
+            self._require_shadow(lun, HResult.E_INVALIDARG, what, broken_too=broken_too)
+            if not any(m["initiator"] == self.host.initiator for m in lun["masks"]):
+                raise vss_error(HResult.E_INVALIDARG, f"{what} of {lun['name']}: not imported by "
+                                                      f"this host ({self.host.initiator})")
+            found[lun["name"]] = lun
+        return found
+
     def release_luns(self, luns: list[dict]) -> dict:
         """shadowlun's own method: the requester's cleanup of an import that failed after
         LocateLuns succeeded (VSS leaves it to the requester). Each LUN's disk leaves this host
@@ -455,18 +474,7 @@ class ShadowLunProvider:
         drops its claim, so that the set can be imported again; the shadow copies stay on the
         array. Only shadow LUNs masked to this host, all checked before anything changes; every
         step is tried, and failures are collected into one VSS_E_PROVIDER_VETO."""
-        inventory = self._inventory_by_serial()
-        found: dict[str, dict] = {}
-        for info in (record(d) for d in luns):
-            lun = self._lun_for(info, inventory)
-            if lun is None:
-                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
-                                f"no LUN with serial {info.serial_number!r} on this array")
-            self._require_shadow(lun, HResult.E_INVALIDARG, "ReleaseLuns")
-            if not any(m["initiator"] == self.host.initiator for m in lun["masks"]):
-                raise vss_error(HResult.E_INVALIDARG, f"ReleaseLuns of {lun['name']}: not masked to this "
-                                                      f"host ({self.host.initiator}), nothing to release")
-            found[lun["name"]] = lun
+        found = self._imported_shadows(luns, "ReleaseLuns")
         if not found:
             raise vss_error(HResult.E_INVALIDARG, "ReleaseLuns of no LUN")
         target, errors = self.array.target(), []
@@ -532,19 +540,7 @@ class ShadowLunProvider:
             return
         if revert_identity and flags & H.VSS_ONLUNSTATECHANGE_DO_MASK_LUNS:
             raise vss_error(HResult.E_INVALIDARG, "a break that masks the LUNs keeps no disk to revert the identity of")
-        inventory = self._inventory_by_serial()
-        luns: dict[str, dict] = {}
-        for d in snapshot_luns:  # all checked before anything changes
-            lun = self._lun_for(record(d), inventory)
-            if lun is None:
-                raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
-                                f"no LUN with serial {record(d).serial_number!r} on this array")
-            self._require_shadow(lun, HResult.E_INVALIDARG, "OnLunStateChange", broken_too=True)
-            if not any(m["initiator"] == self.host.initiator for m in lun["masks"]):
-                raise vss_error(HResult.E_INVALIDARG, f"OnLunStateChange of {lun['name']}: not imported by "
-                                                      f"this host ({self.host.initiator})")
-            luns[lun["name"]] = lun  # the same LUN twice is one
-        luns = list(luns.values())
+        luns = list(self._imported_shadows(snapshot_luns, "OnLunStateChange", broken_too=True).values())
         target = self.array.target()
         if revert_identity:
             self._take_identities(luns, target)
