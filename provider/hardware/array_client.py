@@ -24,6 +24,12 @@ from provider.polling import poll
 ACCESS_FILE = Path("/etc/shadowlun/array-access.json")
 ADMIN_ACCESS_FILE = Path("/etc/shadowlun/admin-access.json")
 TIMEOUT_S = 60.0
+# The calls whose work grows with the set (one snapshot, removal or activation per LUN: a
+# 64-LUN prepare takes more than a minute on a TCG array with a hundred LVs). They are
+# bounded anyway by the provider method that makes them (EndPrepareSnapshots 900 s,
+# AbortSnapshots 300 s, PostCommitSnapshots 30 s, LocateLuns 300 s); the agent's answer to a
+# retry of any of them is the same, so waiting longer costs nothing but time.
+SET_TIMEOUT_S = 900.0
 
 
 @dataclass(frozen=True)
@@ -47,14 +53,16 @@ class ArrayClient:
         self.access, self.timeout = access, timeout
         self._ssl = ssl.create_default_context(cadata=access.certificate)
 
-    def call(self, method: str, path: str, body: dict | None = None) -> dict | list | None:
+    def call(self, method: str, path: str, body: dict | None = None,
+             timeout: float | None = None) -> dict | list | None:
+        """One API call, bounded by `timeout` s (the client's `timeout` by default)."""
         req = urllib.request.Request(
             self.access.url.rstrip("/") + path, method=method,
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Authorization": f"Bearer {self.access.token}", "Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:
+            with urllib.request.urlopen(req, timeout=self.timeout if timeout is None else timeout, context=self._ssl) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             raw = e.read()
@@ -70,6 +78,10 @@ class ArrayClient:
             return json.loads(raw) if raw else None
         except ValueError:
             raise vss_error(HResult.VSS_E_UNEXPECTED, f"array answered with no JSON: {raw[:200]!r}") from None
+
+    def _set_call(self, method: str, path: str, body: dict | None = None) -> dict:
+        """A call whose work grows with the set's LUNs: bounded by SET_TIMEOUT_S, not the client's."""
+        return self.call(method, path, body, timeout=max(self.timeout, SET_TIMEOUT_S))
 
     # -- operations (one per API route) --------------------------------------------------
 
@@ -116,7 +128,7 @@ class ArrayClient:
         self.call("DELETE", f"/v1/hosts/{quote(initiator, safe='')}")
 
     def prepare_set(self, set_id: str, snapshots: list[dict], transportable: bool = False) -> dict:
-        return self.call("POST", "/v1/snapshot-sets",
+        return self._set_call("POST", "/v1/snapshot-sets",
                          {"set_id": set_id, "snapshots": snapshots, "transportable": transportable})
 
     def snapshot_set(self, set_id: str) -> dict:
@@ -126,10 +138,10 @@ class ArrayClient:
         return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/commit")
 
     def publish_set(self, set_id: str) -> dict:
-        return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/publish")
+        return self._set_call("POST", f"/v1/snapshot-sets/{quote(set_id)}/publish")
 
     def plex_set(self, set_id: str) -> dict:
-        return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/plex")
+        return self._set_call("POST", f"/v1/snapshot-sets/{quote(set_id)}/plex")
 
     def hand_out_set(self, set_id: str) -> dict:
         return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/hand-out")
@@ -138,13 +150,13 @@ class ArrayClient:
         return self.call("POST", "/v1/imports", {"serials": serials, "host": host})
 
     def attach_import(self, serials: list[str], host: str) -> dict:
-        return self.call("POST", "/v1/imports/attach", {"serials": serials, "host": host})
+        return self._set_call("POST", "/v1/imports/attach", {"serials": serials, "host": host})
 
     def release_import(self, serials: list[str], host: str) -> dict:
-        return self.call("POST", "/v1/imports/release", {"serials": serials, "host": host})
+        return self._set_call("POST", "/v1/imports/release", {"serials": serials, "host": host})
 
     def abort_set(self, set_id: str) -> dict:
-        return self.call("POST", f"/v1/snapshot-sets/{quote(set_id)}/abort")
+        return self._set_call("POST", f"/v1/snapshot-sets/{quote(set_id)}/abort")
 
     def start_copy(self, name: str, target: str) -> dict:
         return self.call("POST", f"/v1/luns/{quote(name)}/copy", {"target": target})

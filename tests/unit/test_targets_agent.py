@@ -22,7 +22,7 @@ from provider.contract.hresult import HResult, VssError, VssRuntimeError, VssUse
 from provider.polling import poll
 import targets.agent as agent_mod
 from targets.agent import build_array, create_app, hand_out_access
-from provider.hardware.array_client import ArrayAccess, ArrayClient
+from provider.hardware.array_client import SET_TIMEOUT_S, ArrayAccess, ArrayClient
 from targets.lio import LioStateError, naa_wwid
 from targets_fakes import HOSTS, IQN1, IQN2, STRANGER, FakeLio, FakeLvm, MiB, make_config
 
@@ -373,6 +373,25 @@ def test_snapshot_set_prepare_commit_abort(client, lvm, lio):
     vss_body(r, HResult.VSS_E_BAD_STATE)
 
 
+def test_a_sets_publish_and_its_abort_each_change_lio_in_one_batch(client, lio):
+    """LIO's file is saved once per batch: a publish (or abort) of many LUNs rewrote it between
+    two LUNs whenever the debounce's timer fired, most of a 64-LUN abort's time."""
+    names = [f"vol{i}" for i in range(3)]
+    for n in names:
+        client.post("/v1/luns", json={"name": n, "size_bytes": 64 * MiB}, headers=AUTH)
+    set_id = sid()
+    prep = client.post("/v1/snapshot-sets", json={"set_id": set_id, "snapshots": [
+        {"snapshot_id": sid(), "lun": n} for n in names]}, headers=AUTH).json()
+    client.post(f"/v1/snapshot-sets/{set_id}/commit", headers=AUTH)
+    before = set(lio.exports())
+    lio.batches.clear()
+    assert client.post(f"/v1/snapshot-sets/{set_id}/publish", headers=AUTH).status_code == 200
+    assert len(prep["snapshots"]) == 3 and [set(b) for b in lio.batches] == [set(lio.exports()) - before]
+    lio.batches.clear()
+    assert client.post(f"/v1/snapshot-sets/{set_id}/abort", headers=AUTH).status_code == 200
+    assert [len(b) for b in lio.batches] == [3] and not set(lio.exports()) & set(lio.batches[0])
+
+
 def test_copy_and_resync_jobs(client, copies):
     client.post("/v1/luns", json={"name": "vol1", "size_bytes": 64 * MiB}, headers=AUTH)
     r = client.post("/v1/luns/vol1/copy", json={"target": "full1"}, headers=AUTH)
@@ -614,6 +633,37 @@ def test_client_request(access, monkeypatch):
     assert seen["url"].endswith("/v1/hosts/iqn.1991-05.com.microsoft%3Ahost1.lab") and seen["method"] == "DELETE"
     client.detach("snap-x")
     assert seen["url"].endswith("/v1/luns/snap-x/detach") and seen["method"] == "POST" and seen["data"] is None
+
+
+def test_client_waits_longer_for_calls_that_grow_with_the_set(access, monkeypatch):
+    """A 64-LUN prepare took more than the client's minute on a TCG array: the calls whose work is
+    one snapshot, activation or removal per LUN wait SET_TIMEOUT_S, every other call the client's."""
+    waited = {}
+
+    def urlopen(req, timeout=None, context=None):
+        waited[(req.get_method(), req.full_url.split("/v1/", 1)[1])] = timeout
+        return io.BytesIO(b"{}")
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    client = ArrayClient(access, timeout=7.5)
+    client.prepare_set("s1", [{"snapshot_id": "x", "lun": "vol1"}])
+    client.publish_set("s1")
+    client.plex_set("s1")
+    client.abort_set("s1")
+    client.attach_import(["SER1"], IQN1)
+    client.release_import(["SER1"], IQN1)
+    client.commit_set("s1")
+    client.hand_out_set("s1")
+    client.mask("vol1", IQN1)
+    assert waited == {
+        ("POST", "snapshot-sets"): SET_TIMEOUT_S, ("POST", "snapshot-sets/s1/publish"): SET_TIMEOUT_S,
+        ("POST", "snapshot-sets/s1/plex"): SET_TIMEOUT_S, ("POST", "snapshot-sets/s1/abort"): SET_TIMEOUT_S,
+        ("POST", "imports/attach"): SET_TIMEOUT_S, ("POST", "imports/release"): SET_TIMEOUT_S,
+        ("POST", "snapshot-sets/s1/commit"): 7.5, ("POST", "snapshot-sets/s1/hand-out"): 7.5,
+        ("PUT", "luns/vol1/masks"): 7.5}
+    assert ArrayClient(access, timeout=2000.0).call("GET", "/v1/pool") == {} and waited[("GET", "pool")] == 2000.0
+    assert ArrayClient(access, timeout=2000.0).publish_set("s1") == {}
+    assert waited[("POST", "snapshot-sets/s1/publish")] == 2000.0  # never shorter than the client's own
 
 
 def test_client_empty_answer_is_none(access, monkeypatch):
