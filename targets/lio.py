@@ -142,6 +142,7 @@ class Lio:
         self.target_iqn, self.portals, self.save_file = target_iqn, portals, save_file
         self._save_timer: threading.Timer | None = None
         self._unsaved_since: float | None = None
+        self._batches = 0  # open batch() blocks: their changes wait for the last to end
 
     @property
     def rts(self):
@@ -241,14 +242,35 @@ class Lio:
             if self._unsaved_since is not None:
                 self.save()
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Changes made inside are saved once, after the batch ends. A 64-LUN publish or abort
+        spends seconds per LUN in LVM and udev, so the debounce's timer fired between its changes
+        and rewrote the whole file (about 10 s with 170 LUNs under TCG) again and again: half of
+        a publish, four fifths of an abort. A failed batch still saves what it changed."""
+        with locked():
+            self._batches += 1
+        try:
+            yield
+        finally:
+            with locked():
+                self._batches -= 1
+                if not self._batches and self._unsaved_since is not None:
+                    self._unsaved_since = None  # the quiet time counts from the batch's end
+                    self._changed()
+
     def _changed(self) -> None:
-        """Schedule the save of a change: quiet-time debounce, bounded by SAVE_LATEST_S."""
+        """Schedule the save of a change: quiet-time debounce, bounded by SAVE_LATEST_S; inside a
+        batch, none until it ends."""
         with locked():
             now = time.monotonic()
             if self._unsaved_since is None:
                 self._unsaved_since = now
             if self._save_timer is not None:
                 self._save_timer.cancel()
+                self._save_timer = None
+            if self._batches:
+                return
             delay = max(0.0, min(SAVE_QUIET_S, self._unsaved_since + SAVE_LATEST_S - now))
             self._save_timer = threading.Timer(delay, self._timed_save)
             self._save_timer.daemon = True
@@ -277,7 +299,8 @@ class Lio:
                 if made:  # the kernel refused the attribute (a device without discard)
                     so.delete()
                 raise
-            lun = self._lun_of(tpg, so) or self.rts.LUN(tpg, storage_object=so)
+            # A backstore made just now has no TPG LUN: no scan of every LUN's link for it.
+            lun = (None if made else self._lun_of(tpg, so)) or self.rts.LUN(tpg, storage_object=so)
             self._changed()
             return Export(name, device, serial, lun.lun)
 

@@ -290,12 +290,13 @@ class Luns(ArrayPart):
 
     def publish(self, *luns: Lun) -> None:
         """Activate (snapshots are made inactive) and export with the stored serials, in batches:
-        one listing, one activation for every volume (LIO saves once, after the burst)."""
+        one listing, one activation for every volume, LIO's file saved once after the batch."""
         active = {lv.name for lv in self.backend.volumes() if lv.active}
         self.backend.activate(*(lun.name for lun in luns if lun.name not in active))
-        for lun in luns:
-            self.lio.export(lun.name, self.backend.device(lun.name), lun.exported_serial)
-            crash_point("publish-after-first-export")
+        with self.lio.batch():
+            for lun in luns:
+                self.lio.export(lun.name, self.backend.device(lun.name), lun.exported_serial)
+                crash_point("publish-after-first-export")
 
     def detach(self, name: str, caller: Caller = ADMIN) -> LunView:
         """The array's side of a break: the snapshot LUN `name` becomes a LUN of kind 'volume',

@@ -319,13 +319,14 @@ class SnapshotSets(ArrayPart):
         errors = []
         self.backend.forget_snapshots(set_id)
         s = self.store.snapshot_set(set_id)
-        for m in s.members if s else ():
-            lun = self.store.lun(m.name)
-            if lun is not None and lun.set_id != set_id:
-                continue  # detached: an ordinary LUN now, not the set's to undo
-            for mask in self.store.masks(m.name):
-                self.store.remove_mask(m.name, mask.initiator)
-            errors += self.luns.destroy(m.name)
+        with self.luns.lio.batch():  # LIO's file saved once, not between two LUNs' removals
+            for m in s.members if s else ():
+                lun = self.store.lun(m.name)
+                if lun is not None and lun.set_id != set_id:
+                    continue  # detached: an ordinary LUN now, not the set's to undo
+                for mask in self.store.masks(m.name):
+                    self.store.remove_mask(m.name, mask.initiator)
+                errors += self.luns.destroy(m.name)
         self.store.set_state(set_id, "aborted")
         return errors
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import dataclasses
 
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 
 from targets import names
@@ -210,6 +212,24 @@ class FakeLio(_Injectable):
         self.orphans: set[str] = set()
         self.not_thin: set[str] = set()  # exports whose backstore has THIN_ATTRIBUTES off
         self.chap: dict[str, tuple[str, str]] = {}
+        self.batches: list[list[str]] = []  # each batch() block: the names it exported or unexported
+        self._batch: list[str] | None = None
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        outer = self._batch is None
+        if outer:
+            self._batch = []
+        try:
+            yield
+        finally:
+            if outer:
+                self.batches.append(self._batch)
+                self._batch = None
+
+    def _batched(self, name: str) -> None:
+        if self._batch is not None:
+            self._batch.append(name)
 
     # -- test helpers --------------------------------------------------------------------
 
@@ -244,6 +264,7 @@ class FakeLio(_Injectable):
         self.orphans.discard(name)
         e = Export(name, device, serial, self._free_lun())
         self._exports[name] = e
+        self._batched(name)
         return e
 
     def advertise_thin(self, name: str) -> bool:
@@ -259,7 +280,8 @@ class FakeLio(_Injectable):
 
     def unexport(self, name: str) -> None:
         self._call("unexport", name)
-        self._exports.pop(name, None)
+        if self._exports.pop(name, None) is not None:
+            self._batched(name)
         self.orphans.discard(name)
         self.not_thin.discard(name)
 
