@@ -133,6 +133,16 @@ DEFAULT_TIMEOUTS: Mapping[str, float] = per_method({
     _M.RELEASE_LUNS: 300.0,
 })
 
+# PostCommitSnapshots has the array activate and export each new shadow LUN (LVM, udev and LIO:
+# 0.85 s a LUN under TCG with 170 LUNs on the array, 53 s for 64), so its deadline grows with the
+# set's LUNs. Writes flow again by then; only the requester waits.
+PUBLISH_S_PER_LUN = 2.0
+
+
+def post_commit_deadline(luns: int) -> float:
+    """PostCommitSnapshots' deadline for a set of `luns` LUNs: its default, or more for a large set."""
+    return max(DEFAULT_TIMEOUTS[_M.POST_COMMIT_SNAPSHOTS.value], PUBLISH_S_PER_LUN * luns)
+
 
 class ProviderTimeoutError(VssRuntimeError):
     """VSS_E_UNEXPECTED_PROVIDER_ERROR: the provider did not answer in time (its server was killed if

@@ -36,6 +36,7 @@ from provider.contract.hresult import HResult, VssError, vss_error
 from provider.commands import DEFAULT_RUNNER, Runner, run_checked
 from provider.hardware.lun_info import read_lun_info
 from provider.hardware.multipath import Multipath
+from provider.hosting.proxy import post_commit_deadline
 from provider.polling import poll
 from provider.requester.holds import RequesterHolds, is_auto_release
 from provider.requester.shadow_flags import (
@@ -70,7 +71,8 @@ class Provider(Protocol):
 
     provider_id: str
 
-    def call(self, method: str, **params: Any) -> Any: ...
+    def call(self, method: str, timeout: float | None = None, /, **params: Any) -> Any:
+        """`timeout`: the call's deadline in seconds (None: the method's default)."""
 
 
 @dataclass(frozen=True)
@@ -769,7 +771,8 @@ class Coordinator:
                 self._save(progress)
                 step("unflag originals", lambda: self._unflag_originals(progress))
                 step("PostCommitSnapshots", lambda: provider.call(
-                    "post_commit_snapshots", set_id=set_id, snapshot_count=len(volumes)))
+                    "post_commit_snapshots", post_commit_deadline(len(luns)), set_id=set_id,
+                    snapshot_count=len(volumes)))
                 if context & VolumeSnapshotAttributes.VSS_VOLSNAP_ATTR_PLEX:
                     status = step("full copies (plex)", lambda: self._wait_async(
                         provider, set_id, on_progress, "full copy"))

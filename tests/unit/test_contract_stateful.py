@@ -166,7 +166,7 @@ class CoordinatorProvider:
     def __init__(self, machine, host: str) -> None:
         self.m, self.host = machine, host
 
-    def call(self, method, **params):
+    def call(self, method, timeout=None, /, **params):
         return self.m.provider_call(self.host, method, **params)
 
 

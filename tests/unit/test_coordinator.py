@@ -32,7 +32,7 @@ class InProcessProvider:
     def __init__(self, impl, events: list, fail: str | None = None) -> None:
         self.provider_id, self.impl, self.events, self.fail = str(PROVIDER_ID), impl, events, fail
 
-    def call(self, method, **params):
+    def call(self, method, timeout=None, /, **params):
         self.events.append(method)
         if method == self.fail:
             raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"{method} failed (injected)")
