@@ -194,8 +194,9 @@ class SnapshotSets(ArrayPart):
             sets = self._claim(set_ids, host)
             try:
                 self.luns.publish(*luns)
-                for lun in luns:
-                    self.luns.map(lun, registered, read_only=False)
+                with self.luns.lio.batch():  # LIO's file saved once, not between two masks
+                    for lun in luns:
+                        self.luns.map(lun, registered, read_only=False)
             except Exception as e:
                 errors = self._give_back([lun for lun in luns if lun.name not in masked_before], host,
                                          keep=claimed_before)
@@ -232,11 +233,12 @@ class SnapshotSets(ArrayPart):
         has no LUN masked to it any more, the set's LUNs held by its owner again. Errors are
         collected, and every step is tried."""
         errors = []
-        for lun in luns:
-            try:
-                self.luns.unmask(api_name(lun.name), host)
-            except Exception as e:  # noqa: BLE001 - collected and reported
-                errors.append(f"unmask of {api_name(lun.name)}: {e}")
+        with self.luns.lio.batch():
+            for lun in luns:
+                try:
+                    self.luns.unmask(api_name(lun.name), host)
+                except Exception as e:  # noqa: BLE001 - collected and reported
+                    errors.append(f"unmask of {api_name(lun.name)}: {e}")
         for set_id in dict.fromkeys(lun.set_id for lun in luns):
             taken = self.store.import_of(set_id)
             members = [m for m in self.store.luns() if m.set_id == set_id]

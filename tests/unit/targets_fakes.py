@@ -212,7 +212,7 @@ class FakeLio(_Injectable):
         self.orphans: set[str] = set()
         self.not_thin: set[str] = set()  # exports whose backstore has THIN_ATTRIBUTES off
         self.chap: dict[str, tuple[str, str]] = {}
-        self.batches: list[list[str]] = []  # each batch() block: the names it exported or unexported
+        self.batches: list[list[str]] = []  # each batch() block: what it (un)exported or (un)masked
         self._batch: list[str] | None = None
 
     @contextmanager
@@ -303,6 +303,7 @@ class FakeLio(_Injectable):
         m = Mapping(initiator, e.lun, read_only)
         self._exports[name] = replace(e, mappings=tuple(
             [x for x in e.mappings if x.initiator != initiator] + [m]))
+        self._batched(f"{name} to {initiator}")
         return m
 
     def unmask(self, name: str, initiator: str) -> None:
@@ -310,6 +311,7 @@ class FakeLio(_Injectable):
         e = self._exports.get(name)
         if e is not None:
             self._exports[name] = replace(e, mappings=tuple(x for x in e.mappings if x.initiator != initiator))
+            self._batched(f"{name} from {initiator}")
 
     def lun_number(self, name: str) -> int | None:
         self._call("lun_number", name)

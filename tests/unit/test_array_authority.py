@@ -203,7 +203,9 @@ def test_an_import_in_one_call_and_its_undo(world):
     world["lio"].target_iqn, world["lio"].portals = "iqn.2026-11.lab.shadowlun:array", ["10.87.0.1"]
     set_id, shadow = published_transportable_set(a)
     before = state(world["arr"], world["lvm"], world["lio"])
+    world["lio"].batches.clear()
     attached = b.ok("POST", "/v1/imports/attach", {"serials": [shadow["serial"]]})
+    assert [b for b in world["lio"].batches if b] == [[f"{shadow['target']} to {HOST_B}"]]  # one save
     assert attached["sets"][0]["host"] == HOST_B and attached["masked"] == [shadow["serial"]]
     [lun] = attached["luns"]
     assert lun["masks"] == [{"initiator": HOST_B, "read_only": False}] and lun["wwid"] == shadow["wwid"]
@@ -214,8 +216,10 @@ def test_an_import_in_one_call_and_its_undo(world):
     assert (status, answer["vss"]) == (409, "VSS_E_BAD_STATE")  # imported once
     status, answer = c("POST", "/v1/imports/release", {"serials": [shadow["serial"]]})
     assert (status, answer["vss"]) == (403, "E_ACCESSDENIED")  # not host-c's import
+    world["lio"].batches.clear()
     released = b.ok("POST", "/v1/imports/release", {"serials": [shadow["serial"]]})
     assert released == {"unmasked": [shadow["serial"]], "unclaimed": [set_id]}
+    assert world["lio"].batches == [[f"{shadow['target']} from {HOST_B}"]]
     assert state(world["arr"], world["lvm"], world["lio"]) == before
     status, answer = b("POST", "/v1/imports/release", {"serials": [shadow["serial"]]})
     assert (status, answer["vss"]) == (409, "VSS_E_BAD_STATE")  # nothing imported to give back
