@@ -539,6 +539,8 @@ class Coordinator:
         entry = s.snapshot(snapshot_id)
         assert entry is not None
         provider = self._provider(s.provider_id)
+        if hasattr(provider, "start"):  # a server killed as hung (a cleanup after it) starts anew
+            provider.start()
         self._unmount(entry)
         self.catalog.save(s)
         others = [r for o in self.catalog.sets() for e in o.snapshots
@@ -824,7 +826,13 @@ class Coordinator:
                     log.error("snapshot set %s: auto-import failed, deleting the set: %s", set_id, e)
                     if not is_auto_release(context):  # release works from a hold's document
                         self.holds.add(set_id, bcd.to_xml(doc))
-                    self.release(set_id)
+                    try:
+                        self.release(set_id)
+                    except VssError as cleanup:  # the set stays held: `recover` deletes it
+                        if not isinstance(e, VssError):
+                            raise
+                        raise vss_error(e.hresult, f"{e.message}; deleting the set: {cleanup.message} "
+                                                   f"(`shadowlun recover` tries again)") from e
                     raise
             return doc, {"seconds": timings, "wall": spans}
 

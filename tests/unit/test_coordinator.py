@@ -732,6 +732,55 @@ def test_a_failed_auto_import_deletes_the_set_and_says_why(tmp_path):
     assert on_the_array(lab) == ([], []) and lab.coord.list_sets() == [] and lab.coord.holds.all() == []
 
 
+class KilledAtLocate(InProcessProvider):
+    """A provider server that does LocateLuns' work but is killed as hung before it answers (a
+    64-LUN auto-import overran the 300 s deadline on the lab): every call fails as against a dead
+    server until the coordinator starts a new one."""
+
+    def __init__(self, impl, events) -> None:
+        super().__init__(impl, events)
+        self.dead, self.starts = False, 0
+
+    def start(self) -> None:
+        self.starts += 1
+        self.dead = False
+
+    def call(self, method, timeout=None, /, **params):
+        if self.dead:
+            raise vss_error(HResult.VSS_E_UNEXPECTED_PROVIDER_ERROR, f"{method}: connection refused")
+        out = super().call(method, timeout, **params)
+        if method == "locate_luns":
+            self.dead = True
+            raise vss_error(HResult.VSS_E_UNEXPECTED_PROVIDER_ERROR,
+                            "provider did not answer LocateLuns within 300 s; its server was killed")
+        return out
+
+
+def test_an_auto_import_whose_provider_was_killed_is_deleted_by_a_new_provider_server(tmp_path):
+    """The set's deletion after a failed auto-import starts the provider server again when the
+    failure killed it, and the error said is the import's, not the cleanup's."""
+    lab = Lab(tmp_path)
+    lab.provider = lab.coord.providers[0] = KilledAtLocate(lab.impl, lab.events)
+    with pytest.raises(VssError) as e:
+        lab.coord.create([lab.volume("db", "sdb")], BACKUP)
+    assert e.value.hresult == HResult.VSS_E_UNEXPECTED_PROVIDER_ERROR and "LocateLuns" in e.value.message
+    assert lab.provider.starts >= 1
+    assert on_the_array(lab) == ([], []) and lab.coord.list_sets() == [] and lab.coord.holds.all() == []
+    assert lab.impl.initiator.disks == {}
+
+
+def test_a_failed_cleanup_of_an_auto_import_is_added_to_the_imports_error(tmp_path, monkeypatch):
+    lab = Lab(tmp_path)
+    monkeypatch.setattr(lab.coord, "release", lambda set_id: (_ for _ in ()).throw(
+        vss_error(HResult.VSS_E_UNEXPECTED_PROVIDER_ERROR, "deleted 0 shadow copies")))
+    FakeSysfs.foreign.add("shb")  # the shadow disk reports another LUN's identity
+    with pytest.raises(VssError) as e:
+        lab.coord.create([lab.volume("db", "sdb")], APP_ROLLBACK)
+    assert e.value.hresult == HResult.VSS_E_NO_SNAPSHOTS_IMPORTED
+    assert "deleting the set: deleted 0 shadow copies" in e.value.message
+    assert [h.set_id for h in lab.coord.holds.all()]  # held: `recover` deletes it later
+
+
 def cli_over(lab, monkeypatch):
     """provider.cli, with the lab's provider loaded and its coordinator."""
     from provider import cli
