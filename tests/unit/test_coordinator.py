@@ -445,6 +445,32 @@ def test_release_luns_refuses_what_this_host_did_not_locate_and_changes_nothing(
         assert (array_state(lab, doc.set_id), dict(impl_b.initiator.disks)) == before
 
 
+def test_release_luns_twice_and_after_a_crash_between_its_two_steps(tmp_path, monkeypatch):
+    """A second ReleaseLuns finds nothing of the import left here: E_INVALIDARG, nothing changed.
+    One that stopped after the host's step (the array unreachable, or the process killed) leaves
+    the LUNs masked and claimed with no disk here: called again, it finishes the array's step."""
+    lab = Lab(tmp_path / "a")
+    doc, _ = lab.coord.create([lab.volume("db", "sdb"), lab.volume("logs", "sdc")], TRANSPORTABLE)
+    before = array_state(lab, doc.set_id)
+    shadow = [m.destination for s in doc.snapshots for m in s.luns]
+    _, impl_b = importer(lab, tmp_path, "host-b")
+    impl_b.locate_luns(shadow)
+    assert impl_b.initiator.disks and array_state(lab, doc.set_id) != before
+    down = vss_error(HResult.VSS_E_PROVIDER_VETO, "array agent unreachable")
+    monkeypatch.setattr(impl_b.array, "release_import", lambda serials, host: (_ for _ in ()).throw(down))
+    with pytest.raises(VssError) as e:
+        impl_b.release_luns(shadow)
+    assert e.value.hresult == HResult.VSS_E_PROVIDER_VETO and "on the array" in e.value.message
+    assert impl_b.initiator.disks == {} and array_state(lab, doc.set_id) != before  # half done
+    monkeypatch.undo()
+    impl_b.release_luns(shadow)  # the array's step now
+    assert impl_b.initiator.disks == {} and array_state(lab, doc.set_id) == before
+    with pytest.raises(VssError) as e:
+        impl_b.release_luns(shadow)
+    assert e.value.hresult == HResult.E_INVALIDARG
+    assert impl_b.initiator.disks == {} and array_state(lab, doc.set_id) == before
+
+
 def test_import_refuses_a_non_transportable_or_broken_document(tmp_path):
     lab = Lab(tmp_path / "a")
     doc, _ = lab.coord.create([lab.volume("db", "sdb")], BACKUP)
