@@ -27,8 +27,8 @@ TIMEOUT_S = 60.0
 # The calls whose work grows with the set (one snapshot, removal or activation per LUN: a
 # 64-LUN prepare takes more than a minute on a TCG array with a hundred LVs). They are
 # bounded anyway by the provider method that makes them (EndPrepareSnapshots 900 s,
-# AbortSnapshots 300 s, PostCommitSnapshots 30 s, LocateLuns 300 s); the agent's answer to a
-# retry of any of them is the same, so waiting longer costs nothing but time.
+# AbortSnapshots 300 s, PostCommitSnapshots 2 s a LUN, LocateLuns 300 s); the agent's answer
+# to a retry of any of them is the same, so waiting longer costs nothing but time.
 SET_TIMEOUT_S = 900.0
 
 
@@ -61,8 +61,9 @@ class ArrayClient:
             data=json.dumps(body).encode() if body is not None else None,
             headers={"Authorization": f"Bearer {self.access.token}", "Content-Type": "application/json"},
         )
+        limit = self.timeout if timeout is None else timeout
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout if timeout is None else timeout, context=self._ssl) as resp:
+            with urllib.request.urlopen(req, timeout=limit, context=self._ssl) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as e:
             raw = e.read()
