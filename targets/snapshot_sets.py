@@ -266,17 +266,17 @@ class SnapshotSets(ArrayPart):
                 return self.set_view(set_id)  # a retry
             if s.state != "prepared":
                 raise vss_error(HResult.VSS_E_BAD_STATE, f"snapshot set {set_id} is {s.state}")
+            # The hosts' writes are held from here to the answer: the store is read and written
+            # once for the whole set, not once per LUN.
+            origins = self.store.luns_named([m.origin for m in s.members])
             gone = [api_name(m.origin) for m in s.members
-                    if (o := self.store.lun(m.origin)) is None or o.state != "ready"]
+                    if (o := origins.get(m.origin)) is None or o.state != "ready"]
             if gone:
                 raise vss_error(HResult.VSS_E_OBJECT_NOT_FOUND,
                                  f"snapshot set {set_id}: no LUN {', '.join(gone)} any more")
             with self.store.tx():
                 self.store.set_state(set_id, "committing")
-                for m in s.members:
-                    origin = self.store.lun(m.origin)
-                    self.store.add_lun(m.name, "snapshot", origin.size_bytes, m.serial, origin=m.origin,
-                                       set_id=set_id, snapshot_id=m.snapshot_id, holder=s.owner)
+                self.store.add_snapshot_luns(s.members, {n: o.size_bytes for n, o in origins.items()}, s.owner)
             crash_point("commit-before-snapshots")
             try:
                 window = self.backend.commit_snapshots(set_id, self._snapshots(s.members))
@@ -285,8 +285,7 @@ class SnapshotSets(ArrayPart):
                 self.undo(s.set_id)
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO, f"commit of set {set_id} failed: {e}") from e
             with self.store.tx():
-                for m in s.members:
-                    self.store.set_lun_state(m.name, "ready")
+                self.store.set_luns_state([m.name for m in s.members], "ready")
                 self.store.set_state(set_id, "committed", commit_window_s=window)
             log.info("set %s committed: %d snapshots in %.3f s", set_id, len(s.members), window)
             return self.set_view(set_id)

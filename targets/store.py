@@ -7,11 +7,12 @@ and removes it, and what is 'ready' it rebuilds in LIO and LVM if missing.
 """
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,9 +239,25 @@ class Store:
                         holder))
         return self.lun(name)  # type: ignore[return-value]
 
+    def add_snapshot_luns(self, members: Sequence[SetMember], sizes: Mapping[str, int],
+                          holder: str | None) -> None:
+        """A committing set's shadow LUNs, one per member, each its origin's size (`sizes`, by
+        origin): one statement for the set, as its commit holds the hosts' writes."""
+        now = time.time()
+        with self.tx() as db:
+            db.executemany("INSERT INTO luns (name, kind, size_bytes, serial, origin, set_id, snapshot_id, "
+                           "state, created, holder) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                           [(m.name, "snapshot", sizes[m.origin], m.serial, m.origin, m.set_id, m.snapshot_id,
+                             "creating", now, holder) for m in members])
+
     def lun(self, name: str) -> Lun | None:
         rows = self._rows("SELECT * FROM luns WHERE name = ?", name)
         return Lun(*rows[0]) if rows else None
+
+    def luns_named(self, names: Sequence[str]) -> dict[str, Lun]:
+        """The LUNs of these names that exist, by name, in one query (a set's worth)."""
+        return {r[0]: Lun(*r) for r in self._rows(
+            "SELECT * FROM luns WHERE name IN (SELECT value FROM json_each(?))", json.dumps(list(names)))}
 
     def lun_by_serial(self, serial: str) -> Lun | None:
         rows = self._rows("SELECT * FROM luns WHERE serial = ?", serial)
@@ -262,8 +279,11 @@ class Store:
             db.execute("UPDATE luns SET size_bytes = ? WHERE name = ?", (size_bytes, name))
 
     def set_lun_state(self, name: str, state: str) -> None:
+        self.set_luns_state([name], state)
+
+    def set_luns_state(self, names: Sequence[str], state: str) -> None:
         with self.tx() as db:
-            db.execute("UPDATE luns SET state = ? WHERE name = ?", (state, name))
+            db.executemany("UPDATE luns SET state = ? WHERE name = ?", [(state, n) for n in names])
 
     def set_holder(self, names: list[str], holder: str | None) -> None:
         """Who answers for these LUNs now (an import hands a set's shadow LUNs to the importer)."""
