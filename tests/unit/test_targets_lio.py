@@ -152,6 +152,36 @@ def test_the_tpg_lun_of_a_backstore_is_the_one_linking_to_it(tmp_path, monkeypat
     assert lio._lun_of(tpg, lio._find_so("lun-x[1]")) is None  # a backstore with no LUN
 
 
+class Mapped:
+    """An ACL's mapped LUN (its configfs directory, and a link in it to a TPG LUN), whose
+    rtslib `tpg_lun` must not be asked: it builds every LUN of the TPG."""
+
+    def __init__(self, acl_dir, number: int, link_to) -> None:
+        self.path = str(acl_dir / f"lun_{number}")
+        os.makedirs(self.path)
+        (acl_dir / f"lun_{number}" / "write_protect").write_text("0")
+        os.symlink(link_to, os.path.join(self.path, "0a1b2c3d4e"))
+        self.deleted = False
+
+    @property
+    def tpg_lun(self):
+        raise AssertionError("MappedLUN.tpg_lun scans every LUN of the TPG")
+
+    def delete(self) -> None:
+        self.deleted = True
+
+
+def test_a_mapped_lun_leads_to_the_tpg_lun_its_link_names(tmp_path, monkeypatch):
+    root, tpg = configfs(tmp_path, monkeypatch)
+    acl_dir = tmp_path / "target" / "iscsi" / "iqn.x" / "tpgt_1" / "acls" / "iqn.host"
+    to_1, to_0 = Mapped(acl_dir, 1, f"{tpg.path}/lun/lun_1"), Mapped(acl_dir, 7, f"{tpg.path}/lun/lun_0")
+    elsewhere = Mapped(acl_dir, 8, root / "core" / "iblock_0" / "lun-a")
+    assert [lio_mod.tpg_lun_number(m) for m in (to_1, to_0, elsewhere)] == [1, 0, None]
+    acl = SimpleNamespace(mapped_luns=[to_1, to_0, elsewhere], delete=lambda: None)
+    Lio._drop_mapping(acl, SimpleNamespace(lun=0))
+    assert (to_1.deleted, to_0.deleted, elsewhere.deleted) == (False, True, False)
+
+
 def test_a_failed_save_is_tried_again_by_the_next_flush(tmp_path, monkeypatch):
     monkeypatch.setattr(lio_mod, "SAVE_QUIET_S", 60.0)
     lio = TestLio(tmp_path)
