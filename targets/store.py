@@ -229,14 +229,15 @@ class Store:
 
     # -- LUNs -----------------------------------------------------------------------------
 
+    INSERT_LUN = ("INSERT INTO luns (name, kind, size_bytes, serial, origin, set_id, snapshot_id, state, "
+                  "created, holder) VALUES (?,?,?,?,?,?,?,?,?,?)")
+
     def add_lun(self, name: str, kind: str, size_bytes: int, serial: str, *, origin: str | None = None,
                 set_id: str | None = None, snapshot_id: str | None = None, state: str = "creating",
                 holder: str | None = None) -> Lun:
         with self.tx() as db:
-            db.execute("INSERT INTO luns (name, kind, size_bytes, serial, origin, set_id, snapshot_id, state, "
-                       "created, holder) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                       (name, kind, size_bytes, serial, origin, set_id, snapshot_id, state, time.time(),
-                        holder))
+            db.execute(self.INSERT_LUN, (name, kind, size_bytes, serial, origin, set_id, snapshot_id, state,
+                                         time.time(), holder))
         return self.lun(name)  # type: ignore[return-value]
 
     def add_snapshot_luns(self, members: Sequence[SetMember], sizes: Mapping[str, int],
@@ -245,10 +246,8 @@ class Store:
         origin): one statement for the set, as its commit holds the hosts' writes."""
         now = time.time()
         with self.tx() as db:
-            db.executemany("INSERT INTO luns (name, kind, size_bytes, serial, origin, set_id, snapshot_id, "
-                           "state, created, holder) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                           [(m.name, "snapshot", sizes[m.origin], m.serial, m.origin, m.set_id, m.snapshot_id,
-                             "creating", now, holder) for m in members])
+            db.executemany(self.INSERT_LUN, [(m.name, "snapshot", sizes[m.origin], m.serial, m.origin, m.set_id,
+                                              m.snapshot_id, "creating", now, holder) for m in members])
 
     def lun(self, name: str) -> Lun | None:
         rows = self._rows("SELECT * FROM luns WHERE name = ?", name)
