@@ -4,10 +4,11 @@ Absolute times in a TCG VM mean little; each figure is printed beside its baseli
 the same run on the same VMs, and the ratio is what we track.
 
   commit window       writes held on host-a by `shadowlun create --transportable` of 1, 4,
-                      16, 64 raw LUNs (the hold is the same in every context; a transportable
-                      set is not imported on host-a and released again, which for 64 LUNs
-                      takes longer than the rest of the bench), and the array's own commit
-                      window; against a loop of one `lvcreate -s`
+                      16, 64 LUNs (one GPT partition each, where a transportable copy keeps its
+                      flags; the hold is the same in every context, and a transportable set is
+                      not imported on host-a and released again, which for 64 LUNs takes
+                      longer than the rest of the bench), and the array's own commit window;
+                      against a loop of one `lvcreate -s`
                       per LUN, and one raw `lvcreate -s`, run on the array. Where each hold
                       went (the array's window, the calls, freeze and thaw) is printed under
                       it, and the 64-LUN hold against the 1-LUN hold as a row of its own.
@@ -130,6 +131,11 @@ class Bench:
         self.a.run("udevadm settle --timeout=600", timeout=660)
         return disks
 
+    def partition_on_a(self, disks: list[str]) -> None:
+        """One GPT partition over each disk on host-a (a transportable copy's flags live in it)."""
+        self.a.run(" && ".join(f"printf 'label: gpt\\n,\\n' | sfdisk -q {d}" for d in disks)
+                   + " && udevadm settle", timeout=900)
+
     def detach_from_a(self, names: list[str]) -> None:
         self.a.run(["python3", VOLUME, "detach", *names], timeout=900)
         iqn = initiator(self.a)
@@ -145,9 +151,10 @@ class Bench:
     # -- the figures ---------------------------------------------------------------------------
 
     def commit_window(self) -> None:
-        self.say("commit window by number of LUNs (raw LUNs on host-a, `shadowlun create --transportable`)")
+        self.say("commit window by number of LUNs (host-a, `shadowlun create --transportable`, a partition a LUN)")
         names = self.luns([f"c{i}" for i in range(max(SIZES))], 64 * MIB)
         disks = self.attach_to_a(names)
+        self.partition_on_a(list(disks.values()))
         held_by_size: dict[int, float] = {}
         try:
             for n in SIZES:
@@ -155,7 +162,7 @@ class Bench:
                 loop = self.raw_snapshots(chosen)
                 single = self.raw_snapshots(chosen[:1])
                 r = self.a.run(f"{SHADOWLUN} create --transportable --bcd /root/bench-hold.xml "
-                               f"{' '.join(disks[x] for x in chosen)}", check=False, timeout=1800)
+                               f"{' '.join(disks[x] + '1' for x in chosen)}", check=False, timeout=1800)
                 if r.returncode:  # e.g. over the 10 s VSS allows for CommitSnapshots: a figure too
                     why = json.loads(r.stderr.strip().splitlines()[-1])
                     self.add(Figure(f"writes held, {n} LUN(s)", None, "s", f"lvcreate -s loop x{n}", loop,
@@ -191,8 +198,7 @@ class Bench:
             raw = self.luns([f"r{n}-{i}" for i in range(n)], 64 * MIB)
             disks = self.attach_to_a(names)
             try:
-                self.a.run(" && ".join(f"printf 'label: gpt\\n,\\n' | sfdisk -q {d}" for d in disks.values())
-                           + " && udevadm settle", timeout=900)
+                self.partition_on_a(list(disks.values()))
                 self.a.run(f"{SHADOWLUN} create --transportable --bcd /root/bench.xml "
                            + " ".join(f"{d}1" for d in disks.values()), timeout=900)
             finally:
