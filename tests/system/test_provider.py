@@ -283,7 +283,10 @@ def test_create_killed_while_frozen_is_thawed_by_its_guard_and_recover_cleans_th
         assert [lun for lun in snapshot_luns(api) if lun["set_id"] == set_id]
 
         started, done = held_write(ticks, killed_at)
-        assert 0.3 < killed_at - started < 10, "not killed during the hold, before the requester's own watchdog"
+        # Killed during the hold: the write under way at the kill was held by the freeze (it ended
+        # only after the kill; the guard's message below says it thawed a hold), and before the
+        # requester's own 10 s watchdog. How soon after the freeze is our speed, not the point.
+        assert killed_at - started < 10, "killed after the requester's own watchdog would have thawed"
         assert done - started < 11.9, f"writes held {done - started:.1f} s"
         err = create.stderr()
         assert "shadowlun-thaw-guard: the requester went away during the hold without thawing" in err, err
