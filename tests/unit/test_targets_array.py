@@ -741,11 +741,16 @@ def test_mask_publishes_a_committed_snapshot_first(arr, lio):
     assert view.lun_id is not None and lio.exports()[target].serial == prep["snapshots"][0]["serial"]
 
 
-def test_commit_after_the_origin_was_deleted(arr, lvm):
-    set_id, _ = prepared(arr, "vol1")
+def test_commit_after_an_origin_was_deleted_is_refused_before_anything_changes(arr, lvm):
+    set_id, _ = prepared(arr, "vol1", "vol2")
     arr.delete("vol1")
-    with pytest.raises(VssError):
+    before = (arr.store.luns(), arr.store.snapshot_set(set_id), sorted(lvm.names()))
+    lvm.calls.clear()
+    with pytest.raises(VssError) as e:
         arr.commit_set(set_id)
+    assert e.value.hresult == HResult.VSS_E_OBJECT_NOT_FOUND and "vol1" in e.value.message
+    assert (arr.store.luns(), arr.store.snapshot_set(set_id), sorted(lvm.names())) == before
+    assert lvm.called("repoint_snapshots") == [] and lvm.called("create_snapshots") == []
 
 
 def test_abort_prepared_set(arr, lvm):
