@@ -59,6 +59,7 @@ def tpg_lun_number(mapped) -> int | None:
                 return int(target[4:])
     return None
 
+
 class LioError(Exception):
     """LIO is not as the agent needs it (as rtslib-fb's RTSLibError): the caller decides what it
     means to the requester, so these carry no VSS code."""
