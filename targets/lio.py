@@ -6,10 +6,10 @@ visible to an initiator only through that initiator's NodeACL + MappedLUN. Every
 is create-or-lookup, so a retry changes nothing. rtslib-fb has no locking, so every change
 holds one lock (in-process and a file lock against other processes, e.g. targetcli users).
 
-The configuration file (what target.service restores at boot) is rewritten whole by rtslib,
-which takes seconds with a hundred LUNs under emulation; it is saved once after a burst of
-changes (`SAVE_QUIET_S` after the last, at most `SAVE_LATEST_S` after the first) and at
-shutdown. The agent's store stays the truth: its reconcile at start re-applies every export
+The configuration file (what target.service restores at boot) is rewritten whole by rtslib
+(`lio_save`), which takes seconds with a hundred LUNs under emulation; it is saved once after a
+burst of changes (`SAVE_QUIET_S` after the last, at most `SAVE_LATEST_S` after the first) and
+at shutdown. The agent's store stays the truth: its reconcile at start re-applies every export
 and mask whatever the file held. Lookups go straight to the object's configfs path instead of
 listing every backstore and LUN, so one change costs the same with 10 or 200 LUNs.
 """
@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provider.contract.lio_target import ISCSI_PORT, lio_naa_identifier
+
+from .lio_save import saving_root
 
 # In a root-only directory: a lock file in world-writable /run/lock could be held (or made a
 # symlink) by any user, blocking every change the agent makes.
@@ -246,7 +248,7 @@ class Lio:
                 self._save_timer.cancel()
                 self._save_timer = None
             Path(self.save_file).parent.mkdir(parents=True, exist_ok=True)
-            self.rts.RTSRoot().save_to_file(self.save_file)
+            saving_root(self.rts).save_to_file(self.save_file)
             self._unsaved_since = None  # only once written: a failed save is tried again
 
     def flush(self) -> None:

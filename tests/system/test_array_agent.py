@@ -327,20 +327,32 @@ def test_restarted_agent_rebuilds_lio_from_its_store(lab, api):
 
 def test_lio_configuration_file_follows_each_burst_of_changes(lab, api):
     """The agent saves LIO's configuration once after a burst (not per change): what
-    target.service would restore at boot has the new exports within the bound, and loses them
-    after they are deleted."""
+    target.service would restore at boot has the new exports and masks within the bound, is
+    rtslib's own dump of LIO key for key (the agent's save skips rtslib's per-mapping search,
+    lio_save), and loses the exports after they are deleted."""
     vols = [name("saved") for _ in range(3)]
     saved = "/etc/rtslib-fb-target/saveconfig.json"
+    hosts = [initiator(lab.vm("host-a")), initiator(lab.vm("host-b"))]
+
+    def file() -> dict:
+        return json.loads(lab.array.run(f"cat {saved}").stdout)
 
     def in_file() -> set[str]:
-        config = json.loads(lab.array.run(f"cat {saved}").stdout)
-        return {so["name"] for so in config.get("storage_objects", [])}
+        return {so["name"] for so in file().get("storage_objects", [])}
+
+    def rtslib_dump() -> dict:
+        return json.loads(lab.array.run("python3 -c 'import json, rtslib_fb; "
+                                        "print(json.dumps(rtslib_fb.RTSRoot().dump()))'").stdout)
 
     for v in vols:
         api.call("POST", "/v1/luns", {"name": v, "size_bytes": SIZE})
+        for h in hosts:
+            api.call("PUT", f"/v1/luns/{v}/masks", {"initiator": h})
     try:
         checks.until(lambda: {f"lun-{v}" for v in vols} <= in_file(), 30,
                      lambda: f"{saved} lacks the new exports after 30 s: {sorted(in_file())}")
+        checks.until(lambda: file() == rtslib_dump(), 30,
+                     lambda: f"{saved} is not rtslib's dump of LIO after 30 s")
     finally:
         for v in vols:
             api.call("DELETE", f"/v1/luns/{v}")

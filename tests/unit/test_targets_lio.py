@@ -24,6 +24,8 @@ class FakeRts:
                 rts.saves.append(path)
 
         self.RTSRoot = RTSRoot
+        self.Target = type("Target", (), {})
+        self.TPG = type("TPG", (), {})
         self.tcm = SimpleNamespace(StorageObject=SimpleNamespace(
             so_from_path=lambda path: SimpleNamespace(name=os.path.basename(path), path=path)))
         self.LUN = lambda tpg, lun: SimpleNamespace(lun=lun, tpg=tpg)
