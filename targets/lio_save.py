@@ -11,9 +11,11 @@ from __future__ import annotations
 from functools import cached_property
 
 
-def saving_root(rts):
+def saving_root(rts, dumped: dict | None = None):
     """An `rts.RTSRoot` whose targets' TPGs each list their LUNs once (`rts` is rtslib_fb,
-    passed in because the agent imports it lazily)."""
+    passed in because the agent imports it lazily). Given `dumped`, a dump taken earlier, its
+    save_to_file writes that instead of dumping again: the agent dumps without LIO's lock and
+    writes under it."""
 
     class OnceListedTPG(rts.TPG):
         @cached_property
@@ -26,6 +28,9 @@ def saving_root(rts):
             return (OnceListedTPG(self, tpg.tag, "lookup") for tpg in rts.Target.tpgs.__get__(self))
 
     class ListingRoot(rts.RTSRoot):
+        def dump(self) -> dict:
+            return super().dump() if dumped is None else dumped
+
         @property
         def targets(self):
             return (ListingTarget(t.fabric_module, t.wwn, "lookup")

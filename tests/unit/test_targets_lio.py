@@ -3,6 +3,7 @@ by configfs path (on a temporary tree shaped like /sys/kernel/config/target)."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 from types import SimpleNamespace
 
@@ -17,10 +18,16 @@ class FakeRts:
 
     def __init__(self) -> None:
         self.saves: list[str] = []
+        self.written: list[dict] = []
+        self.dump = lambda: {"storage_objects": []}  # what LIO holds; tests replace it
         rts = self
 
         class RTSRoot:
+            def dump(self) -> dict:
+                return rts.dump()
+
             def save_to_file(self, path: str) -> None:
+                rts.written.append(self.dump())
                 rts.saves.append(path)
 
         self.RTSRoot = RTSRoot
@@ -109,6 +116,74 @@ def test_a_batch_without_changes_saves_nothing(tmp_path, quick):
         pass
     time.sleep(0.2)
     assert lio.fake.saves == [] and lio._save_timer is None
+
+
+def test_a_change_made_while_the_save_reads_lio_is_saved_by_a_later_save(tmp_path, quick):
+    """The dump runs without the lock: one read while a change came is not written (it could
+    hold half of the change); the change's own timer writes LIO as it is after it."""
+    lio = TestLio(tmp_path)
+    reads = []
+
+    def dump():
+        reads.append(len(reads))
+        if len(reads) == 1:
+            lio._changed()  # another thread's change, in the middle of the first read
+            return {"storage_objects": ["before the change"]}
+        return {"storage_objects": ["after the change"]}
+
+    lio.fake.dump = dump
+    lio._changed()
+    wait_for(lambda: lio.fake.saves)
+    time.sleep(0.2)
+    assert len(reads) == 2
+    assert lio.fake.written == [{"storage_objects": ["after the change"]}]
+
+
+def test_calls_go_on_while_the_save_reads_lio(tmp_path, quick):
+    """The save's read takes seconds with a hundred LUNs: it must not hold the lock every change
+    and listing takes (an import's calls waited for it on the lab)."""
+    lio = TestLio(tmp_path)
+    reading, release = threading.Event(), threading.Event()
+
+    def dump():
+        reading.set()
+        release.wait(10)
+        return {"storage_objects": ["x"]}
+
+    lio.fake.dump = dump
+    lio._changed()
+    assert reading.wait(3)
+    took = threading.Event()
+
+    def call():
+        with lio_mod.locked():
+            took.set()
+
+    threading.Thread(target=call, daemon=True).start()
+    try:
+        assert took.wait(2), "a call waited for the save's read"
+    finally:
+        release.set()
+    wait_for(lambda: lio.fake.saves)
+    assert lio.fake.written == [{"storage_objects": ["x"]}]
+
+
+def test_changes_that_never_stop_during_reads_are_saved_under_the_lock_within_the_bound(tmp_path, quick):
+    """Each read meets a change, so none of them is written; past SAVE_LATEST_S the save reads
+    under the lock (as every save did before), so the file still follows within the bound."""
+    lio = TestLio(tmp_path)
+
+    def dump():
+        if not lio_mod._held.__dict__.get("depth"):
+            lio._changed()  # a change during every read made without the lock
+        return {"storage_objects": ["steady"]}
+
+    lio.fake.dump = dump
+    started = time.monotonic()
+    lio._changed()
+    wait_for(lambda: lio.fake.saves, seconds=3.0)
+    assert time.monotonic() - started < 1.0  # SAVE_LATEST_S is 0.3 s here, reads are instant
+    assert lio.fake.written[0] == {"storage_objects": ["steady"]}
 
 
 def test_flush_saves_a_waiting_change_at_once(tmp_path, monkeypatch):
