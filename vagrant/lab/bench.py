@@ -15,7 +15,10 @@ the same run on the same VMs, and the ratio is what we track.
   origin size         the array's commit window for a 1 GiB and a 1 TiB (thin, sparse) origin.
   import              `shadowlun import` of a 4-LUN and a 16-LUN transportable set on host-b
                       (document in hand -> disks verified by WWID), against a raw `iscsiadm
-                      --login` (scan on) + `udevadm settle` of as many LUNs of the same kind.
+                      --login` (scan on) + `udevadm settle` of as many LUNs of the same kind
+                      (one GPT partition each); host-b runs multipathd, so both log in on
+                      every portal and wait for each LUN's multipath map to have a path per
+                      portal.
   IOPS                fio 4 KiB random writes on the array: a thin origin before any snapshot,
                       after a thin snapshot, and a linear LV after a classic LVM snapshot.
   many snapshots      the array's commit window, and one `lvcreate -s` (the prepare's work), with
@@ -91,6 +94,11 @@ def timed_on(vm: VM, script: str, timeout: float = 900) -> float:
     return float(out.stdout.strip())
 
 
+def one_gpt_partition(device: str) -> str:
+    """The shell command that writes a GPT with one partition over the whole device."""
+    return f"printf 'label: gpt\\n,\\n' | sfdisk -q {device}"
+
+
 class Bench:
     def __init__(self, lab: Lab, say: Callable[[str], None]) -> None:
         self.lab, self.say = lab, say
@@ -133,8 +141,11 @@ class Bench:
 
     def partition_on_a(self, disks: list[str]) -> None:
         """One GPT partition over each disk on host-a (a transportable copy's flags live in it)."""
-        self.a.run(" && ".join(f"printf 'label: gpt\\n,\\n' | sfdisk -q {d}" for d in disks)
-                   + " && udevadm settle", timeout=900)
+        self.a.run(" && ".join(map(one_gpt_partition, disks)) + " && udevadm settle", timeout=900)
+
+    def partition_on_array(self, names: list[str]) -> None:
+        """One GPT partition over each LUN, written on the array (for LUNs no host has)."""
+        self.array.run(" && ".join(one_gpt_partition(f"/dev/{VG}/lun-{n}") for n in names), timeout=900)
 
     def detach_from_a(self, names: list[str]) -> None:
         self.a.run(["python3", VOLUME, "detach", *names], timeout=900)
@@ -196,6 +207,7 @@ class Bench:
             self.say(f"import: document in hand -> disks verified by WWID, {n} LUNs")
             names = self.luns([f"i{n}-{i}" for i in range(n)], 64 * MIB)
             raw = self.luns([f"r{n}-{i}" for i in range(n)], 64 * MIB)
+            self.partition_on_array(raw)  # as the set's LUNs are: host-b's udev does the same work
             disks = self.attach_to_a(names)
             try:
                 self.partition_on_a(list(disks.values()))
@@ -212,23 +224,37 @@ class Bench:
                             f"iscsiadm --login + udevadm settle, {n} LUNs", login))
 
     def raw_login(self, names: list[str]) -> float:
-        """The raw way on host-b: LUNs masked, a node with automatic scan, login, settle, WWIDs."""
+        """The raw way on host-b, doing by hand what the import does there: LUNs masked, node
+        records with automatic scan, login, settle, WWIDs. host-b runs multipathd, so the import
+        logs in on every portal and waits for each LUN's map to have a path per portal; so does
+        this baseline (with one portal's login it measured a different thing)."""
         b = self.b
         (chap_user, chap_secret), iqn = host_chap(b), initiator(b)
         luns = [self.api.call("PUT", f"/v1/luns/{n}/masks", {"initiator": iqn}) for n in names]
         target = self.api.call("GET", "/v1/target")
-        node = f"iscsiadm -m node -T {target['iqn']} -p {target['portals'][0]}"
-        b.run(f"{node} -o new >/dev/null && {node} -o update -n node.session.auth.authmethod -v CHAP && "
-              f"{node} -o update -n node.session.auth.username -v {chap_user} && "
-              f"{node} -o update -n node.session.auth.password -v {chap_secret}")
-        wanted = " ".join(lun["wwid"] for lun in luns)
+        portals = target["portals"] if b.machine.multipath else target["portals"][:1]
+        for portal in portals:
+            node = f"iscsiadm -m node -T {target['iqn']} -p {portal}"
+            b.run(f"{node} -o new >/dev/null && {node} -o update -n node.session.auth.authmethod -v CHAP && "
+                  f"{node} -o update -n node.session.auth.username -v {chap_user} && "
+                  f"{node} -o update -n node.session.auth.password -v {chap_secret}")
+        nodes = f"iscsiadm -m node -T {target['iqn']}"
+        wwids = [lun["wwid"] for lun in luns]
+        disks = f"for w in {' '.join(wwids)}; do grep -qx $w /sys/block/sd*/device/wwid; done"
+        # a map's uuid is mpath-3<NAA hex>; it is whole when it has a path (slave) per portal
+        maps = (f"end=$((SECONDS + 300)); for w in {' '.join(wwids)}; do "
+                f"until m=$(grep -lx mpath-3${{w#naa.}} /sys/block/dm-*/dm/uuid 2>/dev/null) && "
+                f"[ $(ls ${{m%/dm/uuid}}/slaves | wc -l) -ge {len(portals)} ]; do "
+                "[ $SECONDS -lt $end ] || exit 1; sleep 0.1; done; done")
         try:
-            return timed_on(b, f"{node} --login; udevadm settle; for w in {wanted}; do "
-                               "grep -qx $w /sys/block/sd*/device/wwid; done")
+            return timed_on(b, f"{nodes} --login; udevadm settle; {disks}"
+                               + (f"; {maps}" if b.machine.multipath else ""))
         finally:
-            b.run(f"for d in /sys/block/sd*; do grep -q -e {' -e '.join(lun['wwid'] for lun in luns)} "
+            b.run(f"for w in {' '.join(wwids)}; do m=$(grep -lx mpath-3${{w#naa.}} /sys/block/dm-*/dm/uuid "
+                  "2>/dev/null) && multipath -f $(cat ${m%/uuid}/name); done; "
+                  f"for d in /sys/block/sd*; do grep -q -e {' -e '.join(wwids)} "
                   "$d/device/wwid 2>/dev/null && echo 1 > $d/device/delete; done; "
-                  f"{node} --logout; {node} -o delete; true", check=False)
+                  f"{nodes} --logout; {nodes} -o delete; true", check=False)
             for n in names:
                 self.api.call("DELETE", f"/v1/luns/{n}/masks/{iqn}")
 
