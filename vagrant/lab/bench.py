@@ -94,9 +94,11 @@ def timed_on(vm: VM, script: str, timeout: float = 900) -> float:
     return float(out.stdout.strip())
 
 
-def one_gpt_partition(device: str) -> str:
-    """The shell command that writes a GPT with one partition over the whole device."""
-    return f"printf 'label: gpt\\n,\\n' | sfdisk -q {device}"
+def one_gpt_partition(device: str, reread: bool = True) -> str:
+    """The shell command that writes a GPT with one partition over the whole device; without
+    `reread`, the kernel is not asked to read it back (on the array, where LIO holds the LV
+    open and sfdisk refuses a disk in use unless told not to reread)."""
+    return f"printf 'label: gpt\\n,\\n' | sfdisk -q {'' if reread else '--no-reread '}{device}"
 
 
 class Bench:
@@ -145,7 +147,7 @@ class Bench:
 
     def partition_on_array(self, names: list[str]) -> None:
         """One GPT partition over each LUN, written on the array (for LUNs no host has)."""
-        self.array.run(" && ".join(one_gpt_partition(f"/dev/{VG}/lun-{n}") for n in names), timeout=900)
+        self.array.run(" && ".join(one_gpt_partition(f"/dev/{VG}/lun-{n}", reread=False) for n in names), timeout=900)
 
     def detach_from_a(self, names: list[str]) -> None:
         self.a.run(["python3", VOLUME, "detach", *names], timeout=900)
