@@ -56,11 +56,12 @@ def tpg_lun_number(mapped) -> int | None:
     link). rtslib's MappedLUN.tpg_lun builds every LUN of the TPG to find it: with about 190
     LUNs and 130 mappings in one ACL, each mask looked at every pair, and an import's 64 masks
     took minutes on the lab's array."""
-    for entry in os.scandir(mapped.path):
-        if entry.is_symlink():
-            target = os.path.basename(os.path.realpath(entry.path))
-            if target.startswith("lun_") and target[4:].isdigit():
-                return int(target[4:])
+    with os.scandir(mapped.path) as entries:
+        for entry in entries:
+            if entry.is_symlink():
+                target = os.path.basename(os.path.realpath(entry.path))
+                if target.startswith("lun_") and target[4:].isdigit():
+                    return int(target[4:])
     return None
 
 
@@ -228,11 +229,12 @@ class Lio:
         """The TPG LUN whose link points at `so`: one readlink per LUN, no object built for
         the others."""
         luns = f"{tpg.path}/lun"
-        for entry in os.scandir(luns):
-            if entry.name.startswith("lun_"):
-                for link in os.scandir(entry.path):
-                    if link.is_symlink() and os.path.realpath(link.path) == so.path:
-                        return self.rts.LUN(tpg, int(entry.name[4:]))
+        with os.scandir(luns) as entries:
+            for entry in entries:
+                if entry.name.startswith("lun_"):
+                    with os.scandir(entry.path) as links:
+                        if any(link.is_symlink() and os.path.realpath(link.path) == so.path for link in links):
+                            return self.rts.LUN(tpg, int(entry.name[4:]))
         return None
 
     @staticmethod
