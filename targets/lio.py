@@ -320,8 +320,9 @@ class Lio:
                 try:
                     dumped = saving_root(self.rts).dump()
                 except Exception:
-                    if self._generation != generation:
-                        return  # an object went away under the dump; the change's timer saves
+                    with locked():  # a change that removed an object under the read ends first
+                        if self._generation != generation:
+                            return  # and its own timer saves
                     raise
                 with locked():
                     if self._generation == generation:

@@ -139,6 +139,36 @@ def test_a_change_made_while_the_save_reads_lio_is_saved_by_a_later_save(tmp_pat
     assert lio.fake.written == [{"storage_objects": ["after the change"]}]
 
 
+def test_an_object_removed_under_the_read_is_no_error_when_a_change_removed_it(tmp_path, quick, caplog):
+    """A change deletes an ACL while the save reads it: the read fails (configfs says ENOENT)
+    before the change has counted itself; the save waits for the change to end, sees it, and
+    leaves the file to the change's own save instead of logging a failure."""
+    lio = TestLio(tmp_path)
+    reads = []
+
+    def dump():
+        reads.append(len(reads))
+        if len(reads) == 1:
+            changing = threading.Event()
+
+            def change():
+                with lio_mod.locked():
+                    changing.set()
+                    time.sleep(0.2)  # the kernel object is gone; the change is not counted yet
+                    lio._changed()
+
+            threading.Thread(target=change, daemon=True).start()
+            changing.wait(2)
+            raise FileNotFoundError("acls/iqn.2026-11.lab.shadowlun:host-a/param/DefaultTime2Retain")
+        return {"storage_objects": ["after the change"]}
+
+    lio.fake.dump = dump
+    lio._changed()
+    wait_for(lambda: lio.fake.saves)
+    assert lio.fake.written == [{"storage_objects": ["after the change"]}]
+    assert "saving the LIO configuration" not in caplog.text
+
+
 def test_calls_go_on_while_the_save_reads_lio(tmp_path, quick):
     """The save's read takes seconds with a hundred LUNs: it must not hold the lock every change
     and listing takes (an import's calls waited for it on the lab)."""
