@@ -10,9 +10,9 @@ The configuration file (what target.service restores at boot) is rewritten whole
 (`lio_save`), which takes seconds with a hundred LUNs under emulation; it is saved once after a
 burst of changes (`SAVE_QUIET_S` after the last, at most `SAVE_LATEST_S` after the first) and
 at shutdown, as background work: read without the lock at a lower CPU priority, so that no
-call waits for it. The agent's store stays the truth: its reconcile at start re-applies every export
-and mask whatever the file held. Lookups go straight to the object's configfs path instead of
-listing every backstore and LUN, so one change costs the same with 10 or 200 LUNs.
+call waits for it. The agent's store stays the truth: its reconcile at start re-applies every
+export and mask whatever the file held. Lookups go straight to the object's configfs path
+instead of listing every backstore and LUN, so one change costs the same with 10 or 200 LUNs.
 """
 from __future__ import annotations
 
@@ -233,7 +233,8 @@ class Lio:
             for entry in entries:
                 if entry.name.startswith("lun_"):
                     with os.scandir(entry.path) as links:
-                        if any(link.is_symlink() and os.path.realpath(link.path) == so.path for link in links):
+                        if any(link.is_symlink() and os.path.realpath(link.path) == so.path
+                               for link in links):
                             return self.rts.LUN(tpg, int(entry.name[4:]))
         return None
 
@@ -318,15 +319,15 @@ class Lio:
                     self.flush()
                     return
                 try:
-                    dumped = saving_root(self.rts).dump()
-                except Exception:
-                    with locked():  # a change that removed an object under the read ends first
-                        if self._generation != generation:
-                            return  # and its own timer saves
-                    raise
-                with locked():
-                    if self._generation == generation:
-                        self.save(dumped)
+                    dumped, failure = saving_root(self.rts).dump(), None
+                except Exception as e:  # e.g. an object a change removed under the read
+                    dumped, failure = None, e
+                with locked():  # a change still in progress (not counted yet) ends first
+                    if self._generation != generation:
+                        return  # a change came during the read: its own timer saves
+                    if failure is not None:
+                        raise failure
+                    self.save(dumped)
         except Exception:  # noqa: BLE001 - the next change or the shutdown saves again
             log.exception("saving the LIO configuration")
 
