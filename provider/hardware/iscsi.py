@@ -6,7 +6,8 @@ The lessons come from os-brick's iSCSI connector (OpenStack), reimplemented here
   is scanned by number (`"- - L" > /sys/class/scsi_host/hostH/scan`). Automatic scans at login and
   on AEN are what leaves unexpected disks on hosts sharing a target.
 - Disks are found in sysfs (`/sys/block/sd*/device/wwid`), never through `/dev/disk/by-path` or
-  `by-id` links, which udev creates later and which race with reused LUN numbers.
+  `by-id` links, which udev creates later and which race with reused LUN numbers. A LUN number
+  the array gave to another LU while this host kept the old device is cleared before the scan.
 - Every wait is bounded, and a timeout says what was waited for, for how long, and what was seen.
 - A disk is flushed and deleted on the host *before* its LUN is unmapped on the array (unmapping
   first leaves I/O queued to a vanished LUN and udev stuck in D state); the session is logged out
@@ -345,13 +346,54 @@ class Initiator:
 
     # -- LUNs and disks -------------------------------------------------------------------------
 
-    def scan_lun(self, host: int, lun: int) -> None:
-        """Ask SCSI host `host` to probe LUN `lun` on every channel and target (manual scan)."""
+    def scan_lun(self, host: int, lun: int, wwid: str) -> None:
+        """Ask SCSI host `host` to probe LUN `lun`, expected to be the LU with `wwid`, on every
+        channel and target (manual scan). A device of another LU left at that number goes first
+        (`clear_stale_lun`)."""
+        self.clear_stale_lun(host, lun, wwid)
         path = self.sysfs_root / f"class/scsi_host/host{host}/scan"
         try:
             path.write_text(f"- - {int(lun)}")
         except OSError as e:
             raise _veto(f"scan of LUN {lun} on host{host} ({path}): {e.strerror or e}") from None
+
+    def clear_stale_lun(self, host: int, lun: int, wwid: str) -> None:
+        """Delete a SCSI device that this host keeps at LUN `lun` of SCSI host `host` for another
+        LU than `wwid`; refuse if it is in use.
+
+        The array hands a LUN number out again once its LU is unmapped; a host that still has a
+        device there (its disk was never removed: the LUN was deleted or unmasked under it) keeps
+        the old LU's identity on it. Linux never re-identifies it on a scan, so the new LU never
+        appears, and I/O through the old disk now reaches the new LU. An unused one is deleted; one
+        that is mounted or held (a multipath map, LVM, an exclusive opener: the kernel's own claim,
+        tested with O_EXCL) is refused with its name, since deleting it would fail its users'
+        I/O. A device whose identity cannot be read yet is left alone."""
+        wanted = normalize_wwid(wwid)
+        for device in sorted((self.sysfs_root / "bus/scsi/devices").glob(f"{host}:*:*:{lun}")):
+            try:
+                seen = (device / "wwid").read_text().strip()
+                disks = sorted(p.name for p in (device / "block").iterdir()) if (device / "block").is_dir() else []
+            except OSError:
+                continue  # no identity yet, or going away
+            if not seen or normalize_wwid(seen) == wanted:
+                continue
+            what = f"SCSI device {device.name} ({', '.join(disks) or 'no disk'}, WWID {seen})"
+            for disk in disks:
+                try:
+                    fd = os.open(self.dev_root / disk, os.O_RDONLY | os.O_EXCL)
+                except OSError as e:
+                    raise _veto(f"{what} is left from an LU the array no longer maps at LUN {lun}, which "
+                                f"is now {wanted}; it is in use ({e.strerror or e}), so it is not deleted: "
+                                f"stop its users (unmount, remove its multipath map), then try again") from None
+                os.close(fd)
+            log.warning("%s is left from an LU the array no longer maps at LUN %d (now %s): deleting it",
+                        what, lun, wanted)
+            try:
+                (device / "delete").write_text("1")
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            except OSError as e:
+                raise _veto(f"deleting the stale {what}: {e.strerror or e}") from None
 
     def _wwids(self) -> dict[str, str]:
         """{block name: wwid} of every sd* disk that sysfs shows with a WWID."""
@@ -404,7 +446,7 @@ class Initiator:
                 if host is not None and now >= next_rescan:
                     for w, lun in wanted.items():
                         if w not in found:
-                            self.scan_lun(host, lun)
+                            self.scan_lun(host, lun, w)
                     rescans += 1
                     gap *= 2
                     next_rescan = now + gap
@@ -446,8 +488,8 @@ class Initiator:
             raise _veto(f"session {session['sid']} to {target_iqn} at {portal} is being torn down; try again")
         host = session["host"] if session is not None else self.login(target_iqn, portal, chap_user, chap_secret)
         try:
-            for lun in sorted(set(wwids.values())):
-                self.scan_lun(host, lun)
+            for w, lun in sorted(wwids.items(), key=lambda item: item[1]):
+                self.scan_lun(host, lun, w)
             return self.wait_for_disks(wwids, timeout, host=host)
         except VssError as e:
             appeared = [d for w in wwids if w not in before and (d := self.find_disk(w))]

@@ -59,8 +59,8 @@ class MultipathInitiator:
 
             def scan(missing: list[str]) -> None:
                 for host in hosts.values():
-                    for lun in sorted({wwids[w] for w in missing}):
-                        self.initiator.scan_lun(host, lun)
+                    for w in sorted(missing, key=wwids.__getitem__):
+                        self.initiator.scan_lun(host, wwids[w], w)
 
             scan(list(wwids))
             return self.multipath.wait_for_maps(list(wwids), len(hosts), timeout, rescan=scan)

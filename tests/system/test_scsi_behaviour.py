@@ -14,6 +14,7 @@ from lab import checks
 from lab.agent_api import ADMIN_ACCESS, AgentApi
 from lab.host_volumes import VOLUME, HostVolumes, initiator
 from lab.story import shadowlun
+from provider.hardware.iscsi import normalize_wwid
 
 MIB = 1 << 20
 WRITTEN = 32 * MIB
@@ -112,6 +113,45 @@ def test_fstrim_on_a_host_volume_returns_space_to_the_pool(lab, timed):
             trim_returns_space(a, array, lv_name(vols.names[0]), vols.mounts[0])
     finally:
         assert vols.remove() == []
+
+
+def scsi_devices(vm) -> dict[str, str]:
+    """{H:C:T:L: WWID} of every SCSI device of the host with an identity."""
+    out = vm.run("for d in /sys/bus/scsi/devices/*:*:*:*; do [ -r $d/wwid ] && echo ${d##*/} $(cat $d/wwid); done; true")
+    return dict(line.split() for line in out.stdout.splitlines())
+
+
+def test_a_lun_number_given_to_a_new_lu_is_cleared_of_the_old_lus_disk(lab, timed):
+    """A volume deleted on the array while host-a keeps its disk (unmounted, never detached);
+    the array gives the LUN number to the next LU. Linux keeps the old identity at that number
+    and a scan never shows the new LU (a full CI run failed on it). The attach deletes the unused
+    old device and the new LU appears; while the old disk is mounted the attach is refused and
+    host-a keeps its devices, its session and its mount."""
+    a, array = lab.vm("host-a"), lab.vm("array")
+    old = HostVolumes(lab, a, ["stale"]).create()
+    [old_name], mount = old.names, old.mounts[0]
+    number = old.api.call("GET", f"/v1/luns/{old_name}")["lun_id"]
+    fresh = f"fresh-{uuid.uuid4().hex[:6]}"
+    try:
+        array.run(["python3", VOLUME, "destroy", old_name], timeout=300)  # under the host's mounted disk
+        array.run(["python3", VOLUME, "make", fresh, "64", initiator(a)], timeout=300)
+        assert old.api.call("GET", f"/v1/luns/{fresh}")["lun_id"] == number  # the number, given again
+        devices, mounts = scsi_devices(a), a.run("findmnt -rn -o SOURCE,TARGET").stdout
+        refused = a.run(["python3", VOLUME, "attach", fresh], check=False, timeout=300)
+        assert refused.returncode != 0 and "VSS_E_PROVIDER_VETO" in refused.stderr, refused.stderr
+        assert "is in use" in refused.stderr and old.disks[old_name].removeprefix("/dev/") in refused.stderr
+        assert scsi_devices(a) == devices and a.run("findmnt -rn -o SOURCE,TARGET").stdout == mounts
+        a.run(f"umount {mount}")
+        with timed("attach over a stale device at the LUN's number"):
+            attached = json.loads(a.run(["python3", VOLUME, "attach", fresh], timeout=300).stdout)
+        fresh_wwid = normalize_wwid(old.api.call("GET", f"/v1/luns/{fresh}")["wwid"])
+        assert {w for d, w in scsi_devices(a).items() if d.split(":")[3] == str(number)} == {fresh_wwid}
+        assert attached[fresh].startswith("/dev/sd")
+    finally:
+        a.run(["python3", VOLUME, "detach", fresh], check=False, timeout=300)
+        array.run(["python3", VOLUME, "destroy", fresh], check=False, timeout=300)
+        old.remove()  # what is left of the old volume (its LUN is gone: those errors are expected)
+        a.run(f"for d in /sys/bus/scsi/devices/*:*:*:{number}; do echo 1 > $d/delete; done; true", check=False)
 
 
 def release_on_b(lab, vols: HostVolumes, set_id: str | None) -> None:

@@ -1,8 +1,11 @@
 """Unit tests of provider.hardware.iscsi with a recording fake runner and a fake sysfs tree laid out as
 the kernel does it: /sys/class/iscsi_session/sessionM -> /sys/devices/platform/hostH/sessionM/...,
-disks under .../sessionM/targetH:0:0/H:0:0:L/block/sdX, /sys/block/sdX -> there."""
+disks under .../sessionM/targetH:0:0/H:0:0:L/block/sdX, /sys/block/sdX and
+/sys/bus/scsi/devices/H:0:0:L -> there."""
 from __future__ import annotations
 
+import errno
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -13,6 +16,7 @@ import pytest
 
 from provider.contract.hresult import HResult, VssRuntimeError, VssUserError
 from provider.commands import command_text
+from provider.hardware import iscsi
 from provider.hardware.iscsi import (
     Initiator,
     format_portal,
@@ -95,6 +99,9 @@ class FakeSys:
         block.mkdir(parents=True)
         (block / "device").symlink_to(sdev)
         (self.root / "block" / name).symlink_to(block)
+        bus = self.root / "bus/scsi/devices"
+        bus.mkdir(parents=True, exist_ok=True)
+        (bus / sdev.name).symlink_to(sdev)
         (sdev / "wwid").write_text(wwid + "\n")  # last: a reader that sees the WWID sees a whole disk
         return sdev
 
@@ -278,13 +285,48 @@ def test_sessions_from_sysfs(runner: FakeRunner, sysfs: FakeSys) -> None:
 
 def test_scan_lun_writes_the_lun_only(runner: FakeRunner, sysfs: FakeSys) -> None:
     sysfs.session(1, 3)
-    make(runner, sysfs).scan_lun(3, 5)
+    make(runner, sysfs).scan_lun(3, 5, WWID)
     assert (sysfs.root / "class/scsi_host/host3/scan").read_text() == "- - 5"
+
+
+def test_a_device_left_at_the_lun_by_another_lu_is_deleted_before_the_scan(runner: FakeRunner,
+                                                                          sysfs: FakeSys) -> None:
+    sysfs.session(1, 3)
+    stale = sysfs.disk("sda", 3, 1, 0, WWID2)  # the LUN's number, given by the array to a new LU
+    kept = sysfs.disk("sdb", 3, 1, 1, "naa.60014052222222222222222222222222")  # another LUN
+    (sysfs.root.parent / "dev").mkdir()
+    (sysfs.root.parent / "dev/sda").touch()
+    make(runner, sysfs).scan_lun(3, 0, WWID)
+    assert (stale / "delete").read_text() == "1" and not (kept / "delete").exists()
+    assert (sysfs.root / "class/scsi_host/host3/scan").read_text() == "- - 0"
+
+
+def test_a_device_already_of_the_lu_is_left_as_it_is(runner: FakeRunner, sysfs: FakeSys) -> None:
+    sysfs.session(1, 3)
+    dev = sysfs.disk("sda", 3, 1, 0, WWID)
+    make(runner, sysfs).scan_lun(3, 0, "3" + WWID[4:])  # udev's form of the same identity
+    assert not (dev / "delete").exists()
+
+
+def test_a_stale_device_in_use_is_refused_and_kept(runner: FakeRunner, sysfs: FakeSys,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    sysfs.session(1, 3)
+    stale = sysfs.disk("sda", 3, 1, 0, WWID2)
+
+    def busy(path, flags):
+        assert flags & os.O_EXCL and str(path).endswith("/sda")
+        raise OSError(errno.EBUSY, "Device or resource busy")
+    monkeypatch.setattr(iscsi.os, "open", busy)
+    with pytest.raises(VssRuntimeError) as e:
+        make(runner, sysfs).scan_lun(3, 0, WWID)
+    assert e.value.hresult == HResult.VSS_E_PROVIDER_VETO
+    assert all(s in e.value.message for s in ("3:0:0:0 (sda", WWID2, WWID, "in use (Device or resource busy)"))
+    assert not (stale / "delete").exists() and not (sysfs.root / "class/scsi_host/host3/scan").exists()
 
 
 def test_scan_of_a_missing_host_is_a_veto(runner: FakeRunner, sysfs: FakeSys) -> None:
     with pytest.raises(VssRuntimeError, match="host42"):
-        make(runner, sysfs).scan_lun(42, 0)
+        make(runner, sysfs).scan_lun(42, 0, WWID)
 
 
 def test_find_disk_by_wwid(runner: FakeRunner, sysfs: FakeSys) -> None:
@@ -382,7 +424,7 @@ def test_wait_for_disks_rescans_at_growing_intervals(runner: FakeRunner, sysfs: 
     clock = FakeClock()
     initiator = make(runner, sysfs, clock=clock, sleep=clock.sleep)
     scans: list[float] = []
-    monkeypatch.setattr(initiator, "scan_lun", lambda host, lun: scans.append(clock.now - 1000))
+    monkeypatch.setattr(initiator, "scan_lun", lambda host, lun, wwid: scans.append(clock.now - 1000))
     with pytest.raises(VssRuntimeError, match=r"LUN\(s\) 2 on host3 rescanned 2 times"):
         initiator.wait_for_disks({WWID: 2}, timeout=12, host=3)
     assert scans == [pytest.approx(3.0), pytest.approx(9.0)]
@@ -533,7 +575,7 @@ def test_connect_over_an_existing_session_runs_no_iscsiadm(runner: FakeRunner, s
     initiator = make(runner, sysfs, clock=clock,
                      sleep=arriving(sysfs, clock, [("sdb", 4, WWID), ("sdc", 5, WWID2)]))
     scans: list[tuple[int, int]] = []
-    monkeypatch.setattr(initiator, "scan_lun", lambda host, lun: scans.append((host, lun)))
+    monkeypatch.setattr(initiator, "scan_lun", lambda host, lun, wwid: scans.append((host, lun)))
     assert initiator.connect(TARGET, PORTAL, "u", SECRET, {4: WWID, 5: WWID2}, 30) == {WWID: "sdb", WWID2: "sdc"}
     assert runner.calls == [] and scans == [(3, 4), (3, 5)]
 

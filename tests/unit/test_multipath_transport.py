@@ -186,7 +186,7 @@ class FakeIscsi:
         self.nodes.add(portal)
         return PORTALS.index(portal) + 2
 
-    def scan_lun(self, host, lun):
+    def scan_lun(self, host, lun, wwid):
         portal = PORTALS[host - 2]
         if not self.sessions[portal]:
             disk = next(self.next_disk)
