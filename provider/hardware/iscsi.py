@@ -367,7 +367,8 @@ class Initiator:
         appears, and I/O through the old disk now reaches the new LU. An unused one is deleted; one
         that is mounted or held (a multipath map, LVM, an exclusive opener: the kernel's own claim,
         tested with O_EXCL) is refused with its name, since deleting it would fail its users'
-        I/O. A device whose identity cannot be read yet is left alone."""
+        I/O. A device whose identity cannot be read yet is left alone. The delete is not
+        `remove_disk`: its flush would write the old LU's buffers into the new LU."""
         wanted = normalize_wwid(wwid)
         for device in sorted((self.sysfs_root / "bus/scsi/devices").glob(f"{host}:*:*:{lun}")):
             try:
