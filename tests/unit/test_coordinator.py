@@ -503,6 +503,19 @@ def test_flags_are_on_the_originals_only_while_the_commit_captures_them(tmp_path
     assert [(e.lun_index, e.offset_bytes) for s in doc.snapshots for e in s.extents] == [(0, MIB), (0, MIB)]
 
 
+def test_udev_is_done_with_the_flagged_originals_before_writes_are_held(tmp_path):
+    """Writing the flags makes udev re-read every original's table: that work is waited for
+    before the freeze, not left to run beside the commit while writes are held."""
+    lab = Lab(tmp_path)
+    runner, set_flags = lab.runner.__call__, lab.gpt.set
+    lab.coord.runner = lambda argv, check=True: (lab.events.append(" ".join(argv[:2])), runner(argv, check))[1]
+    lab.gpt.set = lambda disk, numbers, flags: (lab.events.append(f"flag {disk}"), set_flags(disk, numbers, flags))[1]
+    lab.coord.create([lab.volume("db", "sdb"), lab.volume("logs", "sdc")], TRANSPORTABLE)
+    freeze = next(i for i, e in enumerate(lab.events) if e.startswith("freeze"))
+    last_flag = max(i for i, e in enumerate(lab.events) if e.startswith("flag "))
+    assert "udevadm settle" in lab.events[last_flag:freeze], lab.events
+
+
 def test_flags_already_on_an_original_are_left_as_they_were(tmp_path):
     lab = Lab(tmp_path)
     vol = lab.volume("db", "sdb")
