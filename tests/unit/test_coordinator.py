@@ -508,8 +508,16 @@ def test_udev_is_done_with_the_flagged_originals_before_writes_are_held(tmp_path
     before the freeze, not left to run beside the commit while writes are held."""
     lab = Lab(tmp_path)
     runner, set_flags = lab.runner.__call__, lab.gpt.set
-    lab.coord.runner = lambda argv, check=True: (lab.events.append(" ".join(argv[:2])), runner(argv, check))[1]
-    lab.gpt.set = lambda disk, numbers, flags: (lab.events.append(f"flag {disk}"), set_flags(disk, numbers, flags))[1]
+
+    def run(argv, check=True):
+        lab.events.append(" ".join(argv[:2]))
+        return runner(argv, check)
+
+    def flag(disk, numbers, flags):
+        lab.events.append(f"flag {disk}")
+        return set_flags(disk, numbers, flags)
+
+    lab.coord.runner, lab.gpt.set = run, flag
     lab.coord.create([lab.volume("db", "sdb"), lab.volume("logs", "sdc")], TRANSPORTABLE)
     freeze = next(i for i, e in enumerate(lab.events) if e.startswith("freeze"))
     last_flag = max(i for i, e in enumerate(lab.events) if e.startswith("flag "))
