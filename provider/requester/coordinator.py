@@ -552,7 +552,15 @@ class Coordinator:
             if disk is not None:
                 provider.call("fill_in_lun_info", device=f"/dev/{disk}", lun_info=rec)
                 self.flags.set_read_only(disk, [], False)
-            provider.call("on_lun_empty", device=f"/dev/{disk}" if disk else "", lun_info=rec)
+            try:
+                provider.call("on_lun_empty", device=f"/dev/{disk}" if disk else "", lun_info=rec)
+            except VssError as e:
+                if e.hresult != HResult.VSS_E_OBJECT_NOT_FOUND or disk is not None:
+                    raise
+                # No disk here and no LUN on the array: a delete that stopped after its
+                # OnLunEmpty (or the array's admin) reclaimed it already. Nothing is left.
+                log.warning("shadow copy %s: its LUN (serial %s) is gone from the array and from "
+                            "this host; forgetting it", snapshot_id, rec.get("serial_number"))
         s.snapshots = [e for e in s.snapshots if e.snapshot_id != snapshot_id]
         if s.snapshots:
             self.catalog.save(s)

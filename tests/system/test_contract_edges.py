@@ -80,3 +80,23 @@ def test_a_late_abort_keeps_a_handed_out_set_and_an_imported_one(lab, two_volume
         assert world(lab, vols) == before
     finally:
         story.shadowlun(b, "delete", "--all")
+
+
+def test_a_delete_cut_short_after_the_array_deleted_the_lun_finishes_when_run_again(lab, two_volumes):
+    """OnLunEmpty done (the host's disk removed, the LUN deleted on the array), then the
+    requester stopped before its catalog forgot the copy: `delete` run again finishes instead of
+    failing on a LUN the array no longer has, and changes nothing else."""
+    a, vols = lab.vm("host-a"), two_volumes
+    made = story.shadowlun(a, "create", "--context", "app_rollback", vols.mounts[0])  # imported here
+    try:
+        [s] = [s for s in story.shadowlun(a, "list")["sets"] if s["set_id"] == made["set_id"]]
+        [snap] = s["snapshots"]
+        disk = snap["disks"][0].removeprefix("/dev/")
+        assert provider_call(a, "on_lun_empty", device=f"/dev/{disk}", disk=disk) == {"ok": None}
+        before = world(lab, vols)
+        out = story.shadowlun(a, "delete", "--set", made["set_id"])
+        assert out["deleted"] == [snap["snapshot_id"]], out
+        assert world(lab, vols) == before
+        assert made["set_id"] not in [s["set_id"] for s in story.shadowlun(a, "list")["sets"]]
+    finally:
+        a.run(f"{story.SHADOWLUN} delete --set {made['set_id']}", check=False, timeout=600)

@@ -660,6 +660,23 @@ def test_delete_a_snapshot_then_the_set(tmp_path):
     assert e.value.hresult == HResult.E_INVALIDARG
 
 
+def test_a_delete_cut_short_after_the_array_deleted_the_lun_finishes_when_run_again(tmp_path):
+    """OnLunEmpty done (the host's disk removed, the LUN deleted on the array), then the
+    requester stopped before its catalog forgot the copy: the delete run again finishes, it
+    does not fail for ever on a LUN the array no longer has. Nothing else is touched."""
+    lab, doc, coord_b, impl_b, _ = imported(tmp_path)
+    first, second = (s.snapshot_id for s in doc.snapshots)
+    _, entry = coord_b.catalog.require_snapshot(first)
+    [rec] = entry.luns
+    impl_b.on_lun_empty(f"/dev/{coord_b._find_disk(rec)}", rec)  # the part that was done
+    others = [v.name for v in lab.array.inventory()]
+    assert coord_b.delete(snapshot_id=first) == {"deleted": [first], "non_deleted": None}
+    assert [v.name for v in lab.array.inventory()] == others
+    assert [s["snapshot_id"] for s in coord_b.list_sets()[0]["snapshots"]] == [second]
+    assert coord_b.delete(set_id=doc.set_id)["deleted"] == [second]
+    assert coord_b.list_sets() == [] and impl_b.initiator.disks == {}
+
+
 def test_resync_refuses_a_mounted_original_then_restores_and_clears_flags(tmp_path, monkeypatch):
     import targets.jobs
 
