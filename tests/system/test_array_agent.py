@@ -126,19 +126,25 @@ def test_snapshot_set_visible_with_predicted_wwids_masked_to_one_host(lab, api, 
     assert array_objects(lab) == before
 
 
-WATCH_JOB = """
-import json, sys
+START_AND_WATCH_JOB = """
+import json, sys, time
 from provider.hardware.array_client import ADMIN_ACCESS_FILE, ArrayAccess, ArrayClient
-seen = []
-job = ArrayClient(ArrayAccess.load(ADMIN_ACCESS_FILE)).wait_job(sys.argv[1], 300, lambda j: seen.append(j["percent"]))
+client = ArrayClient(ArrayAccess.load(ADMIN_ACCESS_FILE))
+job = client.call("POST", sys.argv[1], json.loads(sys.argv[2]))
+seen, deadline = [job["percent"]], time.monotonic() + 300
+while job["state"] == "running" and time.monotonic() < deadline:
+    time.sleep(0.05)
+    job = client.job(job["job_id"])
+    seen.append(job["percent"])
 print(json.dumps({"job": job, "seen": seen}))
 """
 
 
-def watch_job(vm, job_id: str) -> tuple[dict, list[float]]:
-    """Poll a job as the admin, from inside the array VM (twice a second, no SSH per poll):
-    final job, percentages."""
-    out = json.loads(vm.run(["python3", "-c", WATCH_JOB, job_id], timeout=330).stdout)
+def start_and_watch_job(vm, path: str, body: dict) -> tuple[dict, list[float]]:
+    """Start a job as the admin and poll it from inside the array VM, one process doing both
+    (no SSH or interpreter start between the start and the first poll, which a short copy
+    could outrun), about ten times a second: final job, percentages seen."""
+    out = json.loads(vm.run(["python3", "-c", START_AND_WATCH_JOB, path, json.dumps(body)], timeout=330).stdout)
     return out["job"], out["seen"]
 
 
@@ -147,9 +153,8 @@ def test_full_copy_with_progress(lab, api, timed):
     api.call("POST", "/v1/luns", {"name": src, "size_bytes": 8 * SIZE})
     want = write_random(lab, f"lun-{src}", mib=64)
     try:
-        job = api.call("POST", f"/v1/luns/{src}/copy", {"target": dst})
         with timed("array: full copy of 256 MiB (64 MiB data)"):
-            job, seen = watch_job(lab.array, job["job_id"])
+            job, seen = start_and_watch_job(lab.array, f"/v1/luns/{src}/copy", {"target": dst})
         assert job["state"] == "done", job
         assert job["percent"] == 100.0 and seen == sorted(seen)
         assert any(0 < p < 100 for p in seen), f"no progress between 0 and 100 reported: {seen}"
@@ -181,8 +186,7 @@ def test_resync_restores_the_origin_bytes(lab, api):
     api.call("POST", f"/v1/snapshot-sets/{set_id}/commit")
     try:
         assert write_random(lab, f"lun-{vol}") != original
-        job = api.call("POST", f"/v1/luns/{vol}/resync", {"snapshot": f"snap-{snap_id}"})
-        job, _ = watch_job(lab.array, job["job_id"])
+        job, _ = start_and_watch_job(lab.array, f"/v1/luns/{vol}/resync", {"snapshot": f"snap-{snap_id}"})
         assert job["state"] == "done", job
         assert device_sha(lab, f"lun-{vol}") == original
     finally:
