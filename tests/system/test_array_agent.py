@@ -430,6 +430,16 @@ print(json.dumps({"seen": seen.to_dict(), "predicted": predicted.to_dict(),
 """
 
 
+def test_agent_gets_the_cpu_before_udev(lab):
+    """The window's resumes start udev's workers on the array while the hosts' writes are held
+    until the agent answers: the agent's unit weighs more than udev's for the CPU (its cgroup's
+    cpu.weight, which the kernel applies only when the cpu controller is on for the slice)."""
+    weights = lab.array.run("cat /sys/fs/cgroup/system.slice/shadowlun-array-agent.service/cpu.weight "
+                            "/sys/fs/cgroup/system.slice/systemd-udevd.service/cpu.weight").stdout.split()
+    agent, udev = (int(w) for w in weights)
+    assert agent >= 10 * udev, weights
+
+
 def test_predicted_snapshot_record_equals_what_a_host_reads(lab, api, target):
     """GetTargetLuns' prediction (from the serial the array chose at prepare) is exactly the
     record FillInLunInfo builds from the real disk on a host (VPD pages 0x80/0x83 in sysfs)."""
