@@ -59,7 +59,10 @@ class LogicalVolume:
 
     @property
     def active(self) -> bool:
-        return len(self.attr) > 4 and self.attr[4] == "a"
+        """Its device is mapped: live, or suspended ('s'). A suspended LV is not activated
+        again: `lvchange -ay` would resume it behind whoever suspended it (an admin; the
+        reconcile at start resumes what a killed commit window left), so a copy waits on it."""
+        return len(self.attr) > 4 and self.attr[4] in "as"
 
     @property
     def owned(self) -> bool:

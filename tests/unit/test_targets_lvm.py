@@ -97,6 +97,14 @@ def test_active_is_the_fifth_attr_character(lvs):
     assert lvs["s3"].active is False
 
 
+def test_a_suspended_lv_counts_as_active_so_nobody_activates_it_again(lvs):
+    """lvchange -ay on a suspended LV resumes it: whoever suspended it keeps it suspended."""
+    from dataclasses import replace
+    suspended = replace(lvs["t1"], attr="Vwi-s-tz--")
+    assert suspended.active is True
+    assert replace(lvs["t1"], attr="Vwi-d-tz--").active is False  # mapped without a table
+
+
 def test_thin_pool_and_thin_volume(lvs):
     assert lvs["pool"].is_thin_pool and not lvs["pool"].is_thin_volume
     for name in ("s1", "s3", "t1"):
