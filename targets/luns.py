@@ -356,13 +356,15 @@ class Luns(ArrayPart):
                                         f"{api_name(other.name)} with that identity; nothing was reverted")
             stored: list[Lun] = []
             exported: list[Lun] = []
+            in_lio = self.lio.exports()
             try:
                 for lun, identity in plan:
                     stored.append(lun)
                     self.store.set_taken_serial(lun.name, identity)
                     crash_point("take-identity-after-store")
-                    self.lio.change_serial(lun.name, identity)  # a refused change undoes itself
-                    exported.append(lun)
+                    if lun.name in in_lio:  # one not exported yet gets it from the store when it is
+                        self.lio.change_serial(lun.name, identity)  # a refused change undoes itself
+                        exported.append(lun)
             except Exception as e:
                 errors = self._give_back_identities(stored, exported)
                 raise vss_error(HResult.VSS_E_PROVIDER_VETO,

@@ -1147,6 +1147,21 @@ def test_a_broken_copy_takes_its_originals_identity(arr, lio):
     assert arr.luns.new_serial() not in {arr.lun("vol1").serial, arr.lun("vol2").serial}
 
 
+def test_a_copy_no_host_sees_takes_the_identity_in_the_store_and_shows_it_when_masked(arr, lio):
+    """Not exported yet (no host was given it): no LIO object to change; the identity is the
+    store's, and the export made for a mask later carries it (found by the fuzz suite: this
+    was a 500 VSS_E_PROVIDER_VETO, 'not exported')."""
+    make_volumes(arr, "vol1")
+    arr.mask("vol1", IQN1)
+    _, (t1,) = committed(arr, "vol1", publish=False)
+    assert t1 not in lio.exports()
+    [view] = arr.take_identity([t1])
+    assert (view.serial, view.identity_of) == (arr.lun("vol1").serial, "vol1")
+    assert lio.called("change_serial") == []
+    arr.mask(t1, IQN2)
+    assert lio.exports()[t1].serial == arr.lun("vol1").serial
+
+
 def test_an_identity_revert_that_would_show_a_host_two_luns_with_one_identity_changes_nothing(arr):
     _, (t1, t2) = imported_elsewhere(arr, "vol1", "vol2")
     arr.mask("vol2", IQN2)  # the second original is presented to the importing host too
