@@ -89,8 +89,7 @@ def test_a_delete_cut_short_after_the_array_deleted_the_lun_finishes_when_run_ag
     a, vols = lab.vm("host-a"), two_volumes
     made = story.shadowlun(a, "create", "--context", "app_rollback", vols.mounts[0])  # imported here
     try:
-        [s] = [s for s in story.shadowlun(a, "list")["sets"] if s["set_id"] == made["set_id"]]
-        [snap] = s["snapshots"]
+        snap = story.imported_snapshot(a, made["set_id"])
         disk = snap["disks"][0].removeprefix("/dev/")
         assert provider_call(a, "on_lun_empty", device=f"/dev/{disk}", disk=disk) == {"ok": None}
         before = world(lab, vols)
@@ -99,4 +98,4 @@ def test_a_delete_cut_short_after_the_array_deleted_the_lun_finishes_when_run_ag
         assert world(lab, vols) == before
         assert made["set_id"] not in [s["set_id"] for s in story.shadowlun(a, "list")["sets"]]
     finally:
-        a.run(f"{story.SHADOWLUN} delete --set {made['set_id']}", check=False, timeout=600)
+        story.forget_set(a, made)

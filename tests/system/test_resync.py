@@ -8,18 +8,11 @@ import json
 from lab import checks
 from lab.host_volumes import HostVolumes
 from lab.provider_call import provider_call
-from lab.story import SHADOWLUN, shadowlun
+from lab.story import SHADOWLUN, forget_set, imported_snapshot, shadowlun
 from provider.contract.hresult import HResult
 
 MIB = 1 << 20
 STORE = "/var/lib/shadowlun/array.db"
-
-
-def shadow_disk(vm, set_id: str) -> str:
-    """The disk of the set's one shadow copy, imported on this host."""
-    [s] = [s for s in shadowlun(vm, "list")["sets"] if s["set_id"] == set_id]
-    [snap] = s["snapshots"]
-    return snap["disks"][0]
 
 
 def disk_sha256(vm, disk: str, size_bytes: int) -> str:
@@ -35,13 +28,6 @@ def resync_jobs(array, lv: str) -> list[dict]:
     return json.loads(out)
 
 
-def forget_set(vm, made: dict) -> None:
-    """After a failed test, its set deleted on the host (while its LUNs still exist on the
-    array), so that no later test finds it in the host's catalog. Best effort."""
-    if made.get("set_id"):
-        vm.run(f"{SHADOWLUN} delete --set {made['set_id']}", check=False, timeout=600)
-
-
 def test_a_resync_onto_a_larger_lun_leaves_it_the_size_and_bytes_of_the_copy(lab):
     a, array = lab.vm("host-a"), lab.vm("array")
     small = HostVolumes(lab, a, ["rsmall"]).create()
@@ -50,7 +36,7 @@ def test_a_resync_onto_a_larger_lun_leaves_it_the_size_and_bytes_of_the_copy(lab
     try:
         a.run(f"head -c 8M /dev/urandom > {small.mounts[0]}/data && sync")
         made = shadowlun(a, "create", "--context", "app_rollback", small.mounts[0])  # imported here, read-only
-        shadow = shadow_disk(a, made["set_id"])
+        shadow = imported_snapshot(a, made["set_id"])["disks"][0]
         [big_name], big_disk = big.names, big.disks[big.names[0]]
         a.run(f"umount {big.mounts[0]}")
         done = provider_call(a, "resync_luns", source_disks=[shadow.removeprefix("/dev/")],
@@ -124,7 +110,7 @@ def test_a_second_resync_from_the_same_copy_brings_its_bytes_back_again(lab):
     try:
         a.run(f"head -c 8M /dev/urandom > {mount}/data && sync")
         made = shadowlun(a, "create", "--context", "app_rollback", "--bcd", "/root/rt.xml", mount)
-        at_snapshot = partition_sha256(shadow_disk(a, made["set_id"]))
+        at_snapshot = partition_sha256(imported_snapshot(a, made["set_id"])["disks"][0])
         for round_ in (1, 2):
             a.run(f"head -c 8M /dev/urandom > {mount}/data && sync && umount {mount}")
             assert partition_sha256(disk) != at_snapshot

@@ -45,6 +45,21 @@ def shadowlun_table(vm: VM, *args: str) -> str:
     return vm.run(f"COLUMNS=160 {SHADOWLUN} " + " ".join(args), timeout=600).stdout.rstrip()
 
 
+def imported_snapshot(vm: VM, set_id: str) -> dict:
+    """The one shadow copy of a set imported on this host, as `shadowlun list` shows it."""
+    [s] = [s for s in shadowlun(vm, "list")["sets"] if s["set_id"] == set_id]
+    [snap] = s["snapshots"]
+    return snap
+
+
+def forget_set(vm: VM, made: dict) -> None:
+    """After a failed test, the set it created (`made`: create's answer, or {} if create did not
+    answer) deleted on the host while its LUNs still exist on the array, so that no later test
+    finds it in the host's catalog. Best effort: a set already deleted is no error."""
+    if made.get("set_id"):
+        vm.run(f"{SHADOWLUN} delete --set {made['set_id']}", check=False, timeout=600)
+
+
 def sha256(vm: VM, path: str) -> str:
     return vm.run(f"sha256sum {path}").stdout.split()[0]
 
